@@ -1,0 +1,56 @@
+"""Write files so that a reader never sees half of one.
+
+Output goes to a temporary file in the destination's folder and is renamed over the
+destination only once it is complete, so a crash, a full disk or Ctrl-C leaves either the
+old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import CipsError
+
+
+@contextlib.contextmanager
+def atomic_path(destination: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside ``destination``; rename it into place on success.
+
+    The caller writes the whole file to the yielded path. If the body raises, the
+    temporary file is removed and ``destination`` is untouched.
+    """
+    destination = Path(destination)
+    if destination.is_dir():
+        raise CipsError(f"Cannot write {destination}: it is a directory.")
+    if destination.exists() and not overwrite:
+        raise CipsError(f"{destination} already exists; pass --force to replace it.")
+    folder = destination.parent if str(destination.parent) else Path(".")
+    if not folder.is_dir():
+        raise CipsError(f"Cannot write {destination}: the folder {folder} does not exist.")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=folder)
+    except OSError as error:
+        raise CipsError(f"Cannot write {destination}: {error.strerror or error}.") from None
+    os.close(handle)
+    temporary = Path(temporary)
+    try:
+        yield temporary
+        # mkstemp creates the file private (0600); give it the permissions of a normal file.
+        os.chmod(temporary, 0o666 & ~_current_umask())
+        os.replace(temporary, destination)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)
+        raise CipsError(f"Cannot write {destination}: {error.strerror or error}.") from None
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,42 @@
+"""The ``cips-deploy`` command line.
+
+Each command lives in its own module of this package and fits on a screen. Plugins add
+commands through the ``register_commands`` hook. Every :class:`CipsError` (bad input) is
+printed as one sentence with a non-zero exit; nothing else is caught, so bugs keep their
+tracebacks.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import CipsError
+
+
+class CipsGroup(click.Group):
+    """A click group that turns user errors into one line and exit status 1."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except CipsError as error:
+            raise click.ClickException(str(error)) from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=CipsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cips-deploy")
+def cli() -> None:
+    """Deploy coordinate-based image generators (CIPS and its family)."""
+
+
+from . import checkpoints  # noqa: E402,F401  (registers info and import-official)
+
+
+def main() -> None:
+    cli(prog_name="cips-deploy")

@@ -1,0 +1,154 @@
+"""Generator configurations and named presets.
+
+A :class:`GeneratorConfig` says everything needed to build a generator's modules: the
+architecture, the widths of every block, and the coordinate space. It travels inside every
+checkpoint and engine as JSON, so it holds plain values only.
+
+Presets are recipes in the official code's terms (training size, hidden width, style width,
+mapping depth, channel multiplier); :func:`preset_config` turns one into a config with the
+official channel table, so ``paper256`` is exactly the published 256 configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import CipsError
+
+ARCHITECTURES = ("skip", "res", "ne")
+COORDINATE_SPACES = ("plane", "cylinder")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Shape of a CIPS generator.
+
+    arch:              ``skip`` (CIPSskip: a ToRGB after every block, summed), ``res``
+                       (CIPSres: residual blocks, one ToRGB at the end) or ``ne`` (CIPSskip
+                       without the coordinate-embedding grid, the paper's CIPS-NE).
+    size:              training resolution; the embedding grid is ``size x size``.
+    hidden:            width of the Fourier features and of the embedding grid.
+    style_dim:         width of z and w.
+    n_mlp:             number of equalized-lr layers in the mapping network.
+    widths:            output width of every block (block i has two modulated layers);
+                       the first layer maps the input features to ``widths[0]``.
+    coordinate_space:  ``plane`` or ``cylinder`` (u is an angle and wraps at +-1).
+    lr_mlp:            learning-rate multiplier of the mapping network.
+    """
+
+    arch: str = "skip"
+    size: int = 256
+    hidden: int = 512
+    style_dim: int = 512
+    n_mlp: int = 8
+    widths: tuple[int, ...] = (512, 512, 512, 512, 512, 256, 128)
+    coordinate_space: str = "plane"
+    lr_mlp: float = 0.01
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
+        if self.arch not in ARCHITECTURES:
+            raise CipsError(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+        if self.coordinate_space not in COORDINATE_SPACES:
+            raise CipsError(
+                f"Unknown coordinate space {self.coordinate_space!r}; choose one of {', '.join(COORDINATE_SPACES)}."
+            )
+        for name in ("size", "hidden", "style_dim"):
+            if int(getattr(self, name)) < 1:
+                raise CipsError(f"The generator's {name} must be a positive integer, not {getattr(self, name)}.")
+        if self.n_mlp < 0:
+            raise CipsError(f"The mapping network needs zero or more layers, not {self.n_mlp}.")
+        if not self.widths or min(self.widths) < 1:
+            raise CipsError(f"A generator needs at least one block of positive width, not widths={self.widths}.")
+
+    @property
+    def has_embedding(self) -> bool:
+        """Whether the generator reads a learned coordinate-embedding grid (all but CIPS-NE)."""
+        return self.arch != "ne"
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.widths)
+
+    @property
+    def fourier_inputs(self) -> int:
+        """Coordinate features that feed the Fourier layer: (u, v) or (cos pi*u, sin pi*u, v)."""
+        return 3 if self.coordinate_space == "cylinder" else 2
+
+    @property
+    def channel_multiplier(self) -> int | None:
+        """The official channel multiplier, where the widths reveal it (blocks 0-3 never do)."""
+        if self.n_blocks > 4 and self.widths[4] % 256 == 0:
+            return self.widths[4] // 256
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["widths"] = list(self.widths)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CipsError(f"The checkpoint's config has fields this version does not know: {', '.join(unknown)}.")
+        return cls(**data)
+
+
+def official_widths(arch: str, size: int, channel_multiplier: int = 2, channel_max: int = 512) -> tuple[int, ...]:
+    """Block widths of the official code: one block per octave above 2, from its channel table.
+
+    The official table is indexed by block (not by resolution): blocks 0-3 are 512 wide,
+    then the width halves per block, scaled by the channel multiplier. CIPSres keeps the
+    7th block as wide as the 6th. ``channel_max`` caps every width (for small presets).
+    """
+    if size < 4 or size & (size - 1):
+        raise CipsError(f"The training size must be a power of two of at least 4, not {size}.")
+    m = channel_multiplier
+    table = [512, 512, 512, 512, 256 * m, 128 * m, 64 * m, 32 * m, 16 * m]
+    if arch == "res":
+        table[7], table[8] = 64 * m, 32 * m
+    n_blocks = int(math.log2(size)) - 1
+    if n_blocks > len(table):
+        raise CipsError(f"The official channel table stops at size 1024; size {size} needs explicit widths.")
+    return tuple(min(width, channel_max) for width in table[:n_blocks])
+
+
+# Recipes in the official constructor's terms. ``paper256`` and ``paper1024`` are exactly
+# the published configurations; ``small`` and ``tiny`` keep the structure at CPU-friendly widths.
+PRESETS: dict[str, dict[str, int]] = {
+    "paper256": dict(size=256, hidden=512, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512),
+    "paper1024": dict(size=1024, hidden=512, style_dim=512, n_mlp=8, channel_multiplier=2, channel_max=512),
+    "small": dict(size=128, hidden=128, style_dim=256, n_mlp=4, channel_multiplier=1, channel_max=256),
+    "tiny": dict(size=64, hidden=32, style_dim=64, n_mlp=2, channel_multiplier=1, channel_max=64),
+}
+
+
+def preset_config(
+    preset: str = "tiny", arch: str = "skip", coordinate_space: str = "plane", **overrides: Any
+) -> GeneratorConfig:
+    """Build a config from a named preset; ``overrides`` change recipe or config fields.
+
+    Recipe fields (``size``, ``channel_multiplier``, ``channel_max``) recompute the widths;
+    ``widths=(...)`` sets them outright.
+    """
+    if preset not in PRESETS:
+        raise CipsError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    recipe = dict(PRESETS[preset])
+    config_fields = {field.name for field in dataclasses.fields(GeneratorConfig)}
+    unknown = sorted(set(overrides) - config_fields - set(recipe))
+    if unknown:
+        raise CipsError(f"Unknown generator option(s): {', '.join(unknown)}.")
+    for key in list(overrides):
+        if key in recipe:
+            recipe[key] = overrides.pop(key)
+    channel_multiplier = recipe.pop("channel_multiplier")
+    channel_max = recipe.pop("channel_max")
+    widths = overrides.pop("widths", None)
+    if widths is None:
+        widths = official_widths(arch, recipe["size"], channel_multiplier, channel_max)
+    return GeneratorConfig(arch=arch, coordinate_space=coordinate_space, widths=widths, **recipe, **overrides)

@@ -1,0 +1,35 @@
+"""Coordinate helpers shared by the core, the topologies and the tests.
+
+A sample point is ``(u, v)``: u grows to the right, v grows downwards, and the training
+image spans [-1, 1] in both (DESIGN.md section 3). Batches are pixel-major ``[B, N, 2]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def grid_coords(
+    height: int,
+    width: int,
+    *,
+    u_range: tuple[float, float] = (-1.0, 1.0),
+    v_range: tuple[float, float] = (-1.0, 1.0),
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """The official sampling grid: u = linspace(u_range, width), v = linspace(v_range, height).
+
+    Returns [1, height * width, 2] in row-major order (point ``r * width + c`` is row r,
+    column c), so ``rgb.reshape(B, height, width, 3)`` is the image.
+    """
+    u = torch.linspace(u_range[0], u_range[1], width, device=device)
+    v = torch.linspace(v_range[0], v_range[1], height, device=device)
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    return torch.stack([uu, vv], dim=-1).reshape(1, height * width, 2)
+
+
+def planar_to_points(coords: Tensor) -> Tensor:
+    """Official coordinate maps [B, 2, H, W] (channel 0 = x, 1 = y) -> points [B, H*W, 2]."""
+    batch = coords.shape[0]
+    return coords.permute(0, 2, 3, 1).reshape(batch, -1, 2)

@@ -1,0 +1,10 @@
+"""The one exception type that reaches users.
+
+Everything a user can get wrong (a missing file, a foreign checkpoint, an impossible size)
+raises :class:`CipsError` with one sentence that names the problem. The CLI prints that
+sentence and exits non-zero; anything else escaping is a bug and keeps its traceback.
+"""
+
+
+class CipsError(Exception):
+    """A problem with the user's input, explained in one sentence."""

@@ -1,0 +1,154 @@
+"""The CIPS generator: ``(coordinates [B, N, 2], style) -> colours [B, N, 3]``.
+
+One class covers the family, chosen by :class:`~cips_deploy.config.GeneratorConfig`:
+CIPSskip (the paper's default), CIPSres and CIPS-NE (no embedding grid), each on a
+``plane`` or a ``cylinder`` coordinate space. Every pixel is computed from its own
+coordinate and the sample's style alone, so any set of points, in any number of chunks,
+gives the same colours.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .config import GeneratorConfig
+from .errors import CipsError
+from .layers import CoordinateEmbedding, FourierFeatures, MappingNetwork, ResidualBlock, StyledLayer, ToRGB
+
+
+class SkipBlock(nn.Module):
+    """CIPSskip block: two styled layers; the generator adds this block's ToRGB to the image."""
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int) -> None:
+        super().__init__()
+        self.layer1 = StyledLayer(in_features, out_features, style_dim)
+        self.layer2 = StyledLayer(out_features, out_features, style_dim)
+        self.to_rgb = ToRGB(out_features, style_dim)
+
+    def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
+        return self.layer2(self.layer1(x, w, noise), w, noise)
+
+
+class Generator(nn.Module):
+    """A CIPS generator.
+
+    Modules: ``mapping`` (z -> w), ``fourier`` and ``embedding`` (coordinates -> input
+    features), ``first`` (input features -> widths[0]), ``blocks`` and, for CIPSres,
+    ``to_rgb``. Buffer ``w_avg [S]``: the average w, the centre of truncation.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        cylinder = c.coordinate_space == "cylinder"
+        self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
+        self.fourier = FourierFeatures(c.hidden, cylinder=cylinder)
+        self.embedding = CoordinateEmbedding(c.hidden, c.size, cylinder=cylinder) if c.has_embedding else None
+        input_features = 2 * c.hidden if c.has_embedding else c.hidden
+        self.first = StyledLayer(input_features, c.widths[0], c.style_dim)
+        block_type = ResidualBlock if c.arch == "res" else SkipBlock
+        in_features = c.widths[0]
+        blocks = []
+        for width in c.widths:
+            blocks.append(block_type(in_features, width, c.style_dim))
+            in_features = width
+        self.blocks = nn.ModuleList(blocks)
+        self.to_rgb = ToRGB(in_features, c.style_dim) if c.arch == "res" else None
+        self.register_buffer("w_avg", torch.zeros(c.style_dim))
+        # Facts about where the weights came from; saved with the checkpoint.
+        self.provenance: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------- public API
+
+    @property
+    def device(self) -> torch.device:
+        return self.w_avg.device
+
+    @property
+    def num_parameters(self) -> int:
+        """Learned parameters (the official count: ``w_avg`` is a statistic, not a parameter)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, S] -> w [B, S], truncated towards ``w_avg`` (in W, as StyleGAN does)."""
+        self._check_width(z, "z")
+        w = self.mapping(z)
+        if truncation != 1.0:
+            w = self.w_avg.lerp(w, truncation)
+        return w
+
+    def synthesize(self, coords: Tensor, w: Tensor, *, noise: bool = False) -> Tensor:
+        """coords [B, N, 2] (u, v) and w [B, S] or [B, N, S] -> raw rgb [B, N, 3] (about [-1, 1]).
+
+        A per-sample w is folded into each layer's weights once; a per-point w [B, N, S]
+        (spatially varying styles) modulates each point's activations instead.
+        ``noise`` adds fresh per-point noise (training only).
+        """
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        if w.dim() not in (2, 3) or w.shape[0] != coords.shape[0] or (w.dim() == 3 and w.shape[1] != coords.shape[1]):
+            raise CipsError(
+                f"w must have shape [B, S] or [B, N, S] matching coordinates {list(coords.shape)}, not {list(w.shape)}."
+            )
+        self._check_width(w, "w")
+        x = self.fourier(coords)
+        if self.embedding is not None:
+            x = torch.cat([x, self.embedding(coords)], dim=-1)
+        x = self.first(x, w, noise)
+        if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
+            for block in self.blocks:
+                x = block(x, w, noise)
+            return self.to_rgb(x, w)
+        rgb = None  # CIPSskip: every block adds its colours
+        for block in self.blocks:
+            x = block(x, w, noise)
+            block_rgb = block.to_rgb(x, w)
+            rgb = block_rgb if rgb is None else block_rgb + rgb
+        return rgb
+
+    def forward(self, coords: Tensor, w: Tensor) -> Tensor:
+        return self.synthesize(coords, w)
+
+    def mean_w(self, n_samples: int = 10_000, seed: int = 0) -> Tensor:
+        """The mean of w over ``n_samples`` z ~ N(0, I) drawn with ``seed``: [S]."""
+        generator = torch.Generator().manual_seed(seed)
+        z = torch.randn(n_samples, self.config.style_dim, generator=generator).to(self.device)
+        with torch.no_grad():
+            return self.mapping(z).mean(dim=0)
+
+    def save(self, path: str | Path, *, overwrite: bool = True) -> None:
+        """Write the generator as one safetensors file with its config and provenance."""
+        from .checkpoint import save_generator
+
+        save_generator(self, path, overwrite=overwrite)
+
+    # ------------------------------------------------------------------- helpers
+
+    def _check_width(self, tensor: Tensor, name: str) -> None:
+        if tensor.shape[-1] != self.config.style_dim:
+            raise CipsError(
+                f"{name} has width {tensor.shape[-1]} but this generator's style width is {self.config.style_dim}."
+            )
+
+    def flops_per_point(self) -> int:
+        """Floating-point operations (2 per multiply-add) to synthesize one point, per sample."""
+        macs = self.fourier.weight.numel()
+        for module in self.modules():
+            if isinstance(module, (StyledLayer, ToRGB)):
+                macs += module.linear.weight.numel()
+            elif isinstance(module, ResidualBlock) and module.skip is not None:
+                macs += module.skip.weight.numel()
+        return 2 * macs
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (
+            f"arch={c.arch}, size={c.size}, coordinate_space={c.coordinate_space}, "
+            f"params={self.num_parameters:,}, flops/point={self.flops_per_point():,}"
+        )
+

@@ -1,0 +1,240 @@
+"""Building blocks of a CIPS generator, written for pixel-major activations.
+
+Every activation here is ``[B, N, C]``: B samples, N sample points, C channels. Because a
+style is shared by all points of a sample, a modulated layer folds its style into one
+``[in, out]`` weight per sample and runs a plain batched matrix product: the fast path of
+DESIGN.md section 4. A per-point style ``[B, N, S]`` (spatially varying styles) takes the
+mathematically identical unfolded path instead.
+
+Equalized learning rate (StyleGAN): parameters are stored at unit scale and multiplied by
+``lr_mul / sqrt(fan_in)`` at use, so that Adam sees every layer alike. Operation order
+follows the official implementation, so that results agree to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+SQRT2 = math.sqrt(2.0)
+
+
+def scaled_leaky_relu(x: Tensor) -> Tensor:
+    """Leaky ReLU(0.2) times sqrt(2), which keeps the activations' second moment at 1."""
+    return F.leaky_relu(x, negative_slope=0.2) * SQRT2
+
+
+def pixel_norm(z: Tensor) -> Tensor:
+    """z [B, Z] scaled to unit root-mean-square per sample."""
+    return z * torch.rsqrt(torch.mean(z**2, dim=1, keepdim=True) + 1e-8)
+
+
+class EqualLinear(nn.Module):
+    """Fully connected layer with equalized learning rate.
+
+    weight [out, in] stored as randn / lr_mul, used as weight * lr_mul / sqrt(in);
+    bias [out] used as bias * lr_mul. With ``activate``: scaled leaky ReLU after the bias.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        bias: bool = True,
+        bias_init: float = 0.0,
+        lr_mul: float = 1.0,
+        activate: bool = False,
+    ) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
+        self.scale = lr_mul / math.sqrt(in_features)
+        self.lr_mul = lr_mul
+        self.activate = activate
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [..., in] -> [..., out]"""
+        bias = self.bias * self.lr_mul if self.bias is not None else None
+        if self.activate:
+            out = F.linear(x, self.weight * self.scale)
+            return scaled_leaky_relu(out + bias) if bias is not None else scaled_leaky_relu(out)
+        return F.linear(x, self.weight * self.scale, bias)
+
+
+class MappingNetwork(nn.Module):
+    """z [B, S] -> w [B, S]: PixelNorm, then ``n_layers`` equalized layers with activation."""
+
+    def __init__(self, style_dim: int, n_layers: int, lr_mul: float = 0.01) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activate=True) for _ in range(n_layers)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = pixel_norm(z)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+class FourierFeatures(nn.Module):
+    """Coordinates [B, N, 2] -> sin(features @ A.T + b) [B, N, hidden].
+
+    On a plane the features are (u, v). On a cylinder u is an angle, so the features are
+    (cos pi*u, sin pi*u, v): periodic in u with period 2, hence seamless at u = +-1.
+    """
+
+    def __init__(self, hidden: int, cylinder: bool = False) -> None:
+        super().__init__()
+        in_features = 3 if cylinder else 2
+        self.cylinder = cylinder
+        # The official initialisation (a SIREN-style first layer): U(-sqrt(9/in), sqrt(9/in)).
+        bound = math.sqrt(9.0 / in_features)
+        self.weight = nn.Parameter(torch.empty(hidden, in_features).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(hidden).uniform_(-1 / math.sqrt(in_features), 1 / math.sqrt(in_features)))
+
+    def forward(self, coords: Tensor) -> Tensor:
+        if self.cylinder:
+            angle = math.pi * coords[..., 0:1]
+            coords = torch.cat([torch.cos(angle), torch.sin(angle), coords[..., 1:2]], dim=-1)
+        return torch.sin(F.linear(coords, self.weight, self.bias))
+
+
+class CoordinateEmbedding(nn.Module):
+    """A learned ``size x size`` grid of ``hidden``-wide vectors, read bilinearly at (u, v).
+
+    grid [size, size, hidden] (row = v, column = u), stored pixel-major so that a read is
+    four row gathers. On a plane this equals ``F.grid_sample(..., padding_mode='border',
+    align_corners=False)`` of the official code; on a cylinder the columns wrap around.
+    Gathers instead of GridSample keep the exported graph to ops every runtime supports.
+    """
+
+    def __init__(self, hidden: int, size: int, cylinder: bool = False) -> None:
+        super().__init__()
+        self.grid = nn.Parameter(torch.randn(size, size, hidden))
+        self.cylinder = cylinder
+
+    def forward(self, coords: Tensor) -> Tensor:
+        """coords [B, N, 2] -> [B, N, hidden]"""
+        size, _, hidden = self.grid.shape
+        table = self.grid.reshape(size * size, hidden)
+        # Unnormalise as grid_sample does with align_corners=False: -1 and +1 are the outer
+        # edges of the outer texels, so texel centres sit at (2i + 1) / size - 1.
+        x = ((coords[..., 0] + 1) * size - 1) / 2
+        y = ((coords[..., 1] + 1) * size - 1) / 2
+        y = y.clamp(0, size - 1)
+        if not self.cylinder:
+            x = x.clamp(0, size - 1)
+        x0, y0 = torch.floor(x), torch.floor(y)
+        x1, y1 = x0 + 1, y0 + 1
+        # Weights written as grid_sample writes them, so that rounding agrees too.
+        w00 = ((x1 - x) * (y1 - y)).unsqueeze(-1)
+        w01 = ((x - x0) * (y1 - y)).unsqueeze(-1)
+        w10 = ((x1 - x) * (y - y0)).unsqueeze(-1)
+        w11 = ((x - x0) * (y - y0)).unsqueeze(-1)
+        if self.cylinder:
+            # Wrap in floating point (exact for integers below 2**24): u = -1 and u = +1
+            # then read the same texels.
+            x0 = x0 - size * torch.floor(x0 / size)
+            x1 = x1 - size * torch.floor(x1 / size)
+        else:
+            # At the right and bottom edges the far neighbour has weight 0; clamp its index.
+            x1 = x1.clamp(max=size - 1)
+        y1 = y1.clamp(max=size - 1)
+
+        def read(row: Tensor, column: Tensor) -> Tensor:
+            index = (row * size + column).long()
+            return table[index]
+
+        return read(y0, x0) * w00 + read(y0, x1) * w01 + read(y1, x0) * w10 + read(y1, x1) * w11
+
+
+class ModulatedLinear(nn.Module):
+    """StyleGAN2's modulated 1x1 convolution as a fully connected layer.
+
+    weight [out, in]; the affine map w [.., S] -> s [.., in] starts at bias 1. Per sample:
+    W' = W / sqrt(in) * s (scaling input channels), then, with ``demodulate``, every output
+    row of W' is scaled to unit norm. Input x [B, N, in] -> output [B, N, out].
+    """
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int, *, demodulate: bool = True) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.affine = EqualLinear(style_dim, in_features, bias_init=1.0)
+        self.scale = 1 / math.sqrt(in_features)
+        self.demodulate = demodulate
+
+    def fold(self, w: Tensor) -> Tensor:
+        """w [B, S] -> this layer's per-sample weight, transposed for x @ W: [B, in, out]."""
+        style = self.affine(w)
+        weight = self.scale * self.weight * style[:, None, :]
+        if self.demodulate:
+            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=2, keepdim=True) + 1e-8)
+        return weight.transpose(1, 2)
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x [B, N, in], w [B, S] (one style per sample) or [B, N, S] (one per point)."""
+        if w.dim() == 2:
+            return torch.bmm(x, self.fold(w))
+        # Per-point styles: modulating the weight's columns is modulating the input, and the
+        # demodulation factor of output o is rsqrt(sum_i (W[o,i] s_i / sqrt(in))^2).
+        style = self.affine(w)
+        weight = self.scale * self.weight
+        out = F.linear(x * style, weight)
+        if self.demodulate:
+            out = out * torch.rsqrt(F.linear(style.pow(2), weight.pow(2)) + 1e-8)
+        return out
+
+
+class StyledLayer(nn.Module):
+    """Modulated layer, optional noise, bias, scaled leaky ReLU: [B, N, in] -> [B, N, out].
+
+    ``noise_strength`` is learned; noise is added only when asked (training): synthesis is
+    deterministic, so that every chunk and every engine produce the same pixels.
+    """
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int) -> None:
+        super().__init__()
+        self.linear = ModulatedLinear(in_features, out_features, style_dim, demodulate=True)
+        self.noise_strength = nn.Parameter(torch.zeros(1))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+
+    def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
+        out = self.linear(x, w)
+        if noise:
+            out = out + self.noise_strength * torch.randn_like(out[..., :1])
+        return scaled_leaky_relu(out + self.bias)
+
+
+class ToRGB(nn.Module):
+    """Modulated (not demodulated) projection to colour plus bias: [B, N, in] -> [B, N, 3]."""
+
+    def __init__(self, in_features: int, style_dim: int) -> None:
+        super().__init__()
+        self.linear = ModulatedLinear(in_features, 3, style_dim, demodulate=False)
+        self.bias = nn.Parameter(torch.zeros(3))
+
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        return self.linear(x, w) + self.bias
+
+
+class ResidualBlock(nn.Module):
+    """CIPSres block: two styled layers plus a skip, (out + skip) / sqrt(2).
+
+    The skip is a bias-free equalized projection where the width changes, else identity.
+    """
+
+    def __init__(self, in_features: int, out_features: int, style_dim: int) -> None:
+        super().__init__()
+        self.layer1 = StyledLayer(in_features, out_features, style_dim)
+        self.layer2 = StyledLayer(out_features, out_features, style_dim)
+        self.skip = EqualLinear(in_features, out_features, bias=False) if in_features != out_features else None
+
+    def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
+        out = self.layer2(self.layer1(x, w, noise), w, noise)
+        skip = self.skip(x) if self.skip is not None else x
+        return (out + skip) / SQRT2
