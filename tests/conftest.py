@@ -1,0 +1,33 @@
+"""Shared test fixtures: the official reference files and small generators."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import cips_deploy
+
+OFFICIAL_FIXTURES = Path(
+    os.environ.get("CIPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips")
+)
+
+
+@pytest.fixture(scope="session")
+def official_dir() -> Path:
+    """../shared/fixtures/official-cips: outputs of the official implementation.
+
+    Parity is not optional: in CI (CI set) a missing folder fails; elsewhere it skips.
+    """
+    if not OFFICIAL_FIXTURES.is_dir():
+        message = f"official CIPS fixtures not found at {OFFICIAL_FIXTURES} (set CIPS_OFFICIAL_FIXTURES)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return OFFICIAL_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_skip() -> cips_deploy.Generator:
+    return cips_deploy.create("tiny", arch="skip", seed=0)
