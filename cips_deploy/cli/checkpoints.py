@@ -35,17 +35,15 @@ def info(checkpoint: Path, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
-    width = max(len(key) for key in facts) + 1
-    for key, value in facts.items():
-        if key == "provenance":
-            for name, detail in value.items():
-                click.echo(f"{('provenance.' + name):<{width + 12}} {detail}")
-            continue
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 10_000:
-            value = f"{value:,}"
+    rows = [(key, value) for key, value in facts.items() if key != "provenance"]
+    rows += [(f"provenance.{key}", value) for key, value in facts["provenance"].items()]
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
         if value is None:
-            value = "not determinable (all blocks are 512 wide)"
-        click.echo(f"{key:<{width + 12}} {value}")
+            value = "not determinable (blocks 0-3 are always 512 wide)"
+        elif isinstance(value, int) and not isinstance(value, bool):
+            value = f"{value:,}"
+        click.echo(f"{key:<{width}}  {value}")
 
 
 @cli.command("import-official")

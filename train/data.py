@@ -1,0 +1,93 @@
+"""Training images: a folder or a zip of images (the StyleGAN convention), held in memory.
+
+Every image is decoded once, converted to RGB, resized so that its shorter side is the
+working size and centre-cropped to a square (or, for cylinder training, kept at the working
+height with its full width: wide images are strips of a panorama). Images that cannot be
+decoded are skipped and counted; a data set with no usable image is an error.
+
+Tensors are float32 in [-1, 1], ``[3, H, W]``, the generator's colour range.
+"""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+
+from ..errors import CipsError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
+
+
+@dataclass
+class ImageDataset:
+    """Decoded training images. ``images[i]``: [3, H, W_i] in [-1, 1]; ``skipped``: unreadable files."""
+
+    images: list[Tensor]
+    source: str
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def load_images(path: str | Path, resolution: int, *, keep_aspect: bool = False) -> ImageDataset:
+    """Read every image under ``path`` (a folder, searched recursively, or a .zip).
+
+    Square mode: shorter side resized to ``resolution``, centre crop ``resolution^2``.
+    ``keep_aspect`` (cylinder training): height resized to ``resolution``, width kept in
+    proportion (at least ``resolution``), so that crops can be taken anywhere along it.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CipsError(f"No such data set: {path}.")
+    images: list[Tensor] = []
+    skipped: list[str] = []
+    for name, read in _image_files(path):
+        try:
+            with Image.open(io.BytesIO(read())) as image:
+                image.load()
+                images.append(_prepare(image, resolution, keep_aspect))
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            skipped.append(name)
+    if not images:
+        detail = f" ({len(skipped)} file(s) could not be read as images)" if skipped else ""
+        raise CipsError(f"The data set {path} holds no usable image{detail}.")
+    return ImageDataset(images=images, source=str(path), skipped=skipped)
+
+
+def _image_files(path: Path):
+    """Yield (name, read-bytes callable) for every image-like file, in a stable order."""
+    if path.is_dir():
+        for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+            yield str(file.relative_to(path)), file.read_bytes
+        return
+    if zipfile.is_zipfile(path):
+        archive = zipfile.ZipFile(path)
+        for info in sorted(archive.infolist(), key=lambda item: item.filename):
+            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
+                yield info.filename, (lambda info=info: archive.read(info))
+        return
+    raise CipsError(f"The data set {path} is neither a folder nor a zip of images.")
+
+
+def _prepare(image: Image.Image, resolution: int, keep_aspect: bool) -> Tensor:
+    image = image.convert("RGB")
+    width, height = image.size
+    if keep_aspect:
+        new_width = max(resolution, round(width * resolution / height))
+        image = image.resize((new_width, resolution), Image.Resampling.LANCZOS)
+    else:
+        scale = resolution / min(width, height)
+        image = image.resize((max(resolution, round(width * scale)), max(resolution, round(height * scale))), Image.Resampling.LANCZOS)
+        left = (image.width - resolution) // 2
+        top = (image.height - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()

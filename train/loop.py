@@ -1,0 +1,302 @@
+"""The training loop: non-saturating GAN with lazy R1, generator EMA, checkpoints and DDP.
+
+One step is a discriminator update (plus, every ``r1_interval`` steps, the R1 penalty on
+reals) and a generator update, as in StyleGAN2. All randomness of a step comes from a seed
+derived from (run seed, step, rank), so a resumed run repeats an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .. import create
+from ..atomic import atomic_path
+from ..errors import CipsError
+from ..generator import Generator
+from .data import load_images
+from .discriminator import Discriminator
+from .distributed import Distributed, init_distributed
+from .options import TrainOptions
+from .samples import save_sample_grid
+from .views import ViewSampler
+
+STATE_FILE = "training-state.pt"
+W_AVG_BETA = 0.995  # how slowly the tracked average w follows the batch means
+
+
+class SynthesisStep(nn.Module):
+    """The generator as DDP sees it: z [B, S], coords [B, P*P, 2] -> (images [B, 3, P, P], w [B, S])."""
+
+    def __init__(self, generator: Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, z: Tensor, coords: Tensor) -> tuple[Tensor, Tensor]:
+        w = self.generator.mapping(z)
+        rgb = self.generator.synthesize(coords, w, noise=True)
+        side = math.isqrt(coords.shape[1])
+        return rgb.transpose(1, 2).reshape(z.shape[0], 3, side, side), w
+
+
+class Trainer:
+    def __init__(self, options: TrainOptions) -> None:
+        self.options = options
+        self.dist: Distributed = init_distributed(options.device)
+        if options.batch % self.dist.world_size:
+            raise CipsError(f"--batch {options.batch} does not split evenly over {self.dist.world_size} processes.")
+        self.local_batch = options.batch // self.dist.world_size
+        self.out = Path(options.out)
+        self.views = ViewSampler(options.resolution, options.crop, options.topology == "cylinder", options.span)
+        self.data = load_images(options.data, options.resolution, keep_aspect=options.topology == "cylinder")
+
+        device = self.dist.device
+        self.generator = create(
+            options.preset, arch=options.arch, coordinate_space=options.coordinate_space,
+            seed=options.seed, size=options.resolution,
+        ).to(device).train()
+        self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed + 1)
+            self.discriminator = Discriminator(self.views.patch, channel_max=max(self.generator.config.widths)).to(device)
+        # Lazy regularization (StyleGAN2): the D optimizer's lr and betas absorb the interval.
+        ratio = options.r1_interval / (options.r1_interval + 1)
+        self.g_optim = torch.optim.Adam(self.generator.parameters(), lr=options.lr, betas=(0.0, 0.99))
+        self.d_optim = torch.optim.Adam(self.discriminator.parameters(), lr=options.lr * ratio, betas=(0.0, 0.99**ratio))
+        self.step = 0
+        self.stop_requested = False
+        self._g_ddp = self.dist.wrap(SynthesisStep(self.generator))
+        self._d_ddp = self.dist.wrap(self.discriminator)
+
+    # ---------------------------------------------------------------- one step
+
+    def _seed(self, phase: int) -> torch.Generator:
+        """Seeds the global RNG (for noise) and returns a generator for this step and phase."""
+        seed = hash((self.options.seed, self.step, self.dist.rank, phase)) % (2**63)
+        torch.manual_seed(seed)
+        return torch.Generator().manual_seed(seed)
+
+    def _batch(self, phase: int) -> tuple[Tensor, Tensor, Tensor]:
+        rng = self._seed(phase)
+        reals, coords = self.views.sample(self.data.images, self.local_batch, rng)
+        z = torch.randn(self.local_batch, self.generator.config.style_dim, generator=rng)
+        device = self.dist.device
+        return reals.to(device), coords.to(device), z.to(device)
+
+    def train_step(self) -> dict[str, float]:
+        o, record = self.options, {}
+        reals, coords, z = self._batch(phase=0)
+        self.discriminator.requires_grad_(True)
+        with torch.no_grad(), self.dist.autocast():
+            fakes, _ = self._g_ddp(z, coords)
+        with self.dist.autocast():
+            d_loss = F.softplus(self._d_ddp(fakes.float())).mean() + F.softplus(-self._d_ddp(reals)).mean()
+        self.d_optim.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self.d_optim.step()
+        record["d_loss"] = d_loss.item()
+
+        if self.step % o.r1_interval == 0 and o.r1_gamma > 0:
+            reals = reals.detach().requires_grad_(True)
+            logits = self._d_ddp(reals)
+            (gradient,) = torch.autograd.grad(logits.sum(), reals, create_graph=True)
+            r1 = gradient.pow(2).sum(dim=(1, 2, 3)).mean()
+            self.d_optim.zero_grad(set_to_none=True)
+            (r1 * (o.r1_gamma / 2 * o.r1_interval) + 0 * logits[0]).backward()
+            self.d_optim.step()
+            record["r1"] = r1.item()
+
+        _, coords, z = self._batch(phase=1)
+        self.discriminator.requires_grad_(False)
+        with self.dist.autocast():
+            fakes, w = self._g_ddp(z, coords)
+            g_loss = F.softplus(-self.discriminator(fakes.float())).mean()  # D's own module: no DDP sync for D here
+        self.g_optim.zero_grad(set_to_none=True)
+        g_loss.backward()
+        self.g_optim.step()
+        record["g_loss"] = g_loss.item()
+
+        with torch.no_grad():
+            self.generator.w_avg.lerp_(self.dist.mean(w.detach().float().mean(dim=0)), 1 - W_AVG_BETA)
+            self._update_ema()
+        self.step += 1
+        return record
+
+    def _update_ema(self) -> None:
+        o = self.options
+        images = self.step * o.batch
+        half_life = o.ema_kimg * 1000
+        if o.ema_rampup:
+            half_life = min(half_life, images * o.ema_rampup)
+        beta = 0.5 ** (o.batch / max(half_life, 1e-8))
+        for ema, live in zip(self.generator_ema.parameters(), self.generator.parameters()):
+            ema.copy_(live.detach().lerp(ema, beta))
+        self.generator_ema.w_avg.copy_(self.generator.w_avg)
+
+    # ------------------------------------------------------------- the run
+
+    def run(self) -> None:
+        o = self.options
+        log_path = self.out / "log.jsonl"
+        self._install_signal_handlers()
+        if self.dist.is_main and self.data.skipped:
+            click.echo(f"Skipped {len(self.data.skipped)} unreadable file(s), e.g. {self.data.skipped[0]}.", err=True)
+        started, step_at_start = time.perf_counter(), self.step
+        last_good = self.step
+        with click.progressbar(
+            length=o.steps, label="training", file=sys.stderr if self.dist.is_main else io.StringIO(),
+            show_pos=True, item_show_func=lambda text: text,
+        ) as bar:
+            bar.update(self.step)
+            while self.step < o.steps:
+                step_started = time.perf_counter()
+                record = self.train_step()
+                if not all(math.isfinite(value) for value in record.values()):
+                    raise CipsError(
+                        f"The losses became NaN or infinite at step {self.step}; training stopped and the last "
+                        f"good checkpoint (step {last_good}) is in {self.out}."
+                    )
+                elapsed = time.perf_counter() - step_started
+                record = {"step": self.step, "images": self.step * o.batch, **record,
+                          "images_per_second": o.batch / elapsed}
+                if self.dist.is_main:
+                    with open(log_path, "a") as log:
+                        log.write(json.dumps(record) + "\n")
+                bar.update(1, f"D {record['d_loss']:.3f}  G {record['g_loss']:.3f}  {record['images_per_second']:.1f} img/s")
+                if self.step % o.checkpoint_every == 0 or self.step == o.steps:
+                    self.save()
+                    last_good = self.step
+                if (self.step * o.batch) // o.sample_every > ((self.step - 1) * o.batch) // o.sample_every:
+                    self._write_samples()
+                if o.fid_every and self.step % o.fid_every == 0:
+                    self._log_fid(log_path)
+                if self.dist.any(self.stop_requested):
+                    self.save()
+                    if self.dist.is_main:
+                        click.echo(f"\nStopped at step {self.step}; saved. Continue with --resume.", err=True)
+                    break
+        if self.dist.is_main:
+            rate = (self.step - step_at_start) * o.batch / max(time.perf_counter() - started, 1e-9)
+            click.echo(f"Trained to step {self.step} ({rate:.1f} images/s); the generator is {self.out / 'generator.safetensors'}.", err=True)
+        self.dist.close()
+
+    def _install_signal_handlers(self) -> None:
+        def request_stop(signum, frame):  # finish the step, save, exit cleanly
+            if self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+
+    # ------------------------------------------------------------ persistence
+
+    def save(self) -> None:
+        fingerprints = self.dist.gather_fingerprint(self.generator, self.discriminator)
+        if not self.dist.is_main:
+            return
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"replicas diverged: parameter fingerprints {fingerprints}")
+        state = {
+            "step": self.step,
+            "options": json.dumps(self.options.to_dict()),
+            "generator": self.generator.state_dict(),
+            "generator_ema": self.generator_ema.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "g_optim": self.g_optim.state_dict(),
+            "d_optim": self.d_optim.state_dict(),
+            "fingerprints": fingerprints,
+        }
+        with atomic_path(self.out / STATE_FILE) as temporary:
+            torch.save(state, temporary)
+        self.generator_ema.provenance = {
+            "source": "cips-deploy train",
+            "data": self.data.source,
+            "images": len(self.data),
+            "step": self.step,
+            "images_seen": self.step * self.options.batch,
+            "options": self.options.to_dict(),
+        }
+        self.generator_ema.save(self.out / "generator.safetensors")
+        with open(self.out / "log.jsonl", "a") as log:
+            log.write(json.dumps({"event": "checkpoint", "step": self.step, "replica_fingerprints": fingerprints}) + "\n")
+
+    def resume(self) -> None:
+        path = self.out / STATE_FILE
+        if not path.exists():
+            raise CipsError(f"Nothing to resume: {path} does not exist.")
+        try:
+            state = torch.load(path, map_location=self.dist.device, weights_only=True)
+        except Exception as error:  # a damaged state file is user input, not a bug
+            raise CipsError(f"Cannot resume from {path}: it is damaged ({type(error).__name__}).") from None
+        self.options.check_resumable_from(json.loads(state["options"]))
+        self.generator.load_state_dict(state["generator"])
+        self.generator_ema.load_state_dict(state["generator_ema"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.g_optim.load_state_dict(state["g_optim"])
+        self.d_optim.load_state_dict(state["d_optim"])
+        self.step = int(state["step"])
+        self._truncate_log(self.out / "log.jsonl")
+
+    def _truncate_log(self, path: Path) -> None:
+        """Drop log lines of steps after the checkpoint: they will be run again."""
+        if not self.dist.is_main or not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step]
+        with atomic_path(path) as temporary:
+            temporary.write_text("".join(line + "\n" for line in kept))
+
+    def _write_samples(self) -> None:
+        if self.dist.is_main:
+            save_sample_grid(self.generator_ema, self.views, self.out / "samples" / f"step-{self.step:07d}.png")
+
+    def _log_fid(self, log_path: Path) -> None:
+        from .fid import compute_fid
+
+        if not self.dist.is_main:
+            return
+        fid, message = compute_fid(self.generator_ema, self.data, self.views)
+        if message:
+            click.echo(message, err=True)
+        if fid is not None:
+            with open(log_path, "a") as log:
+                log.write(json.dumps({"event": "fid", "step": self.step, "fid": fid}) + "\n")
+
+
+def train(options: TrainOptions, *, resume: bool = False) -> Path:
+    """Run (or, with ``resume``, continue) a training run; returns the generator's path."""
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise CipsError(f"--out {out} exists and is not a directory.")
+    if (out / STATE_FILE).exists() and not resume:
+        raise CipsError(f"{out} already holds a training run; pass --resume to continue it or choose another --out.")
+    out.mkdir(parents=True, exist_ok=True)
+    # Scatter-adds (the embedding grid's gradient) otherwise accumulate in thread order:
+    # deterministic kernels make a resumed run repeat an uninterrupted one bit for bit.
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        trainer = Trainer(options)
+        if resume:
+            trainer.resume()
+        trainer.run()
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+    return out / "generator.safetensors"
+
+
+def run_summary(path: Path) -> list[dict[str, Any]]:
+    """The per-step records of a run's log.jsonl."""
+    return [record for record in map(json.loads, path.read_text().splitlines()) if "event" not in record]
