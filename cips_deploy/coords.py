@@ -29,7 +29,11 @@ def grid_coords(
     return torch.stack([uu, vv], dim=-1).reshape(1, height * width, 2)
 
 
-def planar_to_points(coords: Tensor) -> Tensor:
-    """Official coordinate maps [B, 2, H, W] (channel 0 = x, 1 = y) -> points [B, H*W, 2]."""
-    batch = coords.shape[0]
-    return coords.permute(0, 2, 3, 1).reshape(batch, -1, 2)
+def planar_to_points(maps: Tensor) -> Tensor:
+    """Image-shaped maps [B, C, H, W] -> pixel-major points [B, H*W, C].
+
+    For the official coordinate maps (C = 2: channel 0 = x, 1 = y) this gives (u, v) points;
+    for official colour output (C = 3) the matching rgb rows.
+    """
+    batch, channels = maps.shape[:2]
+    return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
