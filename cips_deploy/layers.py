@@ -168,18 +168,28 @@ class ModulatedLinear(nn.Module):
         self.scale = 1 / math.sqrt(in_features)
         self.demodulate = demodulate
 
-    def fold(self, w: Tensor) -> Tensor:
-        """w [B, S] -> this layer's per-sample weight, transposed for x @ W: [B, in, out]."""
+    def fold(self, w: Tensor, gain: float = 1.0) -> Tensor:
+        """w [B, S] -> this layer's per-sample weight times ``gain``, laid out for x @ W: [B, in, out]."""
         style = self.affine(w)
         weight = self.scale * self.weight * style[:, None, :]
         if self.demodulate:
-            weight = weight * torch.rsqrt(weight.pow(2).sum(dim=2, keepdim=True) + 1e-8)
+            factor = torch.rsqrt(weight.pow(2).sum(dim=2, keepdim=True) + 1e-8)
+            weight = weight * (factor * gain if gain != 1.0 else factor)
+        elif gain != 1.0:
+            weight = weight * gain
         return weight.transpose(1, 2)
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        """x [B, N, in], w [B, S] (one style per sample) or [B, N, S] (one per point)."""
+    def forward(self, x: Tensor, w: Tensor, bias: Tensor | None = None, gain: float = 1.0) -> Tensor:
+        """gain * (modulated(x) + bias): x [B, N, in], w [B, S] (one style per sample) or [B, N, S].
+
+        Taking the bias and a gain here lets the per-sample path run as one fused
+        ``baddbmm`` (matrix product plus bias) over the folded weight.
+        """
         if w.dim() == 2:
-            return torch.bmm(x, self.fold(w))
+            weight = self.fold(w, gain)
+            if bias is None:
+                return torch.bmm(x, weight)
+            return torch.baddbmm(bias * gain if gain != 1.0 else bias, x, weight)
         # Per-point styles: modulating the weight's columns is modulating the input, and the
         # demodulation factor of output o is rsqrt(sum_i (W[o,i] s_i / sqrt(in))^2).
         style = self.affine(w)
@@ -187,7 +197,9 @@ class ModulatedLinear(nn.Module):
         out = F.linear(x * style, weight)
         if self.demodulate:
             out = out * torch.rsqrt(F.linear(style.pow(2), weight.pow(2)) + 1e-8)
-        return out
+        if bias is not None:
+            out = out + bias
+        return out * gain if gain != 1.0 else out
 
 
 class StyledLayer(nn.Module):
@@ -204,10 +216,16 @@ class StyledLayer(nn.Module):
         self.bias = nn.Parameter(torch.zeros(out_features))
 
     def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
-        out = self.linear(x, w)
         if noise:
+            out = self.linear(x, w)
             out = out + self.noise_strength * torch.randn_like(out[..., :1])
-        return scaled_leaky_relu(out + self.bias)
+            return scaled_leaky_relu(out + self.bias)
+        # Leaky ReLU is positively homogeneous: lrelu(y + b) * sqrt(2) == lrelu(sqrt(2) * (y + b)),
+        # so the gain rides on the folded weight and the bias, and the activation is one pass.
+        out = self.linear(x, w, bias=self.bias, gain=SQRT2)
+        if torch.is_grad_enabled():
+            return F.leaky_relu(out, negative_slope=0.2)
+        return F.leaky_relu_(out, negative_slope=0.2)
 
 
 class ToRGB(nn.Module):
@@ -219,7 +237,7 @@ class ToRGB(nn.Module):
         self.bias = nn.Parameter(torch.zeros(3))
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        return self.linear(x, w) + self.bias
+        return self.linear(x, w, bias=self.bias)
 
 
 class ResidualBlock(nn.Module):
