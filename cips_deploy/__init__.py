@@ -7,6 +7,10 @@ The Python API in five calls::
     w = generator.map(torch.randn(1, generator.config.style_dim), truncation=0.7)
     rgb = generator.synthesize(cips_deploy.grid_coords(256, 256), w)    # [1, 65536, 3]
     image = cips_deploy.to_pil(rgb, 256, 256)[0]
+
+Any topology, any size, chunk by chunk (uint8 [H, W, 3])::
+
+    panorama = cips_deploy.render(generator, "cylinder", height=256, width=1024, seed=3)
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from .config import PRESETS, GeneratorConfig, preset_config
 from .coords import grid_coords
 from .errors import CipsError
 from .generator import Generator
+from .hookspecs import hookimpl, hookspec
 from .images import rgb_to_uint8, to_pil
+from .render import render, render_pil
 
 __all__ = [
     "CipsError",
@@ -29,7 +35,11 @@ __all__ = [
     "__version__",
     "create",
     "grid_coords",
+    "hookimpl",
+    "hookspec",
     "load",
+    "render",
+    "render_pil",
     "rgb_to_uint8",
     "to_pil",
 ]

@@ -26,6 +26,9 @@ from .errors import CipsError
 from .generator import Generator
 
 FORMAT = "cips-deploy/generator"
+# A tiny cylinder-space model trained by this package's training core (README, "Demo model"):
+# the default of `cips-deploy render`, so that it works offline right after install.
+DEMO_MODEL = Path(__file__).parent / "models" / "demo-panorama.safetensors"
 FORMAT_VERSION = "1"
 
 

@@ -35,7 +35,11 @@ def cli() -> None:
     """Deploy coordinate-based image generators (CIPS and its family)."""
 
 
-from . import checkpoints  # noqa: E402,F401  (registers info and import-official)
+from . import bench, checkpoints, train  # noqa: E402,F401  (each module registers its commands)
+from . import export  # noqa: E402,F401  (registers export)
+from . import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
+
+plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         if value is None:
-            value = "not determinable (blocks 0-3 are always 512 wide)"
+            value = "not determinable from the widths"
         elif isinstance(value, int) and not isinstance(value, bool):
             value = f"{value:,}"
         click.echo(f"{key:<{width}}  {value}")

@@ -1,0 +1,48 @@
+"""What a backend is: the thing that turns a coordinate batch and a style into colours.
+
+A backend class is registered through ``register_backends`` and constructed by the renderer
+as ``BackendClass(model, device=..., **options)``, where ``model`` is a
+:class:`~cips_deploy.generator.Generator` or a path to a model file the backend reads
+(a checkpoint for ``torch``; an engine for runtimes that other plugins add). It exposes the
+model's :class:`~cips_deploy.config.GeneratorConfig` and two calls on host (CPU) tensors:
+
+- ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
+- ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
+  synthesis, the raw generator output (about [-1, 1]); the engine I/O of DESIGN.md section 3.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from .config import GeneratorConfig
+from .footprint import render_bytes_per_point
+
+
+class Backend:
+    """Base class of synthesis backends; plugins subclass it and register the class."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    config: GeneratorConfig
+
+    def __init__(self, model: Any, *, device: str = "cpu", **options: Any) -> None:
+        raise NotImplementedError
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, Z] -> w [B, S] on the host, truncated towards the model's average w."""
+        raise NotImplementedError
+
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        """coords [B, N, 2] and w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+        raise NotImplementedError
+
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """Working memory per point of a chunk; the ``memory`` chunker divides its budget by it."""
+        return render_bytes_per_point(self.config, per_point_style=per_point_style)
+
+    def close(self) -> None:
+        """Release what the backend holds (device memory, sessions); the default holds nothing."""

@@ -1,0 +1,153 @@
+"""Synthesis benchmarks: pixels/s, ms per image, achieved GFLOP/s and peak memory.
+
+Every case runs in a fresh worker process (``python -m cips_deploy.bench CASE_JSON``), so
+its peak resident memory is its own and no case warms the caches of the next. A case
+renders ``batch`` images of ``resolution x resolution`` on the official grid through one
+backend, ``chunk`` points at a time, and reports the median over ``repeats`` timed runs
+after ``warmup`` untimed ones. The ``reference`` backend is the official code's way of
+computing (grouped convolutions over whole images, :mod:`.reference`), so speed-ups are
+ratios measured in the same run. The machine's matrix-product peak is measured in the same
+run too, and achieved GFLOP/s come from the model's own FLOP count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from .errors import CipsError
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One configuration. ``model`` is a checkpoint path or ``preset:NAME[:ARCH]``."""
+
+    model: str
+    backend: str = "torch"
+    resolution: int = 256
+    batch: int = 1
+    chunk: int = 16384
+    device: str = "cpu"
+    repeats: int = 3
+    warmup: int = 1
+    threads: int = 0  # 0: torch's default
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    """Median GFLOP/s of a ``size``-cubed matrix product: the machine's practical peak."""
+    a = torch.randn(size, size).to(dtype)
+    b = torch.randn(size, size).to(dtype)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - started)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def load_model(spec: str):
+    """A Generator from a checkpoint path or ``preset:NAME[:ARCH]`` (random weights, seed 0)."""
+    from . import create, load
+
+    if spec.startswith("preset:"):
+        _, preset, *rest = spec.split(":")
+        return create(preset, arch=rest[0] if rest else "skip", seed=0)
+    return load(spec)
+
+
+def run_case(case: BenchCase) -> dict[str, Any]:
+    """Time one case in this process; returns the measured figures."""
+    from .coords import grid_coords
+    from .plugin_manager import get_registry
+    from .reference import reference_synthesize
+
+    if case.threads:
+        torch.set_num_threads(case.threads)
+    generator = load_model(case.model).eval()
+    R, B = case.resolution, case.batch
+    pixels = R * R
+    z = torch.randn(B, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
+    coords = grid_coords(R, R).expand(B, -1, -1).contiguous()  # [B, R*R, 2]
+    with torch.inference_mode():
+        w = generator.map(z)
+
+    if case.backend == "reference":
+        planar = coords.reshape(B, R, R, 2).permute(0, 3, 1, 2).contiguous()  # [B, 2, R, R]
+
+        def render_once() -> None:
+            with torch.inference_mode():
+                reference_synthesize(generator, planar, w)
+
+        chunk = pixels
+    else:
+        backend_class = get_registry().get("backend", case.backend).item
+        backend = backend_class(generator, device=case.device)
+        chunk = min(case.chunk, pixels)
+
+        def render_once() -> None:
+            for start in range(0, pixels, chunk):
+                backend.run(coords[:, start : start + chunk], w)
+
+    for _ in range(case.warmup):
+        render_once()
+    times = []
+    for _ in range(case.repeats):
+        started = time.perf_counter()
+        render_once()
+        times.append(time.perf_counter() - started)
+    seconds = statistics.median(times)
+    flops = generator.flops_per_point() * B * pixels
+    return {
+        **asdict(case),
+        "chunk": chunk,
+        "seconds": seconds,
+        "ms_per_image": 1000 * seconds / B,
+        "pixels_per_second": B * pixels / seconds,
+        "gflops": flops / seconds / 1e9,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def run_case_isolated(case: BenchCase, timeout: float = 3600) -> dict[str, Any]:
+    """Run ``case`` in a fresh Python process and return its figures."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cips_deploy.bench", json.dumps(asdict(case))],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        raise CipsError(f"Benchmark case {case.backend} at {case.resolution}px failed: {lines[-1] if lines else 'no output'}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def machine_facts() -> dict[str, Any]:
+    """What the figures were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    facts = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        facts["gpu"] = torch.cuda.get_device_name()
+    return facts
+
+
+if __name__ == "__main__":  # the worker: one case, JSON in, JSON out
+    print(json.dumps(run_case(BenchCase(**json.loads(sys.argv[1])))))

@@ -1,0 +1,76 @@
+"""``cips-deploy bench``: throughput and memory of synthesis, against the official way and the machine's peak."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import click
+
+from ..bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
+from ..errors import CipsError
+from . import cli
+
+
+@cli.command()
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--preset", default="paper256", show_default=True, help="Random-weight model when no CHECKPOINT is given.")
+@click.option("--arch", type=click.Choice(["skip", "res", "ne"]), default="skip", show_default=True)
+@click.option("--backend", "backends", multiple=True, default=["torch"], show_default=True, help="Repeatable.")
+@click.option("--reference", is_flag=True, help="Also time the official grouped-convolution path.")
+@click.option("--resolution", "resolutions", type=int, multiple=True, default=[256], show_default=True, help="Repeatable.")
+@click.option("--batch", "batches", type=int, multiple=True, default=[1], show_default=True, help="Repeatable.")
+@click.option("--chunk-size", "chunks", type=int, multiple=True, default=[16384], show_default=True, help="Points per backend call; repeatable.")
+@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per case (the median is reported).")
+@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before timing.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=int, default=0, help="torch threads (default: torch's choice).")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, chunks, repeats, warmup, device, threads, as_json):
+    """Measure pixels/s, ms per image, GFLOP/s, fraction of the matmul peak and peak memory.
+
+    Each case runs in its own process (isolated peak memory); figures are medians over
+    --repeats after --warmup runs.
+    """
+    for name, values in (("resolution", resolutions), ("batch", batches), ("chunk-size", chunks)):
+        if min(values) < 1:
+            raise CipsError(f"--{name} must be at least 1.")
+    if repeats < 1 or warmup < 0:
+        raise CipsError("--repeats must be at least 1 and --warmup at least 0.")
+    if checkpoint is not None and not checkpoint.exists():
+        raise CipsError(f"No such checkpoint: {checkpoint}.")
+    model = str(checkpoint) if checkpoint else f"preset:{preset}:{arch}"
+    common = dict(model=model, device=device, repeats=repeats, warmup=warmup, threads=threads)
+    cases = [BenchCase(backend=b, resolution=r, batch=n, chunk=c, **common)
+             for b, r, n, c in itertools.product(backends, resolutions, batches, chunks)]
+    if reference:
+        cases = [BenchCase(backend="reference", resolution=r, batch=n, **common)
+                 for r, n in itertools.product(resolutions, batches)] + cases
+    peak = matmul_peak_gflops()
+    results = []
+    for case in cases:
+        if not as_json:
+            click.echo(f"  {case.backend} {case.resolution}px batch {case.batch} chunk {case.chunk} ...", err=True)
+        results.append(run_case_isolated(case))
+    references = {(r["resolution"], r["batch"]): r["pixels_per_second"] for r in results if r["backend"] == "reference"}
+    for result in results:
+        result["fraction_of_matmul_peak"] = result["gflops"] / peak
+        base = references.get((result["resolution"], result["batch"]))
+        result["speedup_vs_reference"] = result["pixels_per_second"] / base if base else None
+    report = {"machine": machine_facts(), "matmul_peak_gflops": peak, "model": model, "results": results}
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    facts = report["machine"]
+    click.echo(f"{model} on {facts['cpu']} ({facts['cores']} cores, torch {facts['torch']}, {facts['torch_threads']} threads)")
+    click.echo(f"fp32 matrix-product peak (2048^3, median of 5): {peak:.1f} GFLOP/s")
+    header = f"{'backend':<12}{'res':>6}{'batch':>6}{'chunk':>8}{'ms/image':>11}{'pixels/s':>11}{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}{'vs ref':>8}"
+    click.echo(header)
+    for r in results:
+        ratio = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
+        click.echo(
+            f"{r['backend']:<12}{r['resolution']:>6}{r['batch']:>6}{r['chunk']:>8}{r['ms_per_image']:>11.1f}"
+            f"{r['pixels_per_second']:>11,.0f}{r['gflops']:>9.1f}{100 * r['fraction_of_matmul_peak']:>6.0f}%"
+            f"{r['peak_rss_mb']:>8.0f}{ratio:>8}"
+        )

@@ -1,0 +1,86 @@
+"""``cips-deploy export``: a checkpoint to an ONNX or TensorRT engine (and a Triton repository)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import cli
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
+              help="onnx: a validated ONNX model; trt: a TensorRT plan built from it (needs tensorrt and a GPU).")
+@click.option("-o", "--output", type=click.Path(path_type=Path),
+              help="Engine file (.onnx or .plan); default <checkpoint name>.onnx/.plan here.")
+@click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 20 (default 17).")
+@click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-against-torch check.")
+@click.option("--spatial-style", is_flag=True, help="Take one style per point: w [B, N, S] instead of [B, S].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="TensorRT kernel precision (ONNX engines are fp32).")
+@click.option("--max-batch", type=int, default=None, help="TensorRT profile: most samples per call (default 1).")
+@click.option("--chunk-size", type=int, default=None, help="TensorRT profile: most points per call (default 65536).")
+@click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file, read and updated.")
+@click.option("--triton-repo", type=click.Path(path_type=Path), help="Also write a Triton model repository entry here.")
+@click.option("--name", help="Model name in the Triton repository (default: the output's name).")
+@click.option("--external-data", is_flag=True, help="Keep weights in a .data file even below protobuf's 2 GB limit.")
+@click.option("--force", is_flag=True, help="Replace existing files.")
+def export(
+    checkpoint: Path,
+    engine: str,
+    output: Path | None,
+    opset: int | None,
+    no_validate: bool,
+    spatial_style: bool,
+    precision: str,
+    max_batch: int | None,
+    chunk_size: int | None,
+    timing_cache: Path | None,
+    triton_repo: Path | None,
+    name: str | None,
+    external_data: bool,
+    force: bool,
+) -> None:
+    """Export CHECKPOINT (ours or an official .pt; for --engine trt also an exported .onnx).
+
+    The engine takes coords [B, N, 2] and w [B, S] and returns rgb [B, N, 3]; the mapping
+    network z -> w is written beside it as <name>.mapping.onnx.
+    """
+    from cips_deploy.exporters.onnx_export import DEFAULT_OPSET
+    from cips_deploy.exporters.pipeline import export_checkpoint
+    from cips_deploy.exporters.validate import ValidationError
+
+    try:
+        summary = export_checkpoint(
+            checkpoint,
+            engine=engine,
+            output=output,
+            opset=DEFAULT_OPSET if opset is None else opset,
+            validate=not no_validate,
+            spatial_style=spatial_style,
+            precision=precision,
+            max_batch=max_batch,
+            chunk_size=chunk_size,
+            timing_cache=timing_cache,
+            triton_repo=triton_repo,
+            triton_model_name=name,
+            external_data=True if external_data else None,
+            overwrite=force,
+        )
+    except ValidationError as error:
+        click.echo(error.report.format(), err=True)  # where the engine disagrees; then the one-line error
+        raise
+    if summary.report is not None:
+        click.echo(summary.report.format())
+    meta = summary.metadata
+    w_shape = f"[B, N, {meta.style_dim}]" if meta.spatial_style else f"[B, {meta.style_dim}]"
+    click.echo(
+        f"Engine: coords [B, N, 2], w {w_shape} -> rgb [B, N, 3]; {meta.config.arch} generator, "
+        f"{meta.coordinate_space} coordinates, opset {meta.opset}."
+    )
+    for path in summary.files:
+        click.echo(f"Wrote {path}")
+    for folder in summary.triton_models:
+        click.echo(f"Wrote Triton model {folder}")

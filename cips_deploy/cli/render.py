@@ -1,0 +1,228 @@
+"""``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG."""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+from PIL import Image
+
+from ..atomic import atomic_path
+from ..checkpoint import DEMO_MODEL
+from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
+from ..errors import CipsError
+from ..plugin_manager import get_registry
+from ..render import Rendering, make_backend, render_detailed
+from . import cli
+
+MAX_SEEDS = 256
+
+
+@cli.command("render")
+@click.option("--checkpoint", type=click.Path(path_type=Path), help="Model file (a cips-deploy or official checkpoint); default: the bundled demo panorama model.")
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Render a random-weight model of this preset instead.")
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
+@click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
+@click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
+@click.option("-t", "--topology", default="flat", show_default=True, help="Topology name (see `cips-deploy topologies`).")
+@click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A topology parameter; repeatable.")
+@click.option("--height", type=int, default=256, show_default=True, help="Image height in pixels.")
+@click.option("--width", type=int, default=None, help="Image width in pixels (default: the height; 4x the height for a cylinder).")
+@click.option("--seed", type=int, default=None, help="Latent seed (default 0).")
+@click.option("--seeds", default=None, metavar="LIST", help="Several seeds as a grid image, e.g. 0-3 or 1,5,9.")
+@click.option("--blend-seed", type=int, default=None, help="Blend towards this seed's style at u = +-1 (per-pixel styles).")
+@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi (1 = none).")
+@click.option("--chunker", default=None, help="fixed, rows or memory (default: fixed with --chunk-size, else memory).")
+@click.option("--chunk-size", type=int, default=None, help="Points (fixed) or image rows (rows) per chunk.")
+@click.option("--memory-budget", type=float, default=None, help="MB of working memory per chunk (memory chunker, default 256).")
+@click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
+@click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
+@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def render_command(
+    checkpoint: Path | None,
+    preset: str | None,
+    arch: str,
+    coordinate_space: str,
+    model_seed: int,
+    topology: str,
+    params: tuple[str, ...],
+    height: int,
+    width: int | None,
+    seed: int | None,
+    seeds: str | None,
+    blend_seed: int | None,
+    truncation: float,
+    chunker: str | None,
+    chunk_size: int | None,
+    memory_budget: float | None,
+    backend: str,
+    device: str,
+    backend_options: tuple[str, ...],
+    output: Path,
+    quiet: bool,
+) -> None:
+    """Render an image with any topology, chunk by chunk, and write it as a PNG.
+
+    \b
+    Examples:
+      cips-deploy render --topology cylinder -o panorama.png   (the bundled demo model)
+      cips-deploy render --preset tiny -o flat.png
+      cips-deploy render --preset tiny --coordinate-space cylinder -t cylinder --width 1024 -o pano.png
+      cips-deploy render --checkpoint model.safetensors -t foveated -p gaze_x=0.3 -p radius=0.15
+      cips-deploy render --checkpoint model.safetensors --seeds 0-8 --truncation 0.7 -o grid.png
+    """
+    if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
+        width = 4 * height if topology == "cylinder" else height
+    seed_list = parse_seeds(seed, seeds)
+    check_output(output)
+    topology_params = parse_assignments(params, "topology parameter")
+    model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
+    registry = get_registry()
+    runner = make_backend(registry, backend, model, device, parse_assignments(backend_options, "backend option"))
+    try:
+        renderings = []
+        for each_seed in seed_list:
+            label = f"seed {each_seed}" if len(seed_list) > 1 else "rendering"
+            # A bar only where someone watches: in a log, click would print just its label.
+            progress = ChunkProgress(label, enabled=not quiet and sys.stderr.isatty())
+            try:
+                renderings.append(
+                    render_detailed(
+                        runner, topology, height, width, seed=each_seed, truncation=truncation, chunker=chunker,
+                        chunk_size=chunk_size, memory_budget=memory_budget, blend_seed=blend_seed,
+                        progress=progress, registry=registry, **topology_params,
+                    )
+                )
+            finally:
+                progress.close()
+    finally:
+        runner.close()
+    image = tile([rendering.image for rendering in renderings])
+    with atomic_path(output) as temporary:
+        Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
+    click.echo(summary(output, renderings, height, width))
+
+
+def choose_model(checkpoint: Path | None, preset: str | None, arch: str, coordinate_space: str, model_seed: int) -> Any:
+    """A checkpoint path (the backend reads it) or a random-weight Generator of a preset."""
+    if checkpoint is not None and preset is not None:
+        raise CipsError("Give either --checkpoint or --preset, not both.")
+    if checkpoint is not None:
+        return checkpoint
+    if preset is None:
+        if not DEMO_MODEL.exists():
+            raise CipsError(f"No --checkpoint given and the bundled demo model {DEMO_MODEL} is missing; reinstall cips-deploy.")
+        return DEMO_MODEL
+    from .. import create
+
+    return create(preset, arch=arch, coordinate_space=coordinate_space, seed=model_seed)
+
+
+def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
+    """[seed] or the seeds of a list such as ``0-3,7``."""
+    if seed is not None and seeds is not None:
+        raise CipsError("Give either --seed or --seeds, not both.")
+    if seeds is None:
+        return [0 if seed is None else seed]
+    found: list[int] = []
+    for part in seeds.replace(" ", "").split(","):
+        try:
+            if "-" in part[1:]:
+                first, last = part.split("-", 1)
+                low, high = int(first), int(last)
+                if high < low:
+                    raise ValueError
+                found.extend(range(low, min(high, low + MAX_SEEDS) + 1))
+            else:
+                found.append(int(part))
+        except ValueError:
+            raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r}.") from None
+    if len(found) > MAX_SEEDS:
+        raise CipsError(f"--seeds lists {len(found)} seeds; a grid takes at most {MAX_SEEDS}.")
+    return found
+
+
+def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; values stay strings for the plugin to convert."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise CipsError(f"A {what} is written NAME=VALUE, not {item!r}.")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def check_output(output: Path) -> None:
+    """Refuse an output we cannot write before spending time on the render."""
+    if output.is_dir():
+        raise CipsError(f"Cannot write {output}: it is a directory.")
+    if output.suffix.lower() != ".png":
+        raise CipsError(f"The output {output} must be a .png file.")
+    folder = output.parent
+    if not folder.is_dir():
+        raise CipsError(f"Cannot write {output}: the folder {folder} does not exist.")
+    try:  # the only reliable test of writability (permissions, read-only mounts, root) is to try
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CipsError(f"Cannot write {output}: {error.strerror or error}.") from None
+
+
+def tile(images: list[np.ndarray]) -> np.ndarray:
+    """One image, or several uint8 [H, W, 3] as a near-square grid, row by row."""
+    if len(images) == 1:
+        return images[0]
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    height, width, _ = images[0].shape
+    grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    return grid
+
+
+def summary(output: Path, renderings: list[Rendering], height: int, width: int) -> str:
+    first = renderings[0]
+    seeds = ", ".join(str(rendering.seed) for rendering in renderings)
+    points = sum(rendering.points_evaluated for rendering in renderings)
+    chunks = sum(rendering.chunks for rendering in renderings)
+    text = (
+        f"Wrote {output}: {height}x{width} {first.topology} render of seed{'s' if len(renderings) > 1 else ''} {seeds}; "
+        f"evaluated {points:,} points in {chunks:,} chunk{'s' if chunks != 1 else ''}"
+    )
+    pixels = height * width * len(renderings)
+    if points != pixels:
+        text += f" ({points / pixels:.1%} of {pixels:,} pixels)"
+    return text + "."
+
+
+class ChunkProgress:
+    """``render_detailed``'s progress callback as a click progress bar on stderr."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label, self.enabled = label, enabled
+        self.bar = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None

@@ -1,0 +1,296 @@
+"""Find, load and isolate plugins; collect what they register into a :class:`Registry`.
+
+The built-in plugins (``cips_deploy.plugins.*``) are registered exactly as third-party
+ones: as modules with ``@hookimpl`` functions. Third-party plugins are modules named by
+entry points of the group ``cips_deploy`` in any installed distribution's metadata.
+
+A plugin that fails to import, whose hook raises, or that registers something malformed
+is recorded as a problem (and reported through :class:`PluginWarning`) under its own name;
+everything else it did not break keeps working. Each hook implementation is therefore
+called on its own rather than through pluggy's all-or-nothing hook call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import click
+import pluggy
+
+from . import hookspecs
+from ._version import __version__
+from .backend import Backend
+from .chunking import Chunker
+from .config import COORDINATE_SPACES
+from .errors import CipsError
+from .topology import Parameter, Topology
+
+ENTRY_POINT_GROUP = "cips_deploy"
+BUILTIN_PLUGINS = (
+    "cips_deploy.plugins.flat",
+    "cips_deploy.plugins.cylinder",
+    "cips_deploy.plugins.foveated",
+    "cips_deploy.plugins.rotated",
+    "cips_deploy.plugins.chunkers",
+    "cips_deploy.plugins.torch_backend",
+    "cips_deploy.exporters.backends",
+)
+# Each register_* hook and the kind of thing it registers.
+REGISTER_HOOKS = {
+    "register_topologies": "topology",
+    "register_chunkers": "chunker",
+    "register_backends": "backend",
+    "register_exporters": "exporter",
+}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or used; the message names it."""
+
+
+@dataclass
+class PluginInfo:
+    """One plugin as ``cips-deploy plugins`` lists it."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problems)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """Something a plugin registered, with the plugin's name for error messages."""
+
+    kind: str
+    name: str
+    item: Any
+    plugin: str
+
+    @property
+    def label(self) -> str:
+        """``Topology 'flat' (plugin 'cips_deploy.plugins.flat')``: how errors name it."""
+        return f"{self.kind.capitalize()} {self.name!r} (plugin {self.plugin!r})"
+
+
+class Registry:
+    """Everything the loaded plugins registered, by kind and name, and what went wrong."""
+
+    def __init__(self, plugin_manager: pluggy.PluginManager) -> None:
+        self.plugin_manager = plugin_manager
+        self.plugins: dict[str, PluginInfo] = {}
+        self.items: dict[str, dict[str, Registered]] = {kind: {} for kind in REGISTER_HOOKS.values()}
+
+    @property
+    def topologies(self) -> dict[str, Registered]:
+        return self.items["topology"]
+
+    @property
+    def chunkers(self) -> dict[str, Registered]:
+        return self.items["chunker"]
+
+    @property
+    def backends(self) -> dict[str, Registered]:
+        return self.items["backend"]
+
+    @property
+    def exporters(self) -> dict[str, Registered]:
+        return self.items["exporter"]
+
+    @property
+    def problems(self) -> list[str]:
+        return [problem for info in self.plugins.values() for problem in info.problems]
+
+    def get(self, kind: str, name: str) -> Registered:
+        """The registered ``kind`` called ``name``, or a CipsError listing the choices."""
+        found = self.items[kind].get(name)
+        if found is not None:
+            return found
+        choices = ", ".join(sorted(self.items[kind])) or "none"
+        broken = sorted(info.name for info in self.plugins.values() if info.broken)
+        hint = f"; plugin(s) {', '.join(broken)} failed to load, see `cips-deploy plugins`" if broken else ""
+        raise CipsError(f"Unknown {kind} {name!r}; available: {choices}{hint}.")
+
+    def problem(self, plugin: str, message: str) -> None:
+        """Record (and warn about) a problem with ``plugin``."""
+        self.plugins[plugin].problems.append(message)
+        warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
+    """A fresh registry: built-in plugins, then entry-point plugins, then ``extra_plugins``.
+
+    ``extra_plugins`` are ``(name, module_or_object)`` pairs registered as if discovered
+    (for embedding applications and tests).
+    """
+    manager = pluggy.PluginManager("cips_deploy")
+    manager.add_hookspecs(hookspecs)
+    registry = Registry(manager)
+    for module_name in BUILTIN_PLUGINS:
+        registry.plugins[module_name] = PluginInfo(module_name, "cips-deploy", __version__, builtin=True)
+        _register(registry, module_name, lambda name=module_name: importlib.import_module(name))
+    if entry_points:
+        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            distribution = entry_point.dist
+            registry.plugins.setdefault(
+                entry_point.name,
+                PluginInfo(
+                    entry_point.name,
+                    distribution.name if distribution else None,
+                    distribution.version if distribution else None,
+                    builtin=False,
+                ),
+            )
+            _register(registry, entry_point.name, entry_point.load)
+    for name, plugin in extra_plugins:
+        registry.plugins.setdefault(name, PluginInfo(name, None, None, builtin=False))
+        _register(registry, name, lambda plugin=plugin: plugin)
+    for hook_name in REGISTER_HOOKS:
+        _collect(registry, hook_name)
+    return registry
+
+
+_default_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _default_registry
+    if _default_registry is None:
+        _default_registry = load_registry()
+    return _default_registry
+
+
+def register_commands(cli: click.Group, registry: Registry | None = None) -> None:
+    """Let every plugin add commands to ``cli``; a plugin that raises is recorded, not fatal."""
+    registry = registry or get_registry()
+    for implementation in _implementations(registry, "register_commands"):
+        try:
+            implementation.function(cli=cli)
+        except Exception as error:  # a plugin's bug must not take the command line down
+            registry.problem(implementation.plugin_name, _failure(implementation.plugin_name, "register_commands", error))
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
+    """Import (``load``) and register one plugin, recording why not if that fails."""
+    try:
+        plugin = load()
+    except Exception as error:
+        registry.problem(name, f"Plugin {name!r} failed to import ({_error_text(error)}); it was skipped.")
+        return
+    try:
+        registry.plugin_manager.register(plugin, name=name)
+    except Exception as error:  # pluggy's validation: unknown hook names, wrong arguments
+        registry.problem(name, f"Plugin {name!r} could not be registered ({_error_text(error)}); it was skipped.")
+        return
+    registry.plugins[name].hooks = sorted(caller.name for caller in registry.plugin_manager.get_hookcallers(plugin) or ())
+
+
+def _implementations(registry: Registry, hook_name: str) -> list[pluggy.HookImpl]:
+    """The hook's implementations in registration order (built-ins first, so they win clashes).
+
+    pluggy keeps them in that order (and calls them in reverse); we call them one by one.
+    """
+    return list(getattr(registry.plugin_manager.hook, hook_name).get_hookimpls())
+
+
+def _collect(registry: Registry, hook_name: str) -> None:
+    """Call each plugin's ``hook_name`` alone; keep what it registered only if it succeeded."""
+    kind = REGISTER_HOOKS[hook_name]
+    for implementation in _implementations(registry, hook_name):
+        plugin = implementation.plugin_name
+        received: list[Any] = []
+        try:
+            implementation.function(register=received.append)
+        except Exception as error:
+            registry.problem(plugin, _failure(plugin, hook_name, error))
+            continue
+        for item in received:
+            try:
+                item = _CHECKS[kind](item)
+            except (TypeError, ValueError) as error:
+                registry.problem(plugin, f"Plugin {plugin!r} registered an invalid {kind} ({error}); it was skipped.")
+                continue
+            existing = registry.items[kind].get(item.name)
+            if existing is not None:
+                registry.problem(
+                    plugin,
+                    f"Plugin {plugin!r} registered {kind} {item.name!r}, which plugin {existing.plugin!r} "
+                    "already provides; the first one is kept.",
+                )
+                continue
+            registry.items[kind][item.name] = Registered(kind, item.name, item, plugin)
+
+
+def _check_name(item: Any) -> None:
+    name = getattr(item, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"its name {name!r} is not a word such as 'my-topology'")
+
+
+def _check_topology(item: Any) -> Topology:
+    if isinstance(item, type):
+        item = item()
+    _check_name(item)
+    if not isinstance(getattr(item, "description", None), str):
+        raise ValueError(f"{item.name!r} has no description string")
+    if not callable(getattr(item, "layout", None)):
+        raise ValueError(f"{item.name!r} has no layout(request) method")
+    parameters = tuple(getattr(item, "parameters", ()))
+    if not all(isinstance(parameter, Parameter) for parameter in parameters):
+        raise ValueError(f"{item.name!r} declares parameters that are not cips_deploy.topology.Parameter")
+    spaces = tuple(getattr(item, "coordinate_spaces", ()))
+    if not spaces or not set(spaces) <= set(COORDINATE_SPACES):
+        raise ValueError(f"{item.name!r} declares coordinate spaces {spaces}, not a selection of {COORDINATE_SPACES}")
+    return item
+
+
+def _check_chunker(item: Any) -> Chunker:
+    if isinstance(item, type):
+        item = item()
+    _check_name(item)
+    if not callable(getattr(item, "spans", None)):
+        raise ValueError(f"{item.name!r} has no spans(request) method")
+    return item
+
+
+def _check_backend(item: Any) -> type[Backend]:
+    if not isinstance(item, type):
+        raise TypeError(f"backends are registered as classes, not {type(item).__name__} instances")
+    _check_name(item)
+    for method in ("map", "run"):
+        if not callable(getattr(item, method, None)):
+            raise ValueError(f"{item.name!r} has no {method}() method")
+    return item
+
+
+def _check_exporter(item: Any) -> Any:
+    _check_name(item)
+    return item
+
+
+_CHECKS = {"topology": _check_topology, "chunker": _check_chunker, "backend": _check_backend, "exporter": _check_exporter}
+
+
+def _failure(plugin: str, hook_name: str, error: BaseException) -> str:
+    return f"Plugin {plugin!r} raised in {hook_name} ({_error_text(error)}); what it registers there is unavailable."
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,183 @@
+"""The ``onnxruntime`` and ``tensorrt`` render backends and the ``onnx``/``trt`` exporters, as a plugin.
+
+Registered through the same hooks a third-party plugin uses (``register_backends``,
+``register_exporters``). The backends follow :class:`cips_deploy.backend.Backend`: built as
+``Backend(model, device=..., **options)``, they take and return host float32 tensors,
+coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3].
+
+``onnxruntime``: ``model`` is an exported ``.onnx`` engine, a checkpoint (exported once
+into the cache of :mod:`.cache`, keyed by its hash) or a Generator (cached by the hash of
+its weights). Options: ``providers`` (``auto``, ``tensorrt``, ``cuda``, ``cpu`` or a comma
+list), ``engine`` (an ``.onnx`` file to use for the checkpoint ``model``; refused unless it
+was exported from it), ``opset``.
+
+``tensorrt``: ``model`` is a ``.plan`` built by ``cips-deploy export --engine trt``, or a
+checkpoint together with the option ``engine=<plan>`` (refused unless built from it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cips_deploy.backend import Backend
+from cips_deploy.checkpoint import file_sha256, load
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+from cips_deploy.hookspecs import hookimpl
+
+from .cache import cache_entry, cached_onnx
+from .metadata import EngineMetadata, weights_sha256
+from .onnx_export import DEFAULT_OPSET, export_onnx
+from .ort_runtime import OnnxEngine, choose_providers
+from .pipeline import export_checkpoint
+
+
+def _reject_unknown(backend: str, options: dict[str, Any]) -> None:
+    if options:
+        raise CipsError(f"The {backend} backend has no option {sorted(options)[0]!r}.")
+
+
+def _is_engine_file(model: Any, suffix: str) -> bool:
+    return isinstance(model, (str, Path)) and Path(model).suffix == suffix
+
+
+def check_engine_source(metadata: EngineMetadata, model: Any, engine: Path) -> None:
+    """Refuse ``engine`` unless it was exported from ``model`` (a Generator or a checkpoint).
+
+    The checkpoint's hash is compared first; only when it differs (say, the engine came
+    from the official .pt and this is its .safetensors conversion) are the weights compared.
+    """
+    if isinstance(model, Generator):
+        metadata.check_matches(source=str(engine), generator=model)
+        return
+    checkpoint = Path(model)
+    if metadata.source_sha256 and metadata.source_sha256 == file_sha256(checkpoint):
+        return
+    metadata.check_matches(source=str(engine), generator=load(checkpoint))
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    description = "ONNX Runtime on exported .onnx engines, or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        device: str = "cpu",
+        providers: str | None = None,
+        engine: str | Path | None = None,
+        opset: int = DEFAULT_OPSET,
+        **options: Any,
+    ) -> None:
+        _reject_unknown(self.name, options)
+        choose_providers(providers)  # an impossible provider fails now, before any export
+        parsed = torch.device(device)
+        self._device_id = parsed.index or 0 if parsed.type == "cuda" else 0
+        self._providers = providers
+        self._opset = int(opset)  # options from the command line arrive as strings
+        self._source = model
+        self._engines: dict[bool, OnnxEngine] = {}
+        # An engine file is what it is; a checkpoint or a Generator can be exported again
+        # for the other kind of style on first need.
+        self._exportable = engine is None and not _is_engine_file(model, ".onnx")
+        if engine is not None:
+            opened = self._open(Path(engine))
+            check_engine_source(opened.metadata, model, Path(engine))
+        elif _is_engine_file(model, ".onnx"):
+            opened = self._open(Path(model))
+        else:
+            opened = self._open(self._export(spatial_style=False))
+        self._engines[opened.spatial_style] = opened
+        self.config = opened.metadata.config
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        return next(iter(self._engines.values())).map(z.float().cpu(), truncation)
+
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        return self._engine(spatial=w.dim() == 3).synthesize(coords.float().cpu(), w.float().cpu())
+
+    def close(self) -> None:
+        self._engines.clear()
+
+    def _engine(self, spatial: bool) -> OnnxEngine:
+        if spatial not in self._engines:
+            if not self._exportable:
+                kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
+                raise CipsError(f"This engine was not exported for {kind}; export it again to match.")
+            self._engines[spatial] = self._open(self._export(spatial_style=spatial))
+        return self._engines[spatial]
+
+    def _export(self, spatial_style: bool) -> Path:
+        if isinstance(self._source, Generator):
+            # In-memory weights have no file hash: key the cache by the weights themselves.
+            path = cache_entry("w" + weights_sha256(self._source), opset=self._opset, spatial_style=spatial_style)
+            if not path.is_file():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                export_onnx(self._source, path, opset=self._opset, spatial_style=spatial_style, overwrite=True)
+            return path
+        return cached_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
+
+    def _open(self, path: Path) -> OnnxEngine:
+        return OnnxEngine(path, providers=self._providers, device_id=self._device_id)
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+    description = "TensorRT plans built by `cips-deploy export --engine trt` (NVIDIA GPU, tensorrt package)."
+
+    def __init__(self, model: Any, *, device: str = "cuda", engine: str | Path | None = None, **options: Any) -> None:
+        from .tensorrt import TensorRTEngine
+
+        _reject_unknown(self.name, options)
+        plan = Path(engine) if engine is not None else Path(model) if _is_engine_file(model, ".plan") else None
+        if plan is None:
+            raise CipsError(
+                "The tensorrt backend runs a .plan engine: build one with `cips-deploy export CHECKPOINT --engine trt` "
+                "and pass it as the model (or as engine=...)."
+            )
+        parsed = torch.device(device)
+        gpu = parsed if parsed.type == "cuda" else None  # the renderer's default "cpu" means "the current GPU" here
+        self._engine = TensorRTEngine(plan, device=gpu)
+        if engine is not None:
+            check_engine_source(self._engine.metadata, model, plan)
+        self.config = self._engine.metadata.config
+        self.max_batch, self.max_points = self._engine.max_batch, self._engine.max_points
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        return self._engine.map(z.float().cpu(), truncation)
+
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        rgb = self._engine.synthesize(coords, w)  # chunked to the plan's profile on the GPU
+        return rgb.cpu()  # waits for the engine's stream
+
+    def close(self) -> None:
+        self._engine = None
+
+
+class EngineExporter:
+    """An exporter as ``register_exporters`` registers it: ``export(source, output, **options)``."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+
+    def export(self, source: str | Path, output: str | Path | None = None, **options: Any):
+        """Export ``source`` to ``output``; options as :func:`.pipeline.export_checkpoint`."""
+        return export_checkpoint(source, engine=self.name, output=output, **options)
+
+
+@hookimpl
+def register_backends(register):
+    register(OnnxRuntimeBackend)
+    register(TensorRTBackend)
+
+
+@hookimpl
+def register_exporters(register):
+    register(EngineExporter("onnx", "validated ONNX synthesis and mapping engines (coords, w -> rgb)"))
+    register(EngineExporter("trt", "TensorRT plan with an optimization profile over B and N, plus sidecar JSON"))

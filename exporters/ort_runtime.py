@@ -1,0 +1,170 @@
+"""Run exported engines with onnxruntime.
+
+:class:`OnnxEngine` opens ``model.onnx`` (and ``model.mapping.onnx`` beside it, when there)
+and runs coordinate batches: coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3] as
+torch tensors. Execution providers are chosen automatically (TensorRT EP, then CUDA EP,
+then CPU: the first that this onnxruntime build has) or by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+
+from .metadata import EngineMetadata, read_onnx_metadata
+from .onnx_export import mapping_path_for
+from .spec import MAPPING, SYNTHESIS
+
+# Short names accepted on the command line, in the automatic order of preference.
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+def choose_providers(requested: str | Sequence[str] | None = None, available: Sequence[str] | None = None) -> list[str]:
+    """The execution providers to use, best first, always ending with the CPU.
+
+    ``requested``: None or ``"auto"`` (every available one of TensorRT, CUDA, CPU), or
+    names (``"cuda"``, ``"CUDAExecutionProvider"``, or a comma-separated list); a name that
+    this onnxruntime lacks is an error rather than a silent CPU fallback.
+    """
+    import onnxruntime as ort
+
+    available = list(available if available is not None else ort.get_available_providers())
+    if requested is None or requested == "auto":
+        return [name for name in PROVIDERS.values() if name in available]
+    if isinstance(requested, str):
+        requested = [part.strip() for part in requested.split(",") if part.strip()]
+    chosen = []
+    for name in requested:
+        full = PROVIDERS.get(name.lower(), name)
+        if full not in PROVIDERS.values():
+            raise CipsError(f"Unknown onnxruntime provider {name!r}; choose from auto, {', '.join(PROVIDERS)}.")
+        if full not in available:
+            hint = " (install onnxruntime-gpu for the GPU providers)" if full in GPU_PROVIDERS else ""
+            raise CipsError(
+                f"This onnxruntime has no {full}; it offers {', '.join(available)}{hint}."
+            )
+        chosen.append(full)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")  # for any node a GPU provider does not take
+    return chosen
+
+
+def _provider_options(providers: list[str], device_id: int) -> list[tuple[str, dict]]:
+    """Options that keep fp32 engines fp32: the CUDA EP would use TF32 matrix products on
+    Ampere and newer, which breaks the 1e-4 agreement with torch."""
+    options = []
+    for name in providers:
+        if name == "CUDAExecutionProvider":
+            options.append((name, {"device_id": device_id, "use_tf32": 0}))
+        elif name == "TensorrtExecutionProvider":
+            options.append((name, {"device_id": device_id, "trt_fp16_enable": False}))
+        else:
+            options.append((name, {}))
+    return options
+
+
+class OnnxEngine:
+    """An exported synthesis engine (plus its mapping engine, when present) on onnxruntime."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        providers: str | Sequence[str] | None = None,
+        device_id: int = 0,
+        generator: Generator | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.metadata: EngineMetadata = read_onnx_metadata(self.path)
+        self.metadata.check_role(SYNTHESIS, source=str(self.path))
+        if generator is not None or checkpoint_sha256 is not None:
+            self.metadata.check_matches(source=str(self.path), generator=generator, checkpoint_sha256=checkpoint_sha256)
+        chosen = choose_providers(providers)
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        pairs = _provider_options(chosen, device_id)
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]
+        )
+        self.providers = self.session.get_providers()
+        self.device_id = device_id
+        mapping_file = mapping_path_for(self.path)
+        self.mapping_session = None
+        if mapping_file.is_file():
+            mapping_meta = read_onnx_metadata(mapping_file)
+            mapping_meta.check_role(MAPPING, source=str(mapping_file))
+            if mapping_meta.weights_sha256 != self.metadata.weights_sha256:
+                raise CipsError(f"{mapping_file} belongs to a different model than {self.path}; export them together again.")
+            # The mapping engine is a few small products per sample: the CPU is the right place.
+            self.mapping_session = ort.InferenceSession(str(mapping_file), options, providers=["CPUExecutionProvider"])
+
+    @property
+    def spatial_style(self) -> bool:
+        return self.metadata.spatial_style
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] in GPU_PROVIDERS
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, S] -> w [B, S] through the mapping engine, truncated towards w_avg in W."""
+        if self.mapping_session is None:
+            raise CipsError(f"{self.path} has no mapping engine beside it ({mapping_path_for(self.path).name}).")
+        (w,) = self.mapping_session.run(["w"], {"z": _numpy(z)})
+        w = torch.from_numpy(w).to(z.device)
+        if truncation != 1.0:
+            w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
+        return w
+
+    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """coords [B, N, 2], w [B, S] (or [B, N, S]) -> rgb [B, N, 3] on coords' device."""
+        self._check_shapes(coords, w)
+        if coords.is_cuda and self.on_gpu:
+            return self._run_on_device(coords, w)
+        (rgb,) = self.session.run(["rgb"], {"coords": _numpy(coords), "w": _numpy(w)})
+        return torch.from_numpy(rgb).to(coords.device)
+
+    __call__ = synthesize
+
+    def _run_on_device(self, coords: Tensor, w: Tensor) -> Tensor:
+        """Bind torch CUDA tensors directly (no host round trip) through an I/O binding."""
+        coords = coords.float().contiguous()
+        w = w.float().contiguous()
+        rgb = torch.empty(coords.shape[0], coords.shape[1], 3, device=coords.device)
+        binding = self.session.io_binding()
+        index = coords.device.index or 0
+        for name, tensor in (("coords", coords), ("w", w)):
+            binding.bind_input(name, "cuda", index, np.float32, list(tensor.shape), tensor.data_ptr())
+        binding.bind_output("rgb", "cuda", index, np.float32, list(rgb.shape), rgb.data_ptr())
+        # onnxruntime runs on its own stream: the inputs must be complete before it starts.
+        torch.cuda.current_stream(coords.device).synchronize()
+        self.session.run_with_iobinding(binding)
+        return rgb
+
+    def _check_shapes(self, coords: Tensor, w: Tensor) -> None:
+        style = self.metadata.style_dim
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        expected = [coords.shape[0], coords.shape[1], style] if self.spatial_style else [coords.shape[0], style]
+        if list(w.shape) != expected:
+            kind = "per-point styles [B, N, S]" if self.spatial_style else "one style per sample [B, S]"
+            raise CipsError(f"{self.path.name} takes {kind}: w must have shape {expected}, not {list(w.shape)}.")
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()

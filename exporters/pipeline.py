@@ -1,0 +1,225 @@
+"""One export from a checkpoint (or an exported ONNX engine) to ONNX, TensorRT and Triton.
+
+This is what ``cips-deploy export`` runs; it checks every option before doing expensive
+work, so that a bad request fails in one sentence within a second and writes nothing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+
+from cips_deploy.checkpoint import file_sha256, load
+from cips_deploy.errors import CipsError
+
+from .files import check_destination, staged
+from .metadata import EngineMetadata, read_onnx_metadata
+from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, mapping_path_for
+from .spec import mapping_spec, synthesis_spec
+from .trt_ops import tensorrt_problems
+from .validate import ValidationReport
+
+ENGINES = ("onnx", "trt")
+SUFFIXES = {"onnx": ".onnx", "trt": ".plan"}
+DEFAULT_MAX_BATCH = 1
+DEFAULT_CHUNK_SIZE = 65536  # one 256 x 256 image per call
+
+
+@dataclass
+class ExportSummary:
+    """What an export wrote, and its validation report (None with --no-validate)."""
+
+    engine: str
+    files: list[Path] = field(default_factory=list)
+    triton_models: list[Path] = field(default_factory=list)
+    report: ValidationReport | None = None
+    metadata: EngineMetadata | None = None
+    external_data: bool = False
+
+
+def export_checkpoint(
+    source: str | Path,
+    *,
+    engine: str = "onnx",
+    output: str | Path | None = None,
+    opset: int = DEFAULT_OPSET,
+    validate: bool = True,
+    spatial_style: bool = False,
+    precision: str = "fp32",
+    max_batch: int | None = None,
+    chunk_size: int | None = None,
+    timing_cache: str | Path | None = None,
+    triton_repo: str | Path | None = None,
+    triton_model_name: str | None = None,
+    external_data: bool | None = None,
+    overwrite: bool = False,
+) -> ExportSummary:
+    """Export ``source`` (a checkpoint, official ``.pt``, or for ``trt`` an exported ``.onnx``).
+
+    ``output`` defaults to ``<source stem>.onnx`` / ``.plan`` in the current folder, or to
+    nothing when only ``triton_repo`` is wanted.
+    """
+    source = Path(source)
+    if engine not in ENGINES:
+        raise CipsError(f"Unknown engine {engine!r}; choose one of {', '.join(ENGINES)}.")
+    check_opset(opset)
+    if not source.exists():
+        raise CipsError(f"No such checkpoint: {source}.")
+    source_metadata = None
+    if source.suffix == ".onnx":  # an exported engine: check it before anything costly
+        if engine == "onnx":
+            raise CipsError(f"{source} is already an ONNX engine; export a checkpoint, or build --engine trt from it.")
+        source_metadata = read_onnx_metadata(source)
+        source_metadata.check_role("synthesis", source=str(source))
+        if spatial_style and not source_metadata.spatial_style:
+            raise CipsError(f"{source} takes one style per sample; export the checkpoint again with --spatial-style.")
+    if engine == "onnx":
+        _check_onnx_options(precision, max_batch, chunk_size, timing_cache)
+    else:
+        from .tensorrt import Profile, check_precision, gpu_facts, import_tensorrt
+
+        import_tensorrt()
+        check_precision(precision, gpu_facts()["compute_capability"])
+        profile = Profile(max_batch or DEFAULT_MAX_BATCH, chunk_size or DEFAULT_CHUNK_SIZE)
+    if output is None and triton_repo is None:
+        output = Path(source.stem + SUFFIXES[engine])
+    output = Path(output) if output is not None else None
+    if output is not None:
+        if output.suffix != SUFFIXES[engine]:
+            raise CipsError(f"A {engine} engine is written to a {SUFFIXES[engine]} file, not {output.name}.")
+        check_destination(output, overwrite=overwrite)
+        check_destination(mapping_path_for(output), overwrite=overwrite)
+    name = triton_model_name or (output.stem if output is not None else source.stem)
+
+    # The work happens in a hidden folder beside the destination (same file system, so the
+    # final moves are renames; engines can be gigabytes); it disappears whatever happens.
+    # Without -o it goes to the system's temporary folder rather than into the Triton
+    # repository, where a server polling the repository would see it.
+    work_parent = output.parent if output is not None else None
+    with tempfile.TemporaryDirectory(prefix=".cips-export.", dir=work_parent) as work:
+        work = Path(work)
+        summary = ExportSummary(engine)
+        onnx_file = work / (output.name if engine == "onnx" and output is not None else f"{name}.onnx")
+        if source_metadata is not None:
+            metadata = source_metadata
+            onnx_file, mapping_file = source, mapping_path_for(source)
+            mapping_file = mapping_file if mapping_file.is_file() else None
+        else:
+            generator = load(source)
+            result = export_onnx(
+                generator,
+                onnx_file,
+                opset=opset,
+                spatial_style=spatial_style,
+                source_file=source.name,
+                source_sha256=file_sha256(source),
+                external_data=external_data,
+                validate_export=validate,
+            )
+            metadata, mapping_file = result.metadata, result.mapping
+            summary.report, summary.external_data = result.report, result.external_data
+        summary.metadata = metadata
+        spec = synthesis_spec(metadata.config, metadata.spatial_style)
+        engine_files = _engine_files(onnx_file)
+
+        if engine == "trt":
+            from .tensorrt import build_engine, sidecar_path
+
+            model = onnx.load(str(onnx_file), load_external_data=False)
+            problems = tensorrt_problems(model)
+            if problems:
+                raise CipsError(f"TensorRT's ONNX parser cannot take {onnx_file.name}: {'; '.join(problems)}.")
+            plan = work / f"{name}.plan"
+            build_engine(
+                onnx_file,
+                plan,
+                metadata,
+                spec,
+                precision=precision,
+                profile=profile,
+                timing_cache=Path(timing_cache) if timing_cache else None,
+            )
+            engine_files = [plan, sidecar_path(plan)]
+
+        # Triton first: it links or copies the engine files, which the commit then moves.
+        if triton_repo is not None:
+            from .triton import write_triton_model
+
+            mapping_meta = read_onnx_metadata(mapping_file) if mapping_file is not None else None
+            summary.triton_models = write_triton_model(
+                triton_repo,
+                name,
+                engine=engine,
+                model_files=engine_files,
+                spec=spec,
+                metadata=metadata,
+                mapping_file=mapping_file,
+                mapping_spec=mapping_spec(metadata.config),
+                mapping_metadata=mapping_meta,
+                overwrite=overwrite,
+            )
+        if output is not None:
+            summary.files = _commit(engine_files, mapping_file, output, work, overwrite)
+    return summary
+
+
+def _check_onnx_options(precision: str, max_batch, chunk_size, timing_cache) -> None:
+    if precision != "fp32":
+        raise CipsError(
+            f"ONNX engines are exported in fp32 (their I/O is float32 by contract); --precision {precision} "
+            "is a TensorRT build option: use --engine trt."
+        )
+    if max_batch is not None or chunk_size is not None:
+        raise CipsError("--max-batch and --chunk-size set a TensorRT optimization profile; an ONNX engine takes any B and N.")
+    if timing_cache is not None:
+        raise CipsError("--timing-cache is a TensorRT build cache; it only applies with --engine trt.")
+
+
+def _engine_files(onnx_file: Path) -> list[Path]:
+    """The ONNX engine first, then the external data file it refers to, if any."""
+    location = _data_location(onnx_file)
+    return [onnx_file, onnx_file.parent / location] if location else [onnx_file]
+
+
+def _commit(engine_files: list[Path], mapping_file: Path | None, output: Path, work: Path, overwrite: bool) -> list[Path]:
+    """Move the finished files (copy those the user gave us) to their destinations."""
+    check_destination(output, overwrite=overwrite)
+    previous_data = _data_location(output) if output.suffix == ".onnx" and output.exists() else None
+    engine, *companions = engine_files
+    with staged(output.parent, output.name) as stage:
+        _place(engine, stage.file(output.name), work)
+        for companion in companions:
+            # A sidecar follows the plan's name; external data keeps the name the model refers to.
+            is_sidecar = companion.name == engine.name + ".json"
+            _place(companion, stage.file(output.name + ".json" if is_sidecar else companion.name), work)
+        if mapping_file is not None:
+            _place(mapping_file, stage.file(mapping_path_for(output).name), work)
+        written = stage.commit(last=[mapping_path_for(output).name, output.name])
+    # A replaced export may leave external data that the new one does not use.
+    if previous_data == output.name + ".data" and output.parent / previous_data not in written:
+        (output.parent / previous_data).unlink(missing_ok=True)
+    return written
+
+
+def _place(source: Path, destination: Path, work: Path) -> None:
+    if source.parent == work:
+        source.replace(destination)
+    else:
+        shutil.copyfile(source, destination)
+
+
+def _data_location(path: Path) -> str | None:
+    """The external data file an existing ONNX model refers to, if any."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (any decoding error): then it refers to nothing
+        return None
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                return entry.value
+    return None

@@ -1,0 +1,119 @@
+"""What an exported engine looks like, declared once (the optimum-style "export config").
+
+Every exporter, validator, runtime and the Triton writer reads the engine's inputs, outputs
+and dynamic axes from here, so they cannot disagree. The synthesis engine's I/O is fixed by
+DESIGN.md section 3:
+
+- ``coords`` float32 ``[B, N, 2]`` (u, v); B and N dynamic;
+- ``w`` float32 ``[B, S]``, or ``[B, N, S]`` for an engine exported with spatial styles;
+- ``rgb`` float32 ``[B, N, 3]``, the raw generator output (about [-1, 1]).
+
+The mapping engine takes ``z [B, S]`` and returns ``w [B, S]`` (no truncation: that is
+``w_avg + psi * (w - w_avg)`` on the host, with ``w_avg`` from the engine's metadata).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cips_deploy.config import GeneratorConfig
+
+# Names of the dynamic dimensions, as they appear in the ONNX graph and Triton's config.
+BATCH = "batch"
+POINTS = "points"
+
+SYNTHESIS = "synthesis"
+MAPPING = "mapping"
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One engine input or output: a name and a shape whose str entries are dynamic axes."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        """{axis index: axis name} for the dimensions that vary between calls."""
+        return {axis: size for axis, size in enumerate(self.shape) if isinstance(size, str)}
+
+    def concrete(self, **sizes: int) -> tuple[int, ...]:
+        """The shape with every dynamic axis replaced by ``sizes[name]``."""
+        return tuple(sizes[size] if isinstance(size, str) else size for size in self.shape)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Inputs and outputs of one engine (``role`` is ``synthesis`` or ``mapping``)."""
+
+    role: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    spatial_style: bool = False
+
+    @property
+    def input_names(self) -> list[str]:
+        return [spec.name for spec in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [spec.name for spec in self.outputs]
+
+    @property
+    def dynamic_axes(self) -> dict[str, dict[int, str]]:
+        """The ``dynamic_axes`` argument of ``torch.onnx.export``."""
+        return {spec.name: spec.dynamic_axes for spec in self.inputs + self.outputs}
+
+    def tensor(self, name: str) -> TensorSpec:
+        for spec in self.inputs + self.outputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        return {
+            "role": self.role,
+            "spatial_style": self.spatial_style,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+        }
+
+
+def synthesis_spec(config: GeneratorConfig, spatial_style: bool = False) -> EngineSpec:
+    """coords [B, N, 2], w [B, S] (or [B, N, S]) -> rgb [B, N, 3]."""
+    style = config.style_dim
+    w_shape: tuple[int | str, ...] = (BATCH, POINTS, style) if spatial_style else (BATCH, style)
+    return EngineSpec(
+        role=SYNTHESIS,
+        inputs=(TensorSpec("coords", (BATCH, POINTS, 2)), TensorSpec("w", w_shape)),
+        outputs=(TensorSpec("rgb", (BATCH, POINTS, 3)),),
+        spatial_style=spatial_style,
+    )
+
+
+def mapping_spec(config: GeneratorConfig) -> EngineSpec:
+    """z [B, S] -> w [B, S]."""
+    style = config.style_dim
+    return EngineSpec(
+        role=MAPPING,
+        inputs=(TensorSpec("z", (BATCH, style)),),
+        outputs=(TensorSpec("w", (BATCH, style)),),
+    )
+
+
+def example_inputs(spec: EngineSpec, batch: int = 2, points: int = 37, device: str | torch.device = "cpu"):
+    """Tracing inputs for ``spec``: sizes that are not 1 and not powers of two, so that no
+    dimension can be specialised to a constant by accident. A tuple in ``spec.inputs`` order."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = []
+    for tensor in spec.inputs:
+        shape = tensor.concrete(**{BATCH: batch, POINTS: points})
+        tensors.append((torch.rand(shape, generator=generator) * 2 - 1).to(device))
+    return tuple(tensors)

@@ -1,0 +1,361 @@
+"""TensorRT engines: build a plan from the exported ONNX, and run it on torch CUDA tensors.
+
+Written against the TensorRT 10 Python API. Building needs ``tensorrt`` and an NVIDIA GPU;
+everything that decides *what* to build or whether a plan may run (profile shapes, the
+sidecar and its checks) is plain Python, so it is tested everywhere.
+
+A plan ``model.plan`` always travels with ``model.plan.json``, its sidecar: TensorRT
+version, GPU name and compute capability, precision, optimization profile, I/O, the plan's
+SHA-256 and the model metadata of :mod:`.metadata`. A plan is tied to the TensorRT version
+and the GPU it was built on, so :class:`TensorRTEngine` refuses a plan whose sidecar names
+another one, or another model, before TensorRT sees it.
+
+Precision: ``fp32`` clears TensorRT's default TF32 flag, so fp32 means fp32 (and agrees
+with torch within 1e-4). ``fp16``/``bf16`` allow reduced-precision kernels for the MLP but
+pin the coordinate path (Fourier features and the embedding read, whose texel index reaches
+size**2 and is not representable in fp16) to fp32.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cips_deploy.atomic import atomic_path
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+
+from .metadata import EngineMetadata
+from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+SIDECAR_FORMAT = "cips-deploy/tensorrt-engine"
+SIDECAR_VERSION = "1"
+# ONNX node scopes that stay fp32 whatever the precision (see the module docstring).
+FP32_SCOPES = ("/fourier/", "/embedding/")
+DEFAULT_WORKSPACE = 4 * 2**30
+
+
+def import_tensorrt():
+    """The ``tensorrt`` module, or one sentence saying why there is none."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise CipsError(
+            "TensorRT is not installed here: TensorRT engines need the tensorrt package "
+            "(pip install 'cips-deploy[tensorrt]') on a machine with an NVIDIA GPU."
+        ) from None
+    return tensorrt
+
+
+def sidecar_path(plan: Path) -> Path:
+    """``model.plan`` -> ``model.plan.json``."""
+    return plan.with_name(plan.name + ".json")
+
+
+def gpu_facts(device: int | str | torch.device | None = None) -> dict[str, str]:
+    """Name and compute capability of a CUDA device, as the sidecar records them."""
+    if not torch.cuda.is_available():
+        raise CipsError("TensorRT needs a CUDA GPU, and torch sees none on this machine.")
+    device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+    properties = torch.cuda.get_device_properties(device)
+    return {"name": properties.name, "compute_capability": f"{properties.major}.{properties.minor}"}
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The optimization profile: the engine accepts 1..max_batch samples of 1..max_points points."""
+
+    max_batch: int
+    max_points: int
+
+    def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise CipsError(f"--max-batch must be at least 1, not {self.max_batch}.")
+        if self.max_points < 1:
+            raise CipsError(f"--chunk-size must be at least 1, not {self.max_points}.")
+
+    def shapes(self, spec: EngineSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """{input name: (min, opt, max)}. The optimum is the largest batch: a renderer sends
+        full chunks except for the last one, so that is the shape worth tuning for."""
+        result = {}
+        for tensor in spec.inputs:
+            low = tensor.concrete(**{BATCH: 1, POINTS: 1})
+            high = tensor.concrete(**{BATCH: self.max_batch, POINTS: self.max_points})
+            result[tensor.name] = (low, high, high)
+        return result
+
+
+def check_precision(precision: str, compute_capability: str) -> None:
+    """Refuse a precision the GPU cannot run: fp16 needs 5.3+, bf16 needs 8.0+ (Ampere)."""
+    if precision not in PRECISIONS:
+        raise CipsError(f"Unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}.")
+    major, minor = (int(part) for part in compute_capability.split("."))
+    if precision == "fp16" and (major, minor) < (5, 3):
+        raise CipsError(f"This GPU (compute capability {compute_capability}) has no fast fp16; build with --precision fp32.")
+    if precision == "bf16" and major < 8:
+        raise CipsError(
+            f"bf16 needs compute capability 8.0 or newer, and this GPU is {compute_capability}; use fp16 or fp32."
+        )
+
+
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    metadata: EngineMetadata,
+    spec: EngineSpec,
+    *,
+    precision: str = "fp32",
+    profile: Profile,
+    timing_cache: Path | None = None,
+    workspace: int = DEFAULT_WORKSPACE,
+) -> dict[str, Any]:
+    """Build ``plan_path`` and its sidecar from the ONNX synthesis engine; returns the sidecar.
+
+    ``timing_cache``: a file of kernel timings that is read if it exists and written back
+    updated, so later builds (other precisions, other profiles) skip re-timing kernels.
+    """
+    trt = import_tensorrt()
+    facts = gpu_facts()
+    check_precision(precision, facts["compute_capability"])
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    # TensorRT 10 networks are always explicit-batch; 0 = weakly typed, so that the
+    # precision flags below choose kernel precisions.
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    # From the file, so that external data beside it is found.
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(index)) for index in range(parser.num_errors)]
+        raise CipsError(f"TensorRT's ONNX parser refused {onnx_path.name}: {errors[0] if errors else 'no reason given'}.")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)
+    else:
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+        _pin_fp32(network, trt)
+        obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
+        config.set_flag(obey if obey is not None else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+
+    shapes = profile.shapes(spec)
+    optimization_profile = builder.create_optimization_profile()
+    for name, (low, optimum, high) in shapes.items():
+        optimization_profile.set_shape(name, low, optimum, high)
+    config.add_optimization_profile(optimization_profile)
+
+    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    # ignore_mismatch=True: a cache from another GPU or TensorRT version is dropped, not fatal.
+    config.set_timing_cache(cache, ignore_mismatch=True)
+
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise CipsError("TensorRT could not build the engine; its log above says why.")
+    plan = bytes(serialized)
+    plan_path.write_bytes(plan)
+    if timing_cache is not None:
+        with atomic_path(timing_cache, overwrite=True) as temporary:
+            temporary.write_bytes(bytes(config.get_timing_cache().serialize()))
+
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "format_version": SIDECAR_VERSION,
+        "tensorrt_version": trt.__version__,
+        "gpu": facts,
+        "precision": precision,
+        "profile": {name: {"min": list(low), "opt": list(opt), "max": list(high)} for name, (low, opt, high) in shapes.items()},
+        "max_batch": profile.max_batch,
+        "chunk_size": profile.max_points,
+        "io": spec.to_dict(),
+        "plan_sha256": hashlib.sha256(plan).hexdigest(),
+        "metadata": metadata.to_strings(),
+    }
+    sidecar_path(plan_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    return sidecar
+
+
+def _pin_fp32(network, trt) -> None:
+    """Keep every floating-point layer of the coordinate path in fp32 (module docstring)."""
+    floating = {trt.float32, trt.float16, trt.bfloat16}
+    for index in range(network.num_layers):
+        layer = network.get_layer(index)
+        if not any(scope in layer.name for scope in FP32_SCOPES) or layer.type == trt.LayerType.CONSTANT:
+            continue
+        outputs = [layer.get_output(j) for j in range(layer.num_outputs)]
+        if not outputs or any(output.dtype not in floating for output in outputs):
+            continue  # index arithmetic in int64 is exact already
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            layer.set_output_type(j, trt.float32)
+
+
+def read_sidecar(plan: Path) -> dict[str, Any]:
+    """The sidecar of ``plan``; one sentence if it is missing or not ours."""
+    path = sidecar_path(plan)
+    if not plan.is_file():
+        raise CipsError(f"No such engine: {plan}.")
+    if not path.is_file():
+        raise CipsError(f"{plan} has no sidecar {path.name}, so it cannot be checked; build it again with cips-deploy.")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        raise CipsError(f"{path} is not a readable cips-deploy sidecar; build the engine again.") from None
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise CipsError(f"{path} is not a cips-deploy TensorRT sidecar.")
+    if sidecar.get("format_version") != SIDECAR_VERSION:
+        raise CipsError(f"{path} has sidecar version {sidecar.get('format_version')}; build the engine again.")
+    return sidecar
+
+
+def check_sidecar(
+    sidecar: dict[str, Any],
+    *,
+    plan: Path,
+    tensorrt_version: str,
+    gpu: dict[str, str],
+    plan_bytes: bytes | None = None,
+    generator: Generator | None = None,
+    checkpoint_sha256: str | None = None,
+) -> EngineMetadata:
+    """Refuse a plan built for another TensorRT, another GPU or another model; returns its metadata."""
+    if sidecar.get("tensorrt_version") != tensorrt_version:
+        raise CipsError(
+            f"{plan.name} was built with TensorRT {sidecar.get('tensorrt_version')}, but this machine has "
+            f"TensorRT {tensorrt_version}; build it again here."
+        )
+    built = sidecar.get("gpu", {})
+    if built.get("name") != gpu["name"] or built.get("compute_capability") != gpu["compute_capability"]:
+        raise CipsError(
+            f"{plan.name} was built for {built.get('name')} (compute capability {built.get('compute_capability')}), "
+            f"not for this {gpu['name']} ({gpu['compute_capability']}); build it again here."
+        )
+    if plan_bytes is not None and hashlib.sha256(plan_bytes).hexdigest() != sidecar.get("plan_sha256"):
+        raise CipsError(f"{plan.name} does not match its sidecar (the plan was replaced or damaged); build it again.")
+    metadata = EngineMetadata.from_strings(sidecar.get("metadata", {}), source=str(plan))
+    metadata.check_role(SYNTHESIS, source=str(plan))
+    if generator is not None or checkpoint_sha256 is not None:
+        metadata.check_matches(source=str(plan), generator=generator, checkpoint_sha256=checkpoint_sha256)
+    return metadata
+
+
+class TensorRTEngine:
+    """A TensorRT synthesis plan bound to torch CUDA tensors, run asynchronously on a stream.
+
+    ``synthesize(coords [B, N, 2], w)`` cuts the batch into pieces within the plan's
+    profile (at most ``max_batch`` samples of ``max_points`` points), enqueues them on the
+    engine's stream and returns rgb [B, N, 3] on the GPU; the caller's current stream waits
+    for the result, so it is ordered like any torch operation.
+    """
+
+    def __init__(
+        self,
+        plan: str | Path,
+        *,
+        device: int | str | torch.device | None = None,
+        generator: Generator | None = None,
+        checkpoint_sha256: str | None = None,
+    ) -> None:
+        trt = import_tensorrt()
+        self.plan = Path(plan)
+        facts = gpu_facts(device)  # first: it explains a missing GPU in one sentence
+        self.device = torch.device("cuda", torch.cuda.current_device()) if device is None else torch.device(device)
+        sidecar = read_sidecar(self.plan)
+        data = self.plan.read_bytes()
+        self.metadata = check_sidecar(
+            sidecar,
+            plan=self.plan,
+            tensorrt_version=trt.__version__,
+            gpu=facts,
+            plan_bytes=data,
+            generator=generator,
+            checkpoint_sha256=checkpoint_sha256,
+        )
+        self.sidecar = sidecar
+        self.precision = sidecar["precision"]
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(self.device):
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = self._runtime.deserialize_cuda_engine(data)
+            if self.engine is None:
+                raise CipsError(f"TensorRT could not load {self.plan.name}; build it again on this machine.")
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(self.device)
+        names = {self.engine.get_tensor_name(i): self.engine.get_tensor_mode(self.engine.get_tensor_name(i))
+                 for i in range(self.engine.num_io_tensors)}
+        expected = {"coords": trt.TensorIOMode.INPUT, "w": trt.TensorIOMode.INPUT, "rgb": trt.TensorIOMode.OUTPUT}
+        if names != expected:
+            raise CipsError(f"{self.plan.name} has tensors {sorted(names)}, not coords, w -> rgb.")
+        for name in expected:
+            if self.engine.get_tensor_dtype(name) != trt.float32:
+                raise CipsError(f"{self.plan.name}: tensor {name} is not float32.")
+        _, _, high = self.engine.get_tensor_profile_shape("coords", 0)
+        self.max_batch, self.max_points = int(high[0]), int(high[1])
+        self._mapping = None
+
+    @property
+    def spatial_style(self) -> bool:
+        return self.metadata.spatial_style
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, S] -> w [B, S] with the mapping engine beside the plan (onnxruntime on the host)."""
+        if self._mapping is None:
+            import onnxruntime as ort
+
+            from .onnx_export import mapping_path_for
+
+            path = mapping_path_for(self.plan)
+            if not path.is_file():
+                raise CipsError(f"{self.plan} has no mapping engine beside it ({path.name}).")
+            self._mapping = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        (w,) = self._mapping.run(["w"], {"z": z.detach().to("cpu", torch.float32).numpy()})
+        w = torch.from_numpy(w).to(z.device)
+        if truncation != 1.0:
+            w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
+        return w
+
+    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """coords [B, N, 2], w [B, S] (or [B, N, S]) -> rgb [B, N, 3] on the engine's GPU."""
+        style = self.metadata.style_dim
+        batch, points = coords.shape[0], coords.shape[1]
+        expected = [batch, points, style] if self.spatial_style else [batch, style]
+        if coords.dim() != 3 or coords.shape[-1] != 2 or list(w.shape) != expected:
+            raise CipsError(f"{self.plan.name} takes coords [B, N, 2] and w {expected}, not {list(coords.shape)} and {list(w.shape)}.")
+        coords = coords.to(self.device, torch.float32)
+        w = w.to(self.device, torch.float32)
+        rgb = torch.empty(batch, points, 3, device=self.device)
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)  # the inputs were produced on the caller's stream
+        # Temporaries are allocated on the engine's stream, so the caching allocator reuses
+        # their memory only after the kernels that read them.
+        with torch.cuda.stream(self.stream):
+            for b0 in range(0, batch, self.max_batch):
+                b1 = min(b0 + self.max_batch, batch)
+                for n0 in range(0, points, self.max_points):
+                    n1 = min(n0 + self.max_points, points)
+                    piece_w = w[b0:b1, n0:n1] if self.spatial_style else w[b0:b1]
+                    whole_rows = n0 == 0 and n1 == points
+                    out = rgb[b0:b1] if whole_rows else torch.empty(b1 - b0, n1 - n0, 3, device=self.device)
+                    self._enqueue(coords[b0:b1, n0:n1].contiguous(), piece_w.contiguous(), out)
+                    if not whole_rows:
+                        rgb[b0:b1, n0:n1].copy_(out)
+        caller.wait_stream(self.stream)
+        return rgb
+
+    __call__ = synthesize
+
+    def _enqueue(self, coords: Tensor, w: Tensor, out: Tensor) -> None:
+        self.context.set_input_shape("coords", tuple(coords.shape))
+        self.context.set_input_shape("w", tuple(w.shape))
+        self.context.set_tensor_address("coords", coords.data_ptr())
+        self.context.set_tensor_address("w", w.data_ptr())
+        self.context.set_tensor_address("rgb", out.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.plan.name} for shapes {list(coords.shape)}, {list(w.shape)}.")

@@ -1,0 +1,146 @@
+"""Validate an exported engine against the torch model it came from, as optimum does.
+
+onnxruntime (CPU execution provider: the fp32 reference) and torch run the same inputs;
+the export passes when every output agrees within ``atol`` (1e-4 in fp32). The inputs
+cover what a deployed engine meets: points on the training grid and between its pixels,
+points outside [-1, 1] (extrapolation, the cylinder's wrap-around), the exact edges,
+N that is not a power of two, and B = 1 as well as B > 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cips_deploy.coords import grid_coords
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+
+from .spec import MAPPING, EngineSpec
+
+ATOL = 1e-4
+
+
+class ValidationError(CipsError):
+    """The exported engine disagrees with torch beyond the tolerance; ``report`` says where."""
+
+    def __init__(self, message: str, report: "ValidationReport") -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    engine: str
+    case: str
+    shapes: str
+    max_abs: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.atol
+
+
+@dataclass
+class ValidationReport:
+    """Per-case max absolute differences between onnxruntime and torch."""
+
+    atol: float = ATOL
+    cases: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.cases) and all(case.ok for case in self.cases)
+
+    @property
+    def max_abs(self) -> float:
+        return max((case.max_abs for case in self.cases), default=float("nan"))
+
+    def format(self) -> str:
+        """A short table, one line per case, then the verdict."""
+        lines = [f"Validation: onnxruntime (CPU) against torch, fp32, tolerance max abs <= {self.atol:g}"]
+        for case in self.cases:
+            verdict = "ok" if case.ok else "FAILED"
+            lines.append(f"  {case.engine:<9} {case.case:<34} {case.shapes:<28} max abs {case.max_abs:.2e}  {verdict}")
+        lines.append(f"  {'passed' if self.ok else 'FAILED'}: largest difference {self.max_abs:.2e}")
+        return "\n".join(lines)
+
+
+def synthesis_cases(generator: Generator, spatial_style: bool, seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, coords [B, N, 2], w [B, S] or [B, N, S]) for every validation case."""
+    size = generator.config.size
+    rng = torch.Generator().manual_seed(seed)
+
+    def uniform(batch: int, points: int, low: float, high: float) -> torch.Tensor:
+        return torch.rand(batch, points, 2, generator=rng) * (high - low) + low
+
+    on_grid = grid_coords(size, size)
+    if on_grid.shape[1] > 2304:  # a random subset of the training grid keeps big models quick
+        keep = torch.randperm(on_grid.shape[1], generator=rng)[:2000].sort().values
+        on_grid = on_grid[:, keep]
+    edges = torch.tensor([-1.0, -1.0 + 1e-6, -1.0 / size, 0.0, 1.0 / size, 1.0 - 1e-6, 1.0])
+    vv, uu = torch.meshgrid(edges, edges, indexing="ij")
+    boundary = torch.stack([uu, vv], dim=-1).reshape(1, -1, 2)
+    cases = [
+        ("training grid, B=1", on_grid),
+        ("off-grid in [-1, 1], B=2", uniform(2, 999, -1.0, 1.0)),
+        ("outside [-1, 1] (to +-3), B=3", uniform(3, 257, -3.0, 3.0)),
+        ("edges and seam u, v = +-1, B=1", boundary),
+    ]
+    result = []
+    for name, coords in cases:
+        batch, points = coords.shape[:2]
+        z_shape = (batch, points, generator.config.style_dim) if spatial_style else (batch, generator.config.style_dim)
+        z = torch.randn(z_shape, generator=rng)
+        with torch.no_grad():
+            w = generator.map(z.to(generator.device), truncation=0.7).cpu()
+        result.append((name, coords, w))
+    return result
+
+
+def mapping_cases(generator: Generator, seed: int = 1) -> list[tuple[str, torch.Tensor]]:
+    """(name, z [B, S]) for the mapping engine."""
+    rng = torch.Generator().manual_seed(seed)
+    style = generator.config.style_dim
+    return [("z ~ N(0, I), B=1", torch.randn(1, style, generator=rng)), ("z ~ N(0, I), B=5", torch.randn(5, style, generator=rng))]
+
+
+def validate(
+    generator: Generator,
+    engines: dict[str, tuple[Path, EngineSpec]],
+    *,
+    atol: float = ATOL,
+) -> ValidationReport:
+    """Run every engine in ``engines`` ({label: (onnx path, spec)}) against ``generator``."""
+    import onnxruntime as ort
+
+    report = ValidationReport(atol=atol)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a report, not runtime chatter
+    for label, (path, spec) in engines.items():
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        if spec.role == MAPPING:
+            for name, z in mapping_cases(generator):
+                with torch.no_grad():
+                    expected = generator.mapping(z.to(generator.device)).cpu()
+                (got,) = session.run(["w"], {"z": z.numpy()})
+                report.cases.append(_compare(label, name, f"z {list(z.shape)}", expected, got, atol))
+            continue
+        for name, coords, w in synthesis_cases(generator, spec.spatial_style):
+            with torch.no_grad():
+                expected = generator.synthesize(coords.to(generator.device), w.to(generator.device)).cpu()
+            (got,) = session.run(["rgb"], {"coords": coords.numpy(), "w": w.numpy()})
+            report.cases.append(_compare(label, name, f"coords {list(coords.shape)}", expected, got, atol))
+    return report
+
+
+def _compare(engine: str, case: str, shapes: str, expected: torch.Tensor, got: np.ndarray, atol: float) -> CaseResult:
+    if tuple(got.shape) != tuple(expected.shape):
+        return CaseResult(engine, case, f"{shapes} -> {list(got.shape)}", float("inf"), atol)
+    difference = np.abs(got.astype(np.float64) - expected.numpy().astype(np.float64))
+    max_abs = float(difference.max()) if difference.size else 0.0
+    return CaseResult(engine, case, shapes, max_abs, atol)

@@ -1,0 +1,93 @@
+"""The ``torch`` backend: synthesis with the PyTorch generator, on CPU or a CUDA device.
+
+Chunk invariance. CPU matrix-product libraries pick a different kernel for very short
+batches (MKL: fewer than about 12 rows), and a different kernel can round differently.
+So every batch is padded (by repeating its last point) to a multiple of ``PAD_POINTS``
+rows before synthesis and the padding is dropped after: every point then goes through the
+same code path whatever chunk it falls in, and a render is bitwise identical for any
+chunking. The cost is at most PAD_POINTS - 1 extra points per chunk.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cips_deploy.backend import Backend
+from cips_deploy.checkpoint import load
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+from cips_deploy.hookspecs import hookimpl
+
+PAD_POINTS = 64
+
+
+def torch_device(name: str) -> torch.device:
+    """A torch device from a user's string, or a CipsError that says what is available."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise CipsError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise CipsError(f"Device {name!r} needs CUDA, which this machine does not have; use --device cpu.")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise CipsError(f"Device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif device.type != "cpu":
+        raise CipsError(f"The torch backend runs on cpu or cuda devices, not {name!r}.")
+    return device
+
+
+def pad_rows(tensor: Tensor, multiple: int) -> Tensor:
+    """[B, N, C] -> [B, N', C] with N' the next multiple of ``multiple``, repeating row N-1."""
+    missing = -tensor.shape[1] % multiple
+    if missing == 0:
+        return tensor
+    return torch.cat([tensor, tensor[:, -1:].expand(-1, missing, -1)], dim=1)
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    description = "PyTorch generator (CPU or CUDA); bitwise chunk-invariant on CPU."
+
+    def __init__(self, model: Generator | str | Path, *, device: str = "cpu", **options: Any) -> None:
+        if options:
+            raise CipsError(f"The torch backend has no option(s) {', '.join(sorted(options))}.")
+        self.device = torch_device(device)
+        generator = model if isinstance(model, Generator) else load(model)
+        # Synthesis does not depend on train/eval mode (no dropout, no batch statistics, noise
+        # only on request), so the caller's module is used as it is; only its device may change.
+        self._original_device = generator.device
+        self.generator = generator.to(self.device)
+        self.config = generator.config
+
+    @torch.inference_mode()
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, Z] -> w [B, S] (host float32)."""
+        return self.generator.map(z.to(self.device, torch.float32), truncation=truncation).float().cpu()
+
+    @torch.inference_mode()
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+        n_points = coords.shape[1]
+        coords = pad_rows(coords.to(self.device, torch.float32), PAD_POINTS)
+        w = w.to(self.device, torch.float32)
+        if w.dim() == 3:  # one style per point: pad it alongside its points
+            w = pad_rows(w, PAD_POINTS)
+        rgb = self.generator.synthesize(coords, w)
+        return rgb[:, :n_points].float().cpu()
+
+    def close(self) -> None:
+        """Give the caller's generator back on the device it came on, and free device memory."""
+        if self.device != self._original_device:
+            self.generator.to(self._original_device)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+@hookimpl
+def register_backends(register):
+    register(TorchBackend)

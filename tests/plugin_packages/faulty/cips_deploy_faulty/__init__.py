@@ -1,0 +1,1 @@
+"""Plugins that break in every way the renderer must survive (used by tests/test_plugins.py)."""

@@ -1,0 +1,115 @@
+"""Triton model repositories, parsed with Triton's own model-config protobuf (from tritonclient)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+
+import cips_deploy
+from cips_deploy.errors import CipsError
+from cips_deploy.exporters.metadata import build_metadata
+from cips_deploy.exporters.pipeline import export_checkpoint
+from cips_deploy.exporters.spec import synthesis_spec
+from cips_deploy.exporters.triton import config_pbtxt, triton_name
+
+
+def model_config_pb2():
+    """tritonclient's generated model_config_pb2, loaded by path: importing the
+    ``tritonclient.grpc`` package would demand grpcio, which parsing does not need."""
+    spec = importlib.util.find_spec("tritonclient")
+    if spec is None:
+        pytest.skip("tritonclient (test extra) is not installed: it ships Triton's model_config_pb2")
+    path = Path(spec.submodule_search_locations[0]) / "grpc" / "model_config_pb2.py"
+    module_spec = importlib.util.spec_from_file_location("triton_model_config_pb2", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pb2():
+    return model_config_pb2()
+
+
+def parse(pb2, path: Path):
+    return text_format.Parse(path.read_text(), pb2.ModelConfig())
+
+
+@pytest.fixture(scope="module")
+def repository(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("triton")
+    checkpoint = folder / "tiny.safetensors"
+    cips_deploy.create("tiny", coordinate_space="cylinder", seed=8).save(checkpoint)
+    summary = export_checkpoint(checkpoint, engine="onnx", triton_repo=folder / "repo", triton_model_name="panorama")
+    return folder / "repo", summary
+
+
+def test_onnx_repository_layout_and_config(pb2, repository):
+    repo, summary = repository
+    assert summary.files == []  # only the repository was asked for
+    assert sorted(p.name for p in repo.iterdir()) == ["panorama", "panorama_mapping"]
+    config = parse(pb2, repo / "panorama" / "config.pbtxt")
+    assert config.name == "panorama" and config.backend == "onnxruntime" and config.max_batch_size == 0
+    inputs = {i.name: (i.data_type, list(i.dims)) for i in config.input}
+    assert inputs == {"coords": (pb2.TYPE_FP32, [-1, -1, 2]), "w": (pb2.TYPE_FP32, [-1, 64])}
+    assert [(o.name, list(o.dims)) for o in config.output] == [("rgb", [-1, -1, 3])]
+    assert [(g.count, g.kind) for g in config.instance_group] == [(1, pb2.ModelInstanceGroup.KIND_AUTO)]
+    assert config.parameters["cips_deploy.coordinate_space"].string_value == "cylinder"
+    assert config.parameters["cips_deploy.role"].string_value == "synthesis"
+    mapping = parse(pb2, repo / "panorama_mapping" / "config.pbtxt")
+    assert [(i.name, list(i.dims)) for i in mapping.input] == [("z", [-1, 64])]
+    assert mapping.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_CPU
+
+
+def test_repository_model_runs(repository):
+    repo, _ = repository
+    session = ort.InferenceSession(str(repo / "panorama" / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    w = np.zeros((1, 64), np.float32)
+    (rgb,) = session.run(["rgb"], {"coords": np.zeros((1, 7, 2), np.float32), "w": w})
+    assert rgb.shape == (1, 7, 3)
+
+
+def test_existing_model_needs_force(repository, tmp_path):
+    repo, _ = repository
+    checkpoint = tmp_path / "t.safetensors"
+    cips_deploy.create("tiny", seed=1).save(checkpoint)
+    with pytest.raises(CipsError, match="already exists; pass --force"):
+        export_checkpoint(checkpoint, engine="onnx", triton_repo=repo, triton_model_name="panorama", validate=False)
+
+
+def test_external_data_travels_with_the_model(pb2, tmp_path):
+    checkpoint = tmp_path / "t.safetensors"
+    cips_deploy.create("tiny", seed=1).save(checkpoint)
+    export_checkpoint(checkpoint, engine="onnx", output=tmp_path / "t.onnx", triton_repo=tmp_path / "repo",
+                      external_data=True, validate=False, overwrite=True)
+    version = tmp_path / "repo" / "t" / "1"
+    assert sorted(p.name for p in version.iterdir()) == ["model.onnx", "t.onnx.data"]
+    session = ort.InferenceSession(str(version / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].name == "coords"
+    assert parse(pb2, tmp_path / "repo" / "t" / "config.pbtxt").name == "t"
+
+
+def test_tensorrt_and_spatial_config(pb2, tmp_path):
+    generator = cips_deploy.create("tiny", seed=0)
+    generator.provenance = {"source_file": 'odd "name"\\ and ünïcode\n'}
+    spec = synthesis_spec(generator.config, spatial_style=True)
+    metadata = build_metadata(generator, spec, opset=17, source_file='ünï "quoted"\\path\n.pt')
+    path = tmp_path / "config.pbtxt"
+    path.write_text(config_pbtxt("tiny", "tensorrt", spec, metadata, "KIND_GPU"))
+    config = parse(pb2, path)
+    assert config.backend == "tensorrt" and config.instance_group[0].kind == pb2.ModelInstanceGroup.KIND_GPU
+    assert list(next(i for i in config.input if i.name == "w").dims) == [-1, -1, 64]
+    # Every metadata value survives the text format exactly (quotes, backslashes, newlines, UTF-8).
+    assert {key: value.string_value for key, value in config.parameters.items()} == metadata.to_strings()
+    assert config.parameters["cips_deploy.source_file"].string_value == 'ünï "quoted"\\path\n.pt'
+
+
+def test_triton_names():
+    assert triton_name("churches g_ema.v2") == "churches_g_ema_v2"
+    with pytest.raises(CipsError):
+        triton_name("...")
