@@ -16,6 +16,26 @@ from typing import Iterator
 from .errors import CipsError
 
 
+def check_destination(destination: Path, *, overwrite: bool) -> None:
+    """Refuse, before any expensive work, a destination that cannot or must not be written."""
+    if destination.is_dir():
+        raise CipsError(f"Cannot write {destination}: it is a directory.")
+    if destination.exists() and not overwrite:
+        raise CipsError(f"{destination} already exists; pass --force to replace it.")
+    folder = destination.parent
+    if not folder.exists():
+        raise CipsError(f"Cannot write {destination}: the folder {folder} does not exist.")
+    if not folder.is_dir():
+        raise CipsError(f"Cannot write {destination}: {folder} is not a folder.")
+    # Probe by writing: permission bits say nothing for root, read-only mounts or /proc.
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".probe", dir=folder)
+    except OSError as error:
+        raise CipsError(f"Cannot write {destination}: {error.strerror or error}.") from None
+    os.close(handle)
+    os.unlink(probe)
+
+
 @contextlib.contextmanager
 def atomic_path(destination: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``destination``; rename it into place on success.
@@ -24,13 +44,8 @@ def atomic_path(destination: str | os.PathLike, *, overwrite: bool = True) -> It
     temporary file is removed and ``destination`` is untouched.
     """
     destination = Path(destination)
-    if destination.is_dir():
-        raise CipsError(f"Cannot write {destination}: it is a directory.")
-    if destination.exists() and not overwrite:
-        raise CipsError(f"{destination} already exists; pass --force to replace it.")
-    folder = destination.parent if str(destination.parent) else Path(".")
-    if not folder.is_dir():
-        raise CipsError(f"Cannot write {destination}: the folder {folder} does not exist.")
+    check_destination(destination, overwrite=overwrite)
+    folder = destination.parent
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=folder)
     except OSError as error:

@@ -13,6 +13,7 @@ model's :class:`~cips_deploy.config.GeneratorConfig` and two calls on host (CPU)
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 from torch import Tensor
@@ -21,7 +22,7 @@ from .config import GeneratorConfig
 from .footprint import render_bytes_per_point
 
 
-class Backend:
+class Backend(ABC):
     """Base class of synthesis backends; plugins subclass it and register the class."""
 
     name: ClassVar[str] = ""
@@ -29,16 +30,17 @@ class Backend:
 
     config: GeneratorConfig
 
+    @abstractmethod
     def __init__(self, model: Any, *, device: str = "cpu", **options: Any) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         """z [B, Z] -> w [B, S] on the host, truncated towards the model's average w."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, coords: Tensor, w: Tensor) -> Tensor:
         """coords [B, N, 2] and w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
-        raise NotImplementedError
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """Working memory per point of a chunk; the ``memory`` chunker divides its budget by it."""

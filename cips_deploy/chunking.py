@@ -8,6 +8,7 @@ bytes per point, and where image rows start (for chunkers that cut at row bounda
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Iterable, Iterator
 
@@ -34,7 +35,7 @@ class ChunkRequest:
     row_boundaries: np.ndarray | None = None
 
 
-class Chunker:
+class Chunker(ABC):
     """Base class of chunking strategies; plugins subclass it and register an instance."""
 
     name: ClassVar[str] = ""
@@ -42,9 +43,9 @@ class Chunker:
     # Which of the request's user settings ("chunk_size", "memory_budget") this chunker reads.
     settings: ClassVar[tuple[str, ...]] = ()
 
+    @abstractmethod
     def spans(self, request: ChunkRequest) -> Iterable[tuple[int, int]]:
         """Consecutive ``(start, stop)`` spans covering ``0 .. request.n_points``."""
-        raise NotImplementedError
 
 
 def checked_spans(spans: Iterable[tuple[int, int]], n_points: int, source: str) -> Iterator[tuple[int, int]]:

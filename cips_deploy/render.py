@@ -51,32 +51,9 @@ class Rendering:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-def render(
-    model: Any,
-    topology: str = "flat",
-    height: int = 256,
-    width: int = 256,
-    *,
-    seed: int = 0,
-    truncation: float = 1.0,
-    chunker: str | None = None,
-    chunk_size: int | None = None,
-    memory_budget: float | None = None,
-    backend: str = "torch",
-    device: str = "cpu",
-    backend_options: dict[str, Any] | None = None,
-    blend_seed: int | None = None,
-    progress: Progress | None = None,
-    registry: Registry | None = None,
-    **topology_params: Any,
-) -> np.ndarray:
-    """Render one image, uint8 ``[height, width, 3]``; see :func:`render_detailed`."""
-    return render_detailed(
-        model, topology, height, width, seed=seed, truncation=truncation, chunker=chunker,
-        chunk_size=chunk_size, memory_budget=memory_budget, backend=backend, device=device,
-        backend_options=backend_options, blend_seed=blend_seed, progress=progress,
-        registry=registry, **topology_params,
-    ).image
+def render(model: Any, topology: str = "flat", height: int = 256, width: int = 256, **options: Any) -> np.ndarray:
+    """Render one image, uint8 ``[height, width, 3]``; takes every argument of :func:`render_detailed`."""
+    return render_detailed(model, topology, height, width, **options).image
 
 
 def render_pil(model: Any, topology: str = "flat", height: int = 256, width: int = 256, **kwargs: Any) -> Image.Image:

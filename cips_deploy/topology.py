@@ -16,6 +16,7 @@ Two ready-made layouts cover most topologies:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import dataclasses
 import math
 from dataclasses import dataclass, field
@@ -97,7 +98,7 @@ class TopologyRequest:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-class Layout:
+class Layout(ABC):
     """The sample points of one request and the assembly of their colours.
 
     A renderer calls ``points`` and ``accept`` once per chunk, in order, then ``image``.
@@ -108,17 +109,17 @@ class Layout:
     width: int
     n_points: int
 
+    @abstractmethod
     def points(self, start: int, stop: int) -> Tensor | np.ndarray:
         """Points ``start:stop`` as float ``[stop - start, 2]`` (u, v)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def accept(self, start: int, rgb: Tensor) -> None:
         """Raw colours (about [-1, 1]) ``[n, 3]`` float32 of points ``start:start + n``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def image(self) -> np.ndarray:
         """The finished picture: uint8 ``[height, width, 3]``."""
-        raise NotImplementedError
 
     def row_boundaries(self) -> np.ndarray | None:
         """Where image rows start in the point order, int64 ``[rows + 1]`` (0 ... n_points).
@@ -226,7 +227,7 @@ class PointLayout(Layout):
         return None
 
 
-class Topology:
+class Topology(ABC):
     """Base class of coordinate topologies; plugins subclass it and register an instance.
 
     Class attributes: ``name`` (what ``--topology`` takes), ``description`` (one line),
@@ -238,9 +239,9 @@ class Topology:
     parameters: ClassVar[tuple[Parameter, ...]] = ()
     coordinate_spaces: ClassVar[tuple[str, ...]] = ("plane", "cylinder")
 
+    @abstractmethod
     def layout(self, request: TopologyRequest) -> Layout:
         """The sample points and assembly for ``request`` (parameters already converted)."""
-        raise NotImplementedError
 
     def unsupported_space(self, coordinate_space: str) -> str:
         """The sentence shown when a model's coordinate space is not supported."""

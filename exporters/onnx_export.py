@@ -28,11 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from cips_deploy._version import __version__
+from cips_deploy.atomic import check_destination
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 from cips_deploy.layers import ModulatedLinear
 
-from .files import check_destination, staged
+from .files import staged
 from .metadata import EngineMetadata, build_metadata, weights_sha256
 from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate
@@ -149,7 +150,7 @@ def export_onnx(
     if mapping_file is not None:
         specs.append((mapping_file, mapping_spec(generator.config), _Mapping(generator)))
 
-    previous_data = _external_data_location(path) if path.exists() else None
+    previous_data = external_data_location(path) if path.exists() else None
     with staged(path.parent, path.name) as stage:
         metadata = None
         used_external = False
@@ -247,11 +248,11 @@ def _doc_string(spec: EngineSpec) -> str:
     return f"cips-deploy {spec.role} engine: {inputs} -> {outputs} (float32)."
 
 
-def _external_data_location(path: Path) -> str | None:
+def external_data_location(path: Path) -> str | None:
     """The external data file an existing ONNX model refers to, if any."""
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:
+    except Exception:  # not ONNX (any decoding error): then it refers to nothing
         return None
     for tensor in model.graph.initializer:
         for entry in tensor.external_data:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import onnx
 
+from cips_deploy.atomic import check_destination
 from cips_deploy.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
 
-from .files import check_destination, staged
+from .files import staged
 from .metadata import EngineMetadata, read_onnx_metadata
-from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, mapping_path_for
+from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, external_data_location, mapping_path_for
 from .spec import mapping_spec, synthesis_spec
 from .trt_ops import tensorrt_problems
 from .validate import ValidationReport
@@ -181,14 +182,14 @@ def _check_onnx_options(precision: str, max_batch, chunk_size, timing_cache) -> 
 
 def _engine_files(onnx_file: Path) -> list[Path]:
     """The ONNX engine first, then the external data file it refers to, if any."""
-    location = _data_location(onnx_file)
+    location = external_data_location(onnx_file)
     return [onnx_file, onnx_file.parent / location] if location else [onnx_file]
 
 
 def _commit(engine_files: list[Path], mapping_file: Path | None, output: Path, work: Path, overwrite: bool) -> list[Path]:
     """Move the finished files (copy those the user gave us) to their destinations."""
     check_destination(output, overwrite=overwrite)
-    previous_data = _data_location(output) if output.suffix == ".onnx" and output.exists() else None
+    previous_data = external_data_location(output) if output.suffix == ".onnx" and output.exists() else None
     engine, *companions = engine_files
     with staged(output.parent, output.name) as stage:
         _place(engine, stage.file(output.name), work)
@@ -210,16 +211,3 @@ def _place(source: Path, destination: Path, work: Path) -> None:
         source.replace(destination)
     else:
         shutil.copyfile(source, destination)
-
-
-def _data_location(path: Path) -> str | None:
-    """The external data file an existing ONNX model refers to, if any."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX (any decoding error): then it refers to nothing
-        return None
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                return entry.value
-    return None

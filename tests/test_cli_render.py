@@ -105,7 +105,7 @@ def test_progress_bar_goes_to_stderr(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "No model given: pass --checkpoint PATH, or --preset tiny"),
+        (["-t", "cylinder", "--height", "0"], "The image height must be a positive whole number"),
         (["--checkpoint", "missing.safetensors"], "No such checkpoint: missing.safetensors."),
         (["--checkpoint", "x.pt", "--preset", "tiny"], "either --checkpoint or --preset"),
         (TINY + ["-t", "sphere"], "Unknown topology 'sphere'"),
@@ -141,6 +141,21 @@ def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.png"]
     assert (tmp_path / "keep.png").read_bytes() == b"previous"
+
+
+def test_the_bundled_demo_model_is_the_default_and_renders_a_seamless_panorama(tmp_path):
+    from cips_deploy.checkpoint import DEMO_MODEL
+
+    output = tmp_path / "pano.png"
+    result = CliRunner().invoke(cli, ["render", "--topology", "cylinder", "--height", "32", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    image = np.asarray(Image.open(output)).astype(np.float64)
+    assert image.shape == (32, 128, 3)  # a whole turn is four 90-degree views
+    assert np.array_equal(image, cips_deploy.render(cips_deploy.load(DEMO_MODEL), "cylinder", 32, 128))
+    adjacent = np.abs(np.diff(image, axis=1)).mean(axis=(0, 2))
+    seam = np.abs(image[:, -1] - image[:, 0]).mean()
+    assert seam <= 1.5 * np.median(adjacent)
+    assert cips_deploy.load(DEMO_MODEL).config.coordinate_space == "cylinder"
 
 
 def test_topologies_lists_descriptions_parameters_and_spaces():
