@@ -46,5 +46,9 @@ class Backend(ABC):
         """Working memory per point of a chunk; the ``memory`` chunker divides its budget by it."""
         return render_bytes_per_point(self.config, per_point_style=per_point_style)
 
+    def preferred_memory_budget(self) -> float:
+        """MB of working memory per chunk when the user sets no budget (the ``memory`` chunker's default)."""
+        return 256.0
+
     def close(self) -> None:
         """Release what the backend holds (device memory, sessions); the default holds nothing."""

@@ -26,6 +26,7 @@ class ChunkRequest:
     memory_budget:   the user's ``--memory-budget`` in MB (2**20 bytes), or None.
     bytes_per_point: renderer working memory per point of a chunk (activations included).
     row_boundaries:  int64 [rows + 1], where image rows start in the point order, or None.
+    preferred_memory_budget: the backend's choice of MB per chunk, for when the user gives none.
     """
 
     n_points: int
@@ -33,6 +34,7 @@ class ChunkRequest:
     memory_budget: float | None = None
     bytes_per_point: int = 0
     row_boundaries: np.ndarray | None = None
+    preferred_memory_budget: float | None = None
 
 
 class Chunker(ABC):

@@ -131,6 +131,7 @@ def render_detailed(
                 memory_budget=memory_budget,
                 bytes_per_point=runner.bytes_per_point(per_point_style=w_blend is not None),
                 row_boundaries=_call(topology_entry, "row_boundaries", layout.row_boundaries),
+                preferred_memory_budget=_call(backend_entry, "preferred_memory_budget", runner.preferred_memory_budget),
             )
             spans = _call(chunker_entry, "spans", chunker_entry.item.spans, chunk_request)
             spans = checked_spans(_guarded_iter(spans, chunker_entry), n_points, chunker_entry.label)

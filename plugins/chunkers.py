@@ -50,11 +50,11 @@ class RowsChunker(Chunker):
 
 class MemoryChunker(Chunker):
     name = "memory"
-    description = f"The largest chunks whose working memory fits --memory-budget MB (default {DEFAULT_BUDGET_MB:g})."
+    description = "The largest chunks whose working memory fits --memory-budget MB (default: the backend's choice)."
     settings = ("memory_budget",)
 
     def spans(self, request: ChunkRequest) -> Iterator[tuple[int, int]]:
-        budget = request.memory_budget or DEFAULT_BUDGET_MB
+        budget = request.memory_budget or request.preferred_memory_budget or DEFAULT_BUDGET_MB
         points = math.floor(budget * 2**20 / request.bytes_per_point)
         if points < 1:
             need = request.bytes_per_point / 2**20

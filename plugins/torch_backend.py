@@ -80,6 +80,12 @@ class TorchBackend(Backend):
         rgb = self.generator.synthesize(coords, w)
         return rgb[:, :n_points].float().cpu()
 
+    def preferred_memory_budget(self) -> float:
+        """32 MB on a CPU, where chunks whose activations stay in the caches run fastest
+        (paper256 at 256x256 on 2 cores: 96% of the matmul peak at 2,048 points per chunk,
+        62% at 65,536; BENCHMARKS.md); 2 GB on a GPU, which wants large batches."""
+        return 2048.0 if self.device.type == "cuda" else 32.0
+
     def close(self) -> None:
         """Give the caller's generator back on the device it came on, and free device memory."""
         if self.device != self._original_device:

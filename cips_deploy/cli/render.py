@@ -39,7 +39,7 @@ MAX_SEEDS = 256
 @click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi (1 = none).")
 @click.option("--chunker", default=None, help="fixed, rows or memory (default: fixed with --chunk-size, else memory).")
 @click.option("--chunk-size", type=int, default=None, help="Points (fixed) or image rows (rows) per chunk.")
-@click.option("--memory-budget", type=float, default=None, help="MB of working memory per chunk (memory chunker, default 256).")
+@click.option("--memory-budget", type=float, default=None, help="MB of working memory per chunk (memory chunker; default: the backend's choice, 32 for torch on a CPU).")
 @click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
