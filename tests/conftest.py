@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import cips_deploy
+from cips_deploy.plugin_manager import load_registry
 
 OFFICIAL_FIXTURES = Path(
     os.environ.get("CIPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips")
@@ -31,3 +32,14 @@ def official_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_skip() -> cips_deploy.Generator:
     return cips_deploy.create("tiny", arch="skip", seed=0)
+
+
+@pytest.fixture(scope="module")
+def registry():
+    """The built-in plugins only: what the renderer uses when no third party is installed."""
+    return load_registry(entry_points=False)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> cips_deploy.Generator:
+    return cips_deploy.create("tiny", seed=0)

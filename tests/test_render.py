@@ -10,22 +10,11 @@ import cips_deploy
 from cips_deploy.chunking import ChunkRequest
 from cips_deploy.errors import CipsError
 from cips_deploy.footprint import render_bytes_per_point
-from cips_deploy.plugin_manager import load_registry
 from cips_deploy.plugins.chunkers import MemoryChunker, RowsChunker
 from cips_deploy.plugins.torch_backend import TorchBackend
 from cips_deploy.render import render, render_detailed, render_pil
 
 from .test_topologies import pooled_seam_ratio
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return cips_deploy.create("tiny", seed=0)
 
 
 # --------------------------------------------------------------- chunk invariance

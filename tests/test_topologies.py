@@ -8,19 +8,8 @@ import torch
 
 import cips_deploy
 from cips_deploy.errors import CipsError
-from cips_deploy.plugin_manager import load_registry
 from cips_deploy.render import render, render_detailed
 from cips_deploy.topology import Parameter, TopologyRequest, resolve_parameters
-
-
-@pytest.fixture(scope="module")
-def registry():
-    return load_registry(entry_points=False)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return cips_deploy.create("tiny", seed=0)
 
 
 @pytest.fixture(scope="module")
