@@ -16,8 +16,11 @@ from typing import Iterator
 from .errors import CipsError
 
 
-def check_destination(destination: Path, *, overwrite: bool) -> None:
-    """Refuse, before any expensive work, a destination that cannot or must not be written."""
+def check_destination(destination: Path, *, overwrite: bool, probe: bool = True) -> None:
+    """Refuse, before any expensive work, a destination that cannot or must not be written.
+
+    ``probe`` writes and removes an empty file beside it, the only reliable test of writability.
+    """
     if destination.is_dir():
         raise CipsError(f"Cannot write {destination}: it is a directory.")
     if destination.exists() and not overwrite:
@@ -27,6 +30,8 @@ def check_destination(destination: Path, *, overwrite: bool) -> None:
         raise CipsError(f"Cannot write {destination}: the folder {folder} does not exist.")
     if not folder.is_dir():
         raise CipsError(f"Cannot write {destination}: {folder} is not a folder.")
+    if not probe:
+        return
     # Probe by writing: permission bits say nothing for root, read-only mounts or /proc.
     try:
         handle, probe = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".probe", dir=folder)
@@ -44,7 +49,7 @@ def atomic_path(destination: str | os.PathLike, *, overwrite: bool = True) -> It
     temporary file is removed and ``destination`` is untouched.
     """
     destination = Path(destination)
-    check_destination(destination, overwrite=overwrite)
+    check_destination(destination, overwrite=overwrite, probe=False)  # creating the temporary file probes
     folder = destination.parent
     try:
         handle, temporary = tempfile.mkstemp(prefix=f".{destination.name}.", suffix=".partial", dir=folder)

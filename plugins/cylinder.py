@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from cips_deploy.coords import panorama_u
 from cips_deploy.errors import CipsError
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.topology import GridLayout, Parameter, Topology, TopologyRequest
@@ -37,12 +38,8 @@ class Cylinder(Topology):
         p = request.params
         if p["v_min"] == p["v_max"]:
             raise CipsError(f"The cylinder topology's v_min and v_max are both {p['v_min']:g}; the viewport is empty.")
-        # Float64 for the table, then float32: every column gets its correctly rounded angle.
-        column = torch.arange(request.width, dtype=torch.float64)
-        u = -1.0 + (2.0 * column + 1.0) / request.width + p["heading"] / 180.0
-        u = torch.remainder(u + 1.0, 2.0) - 1.0  # back into [-1, 1): the model wraps anyway
         v = torch.linspace(p["v_min"], p["v_max"], request.height)
-        return GridLayout(u.float(), v)
+        return GridLayout(panorama_u(request.width, p["heading"]), v)
 
 
 @hookimpl

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..coords import grid_coords
+from ..coords import grid_coords, grid_from_axes, panorama_u
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,5 @@ class ViewSampler:
         if not self.cylinder:
             return grid_coords(R, R), R, R
         width = round(R * 2 / self.span)  # pixels in a whole turn at the training density
-        u_step = 2 / width
-        coords = grid_coords(R, width, u_range=(-1, 1 - u_step))  # u = -1 and u = 1 are one column
+        coords = grid_from_axes(panorama_u(width), torch.linspace(-1, 1, R))  # the cylinder topology's columns
         return coords, R, width
