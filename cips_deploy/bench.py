@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from .errors import CipsError
 
@@ -77,15 +78,20 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     generator = load_model(case.model).eval()
     R, B = case.resolution, case.batch
     pixels = R * R
-    z = torch.randn(B, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
+    runs = case.warmup + case.repeats
+    # A new latent for every run, as a user renders new images: nothing computed for one
+    # style (CREPS's cached lines) can be reused by the next.
+    z = torch.randn(runs, B, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
     coords = grid_coords(R, R).expand(B, -1, -1).contiguous()  # [B, R*R, 2]
     with torch.inference_mode():
-        w = generator.map(z)
+        ws = [generator.map(z[run]) for run in range(runs)]
 
     if case.backend == "reference":
+        if generator.config.arch == "creps":
+            raise CipsError("The reference path is the official CIPS code; CREPS has none here.")
         planar = coords.reshape(B, R, R, 2).permute(0, 3, 1, 2).contiguous()  # [B, 2, R, R]
 
-        def render_once() -> None:
+        def render_once(w: Tensor) -> None:
             with torch.inference_mode():
                 reference_synthesize(generator, planar, w)
 
@@ -95,19 +101,18 @@ def run_case(case: BenchCase) -> dict[str, Any]:
         backend = backend_class(generator, device=case.device)
         chunk = min(case.chunk, pixels)
 
-        def render_once() -> None:
+        def render_once(w: Tensor) -> None:
             for start in range(0, pixels, chunk):
                 backend.run(coords[:, start : start + chunk], w)
 
-    for _ in range(case.warmup):
-        render_once()
     times = []
-    for _ in range(case.repeats):
+    for run, w in enumerate(ws):
         started = time.perf_counter()
-        render_once()
-        times.append(time.perf_counter() - started)
+        render_once(w)
+        if run >= case.warmup:
+            times.append(time.perf_counter() - started)
     seconds = statistics.median(times)
-    flops = generator.flops_per_point() * B * pixels
+    flops = model_flops_per_pixel(generator, case.backend, R) * B * pixels
     return {
         **asdict(case),
         "chunk": chunk,
@@ -118,6 +123,17 @@ def run_case(case: BenchCase) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "threads": torch.get_num_threads(),
     }
+
+
+def model_flops_per_pixel(generator: Any, backend: str, resolution: int) -> float:
+    """The model's own FLOP count per pixel for the path ``backend`` takes.
+
+    CREPS on the torch backend takes the grid fast path (lines once per row and column);
+    engines evaluate both lines at every point.
+    """
+    if generator.config.arch == "creps" and backend == "torch":
+        return generator.grid_flops_per_point(resolution, resolution)
+    return generator.flops_per_point()
 
 
 def run_case_isolated(case: BenchCase, timeout: float = 3600) -> dict[str, Any]:

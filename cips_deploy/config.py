@@ -18,7 +18,8 @@ from typing import Any
 
 from .errors import CipsError
 
-ARCHITECTURES = ("skip", "res", "ne")
+ARCHITECTURES = ("skip", "res", "ne", "creps")
+ARCHITECTURE_NAMES = {"skip": "CIPSskip", "res": "CIPSres", "ne": "CIPS-NE", "creps": "CREPS"}
 COORDINATE_SPACES = ("plane", "cylinder")
 
 
@@ -27,8 +28,10 @@ class GeneratorConfig:
     """Shape of a CIPS generator.
 
     arch:              ``skip`` (CIPSskip: a ToRGB after every block, summed), ``res``
-                       (CIPSres: residual blocks, one ToRGB at the end) or ``ne`` (CIPSskip
-                       without the coordinate-embedding grid, the paper's CIPS-NE).
+                       (CIPSres: residual blocks, one ToRGB at the end), ``ne`` (CIPSskip
+                       without the coordinate-embedding grid, the paper's CIPS-NE) or
+                       ``creps`` (CREPS: row and column "bi-line" features, see
+                       :mod:`cips_deploy.creps`).
     size:              training resolution; the embedding grid is ``size x size``.
     hidden:            width of the Fourier features and of the embedding grid.
     style_dim:         width of z and w.
@@ -37,6 +40,8 @@ class GeneratorConfig:
                        the first layer maps the input features to ``widths[0]``.
     coordinate_space:  ``plane`` or ``cylinder`` (u is an angle and wraps at +-1).
     lr_mlp:            learning-rate multiplier of the mapping network.
+    line_rank:         CREPS only: the thickness D of the bi-line representation; a layer
+                       of width C composes D row-column products of width C / D.
     """
 
     arch: str = "skip"
@@ -47,6 +52,7 @@ class GeneratorConfig:
     widths: tuple[int, ...] = (512, 512, 512, 512, 512, 256, 128)
     coordinate_space: str = "plane"
     lr_mlp: float = 0.01
+    line_rank: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
@@ -63,11 +69,17 @@ class GeneratorConfig:
             raise CipsError(f"The mapping network needs zero or more layers, not {self.n_mlp}.")
         if not self.widths or min(self.widths) < 1:
             raise CipsError(f"A generator needs at least one block of positive width, not widths={self.widths}.")
+        if self.line_rank < 1:
+            raise CipsError(f"The bi-line rank must be a positive integer, not {self.line_rank}.")
+        if self.arch == "creps" and any(width % self.line_rank for width in self.widths):
+            raise CipsError(
+                f"Every CREPS block width must be a multiple of the line rank {self.line_rank}, not widths={self.widths}."
+            )
 
     @property
     def has_embedding(self) -> bool:
         """Whether the generator reads a learned coordinate-embedding grid (all but CIPS-NE)."""
-        return self.arch != "ne"
+        return self.arch in ("skip", "res")
 
     @property
     def n_blocks(self) -> int:
@@ -109,6 +121,8 @@ def official_widths(arch: str, size: int, channel_multiplier: int = 2, channel_m
     if size < 4 or size & (size - 1):
         raise CipsError(f"The training size must be a power of two of at least 4, not {size}.")
     m = channel_multiplier
+    # CREPS has no official table of its own here; it takes CIPSskip's, so that the two
+    # families compare at equal width.
     table = [512, 512, 512, 512, 256 * m, 128 * m, 64 * m, 32 * m, 16 * m]
     if arch == "res":
         table[7], table[8] = 64 * m, 32 * m

@@ -1,8 +1,9 @@
-"""The CIPS generator: ``(coordinates [B, N, 2], style) -> colours [B, N, 3]``.
+"""Generators: ``(coordinates [B, N, 2], style) -> colours [B, N, 3]``.
 
-One class covers the family, chosen by :class:`~cips_deploy.config.GeneratorConfig`:
-CIPSskip (the paper's default), CIPSres and CIPS-NE (no embedding grid), each on a
-``plane`` or a ``cylinder`` coordinate space. Every pixel is computed from its own
+:class:`Generator` is the common base and the factory: ``Generator(config)`` builds the
+family the config names. :class:`CipsGenerator` covers CIPSskip (the paper's default),
+CIPSres and CIPS-NE (no embedding grid); CREPS lives in :mod:`cips_deploy.creps`. Each
+works on a ``plane`` or a ``cylinder`` coordinate space. Every pixel is computed from its own
 coordinate and the sample's style alone, so any set of points, in any number of chunks,
 gives the same colours.
 """
@@ -34,32 +35,24 @@ class SkipBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """A CIPS generator.
+    """Base class of every generator family: ``(coords [B, N, 2], w) -> rgb [B, N, 3]``.
 
-    Modules: ``mapping`` (z -> w), ``fourier`` and ``embedding`` (coordinates -> input
-    features), ``first`` (input features -> widths[0]), ``blocks`` and, for CIPSres,
-    ``to_rgb``. Buffer ``w_avg [S]``: the average w, the centre of truncation.
+    ``Generator(config)`` builds the family that ``config.arch`` names: :class:`CipsGenerator`
+    for ``skip``, ``res`` and ``ne``, :class:`~cips_deploy.creps.CrepsGenerator` for
+    ``creps``. Every family has a ``mapping`` network (z -> w) and a buffer ``w_avg [S]``,
+    the average w and the centre of truncation, and implements :meth:`synthesize`.
     """
+
+    def __new__(cls, config: GeneratorConfig | None = None, *args: Any, **kwargs: Any) -> "Generator":
+        if cls is Generator and config is not None:
+            cls = family_class(config.arch)
+        return super().__new__(cls)
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        c = config
-        cylinder = c.coordinate_space == "cylinder"
-        self.mapping = MappingNetwork(c.style_dim, c.n_mlp, c.lr_mlp)
-        self.fourier = FourierFeatures(c.hidden, cylinder=cylinder)
-        self.embedding = CoordinateEmbedding(c.hidden, c.size, cylinder=cylinder) if c.has_embedding else None
-        input_features = 2 * c.hidden if c.has_embedding else c.hidden
-        self.first = StyledLayer(input_features, c.widths[0], c.style_dim)
-        block_type = ResidualBlock if c.arch == "res" else SkipBlock
-        in_features = c.widths[0]
-        blocks = []
-        for width in c.widths:
-            blocks.append(block_type(in_features, width, c.style_dim))
-            in_features = width
-        self.blocks = nn.ModuleList(blocks)
-        self.to_rgb = ToRGB(in_features, c.style_dim) if c.arch == "res" else None
-        self.register_buffer("w_avg", torch.zeros(c.style_dim))
+        self.mapping = MappingNetwork(config.style_dim, config.n_mlp, config.lr_mlp)
+        self.register_buffer("w_avg", torch.zeros(config.style_dim))
         # Facts about where the weights came from; saved with the checkpoint.
         self.provenance: dict[str, Any] = {}
 
@@ -89,27 +82,11 @@ class Generator(nn.Module):
         (spatially varying styles) modulates each point's activations instead.
         ``noise`` adds fresh per-point noise (training only).
         """
-        if coords.dim() != 3 or coords.shape[-1] != 2:
-            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
-        if w.dim() not in (2, 3) or w.shape[0] != coords.shape[0] or (w.dim() == 3 and w.shape[1] != coords.shape[1]):
-            raise CipsError(
-                f"w must have shape [B, S] or [B, N, S] matching coordinates {list(coords.shape)}, not {list(w.shape)}."
-            )
-        self._check_width(w, "w")
-        x = self.fourier(coords)
-        if self.embedding is not None:
-            x = torch.cat([x, self.embedding(coords)], dim=-1)
-        x = self.first(x, w, noise)
-        if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
-            for block in self.blocks:
-                x = block(x, w, noise)
-            return self.to_rgb(x, w)
-        rgb = None  # CIPSskip: every block adds its colours
-        for block in self.blocks:
-            x = block(x, w, noise)
-            block_rgb = block.to_rgb(x, w)
-            rgb = block_rgb if rgb is None else block_rgb + rgb
-        return rgb
+        self._check_inputs(coords, w)
+        return self._synthesize(coords, w, noise)
+
+    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
+        raise NotImplementedError
 
     def forward(self, coords: Tensor, w: Tensor) -> Tensor:
         return self.synthesize(coords, w)
@@ -129,6 +106,15 @@ class Generator(nn.Module):
 
     # ------------------------------------------------------------------- helpers
 
+    def _check_inputs(self, coords: Tensor, w: Tensor) -> None:
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        if w.dim() not in (2, 3) or w.shape[0] != coords.shape[0] or (w.dim() == 3 and w.shape[1] != coords.shape[1]):
+            raise CipsError(
+                f"w must have shape [B, S] or [B, N, S] matching coordinates {list(coords.shape)}, not {list(w.shape)}."
+            )
+        self._check_width(w, "w")
+
     def _check_width(self, tensor: Tensor, name: str) -> None:
         if tensor.shape[-1] != self.config.style_dim:
             raise CipsError(
@@ -137,13 +123,7 @@ class Generator(nn.Module):
 
     def flops_per_point(self) -> int:
         """Floating-point operations (2 per multiply-add) to synthesize one point, per sample."""
-        macs = self.fourier.weight.numel()
-        for module in self.modules():
-            if isinstance(module, (StyledLayer, ToRGB)):
-                macs += module.linear.weight.numel()
-            elif isinstance(module, ResidualBlock) and module.skip is not None:
-                macs += module.skip.weight.numel()
-        return 2 * macs
+        raise NotImplementedError
 
     def extra_repr(self) -> str:
         c = self.config
@@ -152,3 +132,62 @@ class Generator(nn.Module):
             f"params={self.num_parameters:,}, flops/point={self.flops_per_point():,}"
         )
 
+
+class CipsGenerator(Generator):
+    """A CIPS generator: CIPSskip, CIPSres or CIPS-NE.
+
+    Modules: ``mapping`` (z -> w), ``fourier`` and ``embedding`` (coordinates -> input
+    features), ``first`` (input features -> widths[0]), ``blocks`` and, for CIPSres,
+    ``to_rgb``. The module names are the official ones, so official weights map one to one.
+    """
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__(config)
+        c = config
+        cylinder = c.coordinate_space == "cylinder"
+        self.fourier = FourierFeatures(c.hidden, cylinder=cylinder)
+        self.embedding = CoordinateEmbedding(c.hidden, c.size, cylinder=cylinder) if c.has_embedding else None
+        input_features = 2 * c.hidden if c.has_embedding else c.hidden
+        self.first = StyledLayer(input_features, c.widths[0], c.style_dim)
+        block_type = ResidualBlock if c.arch == "res" else SkipBlock
+        in_features = c.widths[0]
+        blocks = []
+        for width in c.widths:
+            blocks.append(block_type(in_features, width, c.style_dim))
+            in_features = width
+        self.blocks = nn.ModuleList(blocks)
+        self.to_rgb = ToRGB(in_features, c.style_dim) if c.arch == "res" else None
+
+    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
+        x = self.fourier(coords)
+        if self.embedding is not None:
+            x = torch.cat([x, self.embedding(coords)], dim=-1)
+        x = self.first(x, w, noise)
+        if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
+            for block in self.blocks:
+                x = block(x, w, noise)
+            return self.to_rgb(x, w)
+        rgb = None  # CIPSskip: every block adds its colours
+        for block in self.blocks:
+            x = block(x, w, noise)
+            block_rgb = block.to_rgb(x, w)
+            rgb = block_rgb if rgb is None else block_rgb + rgb
+        return rgb
+
+    def flops_per_point(self) -> int:
+        macs = self.fourier.weight.numel()
+        for module in self.modules():
+            if isinstance(module, (StyledLayer, ToRGB)):
+                macs += module.linear.weight.numel()
+            elif isinstance(module, ResidualBlock) and module.skip is not None:
+                macs += module.skip.weight.numel()
+        return 2 * macs
+
+
+def family_class(arch: str) -> type[Generator]:
+    """The generator class of an architecture name (already validated by the config)."""
+    if arch == "creps":
+        from .creps import CrepsGenerator
+
+        return CrepsGenerator
+    return CipsGenerator

@@ -176,7 +176,7 @@ def test_official_checkpoints_reproduce_official_outputs(tmp_path, checkpoint, r
     assert worst <= 1e-4
 
 
-ALL_VARIANTS = [(a, s, p) for a in ("skip", "res", "ne") for s in ("plane", "cylinder") for p in (False, True)]
+ALL_VARIANTS = [(a, s, p) for a in ("skip", "res", "ne", "creps") for s in ("plane", "cylinder") for p in (False, True)]
 
 
 @pytest.mark.parametrize("arch, space, spatial", ALL_VARIANTS)

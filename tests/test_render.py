@@ -46,8 +46,13 @@ HEIGHT, WIDTH = 37, 53  # 1961 points: a prime-ish count that almost no chunk si
         ("ne", "cylinder", "cylinder", {}),
         ("skip", "cylinder", "cylinder", {"blend_seed": 9}),  # per-point styles: the unfolded path
         ("skip", "plane", "foveated", {}),  # points that are not a grid
+        ("creps", "plane", "flat", {}),  # CREPS's grid fast path: cached rows and columns
+        ("creps", "cylinder", "cylinder", {}),
+        ("creps", "plane", "rotated", {}),  # no shared rows or columns
+        ("creps", "cylinder", "cylinder", {"blend_seed": 9}),  # per-point styles: CREPS's per-point path
     ],
-    ids=["skip-flat", "res-rotated", "ne-cylinder", "blend", "foveated"],
+    ids=["skip-flat", "res-rotated", "ne-cylinder", "blend", "foveated", "creps-flat", "creps-cylinder",
+         "creps-rotated", "creps-blend"],
 )
 def test_output_is_bitwise_identical_whatever_the_chunking(arch, space, topology, extra, chunking):
     generator = _generator(arch, space)

@@ -86,7 +86,7 @@ def pooled_seam_ratio(images: list[np.ndarray]) -> float:
     return seam / np.median(adjacent)
 
 
-@pytest.mark.parametrize("arch", ["skip", "res", "ne"])
+@pytest.mark.parametrize("arch", ["skip", "res", "ne", "creps"])
 def test_cylinder_panorama_is_seamless(arch):
     """Mean |last - first column| <= 1.5 x the median adjacent-column difference.
 
@@ -104,7 +104,7 @@ def test_cylinder_panorama_is_seamless(arch):
     assert pooled_seam_ratio(seams) > 3
 
 
-@pytest.mark.parametrize("arch", ["skip", "res", "ne"])
+@pytest.mark.parametrize("arch", ["skip", "res", "ne", "creps"])
 def test_the_seam_is_an_ordinary_neighbour_pair(arch):
     """Turned by 180 degrees, the panorama is the original rolled by half: columns W-1 and 0
     meet in the middle exactly as they do at the edges, so there is nothing to see at the seam."""

@@ -19,6 +19,7 @@ from PIL import Image
 import cips_deploy
 from cips_deploy import CipsError
 from cips_deploy.cli import cli
+from cips_deploy.creps import CrepsGenerator
 from cips_deploy.train import TrainOptions, train
 from cips_deploy.train.loop import run_summary
 
@@ -94,6 +95,16 @@ def test_cylinder_training_gives_a_cylinder_model_with_panorama_samples(image_fo
     assert generator.config.coordinate_space == "cylinder"
     sample = Image.open(tmp_path / "run" / "samples" / "step-0000002.png")
     assert sample.size == (16 * 4, 16 * 8)  # a whole turn is 4 views of 90 degrees; one panorama per row
+
+
+@pytest.mark.parametrize("mode", [{}, {"crop": 8}, {"topology": "cylinder", "fov": 90}], ids=["full", "crop", "cylinder"])
+def test_creps_trains_in_every_mode(image_folder, tmp_path, mode):
+    path = train(run_options(image_folder, tmp_path / "run", arch="creps", steps=2, **mode))
+    generator = cips_deploy.load(path)
+    assert isinstance(generator, CrepsGenerator) and generator.provenance["step"] == 2
+    initial = cips_deploy.create("tiny", arch="creps", size=16, coordinate_space=generator.config.coordinate_space)
+    assert not torch.equal(initial.rows.layers[0].linear.weight, generator.rows.layers[0].linear.weight)
+    assert all(np.isfinite(r["g_loss"]) for r in run_summary(tmp_path / "run" / "log.jsonl"))
 
 
 def test_ddp_with_two_gloo_processes_keeps_the_replicas_identical(image_folder, tmp_path):

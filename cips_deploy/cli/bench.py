@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..config import ARCHITECTURES
 from ..bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
 from ..errors import CipsError
 from . import cli
@@ -16,7 +17,7 @@ from . import cli
 @cli.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--preset", default="paper256", show_default=True, help="Random-weight model when no CHECKPOINT is given.")
-@click.option("--arch", type=click.Choice(["skip", "res", "ne"]), default="skip", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--backend", "backends", multiple=True, default=["torch"], show_default=True, help="Repeatable.")
 @click.option("--reference", is_flag=True, help="Also time the official grouped-convolution path.")
 @click.option("--resolution", "resolutions", type=int, multiple=True, default=[256], show_default=True, help="Repeatable.")

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..checkpoint import load
+from ..config import ARCHITECTURE_NAMES
 from . import cli
 
 
@@ -20,7 +21,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
     config = generator.config
     facts = {
         "file": str(checkpoint),
-        "architecture": {"skip": "CIPSskip", "res": "CIPSres", "ne": "CIPS-NE"}[config.arch],
+        "architecture": ARCHITECTURE_NAMES[config.arch],
         "parameters": generator.num_parameters,
         "coordinate_space": config.coordinate_space,
         "training_resolution": config.size,
@@ -30,6 +31,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
         "channel_multiplier": config.channel_multiplier,
         "block_widths": list(config.widths),
         "flops_per_pixel": generator.flops_per_point(),
+        **({"line_rank": config.line_rank} if config.arch == "creps" else {}),
         "provenance": generator.provenance,
     }
     if as_json:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from ..config import ARCHITECTURES
 from . import cli
 
 
@@ -13,7 +14,7 @@ from . import cli
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoints, log, samples).")
 @click.option("--preset", default="tiny", show_default=True, help="Generator preset: tiny, small, paper256, paper1024.")
-@click.option("--arch", type=click.Choice(["skip", "res", "ne"]), default="skip", show_default=True)
+@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="skip, res, ne (CIPS) or creps.")
 @click.option("--resolution", type=int, help="Training resolution (default: the preset's size).")
 @click.option("--batch", type=int, default=16, show_default=True, help="Total batch over all processes.")
 @click.option("--steps", type=int, default=1000, show_default=True, help="Generator steps to train to.")
