@@ -38,6 +38,7 @@ def cli() -> None:
 from . import bench, checkpoints, train  # noqa: E402,F401  (each module registers its commands)
 from . import export  # noqa: E402,F401  (registers export)
 from . import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
+from . import scale_consistency  # noqa: E402,F401  (registers scale-consistency)
 
 plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
 
