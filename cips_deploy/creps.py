@@ -95,11 +95,30 @@ def bi_line(row: Tensor, column: Tensor, rank: int) -> Tensor:
     """The thick bi-line product: row, column [B, N, C] -> [B, N, C / rank].
 
     Channel k of the result is sum_d row[d * K + k] * column[d * K + k] / sqrt(rank), K = C / rank:
-    unit-variance lines give a unit-variance composition.
+    unit-variance lines give a unit-variance composition. Written as D elementwise products
+    summed in order (no reduction kernel), so that :func:`block_bi_line` computes every
+    pixel with exactly the same operations: the grid fast path is bitwise the per-point path.
     """
-    product = row * column
-    batch, points, channels = product.shape
-    return product.view(batch, points, rank, channels // rank).sum(dim=2) * (1 / math.sqrt(rank))
+    k = row.shape[-1] // rank
+    composed = row[..., :k] * column[..., :k]
+    for d in range(1, rank):
+        composed = composed.add_(row[..., d * k : (d + 1) * k] * column[..., d * k : (d + 1) * k])
+    return composed.mul_(1 / math.sqrt(rank))
+
+
+def block_bi_line(rows: Tensor, columns: Tensor, rank: int) -> Tensor:
+    """:func:`bi_line` of every (row, column) pair: rows [B, h, C], columns [B, w, C] -> [B, h * w, C / rank].
+
+    The products broadcast a row against all columns, so per pixel only K = C / rank floats
+    (and one K-wide term) exist, where composing each pixel from gathered lines holds 3 C.
+    """
+    batch, h, channels = rows.shape
+    k = channels // rank
+    rows, columns = rows[:, :, None, :], columns[:, None, :, :]
+    composed = rows[..., :k] * columns[..., :k]
+    for d in range(1, rank):
+        composed = composed.add_(rows[..., d * k : (d + 1) * k] * columns[..., d * k : (d + 1) * k])
+    return composed.mul_(1 / math.sqrt(rank)).view(batch, -1, k)
 
 
 class CrepsGenerator(Generator):
@@ -159,7 +178,9 @@ class CrepsGenerator(Generator):
         if fused is None:
             return composed
         decoded = scaled_leaky_relu(self.decoders[index - 1](fused))
-        return (decoded + composed) * (1 / SQRT2)
+        if torch.is_grad_enabled():
+            return (decoded + composed) * (1 / SQRT2)
+        return decoded.add_(composed).mul_(1 / SQRT2)  # inference: no new per-pixel buffers
 
     def output(self, fused: Tensor, w: Tensor, noise: bool = False) -> Tensor:
         """The output head: g [B, N, K] -> rgb [B, N, 3]."""
@@ -191,19 +212,21 @@ class LineCache:
 
     A grid render of H x W pixels meets H distinct v and W distinct u values however it is
     chunked; their line features are computed the first time a chunk meets them and every
-    chunk after that only composes: the h x w (row, column) block of a chunk as K batched
-    matrix products, or point by point where a chunk's points are scattered. Values are keyed exactly (their float32 bit
+    chunk after that only composes: the h x w (row, column) block of a chunk by broadcast
+    products, or point by point where a chunk's points are scattered; both run the same
+    operations per pixel as the per-point path, so the fast path is bitwise that path. Values are keyed exactly (their float32 bit
     patterns), so the cache never changes a pixel. A new style empties the cache. Layouts
     without shared rows and columns (rotated grids, scattered points) gain nothing, so each
-    axis is capped at ``max_values`` entries; past the cap the cache starts afresh.
+    axis holds at most ``max_bytes`` of features (256 MB: about 10,000 values of paper256,
+    whose lines are 25.6 kB); past the cap the cache starts afresh.
 
     New values are evaluated in batches padded to a multiple of ``pad`` rows (the torch
     backend's rule for chunk invariance): a value's features do not depend on its companions.
     """
 
-    def __init__(self, generator: CrepsGenerator, *, max_values: int = 16384, pad: int = 64) -> None:
+    def __init__(self, generator: CrepsGenerator, *, max_bytes: int = 256 << 20, pad: int = 64) -> None:
         self.generator = generator
-        self.max_values = max_values
+        self.max_bytes = max_bytes
         self.pad = pad
         self.w: Tensor | None = None
         self.axes: dict[str, _AxisTable] = {}
@@ -224,7 +247,8 @@ class LineCache:
             row_lines = row_table.index_select(1, rows)  # [B, h, C]
             column_lines = column_table.index_select(1, columns)  # [B, w, C]
             if rows.numel() * columns.numel() <= 2 * points.shape[0]:
-                composed = _block_bi_line(row_lines, column_lines, rank, row_of_point, column_of_point)
+                block = block_bi_line(row_lines, column_lines, rank)  # [B, h * w, K]
+                composed = _select_points(block, row_of_point, column_of_point, columns.numel())
             else:  # scattered points: compose each point from its own row and column
                 composed = bi_line(row_lines[:, row_of_point], column_lines[:, column_of_point], rank)
             fused = self.generator.fuse(index, fused, composed)
@@ -247,7 +271,8 @@ class LineCache:
         unique, inverse = torch.unique(values, return_inverse=True)  # sorted
         new = unique[~table.contains(unique)]
         if new.numel():
-            if table.count + new.numel() > self.max_values:
+            bytes_per_value = 4 * self.w.shape[0] * sum(self.generator.layer_widths)
+            if (table.count + new.numel()) * bytes_per_value > self.max_bytes:
                 table = self.axes[axis] = _AxisTable()
                 new = unique
             table.add(new, self._evaluate(axis, new))
@@ -263,18 +288,12 @@ class LineCache:
         return [feature[:, :count] for feature in features]
 
 
-def _block_bi_line(rows: Tensor, columns: Tensor, rank: int, row_of_point: Tensor, column_of_point: Tensor) -> Tensor:
-    """Bi-line composition of every (row, column) pair of a chunk, then each point's pair.
-
-    rows [B, h, C], columns [B, w, C] -> [B, N, C / rank]. The h x w block is K batched
-    [h, D] x [D, w] products (K = C / rank): per point only K floats, where composing each
-    point from gathered lines would hold 3 C.
-    """
-    batch, h, channels = rows.shape
-    k = channels // rank
-    block = torch.einsum("bhdk,bwdk->bhwk", rows.view(batch, h, rank, k), columns.view(batch, -1, rank, k))
-    block = block.reshape(batch, -1, k) * (1 / math.sqrt(rank))  # [B, h * w, K]
-    return block.index_select(1, row_of_point * columns.shape[1] + column_of_point)
+def _select_points(block: Tensor, row_of_point: Tensor, column_of_point: Tensor, width: int) -> Tensor:
+    """block [B, h * w, K] (row-major) -> [B, N, K]: each point's (row, column) entry."""
+    index = row_of_point * width + column_of_point
+    if index.numel() == block.shape[1] and bool((index == torch.arange(index.numel(), device=index.device)).all()):
+        return block  # the chunk is the whole block in row-major order (a whole image)
+    return block.index_select(1, index)
 
 
 class _AxisTable:

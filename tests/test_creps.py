@@ -13,7 +13,7 @@ import cips_deploy
 from cips_deploy.cli import cli
 from cips_deploy.config import preset_config
 from cips_deploy.coords import grid_coords
-from cips_deploy.creps import CrepsGenerator, LineCache, bi_line
+from cips_deploy.creps import CrepsGenerator, LineCache, bi_line, block_bi_line
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import OnnxEngine, export_onnx
 from cips_deploy.plugins.torch_backend import TorchBackend
@@ -45,6 +45,9 @@ def test_bi_line_product_is_a_rank_d_sum_of_row_column_products():
     row, column = torch.randn(2, 5, 12), torch.randn(2, 5, 12)  # rank 3, composed width 4
     expected = sum(row[..., d * 4 : (d + 1) * 4] * column[..., d * 4 : (d + 1) * 4] for d in range(3)) / math.sqrt(3)
     torch.testing.assert_close(bi_line(row, column, 3), expected)
+    block = block_bi_line(row[:1, :2], column[:1], 3).view(2, 5, 4)  # every (row, column) pair
+    for i in range(2):
+        assert torch.equal(block[i], bi_line(row[:1, i : i + 1].expand(1, 5, 12), column[:1], 3)[0])
 
 
 def test_a_pixel_depends_on_its_row_and_column_only_through_lines(creps):
@@ -66,13 +69,13 @@ def test_the_grid_fast_path_equals_the_per_point_path(creps):
     with torch.inference_mode():
         direct = creps.synthesize(coords, w)
         chunks = [cache.synthesize(coords[:, start : start + 333], w) for start in range(0, 40 * 56, 333)]
-    torch.testing.assert_close(torch.cat(chunks, dim=1), direct, rtol=0, atol=1e-5)
+    assert torch.equal(torch.cat(chunks, dim=1), direct)  # the same operations per pixel
     # Every row and column was evaluated once, though 7 chunks met them.
     assert cache.axes["row"].count == 40 and cache.axes["column"].count == 56
 
 
 def test_the_cache_is_bounded_and_follows_the_style(creps):
-    cache = LineCache(creps, max_values=100)
+    cache = LineCache(creps, max_bytes=100 * 4 * sum(creps.layer_widths))  # room for 100 values per axis
     points = torch.rand(1, 300, 2) * 2 - 1  # scattered: no shared rows or columns
     w1, w2 = styles(creps, seed=1), styles(creps, seed=2)
     with torch.inference_mode():
