@@ -75,15 +75,21 @@ class Generator(nn.Module):
             w = self.w_avg.lerp(w, truncation)
         return w
 
-    def synthesize(self, coords: Tensor, w: Tensor, *, noise: bool = False) -> Tensor:
+    def synthesize(self, coords: Tensor, w: Tensor, *, noise: bool = False, dtype: torch.dtype | None = None) -> Tensor:
         """coords [B, N, 2] (u, v) and w [B, S] or [B, N, S] -> raw rgb [B, N, 3] (about [-1, 1]).
 
         A per-sample w is folded into each layer's weights once; a per-point w [B, N, S]
         (spatially varying styles) modulates each point's activations instead.
-        ``noise`` adds fresh per-point noise (training only).
+        ``noise`` adds fresh per-point noise (training only). ``dtype`` (CIPS families only):
+        ``torch.bfloat16`` or ``torch.float16`` runs the layers' products in that precision
+        (see :meth:`CipsGenerator._synthesize`); None or ``torch.float32``: float32 throughout.
         """
         self._check_inputs(coords, w)
-        return self._synthesize(coords, w, noise)
+        if dtype is None or dtype == torch.float32:
+            return self._synthesize(coords, w, noise)
+        if not isinstance(self, CipsGenerator):
+            raise CipsError(f"{type(self).__name__} synthesizes in float32 only, not {dtype}.")
+        return self._synthesize(coords, w, noise, dtype=dtype)
 
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
         raise NotImplementedError
@@ -158,20 +164,27 @@ class CipsGenerator(Generator):
         self.blocks = nn.ModuleList(blocks)
         self.to_rgb = ToRGB(in_features, c.style_dim) if c.arch == "res" else None
 
-    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
+    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The layers' products in ``dtype``; always float32: the input features (sines and
+        bilinear reads), every folded weight (rounded once to ``dtype``), the colour sum and
+        the returned rgb."""
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise CipsError(f"A CIPS generator synthesizes in float32, bfloat16 or float16, not {dtype}.")
         x = self.fourier(coords)
         if self.embedding is not None:
             x = torch.cat([x, self.embedding(coords)], dim=-1)
+        if x.dtype != dtype:
+            x = x.to(dtype)
         x = self.first(x, w, noise)
         if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
             for block in self.blocks:
                 x = block(x, w, noise)
-            return self.to_rgb(x, w)
-        rgb = None  # CIPSskip: every block adds its colours
+            return self.to_rgb(x, w).float()
+        rgb = None  # CIPSskip: every block adds its colours (summed in float32)
         for block in self.blocks:
             x = block(x, w, noise)
             block_rgb = block.to_rgb(x, w)
-            rgb = block_rgb if rgb is None else block_rgb + rgb
+            rgb = block_rgb.float() if rgb is None else block_rgb + rgb
         return rgb
 
     def flops_per_point(self) -> int:

@@ -159,6 +159,13 @@ class ModulatedLinear(nn.Module):
     weight [out, in]; the affine map w [.., S] -> s [.., in] starts at bias 1. Per sample:
     W' = W / sqrt(in) * s (scaling input channels), then, with ``demodulate``, every output
     row of W' is scaled to unit norm. Input x [B, N, in] -> output [B, N, out].
+
+    Precision: the product runs in ``x``'s dtype. The style and the folded weight are
+    always computed in float32 (w's dtype) and rounded once to a bfloat16 or float16 ``x``'s
+    dtype just before the product; a float32 ``x`` takes exactly the float32 code path.
+    Without gradients the rounded weight is kept for the next call with the same style
+    (the chunks of one image): folding every chunk cost paper256 13-20% of its bfloat16
+    time at 4,096-2,048-point chunks (BENCHMARKS.md).
     """
 
     def __init__(self, in_features: int, out_features: int, style_dim: int, *, demodulate: bool = True) -> None:
@@ -179,6 +186,21 @@ class ModulatedLinear(nn.Module):
             weight = weight * gain
         return weight.transpose(1, 2)
 
+    def _rounded_fold(self, w: Tensor, gain: float, dtype: torch.dtype) -> Tensor:
+        """``fold(w, gain)`` rounded to ``dtype``; reused while w, gain and the parameters stay the same."""
+        try:  # parameters made under inference mode have no version counter: then no reuse
+            versions = tuple(p._version for p in (self.weight, self.affine.weight, self.affine.bias))
+        except RuntimeError:
+            versions = None
+        key = (dtype, gain, w.shape, w.device, self.weight.data_ptr(), versions)
+        cached = getattr(self, "_rounded", None)
+        if versions is not None and cached is not None and cached[0] == key and torch.equal(cached[1], w):
+            return cached[2]
+        weight = self.fold(w, gain).to(dtype)
+        if versions is not None and not torch.is_grad_enabled():
+            self._rounded = (key, w.clone(), weight)
+        return weight
+
     def forward(self, x: Tensor, w: Tensor, bias: Tensor | None = None, gain: float = 1.0) -> Tensor:
         """gain * (modulated(x) + bias): x [B, N, in], w [B, S] (one style per sample) or [B, N, S].
 
@@ -186,27 +208,36 @@ class ModulatedLinear(nn.Module):
         ``baddbmm`` (matrix product plus bias) over the folded weight.
         """
         if w.dim() == 2:
-            weight = self.fold(w, gain)
+            if x.dtype == w.dtype:
+                weight = self.fold(w, gain)
+            else:  # low precision: fold in float32, round once
+                weight = self._rounded_fold(w, gain, x.dtype)
             if bias is None:
                 return torch.bmm(x, weight)
-            return torch.baddbmm(bias * gain if gain != 1.0 else bias, x, weight)
+            bias = bias * gain if gain != 1.0 else bias
+            return torch.baddbmm(bias.to(x.dtype), x, weight)
         # Per-point styles: modulating the weight's columns is modulating the input, and the
         # demodulation factor of output o is rsqrt(sum_i (W[o,i] s_i / sqrt(in))^2).
         style = self.affine(w)
         weight = self.scale * self.weight
-        out = F.linear(x * style, weight)
+        if x.dtype == weight.dtype:
+            out = F.linear(x * style, weight)
+        else:  # low precision: only the product in x's dtype, the factors in float32
+            out = F.linear((x * style).to(x.dtype), weight.to(x.dtype)).float()
         if self.demodulate:
             out = out * torch.rsqrt(F.linear(style.pow(2), weight.pow(2)) + 1e-8)
         if bias is not None:
             out = out + bias
-        return out * gain if gain != 1.0 else out
+        out = out * gain if gain != 1.0 else out
+        return out.to(x.dtype)
 
 
 class StyledLayer(nn.Module):
     """Modulated layer, optional noise, bias, scaled leaky ReLU: [B, N, in] -> [B, N, out].
 
     ``noise_strength`` is learned; noise is added only when asked (training): synthesis is
-    deterministic, so that every chunk and every engine produce the same pixels.
+    deterministic, so that every chunk and every engine produce the same pixels. The output
+    has ``x``'s dtype (see :class:`ModulatedLinear` for bfloat16 and float16).
     """
 
     def __init__(self, in_features: int, out_features: int, style_dim: int) -> None:
@@ -218,8 +249,8 @@ class StyledLayer(nn.Module):
     def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
         if noise:
             out = self.linear(x, w)
-            out = out + self.noise_strength * torch.randn_like(out[..., :1])
-            return scaled_leaky_relu(out + self.bias)
+            out = out + self.noise_strength.to(out.dtype) * torch.randn_like(out[..., :1])
+            return scaled_leaky_relu(out + self.bias.to(out.dtype))
         # Leaky ReLU is positively homogeneous: lrelu(y + b) * sqrt(2) == lrelu(sqrt(2) * (y + b)),
         # so the gain rides on the folded weight and the bias, and the activation is one pass.
         out = self.linear(x, w, bias=self.bias, gain=SQRT2)
@@ -244,6 +275,7 @@ class ResidualBlock(nn.Module):
     """CIPSres block: two styled layers plus a skip, (out + skip) / sqrt(2).
 
     The skip is a bias-free equalized projection where the width changes, else identity.
+    A bfloat16 or float16 ``x`` runs every product, the skip's too, in that dtype.
     """
 
     def __init__(self, in_features: int, out_features: int, style_dim: int) -> None:
@@ -254,5 +286,10 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
         out = self.layer2(self.layer1(x, w, noise), w, noise)
-        skip = self.skip(x) if self.skip is not None else x
+        if self.skip is None:
+            skip = x
+        elif x.dtype == self.skip.weight.dtype:
+            skip = self.skip(x)
+        else:  # low precision: the equalized weight (bias-free) rounded once to x's dtype
+            skip = F.linear(x, (self.skip.weight * self.skip.scale).to(x.dtype))
         return (out + skip) / SQRT2

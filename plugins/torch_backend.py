@@ -6,6 +6,14 @@ So every batch is padded (by repeating its last point) to a multiple of ``PAD_PO
 rows before synthesis and the padding is dropped after: every point then goes through the
 same code path whatever chunk it falls in, and a render is bitwise identical for any
 chunking. The cost is at most PAD_POINTS - 1 extra points per chunk.
+
+Precision (the ``precision`` option): ``fp32`` (the default) computes in float32 throughout.
+``bf16`` runs the layers' matrix products in bfloat16 (float32 accumulation), with the
+input features, the folded weights and the colour sum in float32 (``CipsGenerator``'s
+``dtype``); on CPUs with AVX512-BF16 it renders paper256 about 2x faster than fp32. Its
+8-bit images differ from fp32's by at most 2 levels on the bundled (trained) demo model but
+by up to 19 on random-weight paper256, whose outputs are several times larger than
+[-1, 1] (BENCHMARKS.md). ``fp16`` is the same on CUDA devices only. CIPS families only.
 """
 
 from __future__ import annotations
@@ -24,6 +32,20 @@ from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
 
 PAD_POINTS = 64
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_precision(value: Any, device: torch.device) -> str:
+    """The precision option (a string from the command line, or a torch dtype) -> fp32, bf16 or fp16."""
+    names = {dtype: name for name, dtype in PRECISIONS.items()}
+    name = names.get(value) if isinstance(value, torch.dtype) else str(value).strip().lower()
+    if name not in PRECISIONS:
+        raise CipsError(f"The torch backend's precision is fp32, bf16 or fp16 (CUDA only), not {value!r}.")
+    if name == "fp16" and device.type != "cuda":
+        raise CipsError("Precision fp16 needs a CUDA device (CPUs have no fast fp16 matrix product); use bf16 on a CPU.")
+    if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise CipsError(f"The CUDA device {device} has no bf16 support; use precision fp16 on it.")
+    return name
 
 
 def torch_device(name: str) -> torch.device:
@@ -57,13 +79,17 @@ def _same_points(coords: Tensor) -> bool:
 
 class TorchBackend(Backend):
     name = "torch"
-    description = "PyTorch generator (CPU or CUDA); bitwise chunk-invariant on CPU; CREPS lines computed once per row and column."
+    description = "PyTorch generator (CPU or CUDA); bitwise chunk-invariant on CPU; CREPS lines computed once per row and column; option precision=fp32|bf16|fp16 (fp16: CUDA only)."
 
-    def __init__(self, model: Generator | str | Path, *, device: str = "cpu", **options: Any) -> None:
+    def __init__(self, model: Generator | str | Path, *, device: str = "cpu", precision: Any = "fp32", **options: Any) -> None:
         if options:
             raise CipsError(f"The torch backend has no option(s) {', '.join(sorted(options))}.")
         self.device = torch_device(device)
+        self.precision = parse_precision(precision, self.device)
+        self.dtype = PRECISIONS[self.precision]
         generator = model if isinstance(model, Generator) else load(model)
+        if self.precision != "fp32" and isinstance(generator, CrepsGenerator):
+            raise CipsError(f"CREPS models run in fp32 only on the torch backend; precision {self.precision} is for CIPS models.")
         # Synthesis does not depend on train/eval mode (no dropout, no batch statistics, noise
         # only on request), so the caller's module is used as it is; only its device may change.
         self._original_device = generator.device
@@ -87,14 +113,17 @@ class TorchBackend(Backend):
             w = pad_rows(w, PAD_POINTS)
         if self.lines is not None and w.dim() == 2 and _same_points(coords) and self.lines.worthwhile(coords):
             rgb = self.lines.synthesize(coords, w)
-        else:
+        elif self.precision == "fp32":
             rgb = self.generator.synthesize(coords, w)
+        else:
+            rgb = self.generator.synthesize(coords, w, dtype=self.dtype)
         return rgb[:, :n_points].float().cpu()
 
     def preferred_memory_budget(self) -> float:
         """32 MB on a CPU, where chunks whose activations stay in the caches run fastest
         (paper256 at 256x256 on 2 cores: 96% of the matmul peak at 2,048 points per chunk,
-        62% at 65,536; BENCHMARKS.md); 2 GB on a GPU, which wants large batches."""
+        62% at 65,536; BENCHMARKS.md; bf16 is flat from 1,024 to 8,192 points and slower
+        beyond, so the same budget suits it); 2 GB on a GPU, which wants large batches."""
         return 2048.0 if self.device.type == "cuda" else 32.0
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import click
+import torch
 
 from ..config import ARCHITECTURES
 from ..bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
@@ -27,12 +28,17 @@ from . import cli
 @click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before timing.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=0, help="torch threads (default: torch's choice).")
+@click.option(
+    "--precision", "precisions", type=click.Choice(["fp32", "bf16", "fp16"]), multiple=True, default=["fp32"],
+    show_default=True, help="The torch backend's precision (fp16: CUDA only); repeatable. Other backends run fp32.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
-def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, chunks, repeats, warmup, device, threads, as_json):
+def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, chunks, repeats, warmup, device, threads, precisions, as_json):
     """Measure pixels/s, ms per image, GFLOP/s, fraction of the matmul peak and peak memory.
 
     Each case runs in its own process (isolated peak memory); figures are medians over
-    --repeats after --warmup runs.
+    --repeats after --warmup runs. The matrix-product peak is measured for every precision
+    the cases use, and each case's %peak is against its own precision's peak.
     """
     for name, values in (("resolution", resolutions), ("batch", batches), ("chunk-size", chunks)):
         if min(values) < 1:
@@ -42,36 +48,56 @@ def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, c
     if checkpoint is not None and not checkpoint.exists():
         raise CipsError(f"No such checkpoint: {checkpoint}.")
     model = str(checkpoint) if checkpoint else f"preset:{preset}:{arch}"
+    if "fp16" in precisions and not device.startswith("cuda"):
+        raise CipsError("--precision fp16 needs a CUDA --device (CPUs have no fast fp16 matrix product); use bf16 on a CPU.")
+    precisions = list(dict.fromkeys(precisions))  # once each, in the order given
+    model = str(checkpoint) if checkpoint else f"preset:{preset}:{arch}"
     common = dict(model=model, device=device, repeats=repeats, warmup=warmup, threads=threads)
-    cases = [BenchCase(backend=b, resolution=r, batch=n, chunk=c, **common)
-             for b, r, n, c in itertools.product(backends, resolutions, batches, chunks)]
+    cases = []
+    for b, p, r, n, c in itertools.product(backends, precisions, resolutions, batches, chunks):
+        if p != "fp32" and b != "torch":
+            if not as_json and r == resolutions[0] and n == batches[0] and c == chunks[0]:
+                click.echo(f"  {b} has no precision option: it runs fp32 only, so its {p} cases are left out.", err=True)
+            continue
+        cases.append(BenchCase(backend=b, resolution=r, batch=n, chunk=c, precision=p, **common))
     if reference:
         cases = [BenchCase(backend="reference", resolution=r, batch=n, **common)
                  for r, n in itertools.product(resolutions, batches)] + cases
-    peak = matmul_peak_gflops()
+    if threads:  # the peak under the same threads as the cases
+        torch.set_num_threads(threads)
+    used = ["fp32"] + [p for p in precisions if p != "fp32" and any(case.precision == p for case in cases)]
+    peaks = {p: matmul_peak_gflops(dtype=p, device=device) for p in used}
     results = []
     for case in cases:
         if not as_json:
-            click.echo(f"  {case.backend} {case.resolution}px batch {case.batch} chunk {case.chunk} ...", err=True)
+            click.echo(f"  {case.backend} {case.precision} {case.resolution}px batch {case.batch} chunk {case.chunk} ...", err=True)
         results.append(run_case_isolated(case))
     references = {(r["resolution"], r["batch"]): r["pixels_per_second"] for r in results if r["backend"] == "reference"}
     for result in results:
-        result["fraction_of_matmul_peak"] = result["gflops"] / peak
+        result["matmul_peak_gflops"] = peaks[result["precision"]]
+        result["fraction_of_matmul_peak"] = result["gflops"] / peaks[result["precision"]]
         base = references.get((result["resolution"], result["batch"]))
         result["speedup_vs_reference"] = result["pixels_per_second"] / base if base else None
-    report = {"machine": machine_facts(), "matmul_peak_gflops": peak, "model": model, "results": results}
+    report = {
+        "machine": machine_facts(), "matmul_peak_gflops": peaks["fp32"], "matmul_peaks_gflops": peaks,
+        "model": model, "results": results,
+    }
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
     facts = report["machine"]
     click.echo(f"{model} on {facts['cpu']} ({facts['cores']} cores, torch {facts['torch']}, {facts['torch_threads']} threads)")
-    click.echo(f"fp32 matrix-product peak (2048^3, median of 5): {peak:.1f} GFLOP/s")
-    header = f"{'backend':<12}{'res':>6}{'batch':>6}{'chunk':>8}{'ms/image':>11}{'pixels/s':>11}{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}{'vs ref':>8}"
+    shown = ", ".join(f"{p} {peak:.1f}" for p, peak in peaks.items())
+    click.echo(f"matrix-product peak (2048^3, median of 5), GFLOP/s: {shown}; %peak is against the case's own precision")
+    header = (
+        f"{'backend':<12}{'prec':>5}{'res':>6}{'batch':>6}{'chunk':>8}{'ms/image':>11}{'pixels/s':>11}"
+        f"{'GFLOP/s':>9}{'%peak':>7}{'RSS MB':>8}{'vs ref':>8}"
+    )
     click.echo(header)
     for r in results:
         ratio = f"{r['speedup_vs_reference']:.2f}x" if r["speedup_vs_reference"] else "-"
         click.echo(
-            f"{r['backend']:<12}{r['resolution']:>6}{r['batch']:>6}{r['chunk']:>8}{r['ms_per_image']:>11.1f}"
+            f"{r['backend']:<12}{r['precision']:>5}{r['resolution']:>6}{r['batch']:>6}{r['chunk']:>8}{r['ms_per_image']:>11.1f}"
             f"{r['pixels_per_second']:>11,.0f}{r['gflops']:>9.1f}{100 * r['fraction_of_matmul_peak']:>6.0f}%"
             f"{r['peak_rss_mb']:>8.0f}{ratio:>8}"
         )
