@@ -109,7 +109,7 @@ def test_creps_trains_in_every_mode(image_folder, tmp_path, mode):
 
 def test_ddp_with_two_gloo_processes_keeps_the_replicas_identical(image_folder, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--no-python",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--no-python",
                str(Path(sys.executable).parent / "cips-deploy"), "train", str(image_folder), "--out", str(out),
                "--resolution", "16", "--batch", "4", "--steps", "3", "--checkpoint-every", "3", "--device", "cpu"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300,
