@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from .config import GeneratorConfig
 from .generator import Generator
-from .layers import EqualLinear, StyledLayer, ToRGB, scaled_leaky_relu
+from .layers import EqualLinear, StyledLayer, ToRGB, scaled_leaky_relu, sine_layer_parameters
 
 SQRT2 = math.sqrt(2.0)
 
@@ -52,11 +52,8 @@ class AxisFourier(nn.Module):
 
     def __init__(self, hidden: int, periodic: bool = False) -> None:
         super().__init__()
-        in_features = 2 if periodic else 1
         self.periodic = periodic
-        bound = math.sqrt(9.0 / in_features)
-        self.weight = nn.Parameter(torch.empty(hidden, in_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(hidden).uniform_(-1 / math.sqrt(in_features), 1 / math.sqrt(in_features)))
+        self.weight, self.bias = sine_layer_parameters(hidden, 2 if periodic else 1)
 
     def forward(self, x: Tensor) -> Tensor:
         x = x.unsqueeze(-1)

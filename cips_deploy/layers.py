@@ -81,6 +81,15 @@ class MappingNetwork(nn.Module):
         return x
 
 
+def sine_layer_parameters(hidden: int, in_features: int) -> tuple[nn.Parameter, nn.Parameter]:
+    """Weight [hidden, in] and bias [hidden] of a Fourier layer, initialised as the official
+    code does (a SIREN-style first layer): U(-sqrt(9/in), sqrt(9/in)) and U(-1/sqrt(in), 1/sqrt(in))."""
+    bound = math.sqrt(9.0 / in_features)
+    weight = nn.Parameter(torch.empty(hidden, in_features).uniform_(-bound, bound))
+    bias = nn.Parameter(torch.empty(hidden).uniform_(-1 / math.sqrt(in_features), 1 / math.sqrt(in_features)))
+    return weight, bias
+
+
 class FourierFeatures(nn.Module):
     """Coordinates [B, N, 2] -> sin(features @ A.T + b) [B, N, hidden].
 
@@ -90,12 +99,8 @@ class FourierFeatures(nn.Module):
 
     def __init__(self, hidden: int, cylinder: bool = False) -> None:
         super().__init__()
-        in_features = 3 if cylinder else 2
         self.cylinder = cylinder
-        # The official initialisation (a SIREN-style first layer): U(-sqrt(9/in), sqrt(9/in)).
-        bound = math.sqrt(9.0 / in_features)
-        self.weight = nn.Parameter(torch.empty(hidden, in_features).uniform_(-bound, bound))
-        self.bias = nn.Parameter(torch.empty(hidden).uniform_(-1 / math.sqrt(in_features), 1 / math.sqrt(in_features)))
+        self.weight, self.bias = sine_layer_parameters(hidden, 3 if cylinder else 2)
 
     def forward(self, coords: Tensor) -> Tensor:
         if self.cylinder:
