@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import GeneratorConfig
+from .errors import CipsError
 from .generator import Generator
 from .layers import EqualLinear, StyledLayer, ToRGB, scaled_leaky_relu, sine_layer_parameters
 
@@ -143,8 +144,10 @@ class CrepsGenerator(Generator):
 
     # -------------------------------------------------------------- per-point path
 
-    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
+    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
         """Both lines at every point, one layer at a time (only one layer's lines are alive)."""
+        if dtype != torch.float32:
+            raise CipsError(f"CREPS synthesizes in float32 only, not {dtype}.")
         row = self.rows.fourier(coords[..., 1])
         column = self.columns.fourier(coords[..., 0])
         fused = None

@@ -85,13 +85,10 @@ class Generator(nn.Module):
         (see :meth:`CipsGenerator._synthesize`); None or ``torch.float32``: float32 throughout.
         """
         self._check_inputs(coords, w)
-        if dtype is None or dtype == torch.float32:
-            return self._synthesize(coords, w, noise)
-        if not isinstance(self, CipsGenerator):
-            raise CipsError(f"{type(self).__name__} synthesizes in float32 only, not {dtype}.")
-        return self._synthesize(coords, w, noise, dtype=dtype)
+        return self._synthesize(coords, w, noise, dtype=torch.float32 if dtype is None else dtype)
 
-    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool) -> Tensor:
+    def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The family's synthesis, inputs already checked."""
         raise NotImplementedError
 
     def forward(self, coords: Tensor, w: Tensor) -> Tensor:
