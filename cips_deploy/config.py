@@ -86,11 +86,6 @@ class GeneratorConfig:
         return len(self.widths)
 
     @property
-    def fourier_inputs(self) -> int:
-        """Coordinate features that feed the Fourier layer: (u, v) or (cos pi*u, sin pi*u, v)."""
-        return 3 if self.coordinate_space == "cylinder" else 2
-
-    @property
     def channel_multiplier(self) -> int | None:
         """The official channel multiplier, where the widths reveal it (blocks 0-3 never do)."""
         if self.n_blocks > 4 and self.widths[4] % 256 == 0:

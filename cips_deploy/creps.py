@@ -232,15 +232,23 @@ class LineCache:
         self.axes: dict[str, _AxisTable] = {}
 
     def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3]."""
+        """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3].
+
+        A chunk that shares too few rows and columns for the cache to pay (a grid chunk of
+        h rows and w columns has h + w distinct values against h * w points; scattered points,
+        such as a rotated grid, about 2N) takes the per-point path, which holds no lines
+        beyond the chunk.
+        """
+        points = coords[0]
+        v_values, row_of_point = torch.unique(points[:, 1], return_inverse=True)  # sorted
+        u_values, column_of_point = torch.unique(points[:, 0], return_inverse=True)
+        if v_values.numel() + u_values.numel() > 1.5 * points.shape[0]:
+            return self.generator.synthesize(coords, w)
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
             self.axes = {axis: _AxisTable() for axis in ("row", "column")}
-        points = coords[0]
-        row_slots = self._lookup("row", points[:, 1])
-        column_slots = self._lookup("column", points[:, 0])
-        rows, row_of_point = torch.unique(row_slots, return_inverse=True)
-        columns, column_of_point = torch.unique(column_slots, return_inverse=True)
+        rows = self._slots("row", v_values)  # [h]: each distinct v's place in the tables
+        columns = self._slots("column", u_values)  # [w]
         rank = self.generator.config.line_rank
         fused = None
         for index, (row_table, column_table) in enumerate(zip(self.axes["row"].tables, self.axes["column"].tables)):
@@ -251,34 +259,22 @@ class LineCache:
             if rows.numel() * columns.numel() <= 3 * points.shape[0]:
                 block = block_bi_line(row_lines, column_lines, rank)  # [B, h * w, K]
                 composed = _select_points(block, row_of_point, column_of_point, columns.numel())
-            else:  # scattered points: compose each point from its own row and column
+            else:  # compose each point from its own row and column
                 composed = bi_line(row_lines[:, row_of_point], column_lines[:, column_of_point], rank)
             fused = self.generator.fuse(index, fused, composed)
         return self.generator.output(fused, w)
 
-    def worthwhile(self, coords: Tensor) -> bool:
-        """Whether the chunk coords [B, N, 2] shares rows and columns enough for the cache to pay.
-
-        A grid chunk of h rows and w columns has h + w distinct values against h * w points;
-        scattered points (a rotated grid) have about 2N, where the per-point path is as cheap
-        and holds no lines beyond the chunk.
-        """
-        points = coords[0]
-        distinct = torch.unique(points[:, 0]).numel() + torch.unique(points[:, 1]).numel()
-        return distinct <= 1.5 * points.shape[0]
-
-    def _lookup(self, axis: str, values: Tensor) -> Tensor:
-        """values [N] -> index [N] of each value's row in the axis's tables (computing new ones)."""
+    def _slots(self, axis: str, values: Tensor) -> Tensor:
+        """Distinct sorted values [K] -> their rows in the axis's tables [K] (computing new ones)."""
         table = self.axes[axis]
-        unique, inverse = torch.unique(values, return_inverse=True)  # sorted
-        new = unique[~table.contains(unique)]
+        new = values[~table.contains(values)]
         if new.numel():
             bytes_per_value = 4 * self.w.shape[0] * sum(self.generator.layer_widths)
             if (table.count + new.numel()) * bytes_per_value > self.max_bytes:
                 table = self.axes[axis] = _AxisTable()
-                new = unique
+                new = values
             table.add(new, self._evaluate(axis, new))
-        return table.slots_of(unique)[inverse]
+        return table.slots_of(values)
 
     def _evaluate(self, axis: str, values: Tensor) -> list[Tensor]:
         """values [K] -> [[B, K, C_l]]: the new values' line features, in padded batches."""

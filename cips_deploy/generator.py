@@ -10,6 +10,7 @@ gives the same colours.
 
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ class SkipBlock(nn.Module):
         return self.layer2(self.layer1(x, w, noise), w, noise)
 
 
-class Generator(nn.Module):
+class Generator(nn.Module, metaclass=ABCMeta):
     """Base class of every generator family: ``(coords [B, N, 2], w) -> rgb [B, N, 3]``.
 
     ``Generator(config)`` builds the family that ``config.arch`` names: :class:`CipsGenerator`
@@ -87,9 +88,9 @@ class Generator(nn.Module):
         self._check_inputs(coords, w)
         return self._synthesize(coords, w, noise, dtype=torch.float32 if dtype is None else dtype)
 
+    @abstractmethod
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
         """The family's synthesis, inputs already checked."""
-        raise NotImplementedError
 
     def forward(self, coords: Tensor, w: Tensor) -> Tensor:
         return self.synthesize(coords, w)
@@ -124,9 +125,9 @@ class Generator(nn.Module):
                 f"{name} has width {tensor.shape[-1]} but this generator's style width is {self.config.style_dim}."
             )
 
+    @abstractmethod
     def flops_per_point(self) -> int:
         """Floating-point operations (2 per multiply-add) to synthesize one point, per sample."""
-        raise NotImplementedError
 
     def extra_repr(self) -> str:
         c = self.config

@@ -111,7 +111,7 @@ class TorchBackend(Backend):
         w = w.to(self.device, torch.float32)
         if w.dim() == 3:  # one style per point: pad it alongside its points
             w = pad_rows(w, PAD_POINTS)
-        if self.lines is not None and w.dim() == 2 and _same_points(coords) and self.lines.worthwhile(coords):
+        if self.lines is not None and w.dim() == 2 and _same_points(coords):
             rgb = self.lines.synthesize(coords, w)
         elif self.precision == "fp32":
             rgb = self.generator.synthesize(coords, w)

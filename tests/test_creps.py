@@ -76,15 +76,20 @@ def test_the_grid_fast_path_equals_the_per_point_path(creps):
 
 def test_the_cache_is_bounded_and_follows_the_style(creps):
     cache = LineCache(creps, max_bytes=100 * 4 * sum(creps.layer_widths))  # room for 100 values per axis
-    points = torch.rand(1, 300, 2) * 2 - 1  # scattered: no shared rows or columns
+    first_grid = grid_coords(90, 4)  # 90 rows of 4 points: worth caching
+    second_grid = first_grid + torch.tensor([0.0, 0.001])  # 90 other rows
     w1, w2 = styles(creps, seed=1), styles(creps, seed=2)
     with torch.inference_mode():
-        first = cache.synthesize(points[:, :90], w1)
-        cache.synthesize(points[:, 90:180], w1)  # would pass the cap: starts afresh
+        first = cache.synthesize(first_grid, w1)
+        cache.synthesize(second_grid, w1)  # would pass the cap: starts afresh
         assert cache.axes["row"].count == 90
-        torch.testing.assert_close(first, creps.synthesize(points[:, :90], w1), rtol=0, atol=1e-5)
-        other = cache.synthesize(points[:, :90], w2)  # a new style empties the cache
-        torch.testing.assert_close(other, creps.synthesize(points[:, :90], w2), rtol=0, atol=1e-5)
+        torch.testing.assert_close(first, creps.synthesize(first_grid, w1), rtol=0, atol=1e-5)
+        other = cache.synthesize(first_grid, w2)  # a new style empties the cache
+        assert cache.axes["row"].count == 90
+        torch.testing.assert_close(other, creps.synthesize(first_grid, w2), rtol=0, atol=1e-5)
+        scattered = torch.rand(1, 300, 2) * 2 - 1  # no shared rows or columns: the per-point path
+        torch.testing.assert_close(cache.synthesize(scattered, w2), creps.synthesize(scattered, w2), rtol=0, atol=0)
+        assert cache.axes["row"].count == 90
 
 
 def test_per_point_styles_equal_per_sample_styles(creps):
