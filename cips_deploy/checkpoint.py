@@ -60,7 +60,7 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     kind = sniff_format(path)
     if kind == "safetensors":
         generator = _load_safetensors(path)
-    elif kind == "torch":
+    elif kind in ("torch-zip", "torch-legacy", "pickle"):
         from .official import load_official
 
         generator = load_official(path)
@@ -128,16 +128,33 @@ def load_exact_state_dict(generator: Generator, tensors: dict[str, torch.Tensor]
     generator.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
 
 
+# A legacy (pre-zip) torch.save stream opens with a protocol-2 pickle of this magic number.
+_TORCH_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+
 def sniff_format(path: Path) -> str | None:
-    """``safetensors``, ``torch`` (zip or legacy pickle) or None, from the first bytes."""
+    """What a file is, from its bytes alone: ``safetensors``, ``torch-zip``, ``torch-legacy``,
+    ``pickle`` or None.
+
+    safetensors is tested first and strictly, because its first byte is the low byte of
+    its header length and can be anything, 0x80 (a pickle's first byte) included: the
+    header must open with ``{`` right after the length, fit in the file and close with
+    ``}`` (or the spaces that pad it). A pickle is 0x80 followed by a protocol number.
+    """
     with open(path, "rb") as handle:
-        head = handle.read(9)
-    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
-        return "torch"
-    if len(head) == 9:
-        (header_length,) = struct.unpack("<Q", head[:8])
-        if head[8:9] == b"{" and header_length <= path.stat().st_size - 8:
-            return "safetensors"
+        head = handle.read(16)
+        if len(head) >= 10 and head[8:9] == b"{":
+            (header_length,) = struct.unpack("<Q", head[:8])
+            if 2 <= header_length <= path.stat().st_size - 8:
+                handle.seek(8 + header_length - 1)
+                if handle.read(1) in (b"}", b" "):
+                    return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "torch-zip"
+    if head.startswith(_TORCH_LEGACY_MAGIC):
+        return "torch-legacy"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
     return None
 
 

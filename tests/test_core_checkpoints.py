@@ -194,3 +194,49 @@ def test_safetensors_header_is_sniffed_not_the_extension(tmp_path, good_checkpoi
     assert cips_deploy.load(renamed).config.arch == "skip"
     (header_length,) = struct.unpack("<Q", good_checkpoint.read_bytes()[:8])
     assert header_length > 0
+
+
+@pytest.mark.parametrize("first_byte", [0x80, 0x50, 0x78])
+def test_every_checkpoint_we_write_loads_again_whatever_its_first_byte(tmp_path, tiny_skip, first_byte):
+    """safetensors opens with its header length (little-endian): its low byte can be 0x80,
+    a pickle's first byte (the header is padded to a multiple of 8, so the low byte is too).
+    Pad the provenance until the file starts with ``first_byte``."""
+    import copy
+
+    generator = copy.deepcopy(tiny_skip)
+    path = tmp_path / "model.safetensors"
+    for padding in range(512):
+        generator.provenance = {"note": "x" * padding}
+        generator.save(path)
+        if path.read_bytes()[0] == first_byte:
+            break
+    else:
+        pytest.fail(f"no padding gave first byte {first_byte:#x}")
+    from cips_deploy.checkpoint import sniff_format
+
+    assert sniff_format(path) == "safetensors"
+    loaded = cips_deploy.load(path)
+    assert loaded.provenance == generator.provenance
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), generator.state_dict().values()))
+
+
+def test_sniffing_tells_pickles_zips_and_foreign_bytes_apart(tmp_path):
+    import pickle
+
+    from cips_deploy.checkpoint import sniff_format
+
+    cases = {
+        "plain.pkl": pickle.dumps({"a": 1}, protocol=4),
+        "junk.bin": b"\x80\x09not a pickle protocol",
+        "text.txt": b"hello world, not a checkpoint",
+        "empty": b"",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    torch.save({"x": torch.ones(2)}, tmp_path / "zip.pt")
+    torch.save({"x": torch.ones(2)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    assert sniff_format(tmp_path / "plain.pkl") == "pickle"
+    assert sniff_format(tmp_path / "zip.pt") == "torch-zip"
+    assert sniff_format(tmp_path / "legacy.pt") == "torch-legacy"
+    for name in ("junk.bin", "text.txt", "empty"):
+        assert sniff_format(tmp_path / name) is None
