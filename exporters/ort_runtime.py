@@ -20,7 +20,7 @@ from cips_deploy.generator import Generator
 
 from .metadata import EngineMetadata, read_onnx_metadata
 from .onnx_export import mapping_path_for
-from .spec import MAPPING, SYNTHESIS
+from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
 
 # Short names accepted on the command line, in the automatic order of preference.
 PROVIDERS = {
@@ -102,6 +102,8 @@ class OnnxEngine:
             str(self.path), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]
         )
         self.providers = self.session.get_providers()
+        self.spec = synthesis_spec(self.metadata.config, self.metadata.spatial_style)
+        _check_session_names(self.session, self.spec.input_names, self.spec.output_names, self.path)
         self.device_id = device_id
         mapping_file = mapping_path_for(self.path)
         self.mapping_session = None
@@ -112,6 +114,10 @@ class OnnxEngine:
                 raise CipsError(f"{mapping_file} belongs to a different model than {self.path}; export them together again.")
             # The mapping engine is a few small products per sample: the CPU is the right place.
             self.mapping_session = ort.InferenceSession(str(mapping_file), options, providers=["CPUExecutionProvider"])
+            self.mapping_spec = mapping_spec(self.metadata.config)
+            _check_session_names(
+                self.mapping_session, self.mapping_spec.input_names, self.mapping_spec.output_names, mapping_file
+            )
 
     @property
     def spatial_style(self) -> bool:
@@ -125,7 +131,7 @@ class OnnxEngine:
         """z [B, S] -> w [B, S] through the mapping engine, truncated towards w_avg in W."""
         if self.mapping_session is None:
             raise CipsError(f"{self.path} has no mapping engine beside it ({mapping_path_for(self.path).name}).")
-        (w,) = self.mapping_session.run(["w"], {"z": _numpy(z)})
+        (w,) = self.mapping_session.run(self.mapping_spec.output_names, {self.mapping_spec.input_names[0]: _numpy(z)})
         w = torch.from_numpy(w).to(z.device)
         if truncation != 1.0:
             w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
@@ -136,7 +142,8 @@ class OnnxEngine:
         self._check_shapes(coords, w)
         if coords.is_cuda and self.on_gpu:
             return self._run_on_device(coords, w)
-        (rgb,) = self.session.run(["rgb"], {"coords": _numpy(coords), "w": _numpy(w)})
+        inputs = dict(zip(self.spec.input_names, (_numpy(coords), _numpy(w))))
+        (rgb,) = self.session.run(self.spec.output_names, inputs)
         return torch.from_numpy(rgb).to(coords.device)
 
     __call__ = synthesize
@@ -148,9 +155,9 @@ class OnnxEngine:
         rgb = torch.empty(coords.shape[0], coords.shape[1], 3, device=coords.device)
         binding = self.session.io_binding()
         index = coords.device.index or 0
-        for name, tensor in (("coords", coords), ("w", w)):
+        for name, tensor in zip(self.spec.input_names, (coords, w)):
             binding.bind_input(name, "cuda", index, np.float32, list(tensor.shape), tensor.data_ptr())
-        binding.bind_output("rgb", "cuda", index, np.float32, list(rgb.shape), rgb.data_ptr())
+        binding.bind_output(self.spec.output_names[0], "cuda", index, np.float32, list(rgb.shape), rgb.data_ptr())
         # onnxruntime runs on its own stream: the inputs must be complete before it starts.
         torch.cuda.current_stream(coords.device).synchronize()
         self.session.run_with_iobinding(binding)
@@ -164,6 +171,16 @@ class OnnxEngine:
         if list(w.shape) != expected:
             kind = "per-point styles [B, N, S]" if self.spatial_style else "one style per sample [B, S]"
             raise CipsError(f"{self.path.name} takes {kind}: w must have shape {expected}, not {list(w.shape)}.")
+
+
+def _check_session_names(session, inputs: list[str], outputs: list[str], path: Path) -> None:
+    """Refuse an engine whose graph does not declare the spec's inputs and outputs."""
+    got_inputs = [value.name for value in session.get_inputs()]
+    got_outputs = [value.name for value in session.get_outputs()]
+    if got_inputs != inputs or got_outputs != outputs:
+        raise CipsError(
+            f"{path.name} takes {got_inputs} -> {got_outputs}, not the engine contract's {inputs} -> {outputs}."
+        )
 
 
 def _numpy(tensor: Tensor) -> np.ndarray:

@@ -15,6 +15,7 @@ The mapping engine takes ``z [B, S]`` and returns ``w [B, S]`` (no truncation: t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -106,6 +107,38 @@ def mapping_spec(config: GeneratorConfig) -> EngineSpec:
         inputs=(TensorSpec("z", (BATCH, style)),),
         outputs=(TensorSpec("w", (BATCH, style)),),
     )
+
+
+# ONNX TensorProto element types of the dtypes a spec may name.
+_ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "int64": 7}
+
+
+def interface_mismatches(graph: Any, spec: EngineSpec) -> list[str]:
+    """How an ONNX graph's declared inputs and outputs differ from ``spec`` ([] when they agree).
+
+    Checked as optimum does: names and their order, element types, ranks, every static
+    size, and the name of every dynamic axis (a dynamic axis exported as a constant, or
+    a static one left symbolic, is a mismatch). ``graph`` is an ``onnx.GraphProto``.
+    """
+    problems = []
+    for kind, declared, expected in (("input", graph.input, spec.inputs), ("output", graph.output, spec.outputs)):
+        names = [value.name for value in declared]
+        if names != [tensor.name for tensor in expected]:
+            problems.append(f"{kind}s are {names}, not {[tensor.name for tensor in expected]}")
+            continue
+        for value, tensor in zip(declared, expected):
+            tensor_type = value.type.tensor_type
+            if tensor_type.elem_type != _ONNX_ELEMENT_TYPES[tensor.dtype]:
+                problems.append(f"{kind} {tensor.name!r} has ONNX element type {tensor_type.elem_type}, not {tensor.dtype}")
+            dims = list(tensor_type.shape.dim)
+            if len(dims) != len(tensor.shape):
+                problems.append(f"{kind} {tensor.name!r} has rank {len(dims)}, not {len(tensor.shape)}")
+                continue
+            for axis, (dim, size) in enumerate(zip(dims, tensor.shape)):
+                got = dim.dim_param if dim.HasField("dim_param") else (dim.dim_value if dim.HasField("dim_value") else None)
+                if got != size:
+                    problems.append(f"{kind} {tensor.name!r} axis {axis} is {got!r}, not {size!r}")
+    return problems
 
 
 def example_inputs(spec: EngineSpec, batch: int = 2, points: int = 37, device: str | torch.device = "cpu"):

@@ -32,7 +32,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
 from .metadata import EngineMetadata
-from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec
+from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_spec, synthesis_spec
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 SIDECAR_FORMAT = "cips-deploy/tensorrt-engine"
@@ -290,13 +290,20 @@ class TensorRTEngine:
             self.stream = torch.cuda.Stream(self.device)
         names = {self.engine.get_tensor_name(i): self.engine.get_tensor_mode(self.engine.get_tensor_name(i))
                  for i in range(self.engine.num_io_tensors)}
-        expected = {"coords": trt.TensorIOMode.INPUT, "w": trt.TensorIOMode.INPUT, "rgb": trt.TensorIOMode.OUTPUT}
+        self.spec = synthesis_spec(self.metadata.config, self.metadata.spatial_style)
+        self._coords, self._w = self.spec.input_names
+        (self._rgb,) = self.spec.output_names
+        expected = {name: trt.TensorIOMode.INPUT for name in self.spec.input_names}
+        expected.update({name: trt.TensorIOMode.OUTPUT for name in self.spec.output_names})
         if names != expected:
-            raise CipsError(f"{self.plan.name} has tensors {sorted(names)}, not coords, w -> rgb.")
+            raise CipsError(
+                f"{self.plan.name} has tensors {sorted(names)}, not {', '.join(self.spec.input_names)} -> "
+                f"{', '.join(self.spec.output_names)}."
+            )
         for name in expected:
             if self.engine.get_tensor_dtype(name) != trt.float32:
                 raise CipsError(f"{self.plan.name}: tensor {name} is not float32.")
-        _, _, high = self.engine.get_tensor_profile_shape("coords", 0)
+        _, _, high = self.engine.get_tensor_profile_shape(self._coords, 0)
         self.max_batch, self.max_points = int(high[0]), int(high[1])
         self._mapping = None
 
@@ -315,7 +322,8 @@ class TensorRTEngine:
             if not path.is_file():
                 raise CipsError(f"{self.plan} has no mapping engine beside it ({path.name}).")
             self._mapping = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        (w,) = self._mapping.run(["w"], {"z": z.detach().to("cpu", torch.float32).numpy()})
+        spec = mapping_spec(self.metadata.config)
+        (w,) = self._mapping.run(spec.output_names, {spec.input_names[0]: z.detach().to("cpu", torch.float32).numpy()})
         w = torch.from_numpy(w).to(z.device)
         if truncation != 1.0:
             w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
@@ -352,10 +360,10 @@ class TensorRTEngine:
     __call__ = synthesize
 
     def _enqueue(self, coords: Tensor, w: Tensor, out: Tensor) -> None:
-        self.context.set_input_shape("coords", tuple(coords.shape))
-        self.context.set_input_shape("w", tuple(w.shape))
-        self.context.set_tensor_address("coords", coords.data_ptr())
-        self.context.set_tensor_address("w", w.data_ptr())
-        self.context.set_tensor_address("rgb", out.data_ptr())
+        self.context.set_input_shape(self._coords, tuple(coords.shape))
+        self.context.set_input_shape(self._w, tuple(w.shape))
+        self.context.set_tensor_address(self._coords, coords.data_ptr())
+        self.context.set_tensor_address(self._w, w.data_ptr())
+        self.context.set_tensor_address(self._rgb, out.data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to enqueue {self.plan.name} for shapes {list(coords.shape)}, {list(w.shape)}.")

@@ -19,7 +19,7 @@ from cips_deploy.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
-from .spec import MAPPING, EngineSpec
+from .spec import MAPPING, EngineSpec, interface_mismatches
 
 ATOL = 1e-4
 
@@ -51,10 +51,12 @@ class ValidationReport:
 
     atol: float = ATOL
     cases: list[CaseResult] = field(default_factory=list)
+    # Where an engine's declared inputs and outputs differ from its spec: "engine: problem".
+    interface_problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return bool(self.cases) and all(case.ok for case in self.cases)
+        return bool(self.cases) and all(case.ok for case in self.cases) and not self.interface_problems
 
     @property
     def max_abs(self) -> float:
@@ -63,6 +65,7 @@ class ValidationReport:
     def format(self) -> str:
         """A short table, one line per case, then the verdict."""
         lines = [f"Validation: onnxruntime (CPU) against torch, fp32, tolerance max abs <= {self.atol:g}"]
+        lines += [f"  interface FAILED: {problem}" for problem in self.interface_problems]
         for case in self.cases:
             verdict = "ok" if case.ok else "FAILED"
             lines.append(f"  {case.engine:<9} {case.case:<34} {case.shapes:<28} max abs {case.max_abs:.2e}  {verdict}")
@@ -115,27 +118,47 @@ def validate(
     *,
     atol: float = ATOL,
 ) -> ValidationReport:
-    """Run every engine in ``engines`` ({label: (onnx path, spec)}) against ``generator``."""
+    """Run every engine in ``engines`` ({label: (onnx path, spec)}) against ``generator``.
+
+    Each engine's declared interface is checked against its spec first (names, types,
+    static sizes, dynamic axes); then every case's values. Inputs are fed by the spec's
+    names, in its order.
+    """
+    import onnx
     import onnxruntime as ort
 
     report = ValidationReport(atol=atol)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: a report, not runtime chatter
     for label, (path, spec) in engines.items():
+        graph = onnx.load(str(path), load_external_data=False).graph
+        report.interface_problems += [f"{label}: {problem}" for problem in interface_mismatches(graph, spec)]
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         if spec.role == MAPPING:
-            for name, z in mapping_cases(generator):
-                with torch.no_grad():
-                    expected = generator.mapping(z.to(generator.device)).cpu()
-                (got,) = session.run(["w"], {"z": z.numpy()})
-                report.cases.append(_compare(label, name, f"z {list(z.shape)}", expected, got, atol))
-            continue
-        for name, coords, w in synthesis_cases(generator, spec.spatial_style):
+            cases = [(name, (z,), f"z {list(z.shape)}") for name, z in mapping_cases(generator)]
+        else:
+            cases = [
+                (name, (coords, w), f"coords {list(coords.shape)}")
+                for name, coords, w in synthesis_cases(generator, spec.spatial_style)
+            ]
+        for name, inputs, shapes in cases:
             with torch.no_grad():
-                expected = generator.synthesize(coords.to(generator.device), w.to(generator.device)).cpu()
-            (got,) = session.run(["rgb"], {"coords": coords.numpy(), "w": w.numpy()})
-            report.cases.append(_compare(label, name, f"coords {list(coords.shape)}", expected, got, atol))
+                expected = _torch_reference(generator, spec, inputs)
+            try:
+                (got,) = session.run(spec.output_names, {n: t.numpy() for n, t in zip(spec.input_names, inputs)})
+            except Exception as error:  # onnxruntime refusing the inputs is a failed case, not a crash
+                report.cases.append(CaseResult(label, name, f"{shapes}: {type(error).__name__}", float("inf"), atol))
+                continue
+            report.cases.append(_compare(label, name, shapes, expected, got, atol))
     return report
+
+
+def _torch_reference(generator: Generator, spec: EngineSpec, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """What the torch model computes for an engine's inputs (in ``spec.inputs`` order)."""
+    inputs = tuple(tensor.to(generator.device) for tensor in inputs)
+    if spec.role == MAPPING:
+        return generator.mapping(*inputs).cpu()
+    return generator.synthesize(*inputs).cpu()
 
 
 def _compare(engine: str, case: str, shapes: str, expected: torch.Tensor, got: np.ndarray, atol: float) -> CaseResult:

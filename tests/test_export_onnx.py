@@ -285,3 +285,24 @@ def test_export_cache_is_keyed_by_checkpoint_hash(tmp_path, monkeypatch):
     assert file_sha256(checkpoint)[:32] in str(first)
     cips_deploy.create("tiny", seed=6).save(checkpoint, overwrite=True)
     assert cached_onnx(checkpoint) != first  # other weights, other entry
+
+
+def test_validation_checks_the_declared_interface_against_the_spec(exported, tiny, tmp_path):
+    """A graph whose values agree but whose interface differs from the spec fails validation:
+    a dynamic axis frozen to a constant, or a renamed output."""
+    from cips_deploy.exporters.spec import interface_mismatches, synthesis_spec
+    from cips_deploy.exporters.validate import validate
+
+    spec = synthesis_spec(tiny.config)
+    model = onnx.load(str(exported.synthesis))
+    assert interface_mismatches(model.graph, spec) == []
+    frozen = onnx.load(str(exported.synthesis))
+    frozen.graph.input[0].type.tensor_type.shape.dim[1].dim_value = 999  # points: no longer dynamic
+    assert interface_mismatches(frozen.graph, spec) == ["input 'coords' axis 1 is 999, not 'points'"]
+    onnx.save(frozen, str(tmp_path / "frozen.onnx"))
+    report = validate(tiny, {"synthesis": (tmp_path / "frozen.onnx", spec)})
+    assert not report.ok and report.interface_problems == ["synthesis: input 'coords' axis 1 is 999, not 'points'"]
+    assert "interface FAILED" in report.format()
+    renamed = onnx.load(str(exported.synthesis))
+    renamed.graph.output[0].name = "colours"
+    assert interface_mismatches(renamed.graph, spec) == ["outputs are ['colours'], not ['rgb']"]
