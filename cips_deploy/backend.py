@@ -8,7 +8,7 @@ model's :class:`~cips_deploy.config.GeneratorConfig` and two calls on host (CPU)
 
 - ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
 - ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
-  synthesis, the raw generator output (about [-1, 1]); the engine I/O of DESIGN.md section 3.
+  synthesis, the raw generator output (about [-1, 1]); the engine I/O of docs/architecture.md, section 2.3.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Coordinate helpers shared by the core, the topologies and the tests.
 
 A sample point is ``(u, v)``: u grows to the right, v grows downwards, and the training
-image spans [-1, 1] in both (DESIGN.md section 3). Batches are pixel-major ``[B, N, 2]``.
+image spans [-1, 1] in both (docs/architecture.md, section 2.1). Batches are pixel-major ``[B, N, 2]``.
 """
 
 from __future__ import annotations

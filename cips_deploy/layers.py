@@ -2,8 +2,8 @@
 
 Every activation here is ``[B, N, C]``: B samples, N sample points, C channels. Because a
 style is shared by all points of a sample, a modulated layer folds its style into one
-``[in, out]`` weight per sample and runs a plain batched matrix product: the fast path of
-DESIGN.md section 4. A per-point style ``[B, N, S]`` (spatially varying styles) takes the
+``[in, out]`` weight per sample and runs a plain batched matrix product (the fast path;
+official numerics in docs/models.md). A per-point style ``[B, N, S]`` (spatially varying styles) takes the
 mathematically identical unfolded path instead.
 
 Equalized learning rate (StyleGAN): parameters are stored at unit scale and multiplied by

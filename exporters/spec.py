@@ -2,7 +2,7 @@
 
 Every exporter, validator, runtime and the Triton writer reads the engine's inputs, outputs
 and dynamic axes from here, so they cannot disagree. The synthesis engine's I/O is fixed by
-DESIGN.md section 3:
+docs/architecture.md, section 2.3:
 
 - ``coords`` float32 ``[B, N, 2]`` (u, v); B and N dynamic;
 - ``w`` float32 ``[B, S]``, or ``[B, N, S]`` for an engine exported with spatial styles;
