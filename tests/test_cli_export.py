@@ -14,8 +14,6 @@ from cips_deploy.cli import cli
 from cips_deploy.exporters import read_onnx_metadata
 from cips_deploy.checkpoint import file_sha256
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips"
-OFFICIAL = FIXTURES / "cipsskip_s8.pt"
 
 
 def invoke(*args: str):
@@ -33,13 +31,14 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def test_official_checkpoint_exports_directly(tmp_path):
-    result = invoke("export", OFFICIAL, "--engine", "onnx", "-o", tmp_path / "churches.onnx")
+def test_official_checkpoint_exports_directly(tmp_path, official_dir):
+    official = official_dir / "cipsskip_s8.pt"
+    result = invoke("export", official, "--engine", "onnx", "-o", tmp_path / "churches.onnx")
     assert result.exit_code == 0, result.output
     assert "passed: largest difference" in result.output and "Wrote" in result.output
     assert files_in(tmp_path) == ["churches.mapping.onnx", "churches.onnx"]
     meta = read_onnx_metadata(tmp_path / "churches.onnx")
-    assert meta.source_sha256 == file_sha256(OFFICIAL) and meta.source_file == OFFICIAL.name
+    assert meta.source_sha256 == file_sha256(official) and meta.source_file == official.name
 
 
 def test_default_output_name_and_options(checkpoint, tmp_path, monkeypatch):

@@ -29,8 +29,6 @@ from cips_deploy.exporters.onnx_export import EXTERNAL_DATA_THRESHOLD, estimated
 from cips_deploy.exporters.trt_ops import TENSORRT10_ONNX_OPS, tensorrt_problems
 from cips_deploy.generator import Generator
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips"
-
 
 def run(path: Path, coords: torch.Tensor, w: torch.Tensor) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -159,12 +157,12 @@ def test_unwritable_destination(tiny, tmp_path, destination):
     "checkpoint, reference",
     [("cipsskip_s8.pt", "reference_outputs.pt"), ("cipsres_s8_g_ema.pt", "reference_outputs_cipsres.pt")],
 )
-def test_official_checkpoints_reproduce_official_outputs(tmp_path, checkpoint, reference):
+def test_official_checkpoints_reproduce_official_outputs(tmp_path, official_dir, checkpoint, reference):
     """The exported engines of the official fixtures give the official rgb within 1e-4."""
-    generator = cips_deploy.load(FIXTURES / checkpoint)
-    result = export_onnx(generator, tmp_path / "official.onnx", source_sha256=file_sha256(FIXTURES / checkpoint))
-    engine = OnnxEngine(result.synthesis, providers="cpu", checkpoint_sha256=file_sha256(FIXTURES / checkpoint))
-    cases = torch.load(FIXTURES / reference, weights_only=True)
+    generator = cips_deploy.load(official_dir / checkpoint)
+    result = export_onnx(generator, tmp_path / "official.onnx", source_sha256=file_sha256(official_dir / checkpoint))
+    engine = OnnxEngine(result.synthesis, providers="cpu", checkpoint_sha256=file_sha256(official_dir / checkpoint))
+    cases = torch.load(official_dir / reference, weights_only=True)
     worst = 0.0
     for name, case in cases.items():
         coords = planar_to_points(case["coords"])

@@ -15,7 +15,6 @@ from cips_deploy.exporters import export_onnx
 from cips_deploy.exporters.backends import OnnxRuntimeBackend, TensorRTBackend
 from cips_deploy.plugin_manager import load_registry
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips"
 
 
 @pytest.fixture(autouse=True)
@@ -89,15 +88,15 @@ def test_engine_file_and_in_memory_generator(generator, tmp_path):
         from_file.run(coords, w[:, None, :].expand(1, 333, 64))
 
 
-def test_engine_must_come_from_the_checkpoint(tmp_path, checkpoint):
+def test_engine_must_come_from_the_checkpoint(tmp_path, checkpoint, official_dir):
     # An engine exported from the official .pt matches the same weights converted to safetensors...
-    official = cips_deploy.load(FIXTURES / "cipsres_s8_g_ema.pt")
+    official = cips_deploy.load(official_dir / "cipsres_s8_g_ema.pt")
     engine = export_onnx(official, tmp_path / "official.onnx", validate_export=False,
-                         source_sha256=cips_deploy.checkpoint.file_sha256(FIXTURES / "cipsres_s8_g_ema.pt")).synthesis
+                         source_sha256=cips_deploy.checkpoint.file_sha256(official_dir / "cipsres_s8_g_ema.pt")).synthesis
     converted = tmp_path / "converted.safetensors"
     official.save(converted)
     assert OnnxRuntimeBackend(converted, engine=engine).config == official.config
-    assert OnnxRuntimeBackend(FIXTURES / "cipsres_s8_g_ema.pt", engine=engine).config == official.config
+    assert OnnxRuntimeBackend(official_dir / "cipsres_s8_g_ema.pt", engine=engine).config == official.config
     # ...and is refused for any other checkpoint.
     with pytest.raises(CipsError, match="different model"):
         OnnxRuntimeBackend(checkpoint, engine=engine)
