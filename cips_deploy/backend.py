@@ -9,6 +9,13 @@ model's :class:`~cips_deploy.config.GeneratorConfig` and two calls on host (CPU)
 - ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
 - ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
   synthesis, the raw generator output (about [-1, 1]); the engine I/O of docs/architecture.md, section 2.3.
+
+A backend declares its options (``options``: name, type, default, help, bounds, choices;
+the same :class:`~cips_deploy.topology.Parameter` that topologies declare their parameters
+with). The renderer checks what a caller gives against them before constructing the
+backend (:func:`resolve_options`), and the command line builds a flag for each
+(``render --precision bf16`` is the torch backend's ``precision`` option), so a plugin's
+backend gets options exactly as the built-in ones do.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from .config import GeneratorConfig
+from .errors import CipsError
 from .footprint import render_bytes_per_point
+from .topology import Parameter
 
 
 class Backend(ABC):
@@ -27,6 +36,8 @@ class Backend(ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # The keyword options __init__ takes besides ``device``; defaults as in its signature.
+    options: ClassVar[tuple[Parameter, ...]] = ()
 
     config: GeneratorConfig
 
@@ -52,3 +63,20 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release what the backend holds (device memory, sessions); the default holds nothing."""
+
+
+def resolve_options(backend: type[Backend], given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` checked against ``backend.options``: unknown names are refused in one sentence,
+    strings (the command line's values) are converted to the declared type and checked
+    against its bounds or choices; other values (the Python API's) pass to the backend as they are."""
+    declared = {option.name: option for option in getattr(backend, "options", ())}
+    if "device" in given:
+        raise CipsError("The device is not a backend option: give it with --device (or device= in Python).")
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        known = ", ".join(declared) or "none"
+        raise CipsError(f"The {backend.name} backend has no option {unknown[0]!r} (its options: {known}).")
+    return {
+        name: declared[name].convert(value, backend.name, "backend's option") if isinstance(value, str) else value
+        for name, value in given.items()
+    }

@@ -27,7 +27,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .backend import Backend
+from .backend import Backend, resolve_options
 from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .plugin_manager import Registered, Registry, get_registry
@@ -187,7 +187,7 @@ def blend_styles(w: Tensor, w_blend: Tensor, coords: Tensor) -> Tensor:
 def make_backend(registry: Registry, name: str, model: Any, device: str, options: dict[str, Any]) -> Backend:
     """Construct the registered backend ``name`` for ``model``; plugin failures are named."""
     entry = registry.get("backend", name)
-    return _call(entry, "construction", entry.item, model, device=device, **options)
+    return _call(entry, "construction", entry.item, model, device=device, **resolve_options(entry.item, options))
 
 
 def check_size(height: Any, width: Any) -> None:

@@ -49,9 +49,12 @@ class Parameter:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
 
-    def convert(self, value: Any, owner: str) -> Any:
-        """``value`` as this parameter's type, or a CipsError naming ``owner`` (e.g. "flat")."""
-        where = f"{owner} topology's parameter {self.name}"
+    def convert(self, value: Any, owner: str, kind: str = "topology's parameter") -> Any:
+        """``value`` as this parameter's type, or a CipsError naming ``owner`` (e.g. "flat").
+
+        ``kind`` says what the parameter belongs to: backends declare their options with
+        this same type (``"backend's option"``)."""
+        where = f"{owner} {kind} {self.name}"
         value = self._coerce(value, where)
         if self.type in (int, float):
             if not math.isfinite(value):

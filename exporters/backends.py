@@ -28,10 +28,11 @@ from cips_deploy.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
+from cips_deploy.topology import Parameter
 
 from .cache import cache_entry, cached_onnx
 from .metadata import EngineMetadata, weights_sha256
-from .onnx_export import DEFAULT_OPSET, export_onnx
+from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, export_onnx
 from .ort_runtime import OnnxEngine, choose_providers
 from .pipeline import export_checkpoint
 
@@ -63,6 +64,11 @@ def check_engine_source(metadata: EngineMetadata, model: Any, engine: Path) -> N
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime on exported .onnx engines, or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
+    options = (
+        Parameter("providers", str, None, "execution providers, best first: auto, or a comma-separated list of tensorrt, cuda, cpu"),
+        Parameter("engine", str, None, "an exported .onnx engine of the model to run instead of exporting it"),
+        Parameter("opset", int, DEFAULT_OPSET, "ONNX opset of engines exported on the fly", minimum=min(SUPPORTED_OPSETS), maximum=max(SUPPORTED_OPSETS)),
+    )
 
     def __init__(
         self,
@@ -129,6 +135,7 @@ class OnnxRuntimeBackend(Backend):
 class TensorRTBackend(Backend):
     name = "tensorrt"
     description = "TensorRT plans built by `cips-deploy export --engine trt` (NVIDIA GPU, tensorrt package)."
+    options = (Parameter("engine", str, None, "a .plan built from the model, when the model given is its checkpoint"),)
 
     def __init__(self, model: Any, *, device: str = "cuda", engine: str | Path | None = None, **options: Any) -> None:
         from .tensorrt import TensorRTEngine

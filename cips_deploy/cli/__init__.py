@@ -39,8 +39,10 @@ from . import bench, checkpoints, train  # noqa: E402,F401  (each module registe
 from . import export  # noqa: E402,F401  (registers export)
 from . import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
 from . import scale_consistency  # noqa: E402,F401  (registers scale-consistency)
+from . import backend_flags  # noqa: E402
 
-plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
+_registry = plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
+backend_flags.add_backend_flags(cli.commands["render"], _registry)  # --precision and every other backend option
 
 
 def main() -> None:

@@ -12,7 +12,19 @@ import torch
 from ..config import ARCHITECTURES
 from ..bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
 from ..errors import CipsError
+from ..plugin_manager import get_registry
 from . import cli
+
+
+def declared_precisions(backend: str) -> tuple[str, ...]:
+    """The values of the ``precision`` option that ``backend`` declares (none: fp32 only)."""
+    if backend == "reference":
+        return ()
+    entry = get_registry().get("backend", backend)
+    for option in getattr(entry.item, "options", ()):
+        if option.name == "precision":
+            return tuple(option.choices or ())
+    return ()
 
 
 @cli.command()
@@ -55,9 +67,9 @@ def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, c
     common = dict(model=model, device=device, repeats=repeats, warmup=warmup, threads=threads)
     cases = []
     for b, p, r, n, c in itertools.product(backends, precisions, resolutions, batches, chunks):
-        if p != "fp32" and b != "torch":
+        if p != "fp32" and p not in declared_precisions(b):
             if not as_json and r == resolutions[0] and n == batches[0] and c == chunks[0]:
-                click.echo(f"  {b} has no precision option: it runs fp32 only, so its {p} cases are left out.", err=True)
+                click.echo(f"  {b} declares no precision {p}: it is left out of the {p} cases.", err=True)
             continue
         cases.append(BenchCase(backend=b, resolution=r, batch=n, chunk=c, precision=p, **common))
     if reference:

@@ -19,6 +19,7 @@ from ..errors import CipsError
 from ..plugin_manager import get_registry
 from ..render import Rendering, make_backend, render_detailed
 from . import cli
+from .backend_flags import merge_backend_flags
 
 MAX_SEEDS = 256
 
@@ -43,10 +44,6 @@ MAX_SEEDS = 256
 @click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
-@click.option(
-    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
-    help="torch backend: fp32 (default), bf16 (about 2x faster products on CPUs with AVX512-BF16; images differ by a few levels), fp16 (CUDA only).",
-)
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def render_command(
@@ -69,9 +66,9 @@ def render_command(
     backend: str,
     device: str,
     backend_options: tuple[str, ...],
-    precision: str | None,
     output: Path,
     quiet: bool,
+    **backend_flags: Any,
 ) -> None:
     """Render an image with any topology, chunk by chunk, and write it as a PNG.
 
@@ -90,11 +87,8 @@ def render_command(
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     registry = get_registry()
-    options = parse_assignments(backend_options, "backend option")
-    if precision is not None:  # the torch backend's option, as --backend-option precision=... would give it
-        if "precision" in options and options["precision"] != precision:
-            raise CipsError(f"--precision {precision} contradicts --backend-option precision={options['precision']}.")
-        options["precision"] = precision
+    # Flags such as --precision are backend options (cli/backend_flags.py).
+    options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
     runner = make_backend(registry, backend, model, device, options)
     try:
         renderings = []
