@@ -13,9 +13,9 @@ backend, bitwise the same for any chunking. What changes from frame to frame:
   centripetal-free (uniform) Catmull-Rom spline through them, interpolated in W. Frame N would
   be frame 0 again, so the clip loops without a jump and without a pause at the seeds
   (a piecewise-linear walk would kink there). One seed keeps one style.
-- the camera, by mode: ``walk`` none; ``zoom`` shrinks the flat viewport geometrically
-  towards a centre by a total ``zoom`` factor (frame 0 the start view, frame N-1 the end
-  view); ``pan`` turns a ``fov``-degree window once around a cylinder-space model
+- the camera, by mode: ``walk`` none; ``zoom`` shrinks the viewport (the fixed u/v
+  parameters, default [-1, 1]^2) geometrically towards a centre by a total ``zoom`` factor
+  (frame 0 the start view, frame N-1 the end view); ``pan`` turns a ``fov``-degree window once around a cylinder-space model
   (frame k looks at ``360 k / N`` degrees, so it loops).
 - any topology parameter given as ``NAME=START:END``: linear from frame 0 to frame N-1.
 
@@ -108,7 +108,9 @@ def check_animation(animation: Animation, coordinate_space: str, registry: Regis
             f"The {animation.mode} mode moves the viewport ({', '.join(missing)}), which the {topology.name} topology "
             "does not have; use --topology flat."
         )
-    clash = sorted(set(controlled) & (set(animation.params) | set(animation.ramps)))
+    # A zoom starts from the viewport given as fixed parameters; a pan sets its u range itself.
+    given = set(animation.ramps) if animation.mode == "zoom" else set(animation.params) | set(animation.ramps)
+    clash = sorted(set(controlled) & given)
     if clash:
         raise CipsError(f"The {animation.mode} mode sets {', '.join(clash)} itself; do not give {'it' if len(clash) == 1 else 'them'} as --param.")
     both = sorted(set(animation.params) & set(animation.ramps))

@@ -63,6 +63,9 @@ def test_zoom_and_pan_move_the_viewport(registry):
     assert (first["u_min"], first["u_max"], first["v_min"], first["v_max"]) == (-1.0, 1.0, -1.0, 1.0)
     assert last["u_min"] == pytest.approx(0.5 - 1.5 / 4) and last["u_max"] == pytest.approx(0.5 + 0.5 / 4)
     assert last["v_max"] - last["v_min"] == pytest.approx(0.5)
+    start = Animation(mode="zoom", seeds=(0,), frames=3, zoom=2.0, params={"u_min": "-0.5", "u_max": "0.5"})
+    end = frame_parameters(start, 2, registry)  # the given viewport is the first view
+    assert (end["u_min"], end["u_max"], end["v_min"], end["v_max"]) == pytest.approx((-0.25, 0.25, -0.5, 0.5))
     pan = Animation(mode="pan", seeds=(0,), frames=8, fov=90.0)
     centres = [(p["u_min"] + p["u_max"]) / 2 for p in (frame_parameters(pan, k, registry) for k in range(8))]
     assert centres == pytest.approx([k * 0.25 for k in range(8)])  # 45 degrees a frame, the 9th would be 360
@@ -85,7 +88,8 @@ def test_an_animated_parameter_renders_like_the_fixed_one(tiny, backend, registr
         (Animation(mode="spin", seeds=(0,), frames=4), "plane", "Unknown animation mode 'spin'"),
         (Animation(mode="pan", seeds=(0,), frames=4), "plane", "pan mode turns around a cylinder-space model"),
         (Animation(mode="walk", seeds=(0, 1), frames=4, ramps={"gaze": ("0", "1")}), "plane", "has no parameter gaze"),
-        (Animation(mode="zoom", seeds=(0,), frames=4, params={"u_min": "0"}), "plane", "sets u_min itself"),
+        (Animation(mode="zoom", seeds=(0,), frames=4, ramps={"u_min": ("0", "1")}), "plane", "sets u_min itself"),
+        (Animation(mode="pan", seeds=(0,), frames=4, params={"u_max": "0"}), "cylinder", "sets u_max itself"),
         (Animation(mode="zoom", seeds=(0,), frames=4, zoom=1.0), "plane", "other than 1"),
         (Animation(mode="zoom", seeds=(0,), frames=4, topology="cylinder"), "cylinder", "does not have"),
         (Animation(mode="walk", seeds=(0, 1), frames=4, topology="cylinder"), "plane", "needs a cylinder-space model"),
