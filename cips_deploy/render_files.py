@@ -57,6 +57,7 @@ class RenderFiles:
         self.outdir, self.viewer = outdir, viewer
         self.params = resolve_parameters(registry.get("topology", topology).item, topology_params)
         self._identity: dict[str, str] | None = None
+        self._created_outdir = False
 
     # ----------------------------------------------------------------- before rendering
 
@@ -80,7 +81,20 @@ class RenderFiles:
                     self.outdir.mkdir()
                 except OSError as error:
                     raise CipsError(f"Cannot create --outdir {self.outdir}: {error.strerror or error}.") from None
-            check_destination(self.outdir / seed_file_name(seeds[0]), overwrite=True)
+                self._created_outdir = True
+            try:
+                check_destination(self.outdir / seed_file_name(seeds[0]), overwrite=True)
+            except CipsError:
+                self.abandon()
+                raise
+
+    def abandon(self) -> None:
+        """After a failure: remove the --outdir folder if this command created it and it is empty."""
+        if self._created_outdir and self.outdir is not None:
+            try:
+                self.outdir.rmdir()  # only succeeds while empty: finished seeds' files are kept
+            except OSError:
+                pass
 
     # ----------------------------------------------------------------- as renders finish
 

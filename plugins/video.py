@@ -76,7 +76,7 @@ def run_video(
     from cips_deploy.plugin_manager import get_registry
     from cips_deploy.provenance import model_identity, render_provenance
     from cips_deploy.render import check_size, make_backend
-    from cips_deploy.video import Animation, check_video_output, render_frames, write_video
+    from cips_deploy.video import Animation, check_animation, check_video_output, render_frames, write_video
 
     seed_list = parse_seeds(None, seeds)
     if frames < 2:
@@ -108,6 +108,7 @@ def run_video(
             zoom=zoom if mode == "zoom" else None, centre=list(centre_uv) if mode == "zoom" else None,
             fov=fov if mode == "pan" else None,
         )
+        check_animation(animation, space, registry)  # before the output's temporary file exists
         progress = ChunkProgress("frames", enabled=not quiet and sys.stderr.isatty())
         try:
             written = write_video(

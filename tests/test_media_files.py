@@ -63,6 +63,18 @@ def test_bad_outdir_is_one_sentence(tmp_path):
         result = invoke("--preset", "tiny", "--seeds", "0-1", "--height", "8", "--outdir", str(target))
         assert result.exit_code == 1 and message in result.output and "Traceback" not in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+    # A failure after the folder was made (here: the backend) leaves nothing behind.
+    result = invoke("--preset", "tiny", "--seeds", "0-1", "--height", "8", "--outdir", str(tmp_path / "new"), "--backend-option", "nope=1")
+    assert result.exit_code == 1 and "no option" in result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["file"]
+
+
+def test_a_batch_takes_more_seeds_than_a_grid(tmp_path):
+    grid = invoke("--preset", "tiny", "--seeds", "0-299", "--height", "8", "-o", str(tmp_path / "g.png"))
+    assert grid.exit_code == 1 and "a grid takes at most 256" in grid.output
+    batch = invoke("--preset", "tiny", "--seeds", "0-299", "--height", "4", "--outdir", str(tmp_path / "many"))
+    assert batch.exit_code == 0, batch.output
+    assert len(list((tmp_path / "many").iterdir())) == 300
 
 
 # --------------------------------------------------------------------------- provenance

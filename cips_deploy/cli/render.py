@@ -20,6 +20,7 @@ from ..render_files import RenderFiles
 from . import cli
 
 MAX_SEEDS = 256
+MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
 
 
 @cli.command("render")
@@ -90,7 +91,7 @@ def render_command(
     """
     if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
         width = 4 * height if topology == "cylinder" else height
-    seed_list = parse_seeds(seed, seeds)
+    seed_list = parse_seeds(seed, seeds) if outdir is None else parse_seeds(seed, seeds, MAX_BATCH_SEEDS, "a batch")
     # With --outdir the grid is written only where -o is given: a batch wants its seeds' files.
     grid_output = output if outdir is None or click.get_current_context().get_parameter_source("output").name != "DEFAULT" else None
     if grid_output is not None:
@@ -108,7 +109,11 @@ def render_command(
         backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
     )
     files.check(seed_list)
-    runner = make_backend(registry, backend, model, device, options)
+    try:
+        runner = make_backend(registry, backend, model, device, options)
+    except BaseException:
+        files.abandon()
+        raise
     watched = not quiet and sys.stderr.isatty()  # a bar only where someone watches: a log would get its label only
     seeds_bar = ChunkProgress("seeds", enabled=watched and outdir is not None)  # a batch: one bar over its seeds
     try:
@@ -129,6 +134,9 @@ def render_command(
                 rendering.image = rendering.image[:0]
             renderings.append(rendering)
             seeds_bar(index + 1, len(seed_list))
+    except BaseException:
+        files.abandon()  # a folder this command created and left empty goes again
+        raise
     finally:
         seeds_bar.close()
         runner.close()
@@ -154,8 +162,8 @@ def choose_model(checkpoint: Path | None, preset: str | None, arch: str, coordin
     return create(preset, arch=arch, coordinate_space=coordinate_space, seed=model_seed)
 
 
-def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
-    """[seed] or the seeds of a list such as ``0-3,7``."""
+def parse_seeds(seed: int | None, seeds: str | None, limit: int = MAX_SEEDS, what: str = "a grid") -> list[int]:
+    """[seed] or the seeds of a list such as ``0-3,7`` (at most ``limit``, for ``what``)."""
     if seed is not None and seeds is not None:
         raise CipsError("Give either --seed or --seeds, not both.")
     if seeds is None:
@@ -168,13 +176,13 @@ def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
                 low, high = int(first), int(last)
                 if high < low:
                     raise ValueError
-                found.extend(range(low, min(high, low + MAX_SEEDS) + 1))
+                found.extend(range(low, min(high, low + limit) + 1))
             else:
                 found.append(int(part))
         except ValueError:
             raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r}.") from None
-    if len(found) > MAX_SEEDS:
-        raise CipsError(f"--seeds lists {len(found)} seeds; a grid takes at most {MAX_SEEDS}.")
+    if len(found) > limit:
+        raise CipsError(f"--seeds lists {len(found)} seeds; {what} takes at most {limit:,}.")
     return found
 
 
