@@ -30,6 +30,7 @@ import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -68,13 +69,15 @@ def viewer_html(image: np.ndarray, *, title: str = "cips-deploy panorama", prove
         "heading": float(heading),
         "provenance": provenance or {},
     }
-    # JSON inside <script>: "</" must not appear, or the HTML parser would end the script.
-    meta_json = json.dumps(meta).replace("</", "<\\/")
-    return (
-        _TEMPLATE.replace("@TITLE@", html.escape(title))
-        .replace("@META@", meta_json)
-        .replace("@DATA_URL@", data_url)
-    )
+    # JSON inside <script>: no "<" at all (as \u003c), so neither "</script" nor "<!--" can
+    # change how the HTML parser reads the script.
+    values = {
+        "TITLE": html.escape(title),
+        "META": json.dumps(meta).replace("<", "\\u003c"),
+        "DATA_URL": data_url,
+    }
+    # One pass, so that text from one value (a model's name) is never taken for a placeholder.
+    return re.sub(r"@(TITLE|META|DATA_URL)@", lambda match: values[match.group(1)], _TEMPLATE)
 
 
 def write_viewer(image: np.ndarray, path: str | Path, **options: Any) -> None:

@@ -27,7 +27,7 @@ DEFAULT_FPS = 24.0
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
 @click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
-@click.option("--mode", type=click.Choice(MODES), default="walk", show_default=True, help="walk: through the seeds' styles (looped); zoom: into a flat render; pan: once around a cylinder model (looped).")
+@click.option("--mode", default="walk", show_default=True, metavar="|".join(MODES), help="walk: through the seeds' styles (looped); zoom: into a flat render; pan: once around a cylinder model (looped).")
 @click.option("--seeds", default="0-3", show_default=True, metavar="LIST", help="Seeds whose styles the clip walks through, e.g. 0-7 or 1,5,9 (one seed: a fixed style).")
 @click.option("--frames", type=int, default=48, show_default=True, help="Number of frames (at least 2).")
 @click.option("--fps", type=float, default=None, help=f"Frames per second (default {DEFAULT_FPS:g}).")
@@ -78,6 +78,8 @@ def run_video(
     from cips_deploy.render import check_size, make_backend
     from cips_deploy.video import Animation, check_animation, check_video_output, render_frames, write_video
 
+    if mode not in MODES:  # checked here, not by click.Choice, to answer in one sentence
+        raise CipsError(f"Unknown animation mode {mode!r}; choose one of {', '.join(MODES)}.")
     seed_list = parse_seeds(None, seeds)
     if frames < 2:
         raise CipsError(f"An animation needs at least 2 frames, not {frames}.")

@@ -160,6 +160,7 @@ def test_video_command(tmp_path):
         (["--mode", "pan"], "cylinder-space model"),
         (["--seeds", "3"], "two seeds"),
         (["--fov", "nan"], "field of view"),
+        (["--mode", "spin"], "Unknown animation mode 'spin'; choose one of walk, zoom, pan."),
         (["--output-name", "clip.gif"], "must be a .webp"),
     ],
 )

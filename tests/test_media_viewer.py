@@ -232,3 +232,15 @@ def test_2d_fallback_by_query_and_without_webgl(tmp_path, panorama, browser_fact
     assert no_gl.renderer == "2d"
     for page in (webgl, fallback, no_gl):
         assert page.errors == []
+
+
+def test_hostile_names_cannot_break_the_page(panorama):
+    hostile = {"model": "</script><script>alert(1)</script> @DATA_URL@ <!--"}
+    page = viewer_html(panorama, title="<b>@META@</b>", provenance=hostile)
+    assert page.count("<script") == 2 and page.count("</script>") == 2  # only the page's own
+    assert page.count("data:image/png;base64,") == 1
+    assert "<b>" not in page and "&lt;b&gt;@META@&lt;/b&gt;" in page
+    import json as json_module
+
+    meta = re.search(r'<script id="meta" type="application/json">(.*?)</script>', page, re.S).group(1)
+    assert json_module.loads(meta)["provenance"] == hostile
