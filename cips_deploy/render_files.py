@@ -24,9 +24,6 @@ from cips_deploy.provenance import gpano_tags, model_identity, render_provenance
 from cips_deploy.render import Rendering
 from cips_deploy.topology import resolve_parameters
 
-PANORAMA_TOPOLOGY = "cylinder"
-
-
 def seed_file_name(seed: int) -> str:
     """``seed0003.png``: four digits at least, so a folder of seeds sorts in seed order."""
     return f"seed{seed:04d}.png"
@@ -55,7 +52,11 @@ class RenderFiles:
         self.height, self.width, self.truncation = height, width, truncation
         self.backend, self.backend_options, self.blend_seed = backend, dict(backend_options or {}), blend_seed
         self.outdir, self.viewer = outdir, viewer
-        self.params = resolve_parameters(registry.get("topology", topology).item, topology_params)
+        entry = registry.get("topology", topology)
+        self.params = resolve_parameters(entry.item, topology_params)
+        # A topology says whether its width is a full 360-degree turn (the built-in cylinder
+        # does; a third-party one can too), rather than being recognised here by name.
+        self.panorama = bool(getattr(entry.item, "panorama", False))
         self._identity: dict[str, str] | None = None
         self._created_outdir = False
 
@@ -64,8 +65,8 @@ class RenderFiles:
     def check(self, seeds: list[int]) -> None:
         """Refuse, before any render, a viewer or folder that cannot be written."""
         if self.viewer is not None:
-            if self.topology != PANORAMA_TOPOLOGY:
-                raise CipsError(f"--viewer shows a 360-degree panorama; render it with --topology {PANORAMA_TOPOLOGY}.")
+            if not self.panorama:
+                raise CipsError(f"--viewer shows a 360-degree panorama, which the {self.topology} topology does not render; use --topology cylinder.")
             if len(seeds) != 1:
                 raise CipsError(f"--viewer shows one panorama; give one seed, not {len(seeds)}.")
             if self.viewer.suffix.lower() not in (".html", ".htm"):
@@ -132,7 +133,7 @@ class RenderFiles:
 
     def panorama_xmp(self) -> str | None:
         """GPano tags for a cylinder panorama (the full 360 degrees across the width), else None."""
-        if self.topology != PANORAMA_TOPOLOGY:
+        if not self.panorama:
             return None
         heading = float(self.params.get("heading", 0.0))
         return xmp_packet(gpano_tags(self.height, self.width, heading_degrees=heading))
