@@ -187,3 +187,13 @@ def test_video_is_registered_by_a_builtin_plugin(registry):
     import cips_deploy.cli as package
 
     assert "video" not in inspect.getsource(package)
+
+
+def test_render_takes_a_ready_style_and_checks_it(tiny):
+    from cips_deploy.render import render_detailed
+
+    w = tiny.map(latent(9, tiny.config.style_dim))
+    assert np.array_equal(render_detailed(tiny, "flat", 8, 8, style=w).image, render(tiny, "flat", 8, 8, seed=9))
+    for bad in (torch.zeros(1, 3), torch.zeros(2, tiny.config.style_dim), torch.full((1, tiny.config.style_dim), math.nan)):
+        with pytest.raises(CipsError, match="style"):
+            render_detailed(tiny, "flat", 8, 8, style=bad)
