@@ -38,6 +38,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.rotated",
     "cips_deploy.plugins.chunkers",
     "cips_deploy.plugins.torch_backend",
+    "cips_deploy.plugins.video",
     "cips_deploy.exporters.backends",
 )
 # Each register_* hook and the kind of thing it registers.

@@ -76,6 +76,7 @@ def render_detailed(
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
+    style: Tensor | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **topology_params: Any,
@@ -92,6 +93,8 @@ def render_detailed(
     backend, device: the backend that runs synthesis, constructed as
                      ``Backend(model, device=device, **backend_options)``.
     blend_seed:      a second seed for spatially varying styles (see the module text).
+    style:           a ready style w [1, S] to render instead of the seed's (a latent walk
+                     interpolates styles); ``seed`` then only names the render.
     progress:        called as ``progress(points_done, points_total)`` after each chunk.
     """
     registry = registry or get_registry()
@@ -121,7 +124,10 @@ def render_detailed(
         layout = _call(topology_entry, "layout", topology_entry.item.layout, request)
         n_points = _checked_count(layout, topology_entry)
         with torch.inference_mode():
-            w = _call(backend_entry, "map", runner.map, latent(seed, config.style_dim), truncation)  # [1, S]
+            if style is None:
+                w = _call(backend_entry, "map", runner.map, latent(seed, config.style_dim), truncation)  # [1, S]
+            else:
+                w = check_style(style, config.style_dim)
             w_blend = None
             if blend_seed is not None:
                 w_blend = _call(backend_entry, "map", runner.map, latent(blend_seed, config.style_dim), truncation)
@@ -209,6 +215,15 @@ def check_size(height: Any, width: Any) -> None:
 def check_seed(seed: Any, what: str) -> None:
     if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise CipsError(f"The {what} must be a whole number from 0 to 2**63 - 1, not {seed!r}.")
+
+
+def check_style(style: Any, style_dim: int) -> Tensor:
+    """A caller's style as float32 [1, style_dim] on the host, or a CipsError."""
+    if not isinstance(style, Tensor) or tuple(style.shape) != (1, style_dim) or not style.is_floating_point():
+        raise CipsError(f"A style must be a float tensor of shape [1, {style_dim}], not {getattr(style, 'shape', type(style).__name__)}.")
+    if not bool(torch.isfinite(style).all()):
+        raise CipsError("A style has NaN or infinite values.")
+    return style.detach().to("cpu", torch.float32)
 
 
 def check_chunk_settings(chunker: Registered, chunk_size: Any, memory_budget: Any) -> None:

@@ -5,5 +5,6 @@ Each module here is a plugin registered through the same hooks a third-party pac
 
 - ``flat``, ``cylinder``, ``foveated``, ``rotated``: coordinate topologies;
 - ``chunkers``: the ``fixed``, ``rows`` and ``memory`` chunking strategies;
-- ``torch_backend``: synthesis with the PyTorch generator.
+- ``torch_backend``: synthesis with the PyTorch generator;
+- ``video``: the ``video`` command (latent walks, zooms, pans).
 """

@@ -27,6 +27,9 @@ class Cylinder(Topology):
         Parameter("v_max", float, 1.0, "v of the bottom row"),
     )
     coordinate_spaces = ("cylinder",)
+    # Its width covers the full 360 degrees: cips-deploy tags the PNG as a panorama (GPano XMP)
+    # and `render --viewer` can show it (see cips_deploy.render_files).
+    panorama = True
 
     def unsupported_space(self, coordinate_space: str) -> str:
         return (

@@ -42,7 +42,7 @@ from . import scale_consistency  # noqa: E402,F401  (registers scale-consistency
 from . import backend_flags  # noqa: E402
 
 _registry = plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
-backend_flags.add_backend_flags(cli.commands["render"], _registry)  # --precision and every other backend option
+backend_flags.add_flags_to_marked_commands(cli, _registry)  # --precision and every other backend option
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """Command-line flags built from the options that backends declare.
 
 Every option a registered backend declares (``Backend.options``) becomes a flag of the
-commands that construct backends (``render``): ``--precision`` is the torch backend's
+commands that construct backends (``render``, ``video``: marked by :func:`with_backend_flags`): ``--precision`` is the torch backend's
 ``precision`` option, and a plugin's backend gets flags the same way. Backends that declare
 an option of the same name share its flag; the chosen backend checks the value
 (:func:`cips_deploy.backend.resolve_options`), and a flag the chosen backend does not
@@ -19,6 +19,21 @@ from ..plugin_manager import Registry
 
 
 _METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}
+
+
+def with_backend_flags(command: click.Command) -> click.Command:
+    """Mark a command that constructs a backend: it receives every backend option's flag in
+    ``**backend_flags`` (added once the plugins are loaded) and passes them through
+    :func:`merge_backend_flags`. Plugin commands use it the same way."""
+    command.takes_backend_flags = True  # type: ignore[attr-defined]
+    return command
+
+
+def add_flags_to_marked_commands(group: click.Group, registry: Registry) -> None:
+    """:func:`add_backend_flags` for every command of ``group`` marked by :func:`with_backend_flags`."""
+    for command in group.commands.values():
+        if getattr(command, "takes_backend_flags", False):
+            add_backend_flags(command, registry)
 
 
 def add_backend_flags(command: click.Command, registry: Registry) -> None:

@@ -10,20 +10,21 @@ from typing import Any
 
 import click
 import numpy as np
-from PIL import Image
 
-from ..atomic import atomic_path
 from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
 from ..errors import CipsError
 from ..plugin_manager import get_registry
 from ..render import Rendering, make_backend, render_detailed
+from ..render_files import RenderFiles
 from . import cli
-from .backend_flags import merge_backend_flags
+from .backend_flags import merge_backend_flags, with_backend_flags
 
 MAX_SEEDS = 256
+MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
 
 
+@with_backend_flags
 @cli.command("render")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Model file (a cips-deploy or official checkpoint); default: the bundled demo panorama model.")
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Render a random-weight model of this preset instead.")
@@ -44,7 +45,9 @@ MAX_SEEDS = 256
 @click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write (with --outdir: only when given).")
+@click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
+@click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def render_command(
     checkpoint: Path | None,
@@ -67,6 +70,8 @@ def render_command(
     device: str,
     backend_options: tuple[str, ...],
     output: Path,
+    outdir: Path | None,
+    viewer: Path | None,
     quiet: bool,
     **backend_flags: Any,
 ) -> None:
@@ -79,39 +84,62 @@ def render_command(
       cips-deploy render --preset tiny --coordinate-space cylinder -t cylinder --width 1024 -o pano.png
       cips-deploy render --checkpoint model.safetensors -t foveated -p gaze_x=0.3 -p radius=0.15
       cips-deploy render --checkpoint model.safetensors --seeds 0-8 --truncation 0.7 -o grid.png
+      cips-deploy render --seeds 0-31 --outdir seeds/                (one PNG per seed)
+      cips-deploy render --topology cylinder --viewer pano.html      (drag to look around)
     """
     if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
         width = 4 * height if topology == "cylinder" else height
-    seed_list = parse_seeds(seed, seeds)
-    check_output(output)
+    seed_list = parse_seeds(seed, seeds) if outdir is None else parse_seeds(seed, seeds, MAX_BATCH_SEEDS, "a batch")
+    # With --outdir the grid is written only where -o is given: a batch wants its seeds' files.
+    grid_output = output if outdir is None or click.get_current_context().get_parameter_source("output").name != "DEFAULT" else None
+    if grid_output is not None:
+        check_output(grid_output)
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     registry = get_registry()
     # Flags such as --precision are backend options (cli/backend_flags.py).
     options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
-    runner = make_backend(registry, backend, model, device, options)
+    files = RenderFiles(
+        model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
+        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
+    )
+    files.check(seed_list)
+    try:
+        runner = make_backend(registry, backend, model, device, options)
+    except BaseException:
+        files.abandon()
+        raise
+    watched = not quiet and sys.stderr.isatty()  # a bar only where someone watches: a log would get its label only
+    seeds_bar = ChunkProgress("seeds", enabled=watched and outdir is not None)  # a batch: one bar over its seeds
     try:
         renderings = []
-        for each_seed in seed_list:
+        for index, each_seed in enumerate(seed_list):
             label = f"seed {each_seed}" if len(seed_list) > 1 else "rendering"
-            # A bar only where someone watches: in a log, click would print just its label.
-            progress = ChunkProgress(label, enabled=not quiet and sys.stderr.isatty())
+            progress = ChunkProgress(label, enabled=watched and outdir is None)
             try:
-                renderings.append(
-                    render_detailed(
-                        runner, topology, height, width, seed=each_seed, truncation=truncation, chunker=chunker,
-                        chunk_size=chunk_size, memory_budget=memory_budget, blend_seed=blend_seed,
-                        progress=progress, registry=registry, **topology_params,
-                    )
+                rendering = render_detailed(
+                    runner, topology, height, width, seed=each_seed, truncation=truncation, chunker=chunker,
+                    chunk_size=chunk_size, memory_budget=memory_budget, blend_seed=blend_seed,
+                    progress=progress, registry=registry, **topology_params,
                 )
             finally:
                 progress.close()
+            files.accept(rendering)
+            if grid_output is None and viewer is None:  # nothing else needs the pixels: let them go
+                rendering.image = rendering.image[:0]
+            renderings.append(rendering)
+            seeds_bar(index + 1, len(seed_list))
+    except BaseException:
+        files.abandon()  # a folder this command created and left empty goes again
+        raise
     finally:
+        seeds_bar.close()
         runner.close()
-    image = tile([rendering.image for rendering in renderings])
-    with atomic_path(output) as temporary:
-        Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
-    click.echo(summary(output, renderings, height, width))
+    grid = tile([rendering.image for rendering in renderings]) if grid_output is not None else None
+    files.finish(renderings, grid, grid_output)
+    click.echo(summary(output if grid_output is not None else outdir, renderings, height, width))
+    if viewer is not None:
+        click.echo(f"Wrote {viewer}: open it in a browser and drag to look around.")
 
 
 def choose_model(checkpoint: Path | None, preset: str | None, arch: str, coordinate_space: str, model_seed: int) -> Any:
@@ -129,8 +157,8 @@ def choose_model(checkpoint: Path | None, preset: str | None, arch: str, coordin
     return create(preset, arch=arch, coordinate_space=coordinate_space, seed=model_seed)
 
 
-def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
-    """[seed] or the seeds of a list such as ``0-3,7``."""
+def parse_seeds(seed: int | None, seeds: str | None, limit: int = MAX_SEEDS, what: str = "a grid") -> list[int]:
+    """[seed] or the seeds of a list such as ``0-3,7`` (at most ``limit``, for ``what``)."""
     if seed is not None and seeds is not None:
         raise CipsError("Give either --seed or --seeds, not both.")
     if seeds is None:
@@ -143,13 +171,13 @@ def parse_seeds(seed: int | None, seeds: str | None) -> list[int]:
                 low, high = int(first), int(last)
                 if high < low:
                     raise ValueError
-                found.extend(range(low, min(high, low + MAX_SEEDS) + 1))
+                found.extend(range(low, min(high, low + limit) + 1))
             else:
                 found.append(int(part))
         except ValueError:
             raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r}.") from None
-    if len(found) > MAX_SEEDS:
-        raise CipsError(f"--seeds lists {len(found)} seeds; a grid takes at most {MAX_SEEDS}.")
+    if len(found) > limit:
+        raise CipsError(f"--seeds lists {len(found)} seeds; {what} takes at most {limit:,}.")
     return found
 
 

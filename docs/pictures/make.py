@@ -1,0 +1,176 @@
+"""Render every picture of docs/gallery.md again.
+
+    python docs/pictures/make.py            # writes docs/pictures/*.png, *.webp (about a minute on 2 cores)
+    python docs/pictures/make.py --out /tmp/pictures
+
+Each picture is made by a ``cips-deploy`` command (run in-process, exactly as typed in the
+gallery) or, where a figure combines several renders, by the public Python API only
+(``cips_deploy.create``/``load``/``render``), so the script keeps working when a model
+family's internals change. The viewer's screenshot needs Chromium and the playwright
+package (the test extra); without them that one picture is skipped, with a message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import shlex
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageSequence
+
+import cips_deploy
+from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.cli import cli
+from cips_deploy.metrics import box_downsample, pixel_centre_viewport, psnr
+from cips_deploy.plugin_manager import get_registry
+from cips_deploy.topology import TopologyRequest, resolve_parameters
+
+HERE = Path(__file__).resolve().parent
+CHROMIUM_FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run"]
+
+
+def run(command: str) -> None:
+    """Run a ``cips-deploy ...`` command line in this process and echo it."""
+    print(f"$ {command}")
+    arguments = shlex.split(command)
+    assert arguments[0] == "cips-deploy"
+    cli.main(arguments[1:], prog_name="cips-deploy", standalone_mode=False)
+
+
+def captioned(panels: list[tuple[np.ndarray, str]], gap: int = 4) -> np.ndarray:
+    """Panels (uint8 [H, W, 3], same height) side by side, each with a caption underneath."""
+    height = panels[0][0].shape[0]
+    caption = 16
+    width = sum(panel.shape[1] for panel, _ in panels) + gap * (len(panels) - 1)
+    canvas = Image.new("RGB", (width, height + caption), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for panel, text in panels:
+        canvas.paste(Image.fromarray(panel), (x, 0))
+        draw.text((x + 2, height + 2), text, fill=(0, 0, 0))
+        x += panel.shape[1] + gap
+    return np.asarray(canvas)
+
+
+def save(image: np.ndarray, path: Path) -> None:
+    Image.fromarray(image).save(path, optimize=True)
+    print(f"  wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
+
+
+def panorama_and_viewer(out: Path, work: Path) -> None:
+    run(f"cips-deploy render --topology cylinder --height 128 --seed 0 -o {out / 'panorama.png'}")
+    run(f"cips-deploy render --topology cylinder --height 256 --seed 0 -o {work / 'large.png'} --viewer {work / 'pano.html'}")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        print("  skipped the viewer's screenshot: the playwright package is not installed (pip install -e '.[test]')")
+        return
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).is_file():
+        print("  skipped the viewer's screenshot: no Chromium (apt-get install chromium)")
+        return
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(work / "profile"), executable_path=chromium, headless=True, args=CHROMIUM_FLAGS,
+            viewport={"width": 560, "height": 240},
+        )
+        page = context.new_page()
+        page.goto((work / "pano.html").as_uri() + "?yaw=-30&fov=110")
+        for _ in range(600):
+            if page.evaluate("Number(document.body.dataset.frames || 0) >= 1"):
+                break
+            page.wait_for_timeout(50)
+        shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+        context.close()
+    save(shot, out / "viewer.png")
+
+
+def foveated(out: Path, work: Path) -> None:
+    """Samples, sample density and reconstruction of a foveated render, beside the full render."""
+    options = "-p u_min=-0.3 -p u_max=0.3 -p gaze_x=0.35 -p gaze_y=0.45 -p radius=0.08 -p max_stride=16"
+    run(f"cips-deploy render -t foveated --height 192 --seed 0 {options} -o {work / 'foveated.png'}")
+    run(f"cips-deploy render -t flat --height 192 --seed 0 -p u_min=-0.3 -p u_max=0.3 -o {work / 'flat.png'}")
+    reconstruction = np.asarray(Image.open(work / "foveated.png").convert("RGB"))
+    full = np.asarray(Image.open(work / "flat.png").convert("RGB"))
+    # The sampling pattern, from the topology itself (what the renderer evaluated).
+    topology = get_registry().get("topology", "foveated").item
+    params = resolve_parameters(topology, dict(item.split("=") for item in options.replace("-p ", "").split()))
+    layout = topology.layout(TopologyRequest(192, 192, "cylinder", params))
+    mask = layout.mask  # [H, W] bool: pixels evaluated by the model
+    samples = np.where(mask[..., None], reconstruction, 0).astype(np.uint8)
+    # Density: samples per pixel is 4**-level; show log2 spacing 0 (white) .. 4 (dark blue).
+    level = layout.levels.astype(np.float32) / max(1, int(layout.levels.max()))
+    density = (np.stack([1 - level, 1 - level, 1 - 0.5 * level], axis=-1) * 255).astype(np.uint8)
+    fraction = mask.mean()
+    picture = captioned([
+        (samples, f"evaluated: {fraction:.0%} of pixels"),
+        (density, "sample spacing 1-16 px"),
+        (reconstruction, "reconstruction"),
+        (full, "full render"),
+    ])
+    save(picture, out / "foveated.png")
+
+
+def zoom_strip(out: Path, work: Path) -> None:
+    run(
+        "cips-deploy video --mode zoom --seeds 0 --frames 6 --zoom 8 --centre -0.2,-0.35 -p u_min=-0.45 -p u_max=0.05 "
+        f"--height 112 --lossless -o {work / 'zoom.webp'}"
+    )
+    with Image.open(work / "zoom.webp") as clip:
+        frames = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(clip)]
+    save(captioned([(frame, f"x{8 ** (k / 5):.1f}") for k, frame in enumerate(frames)], gap=2), out / "zoom-strip.png")
+
+
+def scale_consistency(out: Path) -> None:
+    """The CREPS paper's figure: small render vs the large render box-filtered down, residual x10."""
+    size, factor = 64, 4
+    rows = []
+    for arch in ("skip", "creps"):
+        model = cips_deploy.create("tiny", arch=arch, seed=0)
+        small = cips_deploy.render(model, "flat", size, size, seed=1, **pixel_centre_viewport(size))
+        large = cips_deploy.render(model, "flat", size * factor, size * factor, seed=1, **pixel_centre_viewport(size * factor))
+        down = box_downsample(large, factor)
+        residual = np.clip(np.abs(small.astype(np.float64) - down) * 10, 0, 255).astype(np.uint8)
+        down8 = np.clip(np.rint(down), 0, 255).astype(np.uint8)
+        name = "CIPS" if arch == "skip" else "CREPS"
+        print(f"  {name} tiny (random weights, model seed 0), latent seed 1: PSNR {psnr(small, down):.1f} dB")
+        upscale = 2  # shown at 128 px per panel
+        panels = [np.kron(image, np.ones((upscale, upscale, 1), np.uint8)) for image in (small, down8, residual)]
+        rows.append(captioned([
+            (panels[0], f"{name}: {size}px render"),
+            (panels[1], f"{size * factor}px, box /{factor}"),
+            (panels[2], "|difference| x10"),
+        ]))
+    save(np.concatenate(rows, axis=0), out / "scale-consistency.png")
+
+
+def animations(out: Path) -> None:
+    run(f"cips-deploy video --preset tiny --arch creps --seeds 0-3 --frames 32 --height 96 --quality 70 -o {out / 'walk.webp'}")
+    run(f"cips-deploy video --mode pan --seeds 0 --frames 36 --height 96 --quality 70 -o {out / 'pan.webp'}")
+    for name in ("walk.webp", "pan.webp"):
+        print(f"  wrote {out / name} ({(out / name).stat().st_size / 1024:.0f} KB)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=HERE, help="folder for the pictures (default: docs/pictures)")
+    out = parser.parse_args().out
+    out.mkdir(parents=True, exist_ok=True)
+    if not DEMO_MODEL.exists():
+        sys.exit(f"The bundled demo model {DEMO_MODEL} is missing; reinstall cips-deploy.")
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        panorama_and_viewer(out, work)
+        foveated(out, work)
+        zoom_strip(out, work)
+        scale_consistency(out)
+        animations(out)
+
+
+if __name__ == "__main__":
+    main()
