@@ -352,6 +352,12 @@ class CrepsGenerator(Generator):
         """FLOPs per pixel of a height x width grid with lines shared: (H + W) lines, H W pixels."""
         return 2 * (self.line_macs() * (height + width) / (height * width) + self.pixel_macs())
 
+    def reference_synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """The official way of computing (:mod:`cips_deploy.creps_reference`): coords [B, 2, N, N] -> rgb [B, 3, N, N]."""
+        from cips_deploy.creps_reference import creps_reference
+
+        return creps_reference(self, coords, w)
+
     @classmethod
     def seed_latent(cls, seed: int, style_dim: int) -> Tensor:
         """z [1, S] as the official ``gen_images.py --seeds N``: ``np.random.RandomState(N).randn(1, S)``."""

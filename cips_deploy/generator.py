@@ -143,6 +143,12 @@ class Generator(nn.Module, metaclass=ABCMeta):
         """The ``dtype`` values :meth:`synthesize` accepts."""
         return (torch.float32, torch.bfloat16, torch.float16)
 
+    def reference_synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """The official code's way of computing: coords [B, 2, H, W], w [B, S] -> rgb [B, 3, H, W]."""
+        from .reference import reference_synthesize
+
+        return reference_synthesize(self, coords, w)
+
     def info_facts(self) -> dict[str, Any]:
         """Family-specific facts for ``cips-deploy info``."""
         return {}

@@ -43,3 +43,19 @@ def registry():
 @pytest.fixture(scope="module")
 def tiny() -> cips_deploy.Generator:
     return cips_deploy.create("tiny", seed=0)
+
+
+OFFICIAL_CREPS_FIXTURES = Path(
+    os.environ.get("CREPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-creps")
+)
+
+
+@pytest.fixture(scope="session")
+def official_creps_dir() -> Path:
+    """../shared/fixtures/official-creps: snapshots and outputs of the official CREPS code (as official_dir)."""
+    if not OFFICIAL_CREPS_FIXTURES.is_dir():
+        message = f"official CREPS fixtures not found at {OFFICIAL_CREPS_FIXTURES} (set CREPS_OFFICIAL_FIXTURES)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return OFFICIAL_CREPS_FIXTURES
