@@ -103,7 +103,7 @@ def test_creps_trains_in_every_mode(image_folder, tmp_path, mode):
     generator = cips_deploy.load(path)
     assert isinstance(generator, CrepsGenerator) and generator.provenance["step"] == 2
     initial = cips_deploy.create("tiny", arch="creps", size=16, coordinate_space=generator.config.coordinate_space)
-    assert not torch.equal(initial.rows.layers[0].linear.weight, generator.rows.layers[0].linear.weight)
+    assert not torch.equal(initial.synthesis.b8.fc0.weight, generator.synthesis.b8.fc0.weight)
     assert all(np.isfinite(r["g_loss"]) for r in run_summary(tmp_path / "run" / "log.jsonl"))
 
 
