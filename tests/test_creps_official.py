@@ -269,3 +269,11 @@ def test_conditional_and_unknown_configurations_are_refused():
         config_kwargs({**kwargs, "architecture": "resnet"}, source="f")
     with pytest.raises(CipsError, match="z_dim"):
         config_kwargs({**kwargs, "z_dim": 32}, source="f")
+
+
+def test_scale_consistency_runs_on_an_official_snapshot(official_creps_dir):
+    result = CliRunner().invoke(cli, ["scale-consistency", str(official_creps_dir / "creps_r16_snapshot.pkl"), "--size", "16",
+                                      "--factor", "2", "--samples", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output[result.output.index("{"):])
+    assert len(report["per_sample"]) == 2 and report["mean"]["psnr"] > 20

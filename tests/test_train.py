@@ -64,10 +64,11 @@ def test_tiny_trains_and_writes_a_loadable_generator_log_and_samples(image_folde
     assert not torch.equal(initial.first.linear.weight, generator.first.linear.weight)  # it learned something
 
 
-def test_resumed_run_repeats_the_uninterrupted_run_exactly(image_folder, tmp_path):
-    train(run_options(image_folder, tmp_path / "whole", steps=6, checkpoint_every=3))
-    train(run_options(image_folder, tmp_path / "split", steps=3, checkpoint_every=3))
-    train(run_options(image_folder, tmp_path / "split", steps=6, checkpoint_every=3), resume=True)
+@pytest.mark.parametrize("arch", ["skip", "creps"])
+def test_resumed_run_repeats_the_uninterrupted_run_exactly(image_folder, tmp_path, arch):
+    train(run_options(image_folder, tmp_path / "whole", steps=6, checkpoint_every=3, arch=arch))
+    train(run_options(image_folder, tmp_path / "split", steps=3, checkpoint_every=3, arch=arch))
+    train(run_options(image_folder, tmp_path / "split", steps=6, checkpoint_every=3, arch=arch), resume=True)
     whole = run_summary(tmp_path / "whole" / "log.jsonl")
     split = run_summary(tmp_path / "split" / "log.jsonl")
     losses = lambda records: [(r["step"], r["d_loss"], r["g_loss"], r.get("r1")) for r in records]
