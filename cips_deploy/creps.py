@@ -59,12 +59,26 @@ def to_unit(coordinate: Tensor) -> Tensor:
 
 
 def _bias_act(x: Tensor, bias: Tensor, activate: bool, clamp: float | None) -> Tensor:
-    """Official bias_act: x + b, then lrelu(0.2) * sqrt(2) (if ``activate``), then clamp."""
-    x = x + bias.to(x.dtype)
+    """Official bias_act: x + b, then lrelu(0.2) * sqrt(2) (if ``activate``), then clamp.
+
+    ``x`` must be a fresh product: without gradients the steps run in place (the same
+    operations, so the same bits, without three more per-pixel buffers).
+    """
+    if torch.is_grad_enabled():
+        x = x + bias.to(x.dtype)
+        if activate:
+            x = F.leaky_relu(x, 0.2) * math.sqrt(2.0)
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+    x = x.add_(bias.to(x.dtype))
     if activate:
-        x = F.leaky_relu(x, 0.2) * math.sqrt(2.0)
-    if clamp is not None:
-        x = x.clamp(-clamp, clamp)
+        x = F.leaky_relu_(x, 0.2).mul_(math.sqrt(2.0))
+    return x.clamp_(-clamp, clamp) if clamp is not None else x
+
+
+def _decode(decoder: nn.Sequential, x: Tensor) -> Tensor:
+    """A decoder's fully connected lrelu layers (official FullyConnectedLayer, lr multiplier 1)."""
+    for layer in decoder:
+        x = _bias_act(F.linear(x, layer.weight * layer.scale), layer.bias, True, None)
     return x
 
 
@@ -307,8 +321,8 @@ class CrepsGenerator(Generator):
         s = self.synthesis
         feature = composed[0]
         for q, new in zip(s.resolutions[2:], composed[1:]):
-            feature = getattr(s, f"decoder_{q}")(feature) + new
-        feature = s.decoder_last(feature)
+            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new
+        feature = _decode(s.decoder_last, feature)
         img = s.decoder_img(feature)
         w_last = ws[:, :, -1] if ws.dim() == 4 else ws[:, -1]
         x = feature.to(dtype).contiguous()
@@ -402,5 +416,5 @@ def _bi_line(row: Tensor, column: Tensor) -> Tensor:
     """
     total = row[..., 0, :] * column[..., 0, :]
     for k in range(1, RANK):
-        total = total + row[..., k, :] * column[..., k, :]
+        total = total.add_(row[..., k, :] * column[..., k, :]) if not torch.is_grad_enabled() else total + row[..., k, :] * column[..., k, :]
     return total
