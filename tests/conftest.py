@@ -21,12 +21,17 @@ def official_dir() -> Path:
 
     Parity is not optional: in CI (CI set) a missing folder fails; elsewhere it skips.
     """
-    if not OFFICIAL_FIXTURES.is_dir():
-        message = f"official CIPS fixtures not found at {OFFICIAL_FIXTURES} (set CIPS_OFFICIAL_FIXTURES)"
+    return _required_dir(OFFICIAL_FIXTURES, "official CIPS fixtures", "CIPS_OFFICIAL_FIXTURES")
+
+
+def _required_dir(path: Path, what: str, variable: str) -> Path:
+    """``path`` if it is a folder; else a failure in CI and a skip elsewhere."""
+    if not path.is_dir():
+        message = f"{what} not found at {path} (set {variable})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return OFFICIAL_FIXTURES
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +58,4 @@ OFFICIAL_CREPS_FIXTURES = Path(
 @pytest.fixture(scope="session")
 def official_creps_dir() -> Path:
     """../shared/fixtures/official-creps: snapshots and outputs of the official CREPS code (as official_dir)."""
-    if not OFFICIAL_CREPS_FIXTURES.is_dir():
-        message = f"official CREPS fixtures not found at {OFFICIAL_CREPS_FIXTURES} (set CREPS_OFFICIAL_FIXTURES)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return OFFICIAL_CREPS_FIXTURES
+    return _required_dir(OFFICIAL_CREPS_FIXTURES, "official CREPS fixtures", "CREPS_OFFICIAL_FIXTURES")
