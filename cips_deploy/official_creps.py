@@ -53,6 +53,10 @@ SYNTHESIS_OPTIONS = {"channel_base", "channel_max", "biline_channels", "num_fp16
 MAPPING_OPTIONS = {"num_layers", "lr_multiplier", "w_avg_beta"}
 
 
+class Refused(CipsError):
+    """Why the unpickler stops (a clause; :func:`unpickle_snapshot` makes it a sentence with the path)."""
+
+
 class SourceWarning(UserWarning):
     """A snapshot's embedded source differs from the official file (its code is ignored)."""
 
@@ -62,10 +66,10 @@ class PersistentStub:
 
     def __init__(self, meta: Any) -> None:
         if not isinstance(meta, dict) or meta.get("type") != "class":
-            raise CipsError("The snapshot holds a persistent object that is not a class instance; refusing it.")
+            raise Refused("it holds a persistent object that is not a class instance")
         source, class_name, state = meta.get("module_src"), meta.get("class_name"), meta.get("state")
         if not isinstance(source, str) or not isinstance(class_name, str) or not isinstance(state, dict):
-            raise CipsError("The snapshot holds a damaged persistent object (no source text, class name or state).")
+            raise Refused("it holds a damaged persistent object (no source text, class name or state)")
         self.class_name = class_name
         self.source_sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self.state = state
@@ -78,7 +82,7 @@ class ModuleStub:
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
-            raise CipsError(f"The snapshot holds a damaged {self.class_name} (its state is not a dict).")
+            raise Refused(f"it holds a damaged {self.class_name} (its state is not a dict)")
         self.state = state
 
 
@@ -97,31 +101,31 @@ class EasyDict(dict):
 def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     """numpy's scalar reconstructor, for plain numeric dtypes only: (dtype, raw bytes) -> scalar."""
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes) or len(data) != dtype.itemsize:
-        raise CipsError("The snapshot holds a numpy scalar that is not a plain number; refusing it.")
+        raise Refused("it holds a numpy scalar that is not a plain number")
     return np.frombuffer(data, dtype)[0]
 
 
 def _load_storage(data: Any) -> Any:
     """A nested legacy ``torch.save`` stream of one storage, read without running code."""
     if not isinstance(data, bytes):
-        raise CipsError("The snapshot holds a tensor storage that is not a byte string; refusing it.")
+        raise Refused("it holds a tensor storage that is not a byte string")
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure of a hostile blob is a refusal
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "global" in line), reason[0] if reason else "")
-        raise CipsError(f"Refusing a tensor storage of the snapshot that is not plain data ({detail.strip()[:160]}).") from None
+        raise Refused(f"a tensor storage in it is not plain data and could run code ({detail.strip().rstrip('.')[:160]})") from None
 
 
 def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None) -> Tensor:
     if not isinstance(data, Tensor):
-        raise CipsError("The snapshot holds a parameter that is not a tensor; refusing it.")
+        raise Refused("it holds a parameter that is not a tensor")
     return data
 
 
 def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> Tensor:
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
-        raise CipsError("The snapshot holds a tensor whose storage is not a torch storage; refusing it.")
+        raise Refused("it holds a tensor whose storage is not a torch storage")
     return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
 
 
@@ -147,13 +151,12 @@ class SnapshotUnpickler(pickle.Unpickler):
         try:
             return ALLOWED_GLOBALS[module, name]
         except KeyError:
-            raise CipsError(
-                f"Refusing the snapshot: it references {module}.{name}, which an official CREPS snapshot "
-                "never does and which could run code."
+            raise Refused(
+                f"it references {module}.{name}, which an official CREPS snapshot never does and which could run code"
             ) from None
 
     def persistent_load(self, pid: Any) -> Any:
-        raise CipsError("Refusing the snapshot: it holds persistent references, which an official snapshot never does.")
+        raise Refused("it holds persistent references, which an official CREPS snapshot never does")
 
 
 @dataclass
@@ -172,8 +175,8 @@ def unpickle_snapshot(path: Path) -> Any:
     try:
         with open(path, "rb") as handle:
             return SnapshotUnpickler(handle).load()
-    except CipsError as error:
-        raise CipsError(f"{path}: {error}") from None
+    except Refused as error:
+        raise CipsError(f"Refusing to load {path}: {error}.") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as error:
         text = str(error).strip().splitlines()
         raise CipsError(f"{path} is corrupt or truncated ({text[0] if text else type(error).__name__}).") from None
