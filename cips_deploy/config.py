@@ -191,6 +191,8 @@ def creps_config(preset: str = "tiny", coordinate_space: str = "plane", **overri
 
 # Families whose recipes are not CIPS's: their config builder.
 FAMILY_CONFIGS = {"creps": creps_config}
+# Every preset name of any family (for command-line choices).
+PRESET_NAMES = sorted(set(PRESETS) | set(CREPS_PRESETS))
 
 
 def preset_config(

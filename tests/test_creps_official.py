@@ -277,3 +277,16 @@ def test_scale_consistency_runs_on_an_official_snapshot(official_creps_dir):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output[result.output.index("{"):])
     assert len(report["per_sample"]) == 2 and report["mean"]["psnr"] > 20
+
+
+def test_exported_engine_reproduces_the_official_outputs(official_creps_dir, tmp_path):
+    from cips_deploy.exporters import OnnxEngine, export_onnx
+
+    generator, refs = snapshot(official_creps_dir, "creps_r16_snapshot")
+    result = export_onnx(cips_deploy.load(official_creps_dir / "creps_r16_snapshot.pkl"), tmp_path / "r16.onnx")
+    assert result.report.ok
+    engine = OnnxEngine(result.synthesis)
+    ref = refs["scale1.5_psi0.7_fp32"]
+    u, v, points = grid_of(ref)
+    rgb = engine.synthesize(points.expand(2, -1, -1), engine.map(ref["z"], truncation=0.7))
+    assert (official_image(rgb, u.numel()) - ref["rgb"]).abs().max() <= 1e-4
