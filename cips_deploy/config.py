@@ -107,8 +107,9 @@ class GeneratorConfig:
 
     @property
     def channel_multiplier(self) -> int | None:
-        """The official channel multiplier, where the widths reveal it (blocks 0-3 never do)."""
-        if self.n_blocks > 4 and self.widths[4] % 256 == 0:
+        """The official CIPS channel multiplier, where the widths reveal it (blocks 0-3 never do;
+        other families have none)."""
+        if self.arch not in FAMILY_CONFIGS and self.n_blocks > 4 and self.widths[4] % 256 == 0:
             return self.widths[4] // 256
         return None
 

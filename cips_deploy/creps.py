@@ -405,6 +405,7 @@ class CrepsGenerator(Generator):
             "fp16_line_blocks": sorted(self.fp16_blocks),
             "line_flops_per_position": 2 * self.line_macs(),
             "pixel_flops_per_pixel": 2 * self.pixel_macs(),
+            "grid_flops_per_pixel_at_training_size": round(self.grid_flops_per_point(c.size, c.size)),
         }
 
 
