@@ -31,7 +31,7 @@ import hashlib
 import io
 import pickle
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +167,6 @@ class Snapshot:
     init_kwargs: dict[str, Any]
     source_sha256: str
     official_source: bool
-    keys: list[str] = field(default_factory=list)
 
 
 def unpickle_snapshot(path: Path) -> Any:
@@ -195,7 +194,10 @@ def read_snapshot(path: str | Path) -> Snapshot:
     source = generator.source_sha256
     state_dict: dict[str, Tensor] = {}
     sources: set[str] = set()
-    _collect(generator, "", sources, state_dict, path)
+    try:
+        _collect(generator, "", sources, state_dict, path)
+    except RecursionError:
+        raise CipsError(f"{path}: the generator's module tree is nested implausibly deep; refusing it.") from None
     args, kwargs = generator.state.get("_init_args", ()), generator.state.get("_init_kwargs", {})
     if not isinstance(kwargs, dict) or not isinstance(args, (tuple, list)):
         raise CipsError(f"{path}: the generator's init arguments are damaged.")
@@ -210,7 +212,7 @@ def read_snapshot(path: str | Path) -> Snapshot:
             SourceWarning,
             stacklevel=2,
         )
-    return Snapshot(state_dict, init_kwargs, source, official, list(state_dict))
+    return Snapshot(state_dict, init_kwargs, source, official)
 
 
 def _collect(module: Any, prefix: str, sources: set[str], out: dict[str, Tensor], path: Path) -> None:
