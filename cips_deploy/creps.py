@@ -335,6 +335,19 @@ class CrepsGenerator(Generator):
 
     line_factored = True
 
+    line_slots = RANK  # rows of the line products per coordinate value
+
+    def compose_floats_per_point(self) -> int:
+        """Peak floats per point of composing from cached lines (counted from the code, not measured).
+
+        Point by point, a point gathers its row's and column's lines, 2 (K - 1) r bc; a block
+        gathers h + w lines for h w points (negligible). Then the composed levels (K - 1) bc,
+        a decoder's input and output (at most 4 bc + 2 bc), block0's 4 bc input and output
+        and the colours.
+        """
+        levels, bc = len(self.config.widths) - 1, self.config.biline_channels
+        return 2 * levels * RANK * bc + levels * bc + 8 * bc + 9
+
     def line_floats_per_value(self) -> int:
         """Floats a cached line value holds per sample: (blocks - 1) x r x bc."""
         return (len(self.config.widths) - 1) * RANK * self.config.biline_channels

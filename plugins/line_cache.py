@@ -2,12 +2,13 @@
 
 A line-factored generator computes a pixel at (u, v) from the row line of v and the column
 line of u (``Generator.line_factored``; ``line_features`` / ``compose_block`` /
-``compose_points``). A grid render of H x W pixels meets H distinct v and W distinct u
+``compose_points``; ``line_slots`` line-product rows per value). A grid render of H x W pixels meets H distinct v and W distinct u
 values however it is chunked: :class:`LineCache` computes each one's lines the first time a
 chunk meets it and every later chunk only composes. Both compositions (the h x w block of a
-chunk, or point by point) run the same operations per pixel as the per-point path, and a
-value's lines are computed in fixed-size batches of ``pad`` values (the torch backend's rule
-for chunk invariance), so the fast path gives the same bits for any chunking.
+chunk, or point by point) run the same operations per pixel as the per-point path, and new values' lines are computed in batches
+padded to a multiple of ``pad`` line-product rows (8 values of 8 slots: the torch backend's
+rule for chunk invariance, as for points), so the fast path gives the same bits for any
+chunking.
 
 Values are keyed exactly (their float32 bit patterns): the cache never changes a pixel. A new
 style empties it. Its bytes count against the backend's memory budget: its tables (which grow
@@ -27,10 +28,17 @@ from cips_deploy.generator import Generator
 class LineCache:
     """Lines per distinct coordinate value and style: ``synthesize(coords, w)`` like the generator's."""
 
-    def __init__(self, generator: Generator, *, max_bytes: int, pad: int = 64, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, generator: Generator, *, max_bytes: int, pad: int = 64, point_batch: int = 1 << 30,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         self.generator = generator
         self.max_bytes = max_bytes
-        self.pad = pad
+        # New values are evaluated in batches of a multiple of ``values_pad`` values: a multiple
+        # of ``pad`` rows of line products (the torch backend's rule for chunk invariance).
+        self.values_pad = max(1, pad // generator.line_slots)
+        self.group = max(self.values_pad, 64 // self.values_pad * self.values_pad)  # values per batch, at most
+        self.point_batch = point_batch  # points per call of the per-point path (a multiple of pad)
         self.dtype = dtype
         self.w: Tensor | None = None
         self.axes: dict[str, _AxisTable] = {}
@@ -50,7 +58,7 @@ class LineCache:
         v_values, row_of_point = torch.unique(points[:, 1], return_inverse=True)  # sorted
         u_values, column_of_point = torch.unique(points[:, 0], return_inverse=True)
         if v_values.numel() + u_values.numel() > 1.5 * points.shape[0]:
-            return self.generator.synthesize(coords, w, dtype=self.dtype)
+            return self.per_point(coords, w)
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
             self.ws = self.generator.layer_styles(self.w)
@@ -70,6 +78,15 @@ class LineCache:
         columns = [line.index_select(1, column_of_point) for line in columns]
         return g.compose_points(rows, columns, self.ws, dtype=self.dtype)
 
+    def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
+        """The per-point path (both lines at every point), ``point_batch`` points at a time:
+        coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3]."""
+        parts = []
+        for start in range(0, coords.shape[1], self.point_batch):
+            stop = start + self.point_batch
+            parts.append(self.generator.synthesize(coords[:, start:stop], w if w.dim() == 2 else w[:, start:stop], dtype=self.dtype))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def _ensure(self, v_values: Tensor, u_values: Tensor) -> None:
         """Compute the lines of values not cached yet; start afresh if they would pass ``max_bytes``."""
         new = {axis: values[~self.axes[axis].contains(values)] for axis, values in (("row", v_values), ("column", u_values))}
@@ -79,14 +96,15 @@ class LineCache:
             self.axes = {"row": _AxisTable(), "column": _AxisTable()}
             new = {"row": v_values, "column": u_values}
         for axis, values in new.items():
-            for start in range(0, values.numel(), self.pad):
-                group = values[start : start + self.pad]
+            for start in range(0, values.numel(), self.group):
+                group = values[start : start + self.group]
                 self.axes[axis].add(group, self._evaluate(axis, group))
 
     def _evaluate(self, axis: str, values: Tensor) -> list[Tensor]:
-        """values [K <= pad] -> lines [[B, K, r, bc]], computed in a batch of exactly ``pad`` values."""
+        """values [K <= group] -> lines [[B, K, r, bc]], computed padded to a multiple of ``values_pad``."""
         count = values.numel()
-        padded = torch.cat([values, values[-1:].expand(self.pad - count)]) if count < self.pad else values
+        missing = -count % self.values_pad
+        padded = torch.cat([values, values[-1:].expand(missing)]) if missing else values
         lines = self.generator.line_features(axis, padded.expand(self.w.shape[0], -1), self.ws, dtype=self.dtype)
         return [line[:, :count] for line in lines]
 

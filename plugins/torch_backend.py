@@ -33,6 +33,7 @@ from torch import Tensor
 from cips_deploy.backend import Backend
 from cips_deploy.checkpoint import load
 from cips_deploy.errors import CipsError
+from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
 from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.plugins.line_cache import LineCache
@@ -108,8 +109,14 @@ class TorchBackend(Backend):
         # Line-factored families: rows and columns that chunks share are evaluated once.
         self.lines = None
         if generator.line_factored:
-            budget = int(LINE_CACHE_MB[self.device.type] * 2**20)
-            self.lines = LineCache(generator, max_bytes=budget, pad=PAD_POINTS, dtype=self.dtype)
+            # Chunks are sized for composing (bytes_per_point); the per-point path (scattered
+            # points, per-point styles) runs inside a chunk in batches that fit the chunk budget.
+            per_point = render_bytes_per_point(self.config)
+            point_batch = max(1, int(self.preferred_memory_budget() * 2**20 / per_point) // PAD_POINTS) * PAD_POINTS
+            self.lines = LineCache(
+                generator, max_bytes=int(LINE_CACHE_MB[self.device.type] * 2**20), pad=PAD_POINTS,
+                point_batch=point_batch, dtype=self.dtype,
+            )
 
     @torch.inference_mode()
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
@@ -126,11 +133,21 @@ class TorchBackend(Backend):
             w = pad_rows(w, PAD_POINTS)
         if self.lines is not None and w.dim() == 2 and _same_points(coords):
             rgb = self.lines.synthesize(coords, w)
+        elif self.lines is not None:
+            rgb = self.lines.per_point(coords, w)
         elif self.precision == "fp32":
             rgb = self.generator.synthesize(coords, w)  # the float32 path, exactly as before
         else:
             rgb = self.generator.synthesize(coords, w, dtype=self.dtype)
         return rgb[:, :n_points].float().cpu()
+
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """Line-factored generators: a chunk composes from cached lines (and runs the per-point
+        path in budget-sized batches), so a point costs the composition, or its per-point style."""
+        if self.lines is None:
+            return super().bytes_per_point(per_point_style)
+        floats = self.generator.compose_floats_per_point() + (2 * self.config.style_dim if per_point_style else 0)
+        return BYTES_PER_FLOAT * (floats + RENDERER_FLOATS_PER_POINT)
 
     def preferred_memory_budget(self) -> float:
         """32 MB on a CPU, where chunks whose activations stay in the caches run fastest

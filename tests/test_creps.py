@@ -197,3 +197,18 @@ def test_bench_reference_runs_the_official_way_for_creps():
     assert result.exit_code == 0, result.output
     rows = __import__("json").loads(result.output)["results"]
     assert {case["backend"] for case in rows} == {"torch", "reference"}
+
+
+def test_chunks_are_sized_for_composing_and_the_per_point_path_runs_in_batches(creps):
+    backend = TorchBackend(creps)
+    per_point_bytes = render_bytes_per_point(creps.config)
+    assert backend.bytes_per_point() < per_point_bytes  # chunks compose from cached lines
+    assert backend.lines.point_batch % 64 == 0
+    assert backend.lines.point_batch * per_point_bytes <= backend.preferred_memory_budget() * 2**20
+    cache = LineCache(creps, max_bytes=1 << 20, point_batch=64)
+    coords = torch.rand(1, 320, 2) * 2 - 1
+    w = styles(creps)
+    with torch.inference_mode():
+        assert torch.equal(cache.per_point(coords, w), creps.synthesize(coords, w))
+        per_point_w = w[:, None].expand(-1, 320, -1)
+        assert torch.equal(cache.per_point(coords, per_point_w), creps.synthesize(coords, per_point_w))
