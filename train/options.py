@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ARCHITECTURES, PRESETS
+from ..config import ARCHITECTURES, preset_config
 from ..errors import CipsError
 
 
@@ -48,12 +48,11 @@ class TrainOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise CipsError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.arch not in ARCHITECTURES:
             raise CipsError(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+        preset = preset_config(self.preset, arch=self.arch)  # an unknown preset is one sentence
         if self.resolution is None:
-            object.__setattr__(self, "resolution", PRESETS[self.preset]["size"])
+            object.__setattr__(self, "resolution", preset.size)
         r = self.resolution
         if r < 8 or r > 1024 or r & (r - 1):
             raise CipsError(f"The {self.preset} preset trains at powers of two from 8 to 1024, not at resolution {r}.")
