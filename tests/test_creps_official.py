@@ -290,3 +290,23 @@ def test_exported_engine_reproduces_the_official_outputs(official_creps_dir, tmp
     u, v, points = grid_of(ref)
     rgb = engine.synthesize(points.expand(2, -1, -1), engine.map(ref["z"], truncation=0.7))
     assert (official_image(rgb, u.numel()) - ref["rgb"]).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"channel_max": 32}, "has shape"),  # the kwargs say narrower blocks than the tensors have
+        ({"img_resolution": 32}, "lacks"),  # one more block than the file holds
+        ({"c_dim": 10}, "class-conditional"),
+        ({"mapping_kwargs": {"num_layers": 2, "embed_features": 8}}, "mapping_kwargs.embed_features"),
+    ],
+)
+def test_init_kwargs_must_agree_with_the_tensors(official_creps_dir, monkeypatch, change, message):
+    import cips_deploy.official_creps as official_creps
+
+    real = official_creps.read_snapshot(official_creps_dir / "creps_r16_snapshot.pkl")
+    altered = official_creps.Snapshot(real.state_dict, {**real.init_kwargs, **change}, real.source_sha256, True)
+    monkeypatch.setattr(official_creps, "read_snapshot", lambda path: altered)
+    with pytest.raises(CipsError, match=message) as refused:
+        cips_deploy.load(official_creps_dir / "creps_r16_snapshot.pkl")
+    assert "\n" not in str(refused.value)
