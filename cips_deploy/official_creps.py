@@ -74,6 +74,9 @@ class PersistentStub:
         self.source_sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()
         self.state = state
 
+    def __setstate__(self, state: Any) -> None:  # built without its meta (NEWOBJ + BUILD): not official
+        raise Refused("it holds a persistent object built without its meta")
+
 
 class ModuleStub:
     """A plain (non-persistent) module referenced by name; BUILD hands it its ``__dict__``."""
