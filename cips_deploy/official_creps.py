@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, CipsWarning
 
 # sha256 of training/networks_creps.py at VinAIResearch/CREPS ff09abc, the only published version.
 OFFICIAL_CREPS_SOURCE_SHA256 = "1c2cea645d61c4b59e12d5a6333c43b0c4ac84a81ce232626e17189d5f69a5c1"
@@ -57,7 +57,7 @@ class Refused(CipsError):
     """Why the unpickler stops (a clause; :func:`unpickle_snapshot` makes it a sentence with the path)."""
 
 
-class SourceWarning(UserWarning):
+class SourceWarning(CipsWarning):
     """A snapshot's embedded source differs from the official file (its code is ignored)."""
 
 

@@ -227,6 +227,8 @@ def test_malicious_snapshots_never_run_and_their_payload_is_live(official_creps_
         assert "posix.system" in str(refused.value) and "\n" not in str(refused.value)
     result = CliRunner().invoke(cli, ["info", str(path)])
     assert (result.exit_code == 0) == (kind == "module_src") and "Traceback" not in result.output
+    if kind == "module_src":  # the CLI says it in one line
+        assert "Warning: malicious_module_src.pkl: the generator's embedded source is not the official" in result.output
     assert not marker.exists()
     # The payload is real: unpickled the way plain pickle would (stand-ins recording instead
     # of running `system`), the file calls system("touch <marker>").
