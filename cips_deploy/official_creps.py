@@ -143,6 +143,7 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("dnnlib.util", "EasyDict"): EasyDict,
     ("numpy", "dtype"): np.dtype,
+    ("builtins", "set"): set,  # protocols below 4 pickle _non_persistent_buffers_set this way
     **{key: _numpy_scalar for key in _numpy_scalar_globals},
 }
 
