@@ -175,18 +175,23 @@ def test_seeds_draw_the_z_of_gen_images(official_creps_dir):
         generator.seed_latent(2**32, 64)
 
 
-def test_cli_renders_what_gen_images_renders(official_creps_dir, tmp_path):
+@pytest.mark.parametrize("case, side", [("scale1_psi0.7_fp32", 16), ("scale1.5_psi0.7_fp32", 24), ("scale2_psi1_fp32", 32)])
+def test_cli_renders_what_gen_images_renders(official_creps_dir, tmp_path, case, side):
+    """gen_images.py --seeds 0 --scale s is our flat render at int(R s) x int(R s)."""
     generator, refs = snapshot(official_creps_dir, "creps_r16_snapshot")
-    ref = refs["scale1_psi0.7_fp32"]
+    ref = refs[case]
     path = tmp_path / "seed0.png"
     result = CliRunner().invoke(cli, ["render", "--checkpoint", str(official_creps_dir / "creps_r16_snapshot.pkl"), "--seed", "0",
-                                      "--truncation", "0.7", "--height", "16", "--width", "16", "-o", str(path)])
+                                      "--truncation", str(ref["truncation_psi"]), "--height", str(side), "--width", str(side),
+                                      "-o", str(path)])
     assert result.exit_code == 0, result.output
     from PIL import Image
 
     image = np.asarray(Image.open(path)).astype(int)
-    expected = cips_deploy.rgb_to_uint8(ref["rgb"][:1].permute(0, 2, 3, 1).reshape(1, -1, 3)).reshape(16, 16, 3).astype(int)
+    expected = cips_deploy.rgb_to_uint8(ref["rgb"][:1].permute(0, 2, 3, 1).reshape(1, -1, 3)).reshape(side, side, 3).astype(int)
     assert np.abs(image - expected).max() <= 1  # 1e-6 can flip a rounding
+    if side != 16:
+        return
     for topology, size in (("rotated", ["--height", "12", "--width", "20"]), ("flat", ["--height", "24", "--width", "48"])):
         out = tmp_path / f"{topology}.png"
         result = CliRunner().invoke(cli, ["render", "--checkpoint", str(official_creps_dir / "creps_r16_snapshot.pkl"), "-t", topology,
