@@ -3,8 +3,9 @@
 A cips-deploy checkpoint is one safetensors file: the generator's tensors (``w_avg``, the
 centre of truncation, among them) and, in the header's metadata, JSON strings for the
 config and the provenance plus the package version. safetensors holds raw tensors only, so
-loading one can never run code. Official PyTorch files go through :mod:`.official`, which
-reads them with ``torch.load(weights_only=True)``.
+loading one can never run code. Official CIPS PyTorch files go through :mod:`.official`,
+which reads them with ``torch.load(weights_only=True)``; official CREPS snapshots (plain
+pickles) through :mod:`.official_creps`, an allow-list unpickler.
 """
 
 from __future__ import annotations
