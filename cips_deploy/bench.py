@@ -85,7 +85,6 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     """Time one case in this process; returns the measured figures."""
     from .coords import grid_coords
     from .plugin_manager import get_registry
-    from .reference import reference_synthesize
 
     if case.threads:
         torch.set_num_threads(case.threads)
@@ -103,13 +102,11 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     if case.backend == "reference":
         if case.precision != "fp32":
             raise CipsError("The reference path is the official code's, in fp32 only.")
-        if generator.config.arch == "creps":
-            raise CipsError("The reference path is the official CIPS code; CREPS has none here.")
         planar = coords.reshape(B, R, R, 2).permute(0, 3, 1, 2).contiguous()  # [B, 2, R, R]
 
         def render_once(w: Tensor) -> None:
             with torch.inference_mode():
-                reference_synthesize(generator, planar, w)
+                generator.reference_synthesize(planar, w)
 
         chunk = pixels
     else:
@@ -145,10 +142,10 @@ def run_case(case: BenchCase) -> dict[str, Any]:
 def model_flops_per_pixel(generator: Any, backend: str, resolution: int) -> float:
     """The model's own FLOP count per pixel for the path ``backend`` takes.
 
-    CREPS on the torch backend takes the grid fast path (lines once per row and column);
-    engines evaluate both lines at every point.
+    The torch backend and the reference path take a family's grid path (CREPS: lines once
+    per row and column); engines evaluate every point on its own.
     """
-    if generator.config.arch == "creps" and backend == "torch":
+    if backend in ("torch", "reference"):
         return generator.grid_flops_per_point(resolution, resolution)
     return generator.flops_per_point()
 

@@ -3,8 +3,9 @@
 A cips-deploy checkpoint is one safetensors file: the generator's tensors (``w_avg``, the
 centre of truncation, among them) and, in the header's metadata, JSON strings for the
 config and the provenance plus the package version. safetensors holds raw tensors only, so
-loading one can never run code. Official PyTorch files go through :mod:`.official`, which
-reads them with ``torch.load(weights_only=True)``.
+loading one can never run code. Official CIPS PyTorch files go through :mod:`.official`,
+which reads them with ``torch.load(weights_only=True)``; official CREPS snapshots (plain
+pickles) through :mod:`.official_creps`, an allow-list unpickler.
 """
 
 from __future__ import annotations
@@ -47,10 +48,12 @@ def save_generator(generator: Generator, path: str | Path, *, overwrite: bool = 
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """Load a generator from a cips-deploy checkpoint or an official CIPS ``.pt`` file.
+    """Load a generator from a cips-deploy checkpoint, an official CIPS ``.pt`` file or an
+    official CREPS snapshot ``.pkl``.
 
-    Official files may be training checkpoints (a dict with ``g_ema``) or bare ``g_ema``
-    state dicts; their architecture is inferred from the keys and shapes.
+    Official CIPS files may be training checkpoints (a dict with ``g_ema``) or bare ``g_ema``
+    state dicts; their architecture is inferred from the keys and shapes. CREPS snapshots
+    give their ``G_ema``, read without running anything (:mod:`.official_creps`).
     """
     path = Path(path)
     if not path.exists():
@@ -60,10 +63,14 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     kind = sniff_format(path)
     if kind == "safetensors":
         generator = _load_safetensors(path)
-    elif kind in ("torch-zip", "torch-legacy", "pickle"):
+    elif kind in ("torch-zip", "torch-legacy"):
         from .official import load_official
 
         generator = load_official(path)
+    elif kind == "pickle":  # official CREPS snapshots are plain pickles, read by an allow-list
+        from .official_creps import load_official_creps
+
+        generator = load_official_creps(path)
     else:
         raise CipsError(f"{path} is not a checkpoint: it is neither a safetensors file nor a PyTorch file.")
     return generator.to(device).eval()

@@ -40,8 +40,14 @@ class GeneratorConfig:
                        the first layer maps the input features to ``widths[0]``.
     coordinate_space:  ``plane`` or ``cylinder`` (u is an angle and wraps at +-1).
     lr_mlp:            learning-rate multiplier of the mapping network.
-    line_rank:         CREPS only: the thickness D of the bi-line representation; a layer
-                       of width C composes D row-column products of width C / D.
+    line_rank:         CREPS only: slots per axis of the bi-line representation (the
+                       official rank, always 8).
+    biline_channels:   CREPS only: width bc of the bi-line features and decoders (official 32).
+    num_fp16_res:      CREPS only: line blocks in float16 under mixed precision (official 0).
+    fc_clamp:          CREPS only: clamp of the line blocks' outputs (official 256; None: off).
+
+    For CREPS, ``widths`` are the official channels of blocks 4, 8, ..., size
+    (min(channel_base // q, channel_max)) and ``hidden`` is the input layer's width, widths[0].
     """
 
     arch: str = "skip"
@@ -52,7 +58,10 @@ class GeneratorConfig:
     widths: tuple[int, ...] = (512, 512, 512, 512, 512, 256, 128)
     coordinate_space: str = "plane"
     lr_mlp: float = 0.01
-    line_rank: int = 4
+    line_rank: int = 8
+    biline_channels: int = 32
+    num_fp16_res: int = 0
+    fc_clamp: float | None = 256.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
@@ -71,10 +80,21 @@ class GeneratorConfig:
             raise CipsError(f"A generator needs at least one block of positive width, not widths={self.widths}.")
         if self.line_rank < 1:
             raise CipsError(f"The bi-line rank must be a positive integer, not {self.line_rank}.")
-        if self.arch == "creps" and any(width % self.line_rank for width in self.widths):
-            raise CipsError(
-                f"Every CREPS block width must be a multiple of the line rank {self.line_rank}, not widths={self.widths}."
-            )
+        if self.arch == "creps":
+            self._check_creps()
+
+    def _check_creps(self) -> None:
+        if self.size < 8 or self.size & (self.size - 1):
+            raise CipsError(f"A CREPS generator's size must be a power of two of at least 8, not {self.size}.")
+        blocks = int(math.log2(self.size)) - 1
+        if len(self.widths) != blocks:
+            raise CipsError(f"A CREPS generator of size {self.size} has {blocks} block widths (4 .. {self.size}), not {len(self.widths)}.")
+        if self.widths[0] % 2:
+            raise CipsError(f"A CREPS input layer needs an even width, not {self.widths[0]}.")
+        if self.line_rank != 8:
+            raise CipsError(f"The official CREPS rank is 8 slots per axis, not {self.line_rank}.")
+        if self.biline_channels < 4 or self.num_fp16_res < 0 or self.n_mlp < 1:
+            raise CipsError("A CREPS generator needs biline_channels >= 4, num_fp16_res >= 0 and at least one mapping layer.")
 
     @property
     def has_embedding(self) -> bool:
@@ -87,8 +107,9 @@ class GeneratorConfig:
 
     @property
     def channel_multiplier(self) -> int | None:
-        """The official channel multiplier, where the widths reveal it (blocks 0-3 never do)."""
-        if self.n_blocks > 4 and self.widths[4] % 256 == 0:
+        """The official CIPS channel multiplier, where the widths reveal it (blocks 0-3 never do;
+        other families have none)."""
+        if self.arch not in FAMILY_CONFIGS and self.n_blocks > 4 and self.widths[4] % 256 == 0:
             return self.widths[4] // 256
         return None
 
@@ -116,8 +137,6 @@ def official_widths(arch: str, size: int, channel_multiplier: int = 2, channel_m
     if size < 4 or size & (size - 1):
         raise CipsError(f"The training size must be a power of two of at least 4, not {size}.")
     m = channel_multiplier
-    # CREPS has no official table of its own here; it takes CIPSskip's, so that the two
-    # families compare at equal width.
     table = [512, 512, 512, 512, 256 * m, 128 * m, 64 * m, 32 * m, 16 * m]
     if arch == "res":
         table[7], table[8] = 64 * m, 32 * m
@@ -137,6 +156,46 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+def creps_widths(size: int, channel_base: int, channel_max: int) -> tuple[int, ...]:
+    """Official CREPS channels: min(channel_base // q, channel_max) for blocks q = 4, 8, ..., size."""
+    if size < 8 or size & (size - 1):
+        raise CipsError(f"A CREPS generator's size must be a power of two of at least 8, not {size}.")
+    return tuple(min(channel_base // 2**k, channel_max) for k in range(2, int(math.log2(size)) + 1))
+
+
+# CREPS recipes in the official constructor's terms. paper256/512/1024 are ``train.py --cfg=creps``
+# (cbase 32768 and cmax 512, doubled for the generator: 65536 / 1024; map depth 8; z = w = 512).
+CREPS_PRESETS: dict[str, dict[str, int]] = {
+    "paper256": dict(size=256, style_dim=512, n_mlp=8, channel_base=65536, channel_max=1024, biline_channels=32),
+    "paper512": dict(size=512, style_dim=512, n_mlp=8, channel_base=65536, channel_max=1024, biline_channels=32),
+    "paper1024": dict(size=1024, style_dim=512, n_mlp=8, channel_base=65536, channel_max=1024, biline_channels=32),
+    "small": dict(size=128, style_dim=256, n_mlp=4, channel_base=8192, channel_max=256, biline_channels=32),
+    "tiny": dict(size=32, style_dim=64, n_mlp=2, channel_base=512, channel_max=32, biline_channels=16),
+}
+
+
+def creps_config(preset: str = "tiny", coordinate_space: str = "plane", **overrides: Any) -> GeneratorConfig:
+    """A CREPS config from a preset; ``overrides`` change recipe fields (``size``,
+    ``channel_base``, ``channel_max``, ...) or config fields; ``widths=(...)`` sets them outright."""
+    if preset not in CREPS_PRESETS:
+        raise CipsError(f"Unknown CREPS preset {preset!r}; choose one of {', '.join(CREPS_PRESETS)}.")
+    recipe = {**CREPS_PRESETS[preset], **overrides}
+    config_fields = {field.name for field in dataclasses.fields(GeneratorConfig)}
+    unknown = sorted(set(recipe) - config_fields - {"channel_base", "channel_max"})
+    if unknown:
+        raise CipsError(f"Unknown generator option(s): {', '.join(unknown)}.")
+    base, cap = recipe.pop("channel_base"), recipe.pop("channel_max")
+    widths = tuple(recipe.pop("widths", None) or creps_widths(int(recipe["size"]), int(base), int(cap)))
+    recipe.setdefault("hidden", widths[0])
+    return GeneratorConfig(arch="creps", coordinate_space=coordinate_space, widths=widths, **recipe)
+
+
+# Families whose recipes are not CIPS's: their config builder.
+FAMILY_CONFIGS = {"creps": creps_config}
+# Every preset name of any family (for command-line choices).
+PRESET_NAMES = sorted(set(PRESETS) | set(CREPS_PRESETS))
+
+
 def preset_config(
     preset: str = "tiny", arch: str = "skip", coordinate_space: str = "plane", **overrides: Any
 ) -> GeneratorConfig:
@@ -145,6 +204,8 @@ def preset_config(
     Recipe fields (``size``, ``channel_multiplier``, ``channel_max``) recompute the widths;
     ``widths=(...)`` sets them outright.
     """
+    if arch in FAMILY_CONFIGS:
+        return FAMILY_CONFIGS[arch](preset, coordinate_space=coordinate_space, **overrides)
     if preset not in PRESETS:
         raise CipsError(f"Unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
     recipe = dict(PRESETS[preset])

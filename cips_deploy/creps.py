@@ -1,336 +1,434 @@
-"""CREPS: Column-Row Entangled Pixel Synthesis (Nguyen, Le and Tran, CVPR 2023).
+"""CREPS (Column-Row Entangled Pixel Synthesis, Nguyen, Le and Tran, CVPR 2023) as published.
 
-CIPS runs a deep MLP at every pixel. CREPS runs its deep, wide, modulated layers on *lines*
-instead: a row branch on the v coordinate and a column branch on the u coordinate. After
-every layer l the two are composed into a per-pixel feature by a "thick" bi-line product::
+The architecture of the official code (VinAIResearch/CREPS, ``training/networks_creps.py``),
+written independently for pixel-major activations; ``docs/creps.md`` states the formulas.
+The module tree mirrors the official one, so state-dict keys map one to one onto the
+official keys (dead parameters ``synthesis.b4.tores.*`` and ``synthesis.decoder_8.*``
+included) with one renaming: the official ``mapping.w_avg`` is our top-level ``w_avg``
+(every family keeps its centre of truncation there).
 
-    f_l(u, v) = sum_{d < D} r_l(v)[d] * c_l(u)[d] / sqrt(D)     r_l, c_l: [D, C_l / D]
+Notation: R = size, blocks q = 4, 8, ..., R with widths C_q (``config.widths``), r = rank 8
+slots per axis, bc = ``biline_channels``, num_ws = 2 log2(R) - 1 per-layer styles.
 
-so a layer of width C_l yields a composed feature of width K_l = C_l / D (D = ``line_rank``).
-Layer-wise feature composition fuses the composed features of all layers through narrow
-decoders (fully connected + leaky ReLU)::
+A pixel at (u, v) depends on two *lines*: the row line of its v and the column line of its u.
+Official coordinates t in [0, 1] are ours through ``u = 2 t_col - 1`` (columns) and
+``v = 2 t_row - 1`` (rows). Per axis a and coordinate t, the line part runs the input layer
+and the modulated line blocks on r "slot vectors" of C channels and yields, per block q >= 8,
+the scaled cumulative bi-line ``L_q(t) [r, bc]``; the pixel part composes
+``F_q = sum_k L_q(t_row)[k] * L_q(t_col)[k]`` ([bc]) and runs the decoders and the two
+per-pixel modulated blocks. :meth:`CrepsGenerator.line_features` and
+:meth:`CrepsGenerator.compose_points` / :meth:`~CrepsGenerator.compose_block` are those two
+parts: the per-point path evaluates both lines at every point, the torch backend's line
+cache evaluates each distinct row and column once, and a line engine can export them.
 
-    g_0 = f_0,    g_l = (decoder_l(g_{l-1}) + f_l) / sqrt(2)
+Mixed precision (``dtype=torch.float16``): as the official default (without ``force_fp32``),
+block0/block1 and the line blocks at q >= max(2^(log2 R + 1 - num_fp16_res), 8) run their
+products, bias, activation and clamp in float16, with the official pre-normalisation of
+weight and style; everything else stays float32.
 
-so the features of early layers pass through more decoders ("are processed deeper"), and
-an output head (a modulated layer and ToRGB on K_last channels) turns g into colour.
-
-Layout of the modules, reading the paper's description (its code could not be consulted
-where this was written): each branch has Fourier features of its coordinate and the same
-layer widths as a CIPSskip of the config (first layer, then two layers per block), so that
-CIPS and CREPS compare at equal width. On a cylinder the column branch takes
-(cos pi*u, sin pi*u) and is periodic in u; the row branch takes v.
-
-Costs. Per pixel only the composition, the decoders and the head run: sum_l (C_l + K_{l-1} K_l)
-multiply-adds, about 1/15 of a CIPSskip of equal width. The line layers run once per distinct
-row and column: for an H x W grid that is H + W line evaluations instead of H * W, which
-:class:`LineCache` exploits (the fast path); an arbitrary set of points (the per-point path,
-and every exported engine) evaluates both lines at every point.
+Cylinder (our extension, not in the paper): u is an angle; the coordinate is wrapped into
+[-1, 1) and the input frequencies are integers, so every column line is exactly periodic in u.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import GeneratorConfig
-from .errors import CipsError
-from .generator import Generator
-from .layers import EqualLinear, StyledLayer, ToRGB, scaled_leaky_relu, sine_layer_parameters
+from cips_deploy.config import GeneratorConfig
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+from cips_deploy.layers import EqualLinear
 
-SQRT2 = math.sqrt(2.0)
+RANK = 8  # slots per axis: hard-wired in the official SynthesisInput
+BANDWIDTH = 10.0  # std of the random input frequencies at initialisation
+PIXEL_CLAMP = 256.0  # block0 / block1 clamp, hard-wired officially
+AXES = ("row", "column")
 
 
-class AxisFourier(nn.Module):
-    """One coordinate axis [B, K] -> sin(features @ A.T + b) [B, K, hidden].
+def to_unit(coordinate: Tensor) -> Tensor:
+    """Our u or v in [-1, 1] -> the official t in [0, 1] (float32: (x + 1) * 0.5 is exact)."""
+    return (coordinate + 1) * 0.5
 
-    ``periodic``: the axis is an angle (a cylinder's u), the features are (cos pi*x, sin pi*x).
-    Initialised like CIPS's Fourier layer: U(-sqrt(9/in), sqrt(9/in)).
+
+# --------------------------------------------------------------------------- layers
+
+
+def _bias_act(x: Tensor, bias: Tensor, activate: bool, clamp: float | None) -> Tensor:
+    """Official bias_act: x + b, then lrelu(0.2) * sqrt(2) (if ``activate``), then clamp.
+
+    ``x`` must be a fresh product: without gradients the steps run in place (the same
+    operations, so the same bits, without three more per-pixel buffers).
+    """
+    if torch.is_grad_enabled():
+        x = x + bias.to(x.dtype)
+        if activate:
+            x = F.leaky_relu(x, 0.2) * math.sqrt(2.0)
+        return x.clamp(-clamp, clamp) if clamp is not None else x
+    x = x.add_(bias.to(x.dtype))
+    if activate:
+        x = F.leaky_relu_(x, 0.2).mul_(math.sqrt(2.0))
+    return x.clamp_(-clamp, clamp) if clamp is not None else x
+
+
+def _decode(decoder: nn.Sequential, x: Tensor) -> Tensor:
+    """A decoder's fully connected lrelu layers (official FullyConnectedLayer, lr multiplier 1)."""
+    for layer in decoder:
+        x = _bias_act(F.linear(x, layer.weight * layer.scale), layer.bias, True, None)
+    return x
+
+
+class ModulatedFC(nn.Module):
+    """Official SynthesisLayer (``demodulate``) or ToResLayer (not): x [B, ..., in] -> [B, ..., out].
+
+    Parameters: ``weight [out, in]`` (randn), ``bias [out]``, ``affine`` (w -> style [in], bias 1).
+    Per-sample styles fold into W[b, o, i] = weight[o, i] s[b, i] (then demodulated);
+    per-point styles (s broadcastable to x) modulate the input instead, the same in exact
+    arithmetic. A float16 ``x`` runs the product, bias, activation and clamp in float16 after
+    the official pre-normalisation (weight rows by their max / sqrt(in), style by its max).
     """
 
-    def __init__(self, hidden: int, periodic: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, style_dim: int, *, demodulate: bool, clamp: float | None) -> None:
         super().__init__()
-        self.periodic = periodic
-        self.weight, self.bias = sine_layer_parameters(hidden, 2 if periodic else 1)
+        self.affine = EqualLinear(style_dim, in_features, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.demodulate = demodulate
+        self.clamp = clamp
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x.unsqueeze(-1)
-        if self.periodic:
-            x = torch.cat([torch.cos(math.pi * x), torch.sin(math.pi * x)], dim=-1)
-        return torch.sin(F.linear(x, self.weight, self.bias))
+    def forward(self, x: Tensor, w: Tensor) -> Tensor:
+        """x [B, P, in] with w [B, S], or x [B, ..., in] with w [B, ..., S] broadcastable to x."""
+        weight, styles = self.weight, self.affine(w)
+        if not self.demodulate:
+            styles = styles * (1 / np.sqrt(weight.shape[1]))
+        elif x.dtype == torch.float16:
+            weight = weight * (1 / np.sqrt(weight.shape[1]) / weight.norm(float("inf"), dim=1, keepdim=True))
+            styles = styles / styles.norm(float("inf"), dim=-1, keepdim=True)
+        if w.dim() == 2:  # one style per sample: fold it into the weight
+            folded = weight.unsqueeze(0) * styles.unsqueeze(1)  # [B, out, in]
+            if self.demodulate:
+                folded = folded * (folded.square().sum(dim=2) + 1e-8).rsqrt().unsqueeze(2)
+            shape = x.shape
+            y = torch.bmm(x.reshape(shape[0], -1, shape[-1]), folded.transpose(1, 2).to(x.dtype))
+            y = y.reshape(*shape[:-1], y.shape[-1])
+        else:  # per-point styles: modulate the input, demodulate the output
+            y = F.linear((x * styles).to(x.dtype), weight.to(x.dtype))
+            if self.demodulate:
+                y = y * (F.linear(styles.square(), weight.square()) + 1e-8).rsqrt().to(x.dtype)
+        return _bias_act(y, self.bias, self.demodulate, self.clamp)
 
 
-class LineBranch(nn.Module):
-    """The row or the column branch: Fourier features, then modulated layers of ``widths``.
+class SynthesisInput(nn.Module):
+    """Official SynthesisInput: one coordinate per axis -> r slot vectors of C channels.
 
-    ``forward`` yields the features of every layer, [B, K, C_l] each, for K coordinate values.
+    Buffers ``freqs [1, C/2 * r]`` (N(0, 1) x bandwidth; integers on a cylinder) and
+    ``coords [1, R, 2, 1]`` (the official training grid, kept for a one-to-one state dict;
+    not used: coordinates are inputs here); ``weight [1, C, 1, 2r]``; ``affine`` w -> [C * 2r].
     """
 
-    def __init__(self, hidden: int, layer_widths: list[int], style_dim: int, periodic: bool) -> None:
+    def __init__(self, channels: int, style_dim: int, size: int, cylinder: bool) -> None:
         super().__init__()
-        self.fourier = AxisFourier(hidden, periodic)
-        in_features = hidden
-        layers = []
-        for width in layer_widths:
-            layers.append(StyledLayer(in_features, width, style_dim))
-            in_features = width
-        self.layers = nn.ModuleList(layers)
+        self.channels = channels
+        freqs = torch.randn(1, channels // 2 * RANK) * BANDWIDTH
+        self.register_buffer("freqs", torch.round(freqs) if cylinder else freqs)
+        self.register_buffer("coords", torch.linspace(0, 1, size).reshape(1, -1, 1, 1).repeat(1, 1, 2, 1))
+        self.weight = nn.Parameter(torch.randn(1, channels, 1, 2 * RANK))
+        self.affine = EqualLinear(style_dim, channels * 2 * RANK, bias_init=1.0)
 
-    def forward(self, values: Tensor, w: Tensor) -> list[Tensor]:
-        """values [B, K], w [B, S] or [B, K, S] -> [[B, K, C_l] for every layer l]."""
-        x = self.fourier(values)
-        features = []
-        for layer in self.layers:
-            x = layer(x, w)
-            features.append(x)
-        return features
-
-
-def bi_line(row: Tensor, column: Tensor, rank: int) -> Tensor:
-    """The thick bi-line product: row, column [B, N, C] -> [B, N, C / rank].
-
-    Channel k of the result is sum_d row[d * K + k] * column[d * K + k] / sqrt(rank), K = C / rank:
-    unit-variance lines give a unit-variance composition. Written as D elementwise products
-    summed in order (no reduction kernel), so that :func:`block_bi_line` computes every
-    pixel with exactly the same operations: the grid fast path is bitwise the per-point path.
-    """
-    k = row.shape[-1] // rank
-    composed = row[..., :k] * column[..., :k]
-    for d in range(1, rank):
-        composed = composed.add_(row[..., d * k : (d + 1) * k] * column[..., d * k : (d + 1) * k])
-    return composed.mul_(1 / math.sqrt(rank))
+    def forward(self, axis: int, t: Tensor, w: Tensor) -> Tensor:
+        """t [B, K] official coordinates of ``axis`` (0 rows, 1 columns), w [B, S] or [B, K, S] -> [B, K, r, C]."""
+        half = self.channels // 2
+        phase = (t[..., None] * self.freqs[0]) * (np.pi * 2)  # [B, K, C/2 * r], official order
+        phase = phase.reshape(*t.shape, half, RANK).transpose(-1, -2)  # [B, K, r, C/2]
+        x = torch.sin(torch.cat([phase, phase + np.pi / 2], dim=-1))  # [B, K, r, C]
+        slots = slice(axis * RANK, (axis + 1) * RANK)
+        styles = self.affine(w).reshape(*w.shape[:-1], self.channels, 2 * RANK)[..., slots]  # [B, (K,) C, r]
+        weight = self.weight[0, :, 0, slots] * styles  # [B, (K,) C, r]
+        if w.dim() == 2:
+            weight = weight[:, None]
+        return x * weight.transpose(-1, -2) / np.sqrt(self.channels)
 
 
-def block_bi_line(rows: Tensor, columns: Tensor, rank: int) -> Tensor:
-    """:func:`bi_line` of every (row, column) pair: rows [B, h, C], columns [B, w, C] -> [B, h * w, C / rank].
+class LineBlock(nn.Module):
+    """One official SynthesisBlock at q: ``fc0`` (C_{q/2} -> C_q; b4: ``input`` instead), ``fc1``, ``tores`` (-> bc)."""
 
-    The products broadcast a row against all columns, so per pixel only K = C / rank floats
-    (and one K-wide term) exist, where composing each pixel from gathered lines holds 3 C.
-    """
-    batch, h, channels = rows.shape
-    k = channels // rank
-    rows, columns = rows[:, :, None, :], columns[:, None, :, :]
-    composed = rows[..., :k] * columns[..., :k]
-    for d in range(1, rank):
-        composed = composed.add_(rows[..., d * k : (d + 1) * k] * columns[..., d * k : (d + 1) * k])
-    return composed.mul_(1 / math.sqrt(rank)).view(batch, -1, k)
+    def __init__(self, in_channels: int, channels: int, config: GeneratorConfig, first: bool) -> None:
+        super().__init__()
+        S, clamp = config.style_dim, config.fc_clamp
+        if first:
+            self.input = SynthesisInput(channels, S, config.size, config.coordinate_space == "cylinder")
+        else:
+            self.fc0 = ModulatedFC(in_channels, channels, S, demodulate=True, clamp=clamp)
+        self.fc1 = ModulatedFC(channels, channels, S, demodulate=True, clamp=clamp)
+        self.tores = ModulatedFC(channels, config.biline_channels, S, demodulate=False, clamp=clamp)
+
+
+class PixelBlock(nn.Module):
+    """block0 / block1: per-pixel modulated ``fc0``, ``fc1`` and ``tores`` (-> rgb), clamp 256."""
+
+    def __init__(self, in_channels: int, channels: int, style_dim: int) -> None:
+        super().__init__()
+        self.fc0 = ModulatedFC(in_channels, channels, style_dim, demodulate=True, clamp=PIXEL_CLAMP)
+        self.fc1 = ModulatedFC(channels, channels, style_dim, demodulate=True, clamp=PIXEL_CLAMP)
+        self.tores = ModulatedFC(channels, 3, style_dim, demodulate=False, clamp=PIXEL_CLAMP)
+
+
+def _decoder(bc: int) -> nn.Sequential:
+    """bc -> 2bc -> 4bc -> 2bc -> bc, fully connected with lrelu * sqrt(2)."""
+    widths = [bc, 2 * bc, 4 * bc, 2 * bc, bc]
+    return nn.Sequential(*(EqualLinear(a, b, activate=True) for a, b in zip(widths, widths[1:])))
+
+
+class CrepsSynthesis(nn.Module):
+    """The official SynthesisNetwork's modules: ``b4 .. bR``, ``decoder_8 .. decoder_R``,
+    ``decoder_last``, ``decoder_img``, ``block0``, ``block1``."""
+
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.resolutions = [4 * 2**i for i in range(len(config.widths))]
+        previous = None
+        for q, channels in zip(self.resolutions, config.widths):
+            setattr(self, f"b{q}", LineBlock(previous or channels, channels, config, first=previous is None))
+            previous = channels
+        bc = config.biline_channels
+        for q in self.resolutions[1:]:
+            setattr(self, f"decoder_{q}", _decoder(bc))
+        self.decoder_last = _decoder(bc)
+        self.decoder_img = EqualLinear(bc, 3)
+        self.block0 = PixelBlock(bc, 4 * bc, config.style_dim)
+        self.block1 = PixelBlock(4 * bc, 2 * bc, config.style_dim)
+
+
+class CrepsMapping(nn.Module):
+    """Official MappingNetwork (``fc0 .. fc{n-1}``, lr multiplier 0.01): z [B, S] -> w [B, S]."""
+
+    def __init__(self, style_dim: int, n_layers: int, lr_mul: float) -> None:
+        super().__init__()
+        for index in range(n_layers):
+            setattr(self, f"fc{index}", EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activate=True))
+        self.n_layers = n_layers
+
+    def forward(self, z: Tensor) -> Tensor:
+        x = z.float()
+        x = x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+        for index in range(self.n_layers):
+            x = getattr(self, f"fc{index}")(x)
+        return x
+
+
+# ------------------------------------------------------------------------ generator
 
 
 class CrepsGenerator(Generator):
-    """A CREPS generator with the same contract as CIPS: coords [B, N, 2], w -> rgb [B, N, 3].
+    """The official CREPS generator behind the common contract: coords [B, N, 2], w -> rgb [B, N, 3].
 
-    Modules: ``mapping``; ``rows`` and ``columns`` (:class:`LineBranch`); ``decoders``
-    (one per layer after the first: K_{l-1} -> K_l, fully connected + leaky ReLU);
-    ``head`` (a modulated layer K -> K) and ``to_rgb``.
+    Styles: ``w [B, S]`` (every layer), ``w [B, N, S]`` (one per point) or, through
+    :meth:`synthesize_ws`, per-layer styles ``ws [B, num_ws, S]`` (style mixing).
     """
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
-        c = config
-        self.layer_widths = [c.widths[0]] + [width for width in c.widths for _ in range(2)]
-        self.composed_widths = [width // c.line_rank for width in self.layer_widths]
-        periodic_u = c.coordinate_space == "cylinder"
-        self.rows = LineBranch(c.hidden, self.layer_widths, c.style_dim, periodic=False)
-        self.columns = LineBranch(c.hidden, self.layer_widths, c.style_dim, periodic=periodic_u)
-        self.decoders = nn.ModuleList(
-            EqualLinear(k_in, k_out) for k_in, k_out in zip(self.composed_widths, self.composed_widths[1:])
-        )
-        k_last = self.composed_widths[-1]
-        self.head = StyledLayer(k_last, k_last, c.style_dim)
-        self.to_rgb = ToRGB(k_last, c.style_dim)
+        self.mapping = CrepsMapping(config.style_dim, config.n_mlp, config.lr_mlp)
+        self.synthesis = CrepsSynthesis(config)
+        self.num_ws = 2 * len(config.widths) + 1
+        log2 = int(math.log2(config.size))
+        first_fp16 = max(2 ** (log2 + 1 - config.num_fp16_res), 8)
+        self.fp16_blocks = {q for q in self.synthesis.resolutions if q >= first_fp16}
 
-    # -------------------------------------------------------------- per-point path
+    # ------------------------------------------------------------------ synthesis
 
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
-        """Both lines at every point, one layer at a time (only one layer's lines are alive)."""
-        if dtype != torch.float32:
-            raise CipsError(f"CREPS synthesizes in float32 only, not {dtype}.")
-        row = self.rows.fourier(coords[..., 1])
-        column = self.columns.fourier(coords[..., 0])
-        fused = None
-        for index, (row_layer, column_layer) in enumerate(zip(self.rows.layers, self.columns.layers)):
-            row, column = row_layer(row, w), column_layer(column, w)
-            fused = self.fuse(index, fused, bi_line(row, column, self.config.line_rank))
-        return self.output(fused, w, noise)
+        """The per-point path: both lines at every point, then the pixel part."""
+        return self._points(coords, self.layer_styles(w), dtype)
 
-    # ------------------------------------------------------------------ the parts
+    def synthesize_ws(self, coords: Tensor, ws: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+        """coords [B, N, 2] and per-layer styles ws [B, num_ws, S] (official ``ws``) -> rgb [B, N, 3]."""
+        if ws.dim() != 3 or ws.shape[1] != self.num_ws or ws.shape[0] != coords.shape[0]:
+            raise CipsError(f"Per-layer styles must have shape [B, {self.num_ws}, S] matching the coordinates, not {list(ws.shape)}.")
+        self._check_width(ws, "ws")
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        return self._points(coords, ws, self._dtype(dtype))
 
-    def line_features(self, axis: str, values: Tensor, w: Tensor) -> list[Tensor]:
-        """Line features of ``axis`` (``"row"``: v values, ``"column"``: u values).
+    def _points(self, coords: Tensor, ws: Tensor, dtype: torch.dtype | None) -> Tensor:
+        dtype = self._dtype(dtype)
+        rows = self.line_features("row", coords[..., 1], ws, dtype=dtype)
+        columns = self.line_features("column", coords[..., 0], ws, dtype=dtype)
+        return self.compose_points(rows, columns, ws, dtype=dtype)
 
-        values [B, K], w [B, S] -> [[B, K, C_l] for every layer l].
+    def _dtype(self, dtype: torch.dtype | None) -> torch.dtype:
+        if dtype is None:
+            return torch.float32
+        if dtype not in (torch.float32, torch.float16):
+            raise CipsError(f"CREPS synthesizes in float32 or in the official float16 mixed precision, not {dtype}.")
+        return dtype
+
+    def layer_styles(self, w: Tensor) -> Tensor:
+        """w [B, S] -> ws [B, num_ws, S]; w [B, N, S] (per point) -> [B, N, num_ws, S] (views)."""
+        return w.unsqueeze(-2).expand(*w.shape[:-1], self.num_ws, w.shape[-1])
+
+    def line_features(self, axis: str, coordinate: Tensor, ws: Tensor, *, dtype: torch.dtype = torch.float32) -> list[Tensor]:
+        """Lines of one axis (``"row"``: v values, ``"column"``: u values).
+
+        coordinate [B, K] in our [-1, 1] convention; ws [B, num_ws, S] (per sample) or
+        [B, K, num_ws, S] (per point) -> ``[L_q [B, K, r, bc] for q = 8 .. R]``, the scaled
+        cumulative bi-lines (float32).
         """
-        branch = self.rows if axis == "row" else self.columns
-        return branch(values, w)
+        if self.config.coordinate_space == "cylinder" and axis == "column":
+            coordinate = torch.remainder(coordinate + 1, 2) - 1  # u is an angle: wrap it
+        t = to_unit(coordinate)
+        s = self.synthesis
+        per_point = ws.dim() == 4
+        style = (lambda i: ws[:, :, i]) if per_point else (lambda i: ws[:, i])
 
-    def compose(self, rows: list[Tensor], columns: list[Tensor], w: Tensor, noise: bool = False) -> Tensor:
-        """Per-point line features of every layer ([B, N, C_l] each) -> rgb [B, N, 3]."""
-        fused = None
-        for index, (row, column) in enumerate(zip(rows, columns)):
-            fused = self.fuse(index, fused, bi_line(row, column, self.config.line_rank))
-        return self.output(fused, w, noise)
+        def slot_style(i: int) -> Tensor:  # a point's style serves its r slots
+            return style(i)[:, :, None] if per_point else style(i)
 
-    def fuse(self, index: int, fused: Tensor | None, composed: Tensor) -> Tensor:
-        """Layer-wise composition: g_0 = f_0, g_l = (decoder_l(g_{l-1}) + f_l) / sqrt(2)."""
-        if fused is None:
-            return composed
-        decoded = scaled_leaky_relu(self.decoders[index - 1](fused))
-        if torch.is_grad_enabled():
-            return (decoded + composed) * (1 / SQRT2)
-        return decoded.add_(composed).mul_(1 / SQRT2)  # inference: no new per-pixel buffers
+        x = s.b4.input(AXES.index(axis), t, style(0))  # [B, K, r, C]
+        lines, res = [], None
+        for index, q in enumerate(s.resolutions):
+            block = getattr(s, f"b{q}")
+            block_dtype = torch.float16 if dtype == torch.float16 and q in self.fp16_blocks else torch.float32
+            x = x.to(block_dtype)
+            if q == 4:
+                x = block.fc1(x, slot_style(1))
+                continue
+            x = block.fc0(x, slot_style(2 * index - 1))
+            x = block.fc1(x, slot_style(2 * index))
+            y = block.tores(x, slot_style(2 * index + 1)).float()  # [B, K, r, bc]
+            res = y if res is None else res.add(y)
+            lines.append(res * np.sqrt(0.5))
+        return lines
 
-    def output(self, fused: Tensor, w: Tensor, noise: bool = False) -> Tensor:
-        """The output head: g [B, N, K] -> rgb [B, N, 3]."""
-        return self.to_rgb(self.head(fused, w, noise), w)
+    def compose_points(self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Per-point lines (each [B, N, r, bc]) -> rgb [B, N, 3]."""
+        return self.pixels([_bi_line(row, column) for row, column in zip(rows, columns)], ws, dtype=dtype)
 
-    # ------------------------------------------------------------------- figures
+    def compose_block(self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Lines of h rows and w columns (each [B, h, r, bc], [B, w, r, bc]) -> rgb [B, h * w, 3], row-major.
+
+        Every pixel takes exactly the operations of :meth:`compose_points`, so the two agree bitwise.
+        """
+        composed = [_bi_line(row[:, :, None], column[:, None, :]).flatten(1, 2) for row, column in zip(rows, columns)]
+        return self.pixels(composed, ws, dtype=dtype)
+
+    def pixels(self, composed: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The pixel part: F_q [B, N, bc] for q = 8 .. R -> rgb [B, N, 3] (float32)."""
+        s = self.synthesis
+        feature = composed[0]
+        for q, new in zip(s.resolutions[2:], composed[1:]):
+            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new
+        feature = _decode(s.decoder_last, feature)
+        img = s.decoder_img(feature)
+        w_last = ws[:, :, -1] if ws.dim() == 4 else ws[:, -1]
+        x = feature.to(dtype).contiguous()
+        for block in (s.block0, s.block1):
+            x = block.fc1(block.fc0(x, w_last), w_last)
+            img = img.add(block.tores(x, w_last).float())
+        return img
+
+    # --------------------------------------------------------------- the interface
+
+    line_factored = True
+
+    line_slots = RANK  # rows of the line products per coordinate value
+
+    def compose_floats_per_point(self) -> int:
+        """Peak floats per point of composing from cached lines (counted from the code, not measured).
+
+        Point by point, a point gathers its row's and column's lines, 2 (K - 1) r bc; a block
+        gathers h + w lines for h w points (negligible). Then the composed levels (K - 1) bc,
+        a decoder's input and output (at most 4 bc + 2 bc), block0's 4 bc input and output
+        and the colours.
+        """
+        levels, bc = len(self.config.widths) - 1, self.config.biline_channels
+        return 2 * levels * RANK * bc + levels * bc + 8 * bc + 9
+
+    def line_floats_per_value(self) -> int:
+        """Floats a cached line value holds per sample: (blocks - 1) x r x bc."""
+        return (len(self.config.widths) - 1) * RANK * self.config.biline_channels
+
+    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
+        return (torch.float32, torch.float16)
+
+    def line_macs(self) -> int:
+        """Multiply-adds of one line position (r slots through every line block; the official count)."""
+        widths, s = self.config.widths, self.synthesis
+        macs = widths[0] // 2 * RANK  # the phase products t x freqs (the official 4,096 at paper256)
+        per_slot = widths[0] ** 2  # b4.fc1
+        for index in range(1, len(s.resolutions)):
+            per_slot += widths[index - 1] * widths[index] + widths[index] ** 2 + widths[index] * self.config.biline_channels
+        return macs + RANK * per_slot
+
+    def pixel_macs(self) -> int:
+        """Multiply-adds per pixel after the lines: bi-line products, decoders, decoder_img, block0/1."""
+        bc, blocks = self.config.biline_channels, len(self.config.widths) - 1
+        decoder = 2 * bc * bc + 8 * bc * bc + 8 * bc * bc + 2 * bc * bc
+        pixel_blocks = bc * 4 * bc + 16 * bc * bc + 4 * bc * 3 + 4 * bc * 2 * bc + 4 * bc * bc + 2 * bc * 3
+        return blocks * bc * RANK + blocks * decoder + bc * 3 + pixel_blocks
 
     def flops_per_point(self) -> int:
-        """FLOPs of the per-point path (both lines at every point; what an engine runs)."""
+        """FLOPs of the per-point path (both lines at every point: what a per-point engine runs)."""
         return 2 * (2 * self.line_macs() + self.pixel_macs())
 
     def grid_flops_per_point(self, height: int, width: int) -> float:
-        """FLOPs per pixel of the fast path on a height x width grid: lines once per row and column."""
+        """FLOPs per pixel of a height x width grid with lines shared: (H + W) lines, H W pixels."""
         return 2 * (self.line_macs() * (height + width) / (height * width) + self.pixel_macs())
 
-    def line_macs(self) -> int:
-        """Multiply-adds of one line (one branch at one coordinate value)."""
-        return self.rows.fourier.weight.numel() + sum(layer.linear.weight.numel() for layer in self.rows.layers)
+    def reference_synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """The official way of computing (:mod:`cips_deploy.creps_reference`): coords [B, 2, N, N] -> rgb [B, 3, N, N]."""
+        from cips_deploy.creps_reference import creps_reference
 
-    def pixel_macs(self) -> int:
-        """Multiply-adds per pixel after the lines: compositions, decoders, head, ToRGB."""
-        composition = sum(self.layer_widths)
-        decoders = sum(decoder.weight.numel() for decoder in self.decoders)
-        return composition + decoders + self.head.linear.weight.numel() + self.to_rgb.linear.weight.numel()
+        return creps_reference(self, coords, w)
 
+    @classmethod
+    def seed_latent(cls, seed: int, style_dim: int) -> Tensor:
+        """z [1, S] as the official ``gen_images.py --seeds N``: ``np.random.RandomState(N).randn(1, S)``."""
+        if not 0 <= seed < 2**32:
+            raise CipsError(f"A CREPS seed is a numpy RandomState seed, from 0 to 2**32 - 1, not {seed}.")
+        return torch.from_numpy(np.random.RandomState(seed).randn(1, style_dim)).float()
 
-class LineCache:
-    """The fast path: line features computed once per distinct coordinate value and style.
+    @classmethod
+    def activation_floats_per_point(cls, config: GeneratorConfig, per_point_style: bool = False) -> int:
+        """Peak floats per point of the per-point path (counted from the code, not measured).
 
-    A grid render of H x W pixels meets H distinct v and W distinct u values however it is
-    chunked; their line features are computed the first time a chunk meets them and every
-    chunk after that only composes: the h x w (row, column) block of a chunk by broadcast
-    products, or point by point where a chunk's points are scattered; both run the same
-    operations per pixel as the per-point path, so the fast path is bitwise that path. Values are keyed exactly (their float32 bit
-    patterns), so the cache never changes a pixel. A new style empties the cache. Layouts
-    without shared rows and columns (rotated grids, scattered points) gain nothing, so each
-    axis holds at most ``max_bytes`` of features (256 MB: about 10,000 values of paper256,
-    whose lines are 25.6 kB); past the cap the cache starts afresh.
-
-    New values are evaluated in batches padded to a multiple of ``pad`` rows (the torch
-    backend's rule for chunk invariance): a value's features do not depend on its companions.
-    """
-
-    def __init__(self, generator: CrepsGenerator, *, max_bytes: int = 256 << 20, pad: int = 64) -> None:
-        self.generator = generator
-        self.max_bytes = max_bytes
-        self.pad = pad
-        self.w: Tensor | None = None
-        self.axes: dict[str, _AxisTable] = {}
-
-    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3].
-
-        A chunk that shares too few rows and columns for the cache to pay (a grid chunk of
-        h rows and w columns has h + w distinct values against h * w points; scattered points,
-        such as a rotated grid, about 2N) takes the per-point path, which holds no lines
-        beyond the chunk.
+        The input layer holds about 4 r C (phases, both halves, sines, modulated); a line
+        layer in -> out holds r (in + 3 out) (input, product, biased and activated copies);
+        both axes' finished lines 2 (K - 1) r bc; the pixel part at most 16 bc. Per-point
+        styles add the input layer's per-point modulation 2 r C, a layer's style and
+        modulated input r in + in, and 2 S.
         """
-        points = coords[0]
-        v_values, row_of_point = torch.unique(points[:, 1], return_inverse=True)  # sorted
-        u_values, column_of_point = torch.unique(points[:, 0], return_inverse=True)
-        if v_values.numel() + u_values.numel() > 1.5 * points.shape[0]:
-            return self.generator.synthesize(coords, w)
-        if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
-            self.w = w.clone()
-            self.axes = {axis: _AxisTable() for axis in ("row", "column")}
-        rows = self._slots("row", v_values)  # [h]: each distinct v's place in the tables
-        columns = self._slots("column", u_values)  # [w]
-        rank = self.generator.config.line_rank
-        fused = None
-        for index, (row_table, column_table) in enumerate(zip(self.axes["row"].tables, self.axes["column"].tables)):
-            row_lines = row_table.index_select(1, rows)  # [B, h, C]
-            column_lines = column_table.index_select(1, columns)  # [B, w, C]
-            # A block writes 8 K floats per (row, column) pair; composing point by point
-            # gathers and reads 2 C = 8 K per point before the same 8 K: blocks up to 3 N pay.
-            if rows.numel() * columns.numel() <= 3 * points.shape[0]:
-                block = block_bi_line(row_lines, column_lines, rank)  # [B, h * w, K]
-                composed = _select_points(block, row_of_point, column_of_point, columns.numel())
-            else:  # compose each point from its own row and column
-                composed = bi_line(row_lines[:, row_of_point], column_lines[:, column_of_point], rank)
-            fused = self.generator.fuse(index, fused, composed)
-        return self.generator.output(fused, w)
+        widths, bc = config.widths, config.biline_channels
+        layers = [(widths[0], widths[0])] + [(a, b) for a, b in zip(widths, widths[1:])] + [(b, b) for b in widths[1:]]
+        worst = max(RANK * (i + 3 * o) + (RANK * i + i if per_point_style else 0) for i, o in layers)
+        first = 4 * RANK * widths[0] + (2 * RANK * widths[0] if per_point_style else 0)
+        lines = 2 * (len(widths) - 1) * RANK * bc
+        return max(worst, first) + lines + 16 * bc + (2 * config.style_dim if per_point_style else 0) + 9
 
-    def _slots(self, axis: str, values: Tensor) -> Tensor:
-        """Distinct sorted values [K] -> their rows in the axis's tables [K] (computing new ones)."""
-        table = self.axes[axis]
-        new = values[~table.contains(values)]
-        if new.numel():
-            bytes_per_value = 4 * self.w.shape[0] * sum(self.generator.layer_widths)
-            if (table.count + new.numel()) * bytes_per_value > self.max_bytes:
-                table = self.axes[axis] = _AxisTable()
-                new = values
-            table.add(new, self._evaluate(axis, new))
-        return table.slots_of(values)
-
-    def _evaluate(self, axis: str, values: Tensor) -> list[Tensor]:
-        """values [K] -> [[B, K, C_l]]: the new values' line features, in padded batches."""
-        count = values.numel()
-        missing = -count % self.pad
-        padded = torch.cat([values, values[-1:].expand(missing)]) if missing else values
-        batch = self.w.shape[0]
-        features = self.generator.line_features(axis, padded.expand(batch, -1), self.w)
-        return [feature[:, :count] for feature in features]
+    def info_facts(self) -> dict:
+        c = self.config
+        return {
+            "biline_channels": c.biline_channels,
+            "line_rank": RANK,
+            "num_ws": self.num_ws,
+            "fp16_line_blocks": sorted(self.fp16_blocks),
+            "line_flops_per_position": 2 * self.line_macs(),
+            "pixel_flops_per_pixel": 2 * self.pixel_macs(),
+            "grid_flops_per_pixel_at_training_size": round(self.grid_flops_per_point(c.size, c.size)),
+        }
 
 
-def _select_points(block: Tensor, row_of_point: Tensor, column_of_point: Tensor, width: int) -> Tensor:
-    """block [B, h * w, K] (row-major) -> [B, N, K]: each point's (row, column) entry."""
-    index = row_of_point * width + column_of_point
-    if index.numel() == block.shape[1] and bool((index == torch.arange(index.numel(), device=index.device)).all()):
-        return block  # the chunk is the whole block in row-major order (a whole image)
-    return block.index_select(1, index)
+def _bi_line(row: Tensor, column: Tensor) -> Tensor:
+    """sum_k row[..., k, :] * column[..., k, :] in a fixed order: [..., r, bc] x [..., r, bc] -> [..., bc].
 
-
-class _AxisTable:
-    """The cached values of one axis: sorted keys, where each lives, and the feature tables."""
-
-    def __init__(self) -> None:
-        self.keys = torch.empty(0)
-        self.slots = torch.empty(0, dtype=torch.long)
-        self.tables: list[Tensor] = []  # [B, capacity, C_l] per layer
-        self.count = 0
-
-    def contains(self, values: Tensor) -> Tensor:
-        """values [K] (sorted) -> bool [K]."""
-        if self.count == 0:
-            return torch.zeros_like(values, dtype=torch.bool)
-        position = torch.searchsorted(self.keys, values).clamp(max=self.count - 1)
-        return self.keys[position] == values
-
-    def slots_of(self, values: Tensor) -> Tensor:
-        """values [K], all present -> their rows in the tables [K]."""
-        return self.slots[torch.searchsorted(self.keys, values)]
-
-    def add(self, values: Tensor, features: list[Tensor]) -> None:
-        """Append K new values and their features ([B, K, C_l] per layer)."""
-        new_count = self.count + values.numel()
-        capacity = self.tables[0].shape[1] if self.tables else 0
-        if new_count > capacity:  # grow geometrically: amortised O(1) copies per value
-            capacity = max(new_count, 2 * capacity, 256)
-            grown = []
-            for index, feature in enumerate(features):
-                table = feature.new_empty(feature.shape[0], capacity, feature.shape[2])
-                if self.tables:
-                    table[:, : self.count] = self.tables[index][:, : self.count]
-                grown.append(table)
-            self.tables = grown
-        for table, feature in zip(self.tables, features):
-            table[:, self.count : new_count] = feature
-        slots = torch.arange(self.count, new_count, device=values.device)
-        keys = torch.cat([self.keys.to(values), values])
-        order = torch.argsort(keys)
-        self.keys, self.slots = keys[order], torch.cat([self.slots.to(values.device), slots])[order]
-        self.count = new_count
+    Elementwise products added one slot at a time (no reduction kernel whose order could
+    depend on the shape), so a pixel composed alone or in a block gets the same bits.
+    """
+    total = row[..., 0, :] * column[..., 0, :]
+    for k in range(1, RANK):
+        total = total.add_(row[..., k, :] * column[..., k, :]) if not torch.is_grad_enabled() else total + row[..., k, :] * column[..., k, :]
+    return total

@@ -8,3 +8,7 @@ sentence and exits non-zero; anything else escaping is a bug and keeps its trace
 
 class CipsError(Exception):
     """A problem with the user's input, explained in one sentence."""
+
+
+class CipsWarning(UserWarning):
+    """Something the user should know that does not stop the work; the CLI prints it as one line."""

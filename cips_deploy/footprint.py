@@ -13,11 +13,8 @@ in floats, at the worst moment of ``Generator.synthesize`` under inference mode:
 - with one style per point (``w [N, S]``, spatially varying styles): the modulated input
   doubles the input term and w is held alongside its blend: ``2 * in + 3 * out + 2 * S``.
 
-CREPS (per-point path, both lines at every point, one layer at a time): a layer ``in -> out``
-holds the other branch's input and output while one branch computes: ``2 * in + 4 * out``
-(with per-point styles ``3 * in + 4 * out + 2 * S``); the bi-line product and the fused,
-decoded and composed features add ``out + 3 * K`` (K = out / line_rank). Its grid fast
-path needs less (gathered lines, ``3 * out + 3 * K``), so the bound holds for both.
+Other families give their own figure (``Generator.activation_floats_per_point``; CREPS:
+:mod:`cips_deploy.creps`).
 
 The maximum over the stages, plus 9 floats of summed colours, is
 ``activation_floats_per_point``; the renderer adds ``RENDERER_FLOATS_PER_POINT`` for the
@@ -37,10 +34,15 @@ RENDERER_FLOATS_PER_POINT = 16
 
 
 def activation_floats_per_point(config: GeneratorConfig, *, per_point_style: bool = False) -> int:
-    """Peak float32 activations per point of ``Generator.synthesize`` (see the module text)."""
+    """Peak float32 activations per point of ``Generator.synthesize``: the family's own figure."""
+    from .generator import family_class
+
+    return family_class(config.arch).activation_floats_per_point(config, per_point_style)
+
+
+def cips_activation_floats(config: GeneratorConfig, per_point_style: bool = False) -> int:
+    """Peak float32 activations per point of a CIPS generator (see the module text)."""
     h = config.hidden
-    if config.arch == "creps":
-        return _creps_activation_floats(config, per_point_style)
     input_stage = 4 * h + 16 if config.has_embedding else 2 * h + 8
     first_in = 2 * h if config.has_embedding else h
     layers = [(first_in, config.widths[0])]
@@ -53,17 +55,6 @@ def activation_floats_per_point(config: GeneratorConfig, *, per_point_style: boo
     else:
         worst_layer = max(i + 3 * o for i, o in layers)
     return max(input_stage, worst_layer) + 9
-
-
-def _creps_activation_floats(config: GeneratorConfig, per_point_style: bool) -> int:
-    widths = [config.widths[0]] + [width for width in config.widths for _ in range(2)]
-    worst = 0
-    in_features = config.hidden
-    for out in widths:
-        layer = 3 * in_features + 4 * out + 2 * config.style_dim if per_point_style else 2 * in_features + 4 * out
-        worst = max(worst, layer + out + 3 * (out // config.line_rank))
-        in_features = out
-    return worst + 2 * config.hidden + 9
 
 
 def render_bytes_per_point(config: GeneratorConfig, *, per_point_style: bool = False) -> int:

@@ -129,6 +129,42 @@ class Generator(nn.Module, metaclass=ABCMeta):
     def flops_per_point(self) -> int:
         """Floating-point operations (2 per multiply-add) to synthesize one point, per sample."""
 
+    # ------------------------------------------------- the family interface (defaults: CIPS)
+
+    # Whether pixels factor through per-row and per-column lines (``line_features``,
+    # ``compose_block``, ``compose_points``, ``line_floats_per_value``): backends then cache lines.
+    line_factored: bool = False
+
+    def grid_flops_per_point(self, height: int, width: int) -> float:
+        """FLOPs per pixel when a height x width grid is rendered by the fastest path."""
+        return float(self.flops_per_point())
+
+    def supported_dtypes(self) -> tuple[torch.dtype, ...]:
+        """The ``dtype`` values :meth:`synthesize` accepts."""
+        return (torch.float32, torch.bfloat16, torch.float16)
+
+    def reference_synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
+        """The official code's way of computing: coords [B, 2, H, W], w [B, S] -> rgb [B, 3, H, W]."""
+        from .reference import reference_synthesize
+
+        return reference_synthesize(self, coords, w)
+
+    def info_facts(self) -> dict[str, Any]:
+        """Family-specific facts for ``cips-deploy info``."""
+        return {}
+
+    @classmethod
+    def seed_latent(cls, seed: int, style_dim: int) -> Tensor:
+        """z [1, style_dim] for a seed: ``torch.Generator().manual_seed(seed)`` (this project's convention)."""
+        return torch.randn(1, style_dim, generator=torch.Generator().manual_seed(seed))
+
+    @classmethod
+    def activation_floats_per_point(cls, config: GeneratorConfig, per_point_style: bool = False) -> int:
+        """Peak float32 activations per point of :meth:`synthesize` (see :mod:`cips_deploy.footprint`)."""
+        from .footprint import cips_activation_floats
+
+        return cips_activation_floats(config, per_point_style)
+
     def extra_repr(self) -> str:
         c = self.config
         return (

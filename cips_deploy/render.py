@@ -85,7 +85,7 @@ def render_detailed(
 
     model:           a Generator, a checkpoint path, or a constructed Backend (reused, not closed).
     topology:        a registered topology's name; ``topology_params`` are its parameters.
-    seed:            z = randn(1, S) from ``torch.Generator().manual_seed(seed)``.
+    seed:            z by the family's convention (``Generator.seed_latent``; CIPS: torch, CREPS: numpy).
     chunker:         ``fixed``, ``rows``, ``memory`` or a plugin's; default ``fixed`` when
                      ``chunk_size`` is given, else ``memory``.
     chunk_size:      points (``fixed``) or image rows (``rows``) per chunk.
@@ -125,12 +125,12 @@ def render_detailed(
         n_points = _checked_count(layout, topology_entry)
         with torch.inference_mode():
             if style is None:
-                w = _call(backend_entry, "map", runner.map, latent(seed, config.style_dim), truncation)  # [1, S]
+                w = _call(backend_entry, "map", runner.map, latent(seed, config), truncation)  # [1, S]
             else:
                 w = check_style(style, config.style_dim)
             w_blend = None
             if blend_seed is not None:
-                w_blend = _call(backend_entry, "map", runner.map, latent(blend_seed, config.style_dim), truncation)
+                w_blend = _call(backend_entry, "map", runner.map, latent(blend_seed, config), truncation)
             chunk_request = ChunkRequest(
                 n_points=n_points,
                 chunk_size=chunk_size,
@@ -179,9 +179,12 @@ def _synthesize(
     return chunks
 
 
-def latent(seed: int, style_dim: int) -> Tensor:
-    """z [1, style_dim] for ``seed``: the same numbers on every machine and every backend."""
-    return torch.randn(1, style_dim, generator=torch.Generator().manual_seed(seed))
+def latent(seed: int, config: Any) -> Tensor:
+    """z [1, S] for ``seed`` by the family's convention (``Generator.seed_latent``): the same
+    numbers on every machine and every backend."""
+    from .generator import family_class
+
+    return family_class(config.arch).seed_latent(seed, config.style_dim)
 
 
 def blend_styles(w: Tensor, w_blend: Tensor, coords: Tensor) -> Tensor:

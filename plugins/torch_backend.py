@@ -13,7 +13,13 @@ input features, the folded weights and the colour sum in float32 (``CipsGenerato
 ``dtype``); on CPUs with AVX512-BF16 it renders paper256 about 2x faster than fp32. Its
 8-bit images differ from fp32's by at most 2 levels on the bundled (trained) demo model but
 by up to 19 on random-weight paper256, whose outputs are several times larger than
-[-1, 1] (BENCHMARKS.md). ``fp16`` is the same on CUDA devices only. CIPS families only.
+[-1, 1] (BENCHMARKS.md). ``fp16`` is the same on CUDA devices only. A family runs the
+precisions its ``supported_dtypes`` names: CREPS runs fp32 and fp16, which is the official
+mixed precision (block0/block1 and its fp16 line blocks in float16).
+
+Line-factored generators (CREPS): a grid's rows and columns are evaluated once per image and
+style by :class:`~cips_deploy.plugins.line_cache.LineCache`; its tables count against the
+backend's memory budget (``LINE_CACHE_MB``, beside the chunk budget).
 """
 
 from __future__ import annotations
@@ -26,14 +32,18 @@ from torch import Tensor
 
 from cips_deploy.backend import Backend
 from cips_deploy.checkpoint import load
-from cips_deploy.creps import CrepsGenerator, LineCache
 from cips_deploy.errors import CipsError
+from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
 from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
+from cips_deploy.plugins.line_cache import LineCache
 from cips_deploy.topology import Parameter
 
 PAD_POINTS = 64
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
+# budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
+LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}
 
 
 def parse_precision(value: Any, device: torch.device) -> str:
@@ -96,15 +106,25 @@ class TorchBackend(Backend):
         self.precision = parse_precision(precision, self.device)
         self.dtype = PRECISIONS[self.precision]
         generator = model if isinstance(model, Generator) else load(model)
-        if self.precision != "fp32" and isinstance(generator, CrepsGenerator):
-            raise CipsError(f"CREPS models run in fp32 only on the torch backend; precision {self.precision} is for CIPS models.")
+        if self.dtype not in generator.supported_dtypes():
+            names = ", ".join(name for name, dtype in PRECISIONS.items() if dtype in generator.supported_dtypes())
+            raise CipsError(f"This {generator.config.arch} model runs in {names} on the torch backend, not {self.precision}.")
         # Synthesis does not depend on train/eval mode (no dropout, no batch statistics, noise
         # only on request), so the caller's module is used as it is; only its device may change.
         self._original_device = generator.device
         self.generator = generator.to(self.device)
         self.config = generator.config
-        # CREPS: rows and columns that chunks share are evaluated once (the grid fast path).
-        self.lines = LineCache(generator, pad=PAD_POINTS) if isinstance(generator, CrepsGenerator) else None
+        # Line-factored families: rows and columns that chunks share are evaluated once.
+        self.lines = None
+        if generator.line_factored:
+            # Chunks are sized for composing (bytes_per_point); the per-point path (scattered
+            # points, per-point styles) runs inside a chunk in batches that fit the chunk budget.
+            per_point = render_bytes_per_point(self.config)
+            point_batch = max(1, int(self.preferred_memory_budget() * 2**20 / per_point) // PAD_POINTS) * PAD_POINTS
+            self.lines = LineCache(
+                generator, max_bytes=int(LINE_CACHE_MB[self.device.type] * 2**20), pad=PAD_POINTS,
+                point_batch=point_batch, dtype=self.dtype,
+            )
 
     @torch.inference_mode()
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
@@ -121,11 +141,21 @@ class TorchBackend(Backend):
             w = pad_rows(w, PAD_POINTS)
         if self.lines is not None and w.dim() == 2 and _same_points(coords):
             rgb = self.lines.synthesize(coords, w)
+        elif self.lines is not None:
+            rgb = self.lines.per_point(coords, w)
         elif self.precision == "fp32":
-            rgb = self.generator.synthesize(coords, w)
+            rgb = self.generator.synthesize(coords, w)  # the float32 path, exactly as before
         else:
             rgb = self.generator.synthesize(coords, w, dtype=self.dtype)
         return rgb[:, :n_points].float().cpu()
+
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """Line-factored generators: a chunk composes from cached lines (and runs the per-point
+        path in budget-sized batches), so a point costs the composition, or its per-point style."""
+        if self.lines is None:
+            return super().bytes_per_point(per_point_style)
+        floats = self.generator.compose_floats_per_point() + (2 * self.config.style_dim if per_point_style else 0)
+        return BYTES_PER_FLOAT * (floats + RENDERER_FLOATS_PER_POINT)
 
     def preferred_memory_budget(self) -> float:
         """32 MB on a CPU, where chunks whose activations stay in the caches run fastest

@@ -21,12 +21,17 @@ def official_dir() -> Path:
 
     Parity is not optional: in CI (CI set) a missing folder fails; elsewhere it skips.
     """
-    if not OFFICIAL_FIXTURES.is_dir():
-        message = f"official CIPS fixtures not found at {OFFICIAL_FIXTURES} (set CIPS_OFFICIAL_FIXTURES)"
+    return _required_dir(OFFICIAL_FIXTURES, "official CIPS fixtures", "CIPS_OFFICIAL_FIXTURES")
+
+
+def _required_dir(path: Path, what: str, variable: str) -> Path:
+    """``path`` if it is a folder; else a failure in CI and a skip elsewhere."""
+    if not path.is_dir():
+        message = f"{what} not found at {path} (set {variable})"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    return OFFICIAL_FIXTURES
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -43,3 +48,14 @@ def registry():
 @pytest.fixture(scope="module")
 def tiny() -> cips_deploy.Generator:
     return cips_deploy.create("tiny", seed=0)
+
+
+OFFICIAL_CREPS_FIXTURES = Path(
+    os.environ.get("CREPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-creps")
+)
+
+
+@pytest.fixture(scope="session")
+def official_creps_dir() -> Path:
+    """../shared/fixtures/official-creps: snapshots and outputs of the official CREPS code (as official_dir)."""
+    return _required_dir(OFFICIAL_CREPS_FIXTURES, "official CREPS fixtures", "CREPS_OFFICIAL_FIXTURES")

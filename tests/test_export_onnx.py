@@ -179,7 +179,8 @@ ALL_VARIANTS = [(a, s, p) for a in ("skip", "res", "ne", "creps") for s in ("pla
 
 @pytest.mark.parametrize("arch, space, spatial", ALL_VARIANTS)
 def test_every_node_is_supported_by_tensorrt(tmp_path, arch, space, spatial):
-    generator = cips_deploy.create("tiny", arch=arch, coordinate_space=space, widths=(16, 16))
+    size = {"size": 8} if arch == "creps" else {}  # a CREPS has one width per block 4 .. size
+    generator = cips_deploy.create("tiny", arch=arch, coordinate_space=space, widths=(16, 16), **size)
     result = export_onnx(generator, tmp_path / "g.onnx", spatial_style=spatial, validate_export=False)
     for path in (result.synthesis, result.mapping):
         model = onnx.load(str(path))

@@ -64,14 +64,17 @@ def test_tiny_trains_and_writes_a_loadable_generator_log_and_samples(image_folde
     assert not torch.equal(initial.first.linear.weight, generator.first.linear.weight)  # it learned something
 
 
-def test_resumed_run_repeats_the_uninterrupted_run_exactly(image_folder, tmp_path):
-    train(run_options(image_folder, tmp_path / "whole", steps=6, checkpoint_every=3))
-    train(run_options(image_folder, tmp_path / "split", steps=3, checkpoint_every=3))
-    train(run_options(image_folder, tmp_path / "split", steps=6, checkpoint_every=3), resume=True)
+@pytest.mark.parametrize("arch, extra", [("skip", {}), ("creps", {"pl_weight": 2.0})], ids=["skip", "creps-pl"])
+def test_resumed_run_repeats_the_uninterrupted_run_exactly(image_folder, tmp_path, arch, extra):
+    train(run_options(image_folder, tmp_path / "whole", steps=6, checkpoint_every=3, arch=arch, **extra))
+    train(run_options(image_folder, tmp_path / "split", steps=3, checkpoint_every=3, arch=arch, **extra))
+    train(run_options(image_folder, tmp_path / "split", steps=6, checkpoint_every=3, arch=arch, **extra), resume=True)
     whole = run_summary(tmp_path / "whole" / "log.jsonl")
     split = run_summary(tmp_path / "split" / "log.jsonl")
-    losses = lambda records: [(r["step"], r["d_loss"], r["g_loss"], r.get("r1")) for r in records]
+    losses = lambda records: [(r["step"], r["d_loss"], r["g_loss"], r.get("r1"), r.get("pl")) for r in records]
     assert losses(split) == losses(whole)
+    # Path-length regularisation runs lazily, every 4 steps (steps 1 and 5 here: the step count before them is 0 and 4).
+    assert [r["step"] for r in whole if "pl" in r] == ([1, 5] if extra else [])
     a, b = (cips_deploy.load(tmp_path / name / "generator.safetensors") for name in ("whole", "split"))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -103,7 +106,7 @@ def test_creps_trains_in_every_mode(image_folder, tmp_path, mode):
     generator = cips_deploy.load(path)
     assert isinstance(generator, CrepsGenerator) and generator.provenance["step"] == 2
     initial = cips_deploy.create("tiny", arch="creps", size=16, coordinate_space=generator.config.coordinate_space)
-    assert not torch.equal(initial.rows.layers[0].linear.weight, generator.rows.layers[0].linear.weight)
+    assert not torch.equal(initial.synthesis.b8.fc0.weight, generator.synthesis.b8.fc0.weight)
     assert all(np.isfinite(r["g_loss"]) for r in run_summary(tmp_path / "run" / "log.jsonl"))
 
 

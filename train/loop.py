@@ -76,6 +76,7 @@ class Trainer:
         self.g_optim = torch.optim.Adam(self.generator.parameters(), lr=options.lr, betas=(0.0, 0.99))
         self.d_optim = torch.optim.Adam(self.discriminator.parameters(), lr=options.lr * ratio, betas=(0.0, 0.99**ratio))
         self.step = 0
+        self.pl_mean = torch.zeros([], device=device)  # running mean of path lengths (path-length regularisation)
         self.stop_requested = False
         self._g_ddp = self.dist.wrap(SynthesisStep(self.generator))
         self._d_ddp = self.dist.wrap(self.discriminator)
@@ -128,11 +129,33 @@ class Trainer:
         self.g_optim.step()
         record["g_loss"] = g_loss.item()
 
+        if o.pl_weight > 0 and self.step % o.pl_interval == 0:
+            record["pl"] = self._path_length_step()
+
         with torch.no_grad():
             self.generator.w_avg.lerp_(self.dist.mean(w.detach().float().mean(dim=0)), 1 - W_AVG_BETA)
             self._update_ema()
         self.step += 1
         return record
+
+    def _path_length_step(self) -> float:
+        """Lazy path-length regularisation (StyleGAN2): keep |J_w^T y| near its running mean,
+        y random image-space directions of unit variance per pixel. Our synthesis takes one w
+        for every layer, so the Jacobian is the one of that shared w (the official code takes
+        the mean over its per-layer ws). Half the batch, as the official pl_batch_shrink 2."""
+        o = self.options
+        _, coords, z = self._batch(phase=2)
+        half = max(1, z.shape[0] // 2)
+        images, w = self._g_ddp(z[:half], coords[:half])  # [b, 3, P, P], [b, S]
+        noise = torch.randn_like(images) / math.sqrt(images.shape[2] * images.shape[3])
+        (gradient,) = torch.autograd.grad((images * noise).sum(), w, create_graph=True)
+        lengths = gradient.square().sum(dim=1).sqrt()  # [b]
+        self.pl_mean = self.pl_mean.lerp(self.dist.mean(lengths.mean().detach()), 0.01)
+        penalty = (lengths - self.pl_mean).square().mean()
+        self.g_optim.zero_grad(set_to_none=True)
+        (penalty * (o.pl_weight * o.pl_interval) + 0 * images[0, 0, 0, 0]).backward()
+        self.g_optim.step()
+        return penalty.item()
 
     def _update_ema(self) -> None:
         o = self.options
@@ -217,6 +240,7 @@ class Trainer:
             "discriminator": self.discriminator.state_dict(),
             "g_optim": self.g_optim.state_dict(),
             "d_optim": self.d_optim.state_dict(),
+            "pl_mean": self.pl_mean,
             "fingerprints": fingerprints,
         }
         with atomic_path(self.out / STATE_FILE) as temporary:
@@ -248,6 +272,7 @@ class Trainer:
         self.g_optim.load_state_dict(state["g_optim"])
         self.d_optim.load_state_dict(state["d_optim"])
         self.step = int(state["step"])
+        self.pl_mean = state.get("pl_mean", torch.zeros([])).to(self.dist.device)
         self._truncate_log(self.out / "log.jsonl")
 
     def _truncate_log(self, path: Path) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ARCHITECTURES, PRESETS
+from ..config import ARCHITECTURES, preset_config
 from ..errors import CipsError
 
 
@@ -19,7 +19,9 @@ class TrainOptions:
     patch-based training (None: whole views). topology: ``flat`` or ``cylinder`` (the
     model becomes cylinder-space and every view is a window of a 360-degree panorama of
     ``fov`` degrees). batch: total batch over all processes. steps: generator steps.
-    ema_kimg: half-life of the generator EMA in thousands of images.
+    ema_kimg: half-life of the generator EMA in thousands of images. pl_weight: path-length
+    regularisation, lazily every ``pl_interval`` generator steps (0: off; the official CREPS
+    and StyleGAN2 configs use 2 every 4).
     """
 
     data: str
@@ -38,18 +40,19 @@ class TrainOptions:
     r1_interval: int = 16
     ema_kimg: float = 10.0
     ema_rampup: float = 0.05
+    pl_weight: float = 0.0
+    pl_interval: int = 4
     checkpoint_every: int = 500
     sample_every: int = 4000
     fid_every: int = 0
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.preset not in PRESETS:
-            raise CipsError(f"Unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}.")
         if self.arch not in ARCHITECTURES:
             raise CipsError(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+        preset = preset_config(self.preset, arch=self.arch)  # an unknown preset is one sentence
         if self.resolution is None:
-            object.__setattr__(self, "resolution", PRESETS[self.preset]["size"])
+            object.__setattr__(self, "resolution", preset.size)
         r = self.resolution
         if r < 8 or r > 1024 or r & (r - 1):
             raise CipsError(f"The {self.preset} preset trains at powers of two from 8 to 1024, not at resolution {r}.")
@@ -59,11 +62,11 @@ class TrainOptions:
             raise CipsError(f"Training topology must be flat or cylinder, not {self.topology!r}.")
         if not 0 < self.fov <= 360:
             raise CipsError(f"--fov must be between 0 and 360 degrees, not {self.fov}.")
-        for name in ("batch", "steps", "r1_interval", "checkpoint_every", "sample_every"):
+        for name in ("batch", "steps", "r1_interval", "pl_interval", "checkpoint_every", "sample_every"):
             if getattr(self, name) < 1:
                 raise CipsError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
-        if self.lr <= 0 or self.r1_gamma < 0 or self.ema_kimg < 0:
-            raise CipsError("Learning rate must be positive and R1 gamma and EMA half-life non-negative.")
+        if self.lr <= 0 or self.r1_gamma < 0 or self.ema_kimg < 0 or self.pl_weight < 0:
+            raise CipsError("Learning rate must be positive and R1 gamma, EMA half-life and path-length weight non-negative.")
 
     @property
     def coordinate_space(self) -> str:
@@ -81,8 +84,9 @@ class TrainOptions:
     RESUMABLE = ("out", "steps", "checkpoint_every", "sample_every", "fid_every", "device", "data")
 
     def check_resumable_from(self, saved: dict[str, Any]) -> None:
-        for name, value in self.to_dict().items():
-            if name not in self.RESUMABLE and saved.get(name) != value:
+        defaults = {field.name: field.default for field in dataclasses.fields(self)}
+        for name, value in self.to_dict().items():  # runs saved before an option existed had its default
+            if name not in self.RESUMABLE and saved.get(name, defaults[name]) != value:
                 raise CipsError(
                     f"Cannot resume: the run was started with {name}={saved.get(name)!r}, not {value!r}."
                 )

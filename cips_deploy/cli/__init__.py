@@ -9,11 +9,12 @@ tracebacks.
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
 from .._version import __version__
-from ..errors import CipsError
+from ..errors import CipsError, CipsWarning
 
 
 class CipsGroup(click.Group):
@@ -21,7 +22,17 @@ class CipsGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with warnings.catch_warnings():
+                shown = warnings.showwarning
+
+                def one_line(message, category, *args, **kwargs):  # CipsWarning: one line, like errors
+                    if issubclass(category, CipsWarning):
+                        click.echo(f"Warning: {message}", err=True)
+                    else:
+                        shown(message, category, *args, **kwargs)
+
+                warnings.showwarning = one_line
+                return super().invoke(ctx)
         except CipsError as error:
             raise click.ClickException(str(error)) from None
         except KeyboardInterrupt:

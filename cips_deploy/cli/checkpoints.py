@@ -31,7 +31,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
         "channel_multiplier": config.channel_multiplier,
         "block_widths": list(config.widths),
         "flops_per_pixel": generator.flops_per_point(),
-        **({"line_rank": config.line_rank} if config.arch == "creps" else {}),
+        **generator.info_facts(),
         "provenance": generator.provenance,
     }
     if as_json:
@@ -53,7 +53,7 @@ def info(checkpoint: Path, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Destination .safetensors file.")
 @click.option("--force", is_flag=True, help="Replace the destination if it exists.")
 def import_official(source: Path, output: Path, force: bool) -> None:
-    """Convert an official CIPS checkpoint (.pt) into a cips-deploy .safetensors file once."""
+    """Convert an official CIPS checkpoint (.pt) or CREPS snapshot (.pkl) into a cips-deploy .safetensors file once."""
     generator = load(source)
     generator.save(output, overwrite=force)
     config = generator.config

@@ -43,7 +43,7 @@ def export(
     external_data: bool,
     force: bool,
 ) -> None:
-    """Export CHECKPOINT (ours or an official .pt; for --engine trt also an exported .onnx).
+    """Export CHECKPOINT (ours, an official CIPS .pt or CREPS .pkl; for --engine trt also an exported .onnx).
 
     The engine takes coords [B, N, 2] and w [B, S] and returns rgb [B, N, 3]; the mapping
     network z -> w is written beside it as <name>.mapping.onnx.

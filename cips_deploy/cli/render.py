@@ -12,7 +12,7 @@ import click
 import numpy as np
 
 from ..checkpoint import DEMO_MODEL
-from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
+from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
 from ..plugin_manager import get_registry
 from ..render import Rendering, make_backend, render_detailed
@@ -27,7 +27,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @with_backend_flags
 @cli.command("render")
 @click.option("--checkpoint", type=click.Path(path_type=Path), help="Model file (a cips-deploy or official checkpoint); default: the bundled demo panorama model.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Render a random-weight model of this preset instead.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Render a random-weight model of this preset instead.")
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
 @click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")

@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from ..atomic import atomic_path, check_destination
-from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
+from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
 from ..metrics import check_protocol, json_number, scale_consistency
 from ..plugin_manager import get_registry
@@ -30,7 +30,7 @@ INF_NOTE = 'PSNR is the string "inf" where the downsampled large render equals t
 
 @cli.command("scale-consistency")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Measure a random-weight model of this preset instead of CHECKPOINT.")
+@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Measure a random-weight model of this preset instead of CHECKPOINT.")
 @click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
 @click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")

@@ -25,6 +25,8 @@ from . import cli
 @click.option("--fov", type=float, default=90.0, show_default=True, help="Cylinder: degrees of the panorama one view shows.")
 @click.option("--lr", type=float, default=0.002, show_default=True)
 @click.option("--r1-gamma", type=float, default=10.0, show_default=True, help="R1 penalty weight (lazy, every 16 steps).")
+@click.option("--pl-weight", type=float, default=0.0, show_default=True,
+              help="Path-length regularisation weight, every 4 steps (the official CREPS config: 2; 0: off).")
 @click.option("--ema-kimg", type=float, default=10.0, show_default=True, help="Half-life of the generator EMA (thousands of images).")
 @click.option("--checkpoint-every", type=int, default=500, show_default=True, help="Steps between checkpoints.")
 @click.option("--sample-every", type=int, default=4000, show_default=True, help="Images between sample grids.")
