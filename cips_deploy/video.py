@@ -207,9 +207,8 @@ def render_frames(
     """
     registry = registry or get_registry()
     check_animation(animation, runner.config.coordinate_space, registry)
-    style_dim = runner.config.style_dim
     with torch.inference_mode():
-        keys = torch.cat([runner.map(latent(seed, style_dim), truncation) for seed in animation.seeds])  # [n, S]
+        keys = torch.cat([runner.map(latent(seed, runner.config), truncation) for seed in animation.seeds])  # [n, S]
     styles = walk_styles(keys, animation.frames) if len(animation.seeds) > 1 else None
     if progress is not None:
         progress(0, animation.frames)

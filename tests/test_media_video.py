@@ -44,7 +44,7 @@ def test_frames_are_bitwise_the_same_for_any_chunking(backend, registry):
 
 def test_a_walk_passes_through_each_seed_and_loops_without_a_jump(tiny, backend, registry):
     seeds, frames = (0, 1, 2), 12
-    keys = torch.cat([tiny.map(latent(seed, tiny.config.style_dim)) for seed in seeds])
+    keys = torch.cat([tiny.map(latent(seed, tiny.config)) for seed in seeds])
     styles = torch.cat(list(walk_styles(keys, frames)))  # [frames, S]
     for index, seed in enumerate(seeds):  # frame 4 i sits exactly on seed i
         assert torch.equal(styles[index * frames // len(seeds)], keys[index])
@@ -192,7 +192,7 @@ def test_video_is_registered_by_a_builtin_plugin(registry):
 def test_render_takes_a_ready_style_and_checks_it(tiny):
     from cips_deploy.render import render_detailed
 
-    w = tiny.map(latent(9, tiny.config.style_dim))
+    w = tiny.map(latent(9, tiny.config))
     assert np.array_equal(render_detailed(tiny, "flat", 8, 8, style=w).image, render(tiny, "flat", 8, 8, seed=9))
     for bad in (torch.zeros(1, 3), torch.zeros(2, tiny.config.style_dim), torch.full((1, tiny.config.style_dim), math.nan)):
         with pytest.raises(CipsError, match="style"):
