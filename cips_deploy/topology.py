@@ -231,13 +231,17 @@ class Topology(ABC):
     """Base class of coordinate topologies; plugins subclass it and register an instance.
 
     Class attributes: ``name`` (what ``--topology`` takes), ``description`` (one line),
-    ``parameters`` and ``coordinate_spaces`` (of the models it can render).
+    ``parameters`` and ``coordinate_spaces`` (of the models it can render), and
+    ``working_bytes_per_pixel``: the most memory its layout holds per output pixel
+    besides the finished uint8 image, so that the renderer can refuse a size the
+    machine cannot hold before allocating anything.
     """
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     parameters: ClassVar[tuple[Parameter, ...]] = ()
     coordinate_spaces: ClassVar[tuple[str, ...]] = ("plane", "cylinder")
+    working_bytes_per_pixel: ClassVar[int] = 16  # float32 colours [N, 3] plus index tables
 
     @abstractmethod
     def layout(self, request: TopologyRequest) -> Layout:

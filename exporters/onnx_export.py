@@ -28,12 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from cips_deploy._version import __version__
-from cips_deploy.atomic import check_destination
+from cips_deploy.atomic import check_destination, staged
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 from cips_deploy.layers import ModulatedLinear
 
-from .files import staged
 from .metadata import EngineMetadata, build_metadata, weights_sha256
 from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate

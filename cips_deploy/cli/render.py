@@ -16,6 +16,7 @@ from ..atomic import atomic_path
 from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
 from ..errors import CipsError
+from ..limits import check_memory
 from ..plugin_manager import get_registry
 from ..render import Rendering, make_backend, render_detailed
 from . import cli
@@ -49,6 +50,7 @@ MAX_SEEDS = 256
 )
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def render_command(
     checkpoint: Path | None,
     preset: str | None,
@@ -72,6 +74,7 @@ def render_command(
     precision: str | None,
     output: Path,
     quiet: bool,
+    force: bool,
 ) -> None:
     """Render an image with any topology, chunk by chunk, and write it as a PNG.
 
@@ -86,7 +89,9 @@ def render_command(
     if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
         width = 4 * height if topology == "cylinder" else height
     seed_list = parse_seeds(seed, seeds)
-    check_output(output)
+    check_output(output, force)
+    # Every seed's image is kept until the grid is tiled: count them all, and the grid.
+    check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} render(s) and their grid")
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     registry = get_registry()
@@ -115,7 +120,7 @@ def render_command(
     finally:
         runner.close()
     image = tile([rendering.image for rendering in renderings])
-    with atomic_path(output) as temporary:
+    with atomic_path(output, overwrite=force) as temporary:
         Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
     click.echo(summary(output, renderings, height, width))
 
@@ -170,10 +175,12 @@ def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return parsed
 
 
-def check_output(output: Path) -> None:
-    """Refuse an output we cannot write before spending time on the render."""
+def check_output(output: Path, force: bool = False) -> None:
+    """Refuse an output we cannot write (or must not replace) before spending time on the render."""
     if output.is_dir():
         raise CipsError(f"Cannot write {output}: it is a directory.")
+    if output.exists() and not force:
+        raise CipsError(f"{output} already exists; pass --force to replace it.")
     if output.suffix.lower() != ".png":
         raise CipsError(f"The output {output} must be a .png file.")
     folder = output.parent
