@@ -8,3 +8,11 @@ sentence and exits non-zero; anything else escaping is a bug and keeps its trace
 
 class CipsError(Exception):
     """A problem with the user's input, explained in one sentence."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal after saving its work; the CLI exits with ``exit_code`` (128 + signal)."""
+
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code

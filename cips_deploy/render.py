@@ -198,6 +198,8 @@ def blend_styles(w: Tensor, w_blend: Tensor, coords: Tensor) -> Tensor:
 def make_backend(registry: Registry, name: str, model: Any, device: str, options: dict[str, Any]) -> Backend:
     """Construct the registered backend ``name`` for ``model``; plugin failures are named."""
     entry = registry.get("backend", name)
+    if "device" in options:  # the renderer passes the device itself
+        raise CipsError("The device is chosen with --device (device=...), not as a backend option.")
     return _call(entry, "construction", entry.item, model, device=device, **options)
 
 
