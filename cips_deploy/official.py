@@ -59,7 +59,7 @@ def read_torch_file(path: Path) -> Any:
                 "and loading them could run code."
             ) from None
         raise CipsError(f"{path} is corrupt or truncated (it does not unpickle).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as error:
+    except Exception as error:  # torch.load parsing hostile bytes raises anything (KeyError, struct.error, ...)
         raise CipsError(f"{path} is corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__}).") from None
 
 
