@@ -143,6 +143,12 @@ def staged(folder: Path, label: str, destination: Path | None = None) -> Iterato
     stage = StagedFolder(folder, label)
     try:
         yield stage
+    except CipsError as error:
+        stage.discard()
+        text = str(error)
+        if f"{stage.path}{os.sep}" in text:  # name the file where the user will look for it
+            raise CipsError(text.replace(f"{stage.path}{os.sep}", _shown(stage.folder))) from None
+        raise
     except BaseException as error:
         problem = write_failure(error, Path(destination or Path(folder) / label), stage.path)
         stage.discard()
@@ -150,6 +156,11 @@ def staged(folder: Path, label: str, destination: Path | None = None) -> Iterato
             raise problem from None
         raise
     stage.discard()
+
+
+def _shown(folder: Path) -> str:
+    """How a file in ``folder`` is named in a message: no ``./`` for the current folder."""
+    return "" if str(folder) in ("", ".") else f"{folder}{os.sep}"
 
 
 def staging_folder(folder: Path, label: str) -> Path:

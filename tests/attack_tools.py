@@ -24,9 +24,13 @@ def files_under(folder: Path) -> set[str]:
     return {str(path.relative_to(folder)) for path in folder.rglob("*")}
 
 
-def refused(args: list[str], message: str, *, cwd: Path, expect_written: set[str] = frozenset()) -> str:
+def refused(
+    args: list[str], message: str, *, cwd: Path, expect_written: set[str] = frozenset(), progress: bool = False
+) -> str:
     """Run the CLI in-process in ``cwd``; assert exit 1, one ``Error:`` line holding ``message``,
-    no traceback and no file created or left in ``cwd`` (``expect_written`` excepted). Returns the line."""
+    no traceback and no file created or left in ``cwd`` (``expect_written`` excepted). Returns the line.
+
+    ``progress``: the command may have printed progress before failing; the error is its last line."""
     before = files_under(cwd)
     previous = os.getcwd()
     os.chdir(cwd)
@@ -37,6 +41,9 @@ def refused(args: list[str], message: str, *, cwd: Path, expect_written: set[str
     assert result.exit_code == 1, (result.output, result.exception)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.output.strip().splitlines()
+    if progress:
+        lines = lines[-1:]
+    assert "Traceback" not in result.output, result.output
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output
     assert message in lines[0], lines[0]
     assert files_under(cwd) == before | set(expect_written), files_under(cwd) ^ before

@@ -302,20 +302,29 @@ def train(options: TrainOptions, *, resume: bool = False) -> Path:
         raise CipsError(f"--out {out} exists and is not a directory.")
     if (out / STATE_FILE).exists() and not resume:
         raise CipsError(f"{out} already holds a training run; pass --resume to continue it or choose another --out.")
+    data = Path(options.data)
+    if data.exists() and not data.is_dir():
+        regular_file(data, "data set")  # before --out is created: a refused run leaves nothing
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_run(out)  # two trainings into one folder would interleave log and state
     # Scatter-adds (the embedding grid's gradient) otherwise accumulate in thread order:
     # deterministic kernels make a resumed run repeat an uninterrupted one bit for bit.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    finished = False
     try:
         trainer = Trainer(options)
         if resume:
             trainer.resume()
         trainer.run()
+        finished = True
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
         if lock is not None:
+            if not finished and created and [entry.name for entry in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()  # a run refused before its first step leaves no folder
+                out.rmdir()
             lock.close()  # releases the lock
     if trainer.stop_signal is not None:  # saved; now say that the run did not finish
         raise Interrupted(128 + trainer.stop_signal)
