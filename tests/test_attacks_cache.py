@@ -152,3 +152,18 @@ def test_the_onnxruntime_backend_is_chunk_invariant_down_to_one_point(cache, mod
     for chunk_size in (1, 7, 65):
         chunked = cips_deploy.render(a, "flat", 12, 12, seed=1, backend="onnxruntime", chunk_size=chunk_size)
         assert np.array_equal(chunked, whole), chunk_size
+
+
+def test_deeply_nested_engine_metadata_is_one_sentence(models, tmp_path):
+    from cips_deploy.exporters.metadata import read_onnx_metadata
+
+    a, _ = models
+    engine = tmp_path / "a.onnx"
+    export_onnx(cips_deploy.load(a), engine, validate_export=False)
+    model = onnx.load(str(engine))
+    for prop in model.metadata_props:
+        if prop.key == "cips_deploy.config":
+            prop.value = "[" * 100_000 + "]" * 100_000
+    onnx.save(model, str(engine))
+    with pytest.raises(CipsError, match="nests deeper than 32 levels"):
+        read_onnx_metadata(engine)
