@@ -103,7 +103,7 @@ def render_detailed(
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not math.isfinite(truncation):
         raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
     topology_entry = registry.get("topology", topology)
-    working = getattr(topology_entry.item, "working_bytes_per_pixel", 16)
+    working = getattr(topology_entry.item, "working_bytes_per_pixel", 24)
     check_memory(height * width * (3 + int(working)), f"A {height:,} x {width:,} {topology} render")
     chunker_entry = registry.get("chunker", chunker or ("fixed" if chunk_size is not None else "memory"))
     check_chunk_settings(chunker_entry, chunk_size, memory_budget)

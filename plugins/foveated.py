@@ -128,9 +128,9 @@ class FoveatedLayout(Layout):
 
 
 class Foveated(Topology):
-    # float64 distances, int64 levels, float32 colours and reconstructions [H, W, 3]:
-    # a 9000 x 9000 render peaked at about 5 GB (62 bytes a pixel).
-    working_bytes_per_pixel = 64
+    # float64 distances, int64 levels, float32 colours and reconstructions [H, W, 3]: a
+    # 2000 x 2000 render of the tiny preset raised the peak RSS by 111 bytes a pixel.
+    working_bytes_per_pixel = 112
     name = "foveated"
     description = "Full detail around a gaze point, sparser samples outside; reconstructs the full image."
     parameters = (

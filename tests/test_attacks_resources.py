@@ -29,9 +29,9 @@ def one_gib(monkeypatch):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["-t", "foveated", "--height", "9000", "--width", "9000"], "A 9,000 x 9,000 foveated render needs about 5.1 GiB"),
-        (["--height", "20000", "--width", "20000"], "needs about 2.2 GiB"),
-        (["--seeds", "0-255", "--height", "20000", "--width", "20000"], "256 20,000 x 20,000 render(s) and their grid"),
+        (["-t", "foveated", "--height", "9000", "--width", "9000"], "A 9,000 x 9,000 foveated render needs about 8.7 GiB"),
+        (["--height", "20000", "--width", "20000"], "A 20,000 x 20,000 flat render needs about 10.1 GiB"),
+        (["--seeds", "0-255", "--height", "20000", "--width", "20000"], "256 20,000 x 20,000 renders and their grid needs about 572.2 GiB"),
         (["--height", "80000", "--width", "80000"], "more than the 1.0 GiB this machine has available"),
     ],
 )

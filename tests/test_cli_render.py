@@ -113,7 +113,7 @@ def test_progress_bar_goes_to_stderr(capsys):
         (TINY + ["--backend", "vulkan"], "Unknown backend 'vulkan'"),
         (TINY + ["--height", "0"], "height must be a positive whole number of pixels, not 0."),
         (TINY + ["--width", "-4"], "width must be a positive whole number of pixels, not -4."),
-        (TINY + ["--height", "1000000", "--width", "1000000"], "this machine has available"),
+        (TINY + ["--height", "1000000", "--width", "1000000"], "for its pixels alone"),
         (TINY + ["-t", "cylinder"], "use --topology flat"),
         (TINY + ["-t", "rotated", "-p", "angle=steep"], "parameter angle must be a number, not 'steep'."),
         (TINY + ["-p", "zoom"], "A topology parameter is written NAME=VALUE, not 'zoom'."),

@@ -90,8 +90,8 @@ def render_command(
         width = 4 * height if topology == "cylinder" else height
     seed_list = parse_seeds(seed, seeds)
     check_output(output, force)
-    # Every seed's image is kept until the grid is tiled: count them all, and the grid.
-    check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} render(s) and their grid")
+    if len(seed_list) > 1:  # every seed's image is kept until the grid is tiled: count them all, and the grid
+        check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     registry = get_registry()
