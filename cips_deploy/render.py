@@ -199,7 +199,7 @@ def make_backend(registry: Registry, name: str, model: Any, device: str, options
     """Construct the registered backend ``name`` for ``model``; plugin failures are named."""
     entry = registry.get("backend", name)
     if "device" in options:  # the renderer passes the device itself
-        raise CipsError("The device is chosen with --device (device=...), not as a backend option.")
+        raise CipsError("The device is not a backend option: give it with --device (or device= in Python).")
     return _call(entry, "construction", entry.item, model, device=device, **options)
 
 

@@ -63,7 +63,7 @@ def _disk_full(monkeypatch):
 
 def test_a_backend_option_named_device_is_one_sentence(tmp_path):
     refused(["render", "--preset", "tiny", "--height", "8", "--backend-option", "device=cpu", "-o", "x.png"],
-            "The device is chosen with --device", cwd=tmp_path)
+            "The device is not a backend option", cwd=tmp_path)
 
 
 def test_bench_refuses_negative_threads(tmp_path):
