@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +49,8 @@ def read_torch_file(path: Path) -> Any:
     try:
         # A file object, not the path: torch.load would hand a path ending in .safetensors
         # to the safetensors reader, whatever the bytes say (sniffing has decided already).
-        with open(path, "rb") as handle:
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 5": the sentence below says enough
             return torch.load(handle, map_location="cpu", weights_only=True)
     except MemoryError:
         raise CipsError(f"{path} does not fit in this machine's memory.") from None

@@ -96,8 +96,11 @@ def seed_files(tmp_path_factory, official_dir):
     ours = folder / "ours.safetensors"
     cips_deploy.create("tiny", size=8, seed=0).save(ours)
     official = folder / "official.pt"  # the g_ema alone: a third of the training checkpoint's bytes
-    torch.save(torch.load(official_dir / "cipsskip_s8.pt", weights_only=True)["g_ema"], official)
-    return {"safetensors": ours.read_bytes(), "official": official.read_bytes()}
+    g_ema = torch.load(official_dir / "cipsskip_s8.pt", weights_only=True)["g_ema"]
+    torch.save(g_ema, official)
+    legacy = folder / "legacy.pt"  # torch's pre-zip stream: storage sizes are declared inline
+    torch.save(g_ema, legacy, _use_new_zipfile_serialization=False)
+    return {"safetensors": ours.read_bytes(), "official": official.read_bytes(), "legacy": legacy.read_bytes()}
 
 
 @st.composite
