@@ -147,3 +147,24 @@ def test_a_trained_model_that_overflows_is_refused_at_load(tmp_path):
         generator.blocks[-1].to_rgb.bias.fill_(float("inf"))
     generator.save(tmp_path / "inf.safetensors")
     refused(["render", "--checkpoint", "inf.safetensors", "--height", "8", "-o", "x.png"], "NaN or infinite", cwd=tmp_path)
+
+
+def test_a_training_sweeps_the_half_written_state_of_a_killed_run(tmp_path):
+    from cips_deploy.train.loop import lock_run
+
+    run = tmp_path / "run"
+    run.mkdir()
+    dead = _dead_pid()
+    stale = run / f".training-state.pt.{dead}.abcd1234.partial"
+    stale.write_bytes(b"\0" * 4096)
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(images / "black.png")
+    from cips_deploy.train import TrainOptions, train
+
+    train(TrainOptions(data=str(images), out=str(run), preset="tiny", resolution=16, batch=2, steps=1,
+                       checkpoint_every=1, sample_every=1000))
+    assert not stale.exists()
+    assert not [name for name in files_under(tmp_path) if name.endswith(".partial")]
+    holder = lock_run(run)  # the finished run released its lock
+    holder.close()

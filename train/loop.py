@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import create
-from ..atomic import atomic_path
+from ..atomic import atomic_path, sweep_leftovers
 from ..errors import CipsError, Interrupted
 from ..limits import check_zip_declared_size, parse_json, regular_file
 from ..generator import Generator
@@ -308,6 +308,9 @@ def train(options: TrainOptions, *, resume: bool = False) -> Path:
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     lock = lock_run(out)  # two trainings into one folder would interleave log and state
+    if lock is not None:  # what a killed run of this folder left half-written
+        for name in (STATE_FILE, "generator.safetensors", "log.jsonl"):
+            sweep_leftovers(out, name)
     # Scatter-adds (the embedding grid's gradient) otherwise accumulate in thread order:
     # deterministic kernels make a resumed run repeat an uninterrupted one bit for bit.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
