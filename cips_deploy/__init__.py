@@ -24,6 +24,7 @@ from .coords import grid_coords
 from .errors import CipsError
 from .generator import Generator
 from .hookspecs import hookimpl, hookspec
+from .limits import check_model_size
 from .images import rgb_to_uint8, to_pil
 from .render import render, render_pil
 
@@ -60,6 +61,7 @@ def create(
     The same seed gives the same weights.
     """
     config = preset_config(preset, arch=arch, coordinate_space=coordinate_space, **overrides)
+    check_model_size(config)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         generator = Generator(config)

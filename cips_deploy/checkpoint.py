@@ -25,6 +25,7 @@ from .atomic import atomic_path
 from .config import GeneratorConfig
 from .errors import CipsError
 from .generator import Generator
+from .limits import MAX_HEADER_BYTES, check_memory, check_model_size, check_zip_declared_size, parse_json, regular_file
 
 FORMAT = "cips-deploy/generator"
 # A tiny cylinder-space model trained by this package's training core (README, "Demo model"):
@@ -55,12 +56,10 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
     state dicts; their architecture is inferred from the keys and shapes. CREPS snapshots
     give their ``G_ema``, read without running anything (:mod:`.official_creps`).
     """
-    path = Path(path)
-    if not path.exists():
-        raise CipsError(f"No such checkpoint: {path}.")
-    if path.is_dir():
-        raise CipsError(f"{path} is a directory, not a checkpoint file.")
+    path = regular_file(path, "checkpoint")  # a FIFO or a device would block or never end
     kind = sniff_format(path)
+    if kind == "torch-zip":
+        check_zip_declared_size(path)  # torch.load inflates every member in memory
     if kind == "safetensors":
         generator = _load_safetensors(path)
     elif kind in ("torch-zip", "torch-legacy"):
@@ -73,16 +72,25 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
         generator = load_official_creps(path)
     else:
         raise CipsError(f"{path} is not a checkpoint: it is neither a safetensors file nor a PyTorch file.")
+    check_finite(generator, str(path))
     return generator.to(device).eval()
+
+
+def check_finite(generator: Generator, source: str) -> None:
+    """Refuse weights holding NaN or infinities: they would render an all-black image without a word."""
+    for name, tensor in generator.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CipsError(f"{source}: tensor {name!r} holds NaN or infinite values; the model is damaged.")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The decoded metadata of a cips-deploy checkpoint (config, provenance, version)."""
-    path = Path(path)
+    path = regular_file(path, "checkpoint")
+    check_safetensors_header(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = handle.metadata() or {}
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, MemoryError) as error:
         raise CipsError(f"{path} is corrupt or truncated ({_first_line(error)}).") from None
     if raw.get("format") != FORMAT:
         raise CipsError(f"{path} is a safetensors file but not a cips-deploy generator (its metadata has no cips-deploy config).")
@@ -91,24 +99,78 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
             f"{path} uses checkpoint format version {raw.get('format_version')}, "
             f"but this cips-deploy ({__version__}) reads version {FORMAT_VERSION}."
         )
+    if "config" not in raw:
+        raise CipsError(f"{path} has a damaged cips-deploy config in its metadata.")
+    config = parse_json(raw["config"], f"The config in {path}")
+    provenance = parse_json(raw.get("provenance", "{}"), f"The provenance in {path}")
+    if not isinstance(provenance, dict):
+        raise CipsError(f"The provenance in {path} is not a JSON object.")
     try:
-        return {
-            "config": GeneratorConfig.from_dict(json.loads(raw["config"])),
-            "provenance": json.loads(raw.get("provenance", "{}")),
-            "package_version": raw.get("package_version", "unknown"),
-        }
-    except (KeyError, TypeError, json.JSONDecodeError):
+        config = GeneratorConfig.from_dict(config)
+    except TypeError:  # a field missing or given twice
         raise CipsError(f"{path} has a damaged cips-deploy config in its metadata.") from None
+    except CipsError as error:
+        raise CipsError(f"{path}: {error}") from None
+    return {"config": config, "provenance": provenance, "package_version": str(raw.get("package_version", "unknown"))}
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Read a safetensors header ourselves, with caps, before the library maps the file.
+
+    The header is ``u64 length`` then that many bytes of JSON naming each tensor's dtype,
+    shape and byte range. Refused: a header longer than MAX_HEADER_BYTES, byte ranges that
+    run past the end of the file (a truncated or sparse-padded file), and declared tensors
+    larger than the memory available (a sparse 1 TB file would otherwise be mapped and read).
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            raise CipsError(f"{path} is corrupt or truncated (shorter than a safetensors header).")
+        (length,) = struct.unpack("<Q", head)
+        if length > MAX_HEADER_BYTES or length > size - 8:
+            raise CipsError(f"{path} is corrupt or truncated (its header claims {length:,} bytes).")
+        text = handle.read(length)
+    try:
+        header = parse_json(text.decode("utf-8"), f"The safetensors header of {path}", MAX_HEADER_BYTES)
+    except UnicodeDecodeError:
+        raise CipsError(f"{path} is corrupt (its safetensors header is not UTF-8 text).") from None
+    if not isinstance(header, dict):
+        raise CipsError(f"{path} is corrupt (its safetensors header is not a JSON object).")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (
+            not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 for offset in offsets)
+        ):
+            raise CipsError(f"{path} is corrupt (tensor {name!r:.60} has no valid byte range).")
+        end = max(end, offsets[1])
+    if 8 + length + end > size:
+        raise CipsError(f"{path} is corrupt or truncated (its tensors need {8 + length + end:,} bytes; the file has {size:,}).")
+    check_memory(end, f"Loading {path}")
 
 
 def _load_safetensors(path: Path) -> Generator:
     metadata = read_metadata(path)
+    check_model_size(metadata["config"], f"The model in {path}")
     with torch.device("meta"):
         generator = Generator(metadata["config"])
+    expected = generator.state_dict()
     try:
         with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():  # shapes from the header, before any tensor is read
+                shape = handle.get_slice(name).get_shape()
+                if name in expected and list(shape) != list(expected[name].shape):
+                    raise CipsError(
+                        f"{path}: tensor {name!r} has shape {list(shape)}, "
+                        f"but the generator expects {list(expected[name].shape)}."
+                    )
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
-    except (SafetensorError, OSError) as error:
+    except (SafetensorError, OSError, MemoryError) as error:
         raise CipsError(f"{path} is corrupt or truncated ({_first_line(error)}).") from None
     load_exact_state_dict(generator, tensors, source=str(path))
     generator.provenance = metadata["provenance"]
@@ -168,6 +230,7 @@ def sniff_format(path: Path) -> str | None:
 def file_sha256(path: str | Path) -> str:
     """Hex SHA-256 of a file, read in blocks (checkpoints can be gigabytes)."""
     digest = hashlib.sha256()
+    path = regular_file(path)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             digest.update(block)

@@ -64,6 +64,7 @@ class GeneratorConfig:
     fc_clamp: float | None = 256.0
 
     def __post_init__(self) -> None:
+        check_field_types(self)  # whole numbers in range before anything multiplies them
         object.__setattr__(self, "widths", tuple(int(width) for width in self.widths))
         if self.arch not in ARCHITECTURES:
             raise CipsError(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
@@ -120,11 +121,45 @@ class GeneratorConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "GeneratorConfig":
+        if not isinstance(data, dict):
+            raise CipsError(f"A generator config is a JSON object, not {type(data).__name__}.")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise CipsError(f"The checkpoint's config has fields this version does not know: {', '.join(unknown)}.")
         return cls(**data)
+
+
+def check_field_types(config: GeneratorConfig) -> None:
+    """One sentence for a field of the wrong type or out of range (limits: :mod:`.limits`).
+
+    Configs arrive as JSON from files: NaN, infinities, strings, fractions, booleans and
+    2**40 must all be refused here, before a module or a tensor is sized by them.
+    """
+    from .limits import CONFIG_LIMITS, MAX_BLOCKS, MAX_WIDTH
+
+    for name in ("arch", "coordinate_space"):
+        if not isinstance(getattr(config, name), str):
+            raise CipsError(f"The generator's {name} must be a string, not {getattr(config, name)!r:.40}.")
+    for name, (low, high) in CONFIG_LIMITS.items():
+        value = getattr(config, name, None)
+        if not _is_whole(value) or not low <= value <= high:
+            raise CipsError(f"The generator's {name} must be a whole number from {low} to {high:,}, not {value!r:.40}.")
+    widths = config.widths
+    if not isinstance(widths, (list, tuple)) or not 1 <= len(widths) <= MAX_BLOCKS:
+        count = len(widths) if isinstance(widths, (list, tuple)) else widths
+        raise CipsError(f"A generator has 1 to {MAX_BLOCKS} blocks, not {count!r:.40}.")
+    for width in widths:
+        if not _is_whole(width) or not 1 <= width <= MAX_WIDTH:
+            raise CipsError(f"Every block width must be a whole number from 1 to {MAX_WIDTH:,}, not {width!r:.40}.")
+    lr = config.lr_mlp
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1000):
+        raise CipsError(f"The mapping network's lr_mlp must be a finite number in (0, 1000], not {lr!r:.40}.")
+
+
+def _is_whole(value: Any) -> bool:
+    """An int (not a bool, not a float, however integral: JSON configs write sizes as integers)."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def official_widths(arch: str, size: int, channel_multiplier: int = 2, channel_max: int = 512) -> tuple[int, ...]:

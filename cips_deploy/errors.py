@@ -12,3 +12,11 @@ class CipsError(Exception):
 
 class CipsWarning(UserWarning):
     """Something the user should know that does not stop the work; the CLI prints it as one line."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by a signal after saving its work; the CLI exits with ``exit_code`` (128 + signal)."""
+
+    def __init__(self, exit_code: int = 130) -> None:
+        super().__init__(exit_code)
+        self.exit_code = exit_code

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable
@@ -46,7 +47,13 @@ def load_official(path: str | Path) -> Generator:
 def read_torch_file(path: Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure turned into one sentence."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # A file object, not the path: torch.load would hand a path ending in .safetensors
+        # to the safetensors reader, whatever the bytes say (sniffing has decided already).
+        with open(path, "rb") as handle, warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 5": the sentence below says enough
+            return torch.load(handle, map_location="cpu", weights_only=True)
+    except MemoryError:
+        raise CipsError(f"{path} does not fit in this machine's memory.") from None
     except pickle.UnpicklingError as error:
         if "weights only" in str(error).lower() or "unsupported global" in str(error).lower():
             raise CipsError(
@@ -54,7 +61,7 @@ def read_torch_file(path: Path) -> Any:
                 "and loading them could run code."
             ) from None
         raise CipsError(f"{path} is corrupt or truncated (it does not unpickle).") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError) as error:
+    except Exception as error:  # torch.load parsing hostile bytes raises anything (KeyError, struct.error, ...)
         raise CipsError(f"{path} is corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__}).") from None
 
 
@@ -66,6 +73,9 @@ def official_state_dict(obj: Any, *, source: str) -> tuple[dict[str, Tensor], st
         state_dict, layout = obj, "bare g_ema state dict"
     else:
         raise CipsError(f"{source} is a PyTorch file but holds no generator state dict (no 'g_ema' and no tensors).")
+    odd = next((key for key, value in state_dict.items() if not isinstance(value, Tensor)), None)
+    if odd is not None:
+        raise CipsError(f"{source}: the generator's entry {str(odd)!r:.60} is not a tensor.")
     # Checkpoints saved from DataParallel or DDP wrappers prefix every key with 'module.'.
     state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
     if "lff.ffm.conv.weight" not in state_dict:
@@ -77,6 +87,10 @@ def official_state_dict(obj: Any, *, source: str) -> tuple[dict[str, Tensor], st
 def config_from_official(state_dict: dict[str, Tensor], *, source: str = "checkpoint") -> GeneratorConfig:
     """Infer architecture, size, widths, hidden and style widths and mapping depth from shapes."""
     shapes = {key: tuple(value.shape) for key, value in state_dict.items()}
+    # Every official weight the shapes are read from is 2-D or more (convolutions are 4-D or 5-D).
+    for key in ("lff.ffm.conv.weight", "emb.input", "conv1.conv.modulation.weight", "linears.0.conv.modulation.weight"):
+        if key in shapes and len(shapes[key]) < 2:
+            raise CipsError(f"{source}: tensor {key!r} has shape {list(shapes[key])}, not that of an official CIPS weight.")
     hidden, coordinate_inputs = shapes["lff.ffm.conv.weight"][:2]
     if coordinate_inputs != 2:
         raise CipsError(f"{source}: the Fourier layer takes {coordinate_inputs} inputs; official CIPS models take 2 (x, y).")
@@ -96,6 +110,9 @@ def config_from_official(state_dict: dict[str, Tensor], *, source: str = "checkp
     missing = [key for key in [*width_keys, style_key] if key not in shapes]
     if n_blocks == 0 or missing:
         raise CipsError(f"{source} is an incomplete {arch} generator: {missing[0] if missing else 'no blocks'} is missing.")
+    odd = [key for key in width_keys if len(shapes[key]) < 2]
+    if odd:
+        raise CipsError(f"{source}: tensor {odd[0]!r} has shape {list(shapes[odd[0]])}, not that of an official CIPS weight.")
     widths = tuple(shapes[key][1] for key in width_keys)
     style_dim = shapes[style_key][1]
     if "emb.input" in shapes:
@@ -173,7 +190,14 @@ def generator_from_official_state_dict(state_dict: dict[str, Tensor], *, source:
     which is how the paper-size manifests are checked.
     """
     config = config_from_official(state_dict, source=source)
-    tensors = convert_official_state_dict(state_dict, config, source=source)
+    from .limits import check_model_size
+
+    if next(iter(state_dict.values())).device.type != "meta":  # meta manifests allocate nothing
+        check_model_size(config, f"The model in {source}")
+    try:
+        tensors = convert_official_state_dict(state_dict, config, source=source)
+    except (IndexError, RuntimeError, ValueError):  # a reshape of a tensor of the wrong shape
+        raise CipsError(f"{source} holds tensors whose shapes do not fit a CIPS {config.arch} generator.") from None
     device = next(iter(tensors.values())).device
     with torch.device("meta"):
         generator = Generator(config)

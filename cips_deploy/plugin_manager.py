@@ -12,8 +12,10 @@ called on its own rather than through pluggy's all-or-nothing hook call.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
+import sys
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -93,6 +95,7 @@ class Registry:
         self.plugin_manager = plugin_manager
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Registered]] = {kind: {} for kind in REGISTER_HOOKS.values()}
+        self.command_owners: dict[str, str] = {}  # command name -> who added it ("cips-deploy" or a plugin)
 
     @property
     def topologies(self) -> dict[str, Registered]:
@@ -175,13 +178,33 @@ def get_registry() -> Registry:
 
 
 def register_commands(cli: click.Group, registry: Registry | None = None) -> None:
-    """Let every plugin add commands to ``cli``; a plugin that raises is recorded, not fatal."""
+    """Let every plugin add commands to ``cli``; a plugin that raises is recorded, not fatal.
+
+    A plugin may add commands but never replace or remove one that is already there (the
+    built-ins come first): whatever it did to existing names is undone and reported.
+    """
     registry = registry or get_registry()
+    owners = registry.command_owners
+    for name in cli.commands:
+        owners.setdefault(name, "cips-deploy")
     for implementation in _implementations(registry, "register_commands"):
+        plugin = implementation.plugin_name
+        before = dict(cli.commands)
         try:
-            implementation.function(cli=cli)
-        except Exception as error:  # a plugin's bug must not take the command line down
-            registry.problem(implementation.plugin_name, _failure(implementation.plugin_name, "register_commands", error))
+            with _plugin_code():
+                implementation.function(cli=cli)
+        except BaseException as error:  # a plugin's bug (or its sys.exit) must not take the command line down
+            registry.problem(plugin, _failure(plugin, "register_commands", error))
+        for name, command in before.items():
+            if cli.commands.get(name) is not command:
+                cli.commands[name] = command
+                registry.problem(
+                    plugin,
+                    f"Plugin {plugin!r} tried to replace or remove the command {name!r}, which {owners[name]} "
+                    "provides; the original is kept.",
+                )
+        for name in cli.commands:
+            owners.setdefault(name, plugin)
 
 
 # --------------------------------------------------------------------------- internals
@@ -190,8 +213,9 @@ def register_commands(cli: click.Group, registry: Registry | None = None) -> Non
 def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
     """Import (``load``) and register one plugin, recording why not if that fails."""
     try:
-        plugin = load()
-    except Exception as error:
+        with _plugin_code():
+            plugin = load()
+    except BaseException as error:  # SystemExit and KeyboardInterrupt at import too: it is the plugin's, not the user's
         registry.problem(name, f"Plugin {name!r} failed to import ({_error_text(error)}); it was skipped.")
         return
     try:
@@ -217,8 +241,9 @@ def _collect(registry: Registry, hook_name: str) -> None:
         plugin = implementation.plugin_name
         received: list[Any] = []
         try:
-            implementation.function(register=received.append)
-        except Exception as error:
+            with _plugin_code():
+                implementation.function(register=received.append)
+        except BaseException as error:
             registry.problem(plugin, _failure(plugin, hook_name, error))
             continue
         for item in received:
@@ -236,6 +261,21 @@ def _collect(registry: Registry, hook_name: str) -> None:
                 )
                 continue
             registry.items[kind][item.name] = Registered(kind, item.name, item, plugin)
+
+
+@contextlib.contextmanager
+def _plugin_code():
+    """Run plugin code with its prints sent to stderr: stdout carries results (``--json``)."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def owner_of(registry: Registry, kind: str, item: Any) -> Registered | None:
+    """The registration of ``item`` (or of its class, for a constructed backend), if any."""
+    for entry in registry.items[kind].values():
+        if entry.item is item or (isinstance(entry.item, type) and type(item) is entry.item):
+            return entry
+    return None
 
 
 def _check_name(item: Any) -> None:

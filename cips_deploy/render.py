@@ -30,7 +30,8 @@ from torch import Tensor
 from .backend import Backend, resolve_options
 from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
-from .plugin_manager import Registered, Registry, get_registry
+from .limits import check_memory
+from .plugin_manager import Registered, Registry, get_registry, owner_of
 from .topology import TopologyRequest, check_points, resolve_parameters
 
 MAX_SIDE = 1 << 20
@@ -105,6 +106,8 @@ def render_detailed(
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not math.isfinite(truncation):
         raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
     topology_entry = registry.get("topology", topology)
+    working = getattr(topology_entry.item, "working_bytes_per_pixel", 24)
+    check_memory(height * width * (3 + int(working)), f"A {height:,} x {width:,} {topology} render")
     chunker_entry = registry.get("chunker", chunker or ("fixed" if chunk_size is not None else "memory"))
     check_chunk_settings(chunker_entry, chunk_size, memory_budget)
     params = resolve_parameters(topology_entry.item, topology_params)
@@ -115,7 +118,10 @@ def render_detailed(
         runner = make_backend(registry, backend, model, device, backend_options or {})
     else:
         runner = model
-        backend_entry = Registered("backend", getattr(model, "name", type(model).__name__), model, "given by the caller")
+        # A constructed backend is named after the plugin that registered its class.
+        backend_entry = owner_of(registry, "backend", model) or Registered(
+            "backend", getattr(model, "name", type(model).__name__), model, "given by the caller"
+        )
     try:
         config = runner.config
         if config.coordinate_space not in topology_entry.item.coordinate_spaces:
@@ -172,6 +178,11 @@ def _synthesize(
         rgb = _call(backend, "run", runner.run, coords, style)
         if tuple(rgb.shape) != (1, stop - start, 3):
             raise CipsError(f"{backend.label} returned colours of shape {list(rgb.shape)} for {stop - start} points.")
+        if not bool(torch.isfinite(rgb).all()):  # NaN would become black pixels without a word
+            raise CipsError(
+                f"{backend.label} computed NaN or infinite colours (points {start:,} to {stop:,}): the model or "
+                "its inputs overflow; nothing was written."
+            )
         _call(topology, "accept", layout.accept, start, rgb[0])
         chunks += 1
         if progress is not None:
@@ -256,7 +267,7 @@ def _call(entry: Registered, what: str, function: Callable[..., Any], *args: Any
         return function(*args, **kwargs)
     except CipsError:
         raise
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # a plugin's sys.exit() is its failure, not the user's exit
         raise CipsError(f"{entry.label} failed in {what} ({_describe(error)}).") from error
 
 

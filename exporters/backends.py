@@ -30,9 +30,11 @@ from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.topology import Parameter
 
-from .cache import cache_entry, cached_onnx
-from .metadata import EngineMetadata, weights_sha256
-from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS, export_onnx
+from cips_deploy.plugins.torch_backend import PAD_POINTS, pad_rows
+
+from .cache import cached_generator_onnx, cached_onnx
+from .metadata import EngineMetadata
+from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 from .ort_runtime import OnnxEngine, choose_providers
 from .pipeline import export_checkpoint
 
@@ -92,7 +94,8 @@ class OnnxRuntimeBackend(Backend):
         # for the other kind of style on first need.
         self._exportable = engine is None and not _is_engine_file(model, ".onnx")
         if engine is not None:
-            opened = self._open(Path(engine))
+            # It stands in for the checkpoint: its content must verify, not just its metadata.
+            opened = self._open(Path(engine), verify="required")
             check_engine_source(opened.metadata, model, Path(engine))
         elif _is_engine_file(model, ".onnx"):
             opened = self._open(Path(model))
@@ -105,7 +108,18 @@ class OnnxRuntimeBackend(Backend):
         return next(iter(self._engines.values())).map(z.float().cpu(), truncation)
 
     def run(self, coords: Tensor, w: Tensor) -> Tensor:
-        return self._engine(spatial=w.dim() == 3).synthesize(coords.float().cpu(), w.float().cpu())
+        """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3], chunk-invariant.
+
+        As the torch backend does, N is padded to a multiple of PAD_POINTS (repeating the
+        last point): onnxruntime's CPU matrix products take another kernel for very short
+        batches, which moved a pixel by one level at chunk size 1.
+        """
+        n_points = coords.shape[1]
+        coords = pad_rows(coords.float().cpu(), PAD_POINTS)
+        w = w.float().cpu()
+        if w.dim() == 3:
+            w = pad_rows(w, PAD_POINTS)
+        return self._engine(spatial=w.dim() == 3).synthesize(coords, w)[:, :n_points]
 
     def close(self) -> None:
         self._engines.clear()
@@ -120,16 +134,13 @@ class OnnxRuntimeBackend(Backend):
 
     def _export(self, spatial_style: bool) -> Path:
         if isinstance(self._source, Generator):
-            # In-memory weights have no file hash: key the cache by the weights themselves.
-            path = cache_entry("w" + weights_sha256(self._source), opset=self._opset, spatial_style=spatial_style)
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                export_onnx(self._source, path, opset=self._opset, spatial_style=spatial_style, overwrite=True)
-            return path
+            # In-memory weights have no file hash: the cache is keyed by the weights themselves.
+            return cached_generator_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
         return cached_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
 
-    def _open(self, path: Path) -> OnnxEngine:
-        return OnnxEngine(path, providers=self._providers, device_id=self._device_id)
+    def _open(self, path: Path, verify: str = "if-recorded") -> OnnxEngine:
+        # Cache entries were verified (or rebuilt) by the cache just now.
+        return OnnxEngine(path, providers=self._providers, device_id=self._device_id, verify=verify)
 
 
 class TensorRTBackend(Backend):

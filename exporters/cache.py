@@ -5,19 +5,27 @@ cached ``model.onnx`` on every later call. The key is the checkpoint's SHA-256 p
 changes the graph (opset, spatial styles) and the package version (a new version may
 trace a different graph). Location: ``$CIPS_DEPLOY_CACHE``, else
 ``$XDG_CACHE_HOME/cips-deploy``, else ``~/.cache/cips-deploy``; entries live in ``onnx/``.
+
+Every use verifies the entry's content hash (:mod:`.integrity`) and its metadata; an entry
+that fails is removed and exported again, never used and never a hard error.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
+from typing import Callable
 
 from cips_deploy._version import __version__
 from cips_deploy.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+from cips_deploy.limits import regular_file
 
-from .metadata import read_onnx_metadata
-from .onnx_export import DEFAULT_OPSET, export_onnx
+from . import integrity
+from .metadata import EngineMetadata, read_onnx_metadata, weights_sha256
+from .onnx_export import DEFAULT_OPSET, export_onnx, mapping_path_for
 
 
 def cache_root() -> Path:
@@ -34,31 +42,65 @@ def cache_entry(checkpoint_sha256: str, *, opset: int = DEFAULT_OPSET, spatial_s
 
 
 def cached_onnx(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, spatial_style: bool = False) -> Path:
-    """The cached ONNX engine of ``checkpoint``, exported and validated on first use."""
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise CipsError(f"No such checkpoint: {checkpoint}.")
+    """The cached ONNX engine of ``checkpoint``, exported and validated on first use.
+
+    An entry is used only if its content hash verifies and its metadata names this
+    checkpoint's hash; anything else (damaged, replaced, half-written) is deleted and
+    exported again.
+    """
+    checkpoint = regular_file(checkpoint, "checkpoint")
     digest = file_sha256(checkpoint)
     path = cache_entry(digest, opset=opset, spatial_style=spatial_style)
-    if path.is_file():
-        try:
-            metadata = read_onnx_metadata(path)
-            if metadata.source_sha256 == digest and metadata.spatial_style == spatial_style:
-                return path
-        except CipsError:
-            pass  # a damaged entry is exported again below
+    if _usable(path, lambda meta: meta.source_sha256 == digest and meta.spatial_style == spatial_style):
+        return path
     generator = load(checkpoint)
+    _export_into(path, generator, opset, spatial_style, source_file=checkpoint.name, source_sha256=digest)
+    return path
+
+
+def cached_generator_onnx(generator: Generator, *, opset: int = DEFAULT_OPSET, spatial_style: bool = False) -> Path:
+    """The cached ONNX engine of an in-memory generator (a ``--preset`` model), keyed by its weights.
+
+    Verified exactly as :func:`cached_onnx` does, against the weights' hash and config.
+    """
+    digest = weights_sha256(generator)
+    path = cache_entry("w" + digest, opset=opset, spatial_style=spatial_style)
+
+    def matches(meta: EngineMetadata) -> bool:
+        return meta.weights_sha256 == digest and meta.config == generator.config and meta.spatial_style == spatial_style
+
+    if _usable(path, matches):
+        return path
+    _export_into(path, generator, opset, spatial_style)
+    return path
+
+
+def _usable(path: Path, matches: Callable[[EngineMetadata], bool]) -> bool:
+    """Whether the entry at ``path`` verifies and matches; a bad entry is removed."""
+    if not path.exists() and not path.parent.exists():
+        return False
+    try:
+        for file in (path, mapping_path_for(path)):
+            integrity.verify(file, required=True)
+        if matches(read_onnx_metadata(path)):
+            return True
+    except CipsError:
+        pass
+    _remove_entry(path.parent)
+    return False
+
+
+def _export_into(path: Path, generator: Generator, opset: int, spatial_style: bool, **source) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CipsError(f"Cannot create the export cache {path.parent}: {error.strerror or error}.") from None
-    export_onnx(
-        generator,
-        path,
-        opset=opset,
-        spatial_style=spatial_style,
-        source_file=checkpoint.name,
-        source_sha256=digest,
-        overwrite=True,
-    )
-    return path
+    export_onnx(generator, path, opset=opset, spatial_style=spatial_style, overwrite=True, **source)
+
+
+def _remove_entry(folder: Path) -> None:
+    """Delete one cache entry folder (never anything outside the cache's ``onnx/``)."""
+    root = (cache_root() / "onnx").resolve()
+    folder = folder.resolve()
+    if folder.parent == root and folder.is_dir():
+        shutil.rmtree(folder, ignore_errors=True)

@@ -35,6 +35,7 @@ import torch
 from cips_deploy._version import __version__
 from cips_deploy.config import GeneratorConfig
 from cips_deploy.errors import CipsError
+from cips_deploy.limits import parse_json
 from cips_deploy.generator import Generator
 
 from .spec import EngineSpec
@@ -119,17 +120,20 @@ class EngineMetadata:
                 f"{source} uses engine format version {values.get('format_version')}, but this cips-deploy "
                 f"({__version__}) reads version {FORMAT_VERSION}; export it again."
             )
+        def loads(key: str, default: str | None = None) -> Any:  # untrusted: capped size and depth
+            return parse_json(values[key] if default is None else values.get(key, default), f"The {key} of {source}", 1 << 26)
+
         try:
             return cls(
                 role=values["role"],
-                config=GeneratorConfig.from_dict(json.loads(values["config"])),
+                config=GeneratorConfig.from_dict(loads("config")),
                 spatial_style=values["spatial_style"] == "true",
-                w_avg=tuple(float(x) for x in json.loads(values["w_avg"])),
-                io=json.loads(values["io"]),
+                w_avg=tuple(float(x) for x in loads("w_avg")),
+                io=loads("io"),
                 source_file=values.get("source_file", ""),
                 source_sha256=values.get("source_sha256", ""),
                 weights_sha256=values["weights_sha256"],
-                provenance=json.loads(values.get("provenance", "{}")),
+                provenance=loads("provenance", "{}"),
                 package_version=values.get("package_version", "unknown"),
                 opset=int(values["opset"]),
             )

@@ -28,12 +28,12 @@ import torch
 from torch import Tensor, nn
 
 from cips_deploy._version import __version__
-from cips_deploy.atomic import check_destination
+from cips_deploy.atomic import check_destination, staged
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 from cips_deploy.layers import ModulatedLinear
 
-from .files import staged
+from . import integrity
 from .metadata import EngineMetadata, build_metadata, weights_sha256
 from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate
@@ -219,6 +219,7 @@ def _write_model(
     del model.metadata_props[:]
     for key, value in meta.to_strings().items():
         model.metadata_props.add(key=key, value=value)
+    integrity.stamp(model)  # readers verify the graph and weights against it
     weight_bytes = sum(len(tensor.raw_data) for tensor in model.graph.initializer)
     external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
     if external:

@@ -18,6 +18,7 @@ from torch import Tensor
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
+from . import integrity
 from .metadata import EngineMetadata, read_onnx_metadata
 from .onnx_export import mapping_path_for
 from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
@@ -86,10 +87,16 @@ class OnnxEngine:
         device_id: int = 0,
         generator: Generator | None = None,
         checkpoint_sha256: str | None = None,
+        verify: str = "if-recorded",
     ) -> None:
+        """``verify``: ``required`` (the content hash must be there and match: engines that
+        stand in for a checkpoint), ``if-recorded`` (engines given as they are) or ``no``
+        (an export validating what it has just written)."""
         import onnxruntime as ort
 
         self.path = Path(path)
+        if verify != "no":
+            integrity.verify(self.path, required=verify == "required")
         self.metadata: EngineMetadata = read_onnx_metadata(self.path)
         self.metadata.check_role(SYNTHESIS, source=str(self.path))
         if generator is not None or checkpoint_sha256 is not None:
@@ -108,6 +115,8 @@ class OnnxEngine:
         mapping_file = mapping_path_for(self.path)
         self.mapping_session = None
         if mapping_file.is_file():
+            if verify != "no":
+                integrity.verify(mapping_file, required=verify == "required")
             mapping_meta = read_onnx_metadata(mapping_file)
             mapping_meta.check_role(MAPPING, source=str(mapping_file))
             if mapping_meta.weights_sha256 != self.metadata.weights_sha256:

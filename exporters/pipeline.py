@@ -13,11 +13,10 @@ from pathlib import Path
 
 import onnx
 
-from cips_deploy.atomic import check_destination
+from cips_deploy.atomic import EXPORT_LABEL, check_destination, staged
 from cips_deploy.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
 
-from .files import staged
 from .metadata import EngineMetadata, read_onnx_metadata
 from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, external_data_location, mapping_path_for
 from .spec import mapping_spec, synthesis_spec
@@ -101,8 +100,8 @@ def export_checkpoint(
     # Without -o it goes to the system's temporary folder rather than into the Triton
     # repository, where a server polling the repository would see it.
     work_parent = output.parent if output is not None else None
-    with tempfile.TemporaryDirectory(prefix=".cips-export.", dir=work_parent) as work:
-        work = Path(work)
+    with staged(work_parent or Path(tempfile.gettempdir()), EXPORT_LABEL, output) as stage:
+        work = stage.path  # .cips-export.<pid>.<random>.partial: a killed run's is swept by the next
         summary = ExportSummary(engine)
         onnx_file = work / (output.name if engine == "onnx" and output is not None else f"{name}.onnx")
         if source_metadata is not None:

@@ -206,7 +206,7 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
         raise CipsError(f"{plan} has no sidecar {path.name}, so it cannot be checked; build it again with cips-deploy.")
     try:
         sidecar = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CipsError(f"{path} is not a readable cips-deploy sidecar; build the engine again.") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise CipsError(f"{path} is not a cips-deploy TensorRT sidecar.")

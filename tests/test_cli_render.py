@@ -137,7 +137,7 @@ def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):
     (tmp_path / "keep.png").write_bytes(b"previous")
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     if "-o" not in args:
-        args += ["-o", str(tmp_path / "keep.png")]
+        args += ["-o", str(tmp_path / "keep.png"), "--force"]  # --force: the bad input, not the rule, must refuse
     result = CliRunner().invoke(cli, ["render", *args])
     assert result.exit_code == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)

@@ -199,7 +199,7 @@ def test_bench_cli_takes_precisions_and_reports_both_peaks(monkeypatch):
 
 def test_render_cli_passes_precision_to_the_torch_backend(tmp_path):
     def invoke(*extra: str):
-        return CliRunner().invoke(cli, ["render", "--preset", "tiny", "--height", "16", "-q", "-o", str(tmp_path / "out.png"), *extra])
+        return CliRunner().invoke(cli, ["render", "--preset", "tiny", "--height", "16", "-q", "--force", "-o", str(tmp_path / "out.png"), *extra])
 
     assert invoke("--precision", "bf16").exit_code == 0
     assert invoke("--precision", "bf16", "--backend-option", "precision=bf16").exit_code == 0

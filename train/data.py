@@ -21,7 +21,9 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from ..errors import CipsError
+from ..limits import regular_file
 
+MAX_IMAGE_BYTES = 256 << 20  # one image file; larger ones are skipped (and counted)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
 
 
@@ -47,6 +49,8 @@ def load_images(path: str | Path, resolution: int, *, keep_aspect: bool = False)
     path = Path(path)
     if not path.exists():
         raise CipsError(f"No such data set: {path}.")
+    if not path.is_dir():
+        regular_file(path, "data set")  # a FIFO or a device would block the reader forever
     images: list[Tensor] = []
     skipped: list[str] = []
     for name, read in _image_files(path):
@@ -66,19 +70,44 @@ def _image_files(path: Path):
     """Yield (name, read-bytes callable) for every image-like file, in a stable order."""
     if path.is_dir():
         for file in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
-            yield str(file.relative_to(path)), file.read_bytes
+            # is_file() follows links and is False for FIFOs and devices, which are skipped.
+            yield str(file.relative_to(path)), (lambda file=file: _read_capped(file.open("rb"), file.name))
         return
     if zipfile.is_zipfile(path):
-        archive = zipfile.ZipFile(path)
-        for info in sorted(archive.infolist(), key=lambda item: item.filename):
-            if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
-                yield info.filename, (lambda info=info: archive.read(info))
+        with zipfile.ZipFile(path) as archive:
+            for info in sorted(archive.infolist(), key=lambda item: item.filename):
+                if not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
+                    # One member at a time, never more than MAX_IMAGE_BYTES of it: the sizes a
+                    # zip declares can lie, and a few MB can inflate to gigabytes.
+                    yield info.filename, (lambda info=info: _read_capped(archive.open(info), info.filename))
         return
     raise CipsError(f"The data set {path} is neither a folder nor a zip of images.")
 
 
+def _read_capped(handle, name: str) -> bytes:
+    """The bytes of one image file, or OSError (the file is skipped) past MAX_IMAGE_BYTES."""
+    with handle:
+        data = handle.read(MAX_IMAGE_BYTES + 1)
+    if len(data) > MAX_IMAGE_BYTES:
+        raise OSError(f"{name} is larger than {MAX_IMAGE_BYTES >> 20} MiB")
+    return data
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB. 16- and 32-bit grey images are scaled, not clipped: PIL's convert("RGB")
+    would saturate every value above 255 (a 16-bit PNG would train on a white image)."""
+    if image.mode.startswith("I"):  # I;16, I;16B, I;16L, I (32-bit integers, 16-bit PNGs on old PIL)
+        values = np.asarray(image, dtype=np.float64)
+        full = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        image = Image.fromarray(np.clip(values / full * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif image.mode == "F":  # float images: taken as [0, 1]
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(np.nan_to_num(values) * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
 def _prepare(image: Image.Image, resolution: int, keep_aspect: bool) -> Tensor:
-    image = image.convert("RGB")
+    image = _to_rgb(image)
     width, height = image.size
     if keep_aspect:
         new_width = max(resolution, round(width * resolution / height))

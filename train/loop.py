@@ -8,7 +8,10 @@ derived from (run seed, step, rank), so a resumed run repeats an uninterrupted o
 from __future__ import annotations
 
 import copy
+import errno
+import fcntl
 import io
+import os
 import json
 import math
 import signal
@@ -23,8 +26,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .. import create
-from ..atomic import atomic_path
-from ..errors import CipsError
+from ..atomic import atomic_path, sweep_leftovers
+from ..errors import CipsError, Interrupted
+from ..limits import check_zip_declared_size, parse_json, regular_file
 from ..generator import Generator
 from .data import load_images
 from .discriminator import Discriminator
@@ -34,6 +38,8 @@ from .samples import save_sample_grid
 from .views import ViewSampler
 
 STATE_FILE = "training-state.pt"
+LOCK_FILE = ".train.lock"
+RESUME_KEYS = ("step", "options", "generator", "generator_ema", "discriminator", "g_optim", "d_optim")
 W_AVG_BETA = 0.995  # how slowly the tracked average w follows the batch means
 
 
@@ -78,6 +84,7 @@ class Trainer:
         self.step = 0
         self.pl_mean = torch.zeros([], device=device)  # running mean of path lengths (path-length regularisation)
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self._g_ddp = self.dist.wrap(SynthesisStep(self.generator))
         self._d_ddp = self.dist.wrap(self.discriminator)
 
@@ -195,8 +202,7 @@ class Trainer:
                 record = {"step": self.step, "images": self.step * o.batch, **record,
                           "images_per_second": o.batch / elapsed}
                 if self.dist.is_main:
-                    with open(log_path, "a") as log:
-                        log.write(json.dumps(record) + "\n")
+                    append_log(log_path, record)
                 bar.update(1, f"D {record['d_loss']:.3f}  G {record['g_loss']:.3f}  {record['images_per_second']:.1f} img/s")
                 if self.step % o.checkpoint_every == 0 or self.step == o.steps:
                     self.save()
@@ -216,10 +222,11 @@ class Trainer:
         self.dist.close()
 
     def _install_signal_handlers(self) -> None:
-        def request_stop(signum, frame):  # finish the step, save, exit cleanly
+        def request_stop(signum, frame):  # finish the step, save, then exit with 128 + signum
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
+            self.stop_signal = signum
 
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
@@ -254,24 +261,38 @@ class Trainer:
             "options": self.options.to_dict(),
         }
         self.generator_ema.save(self.out / "generator.safetensors")
-        with open(self.out / "log.jsonl", "a") as log:
-            log.write(json.dumps({"event": "checkpoint", "step": self.step, "replica_fingerprints": fingerprints}) + "\n")
+        append_log(self.out / "log.jsonl", {"event": "checkpoint", "step": self.step, "replica_fingerprints": fingerprints})
 
     def resume(self) -> None:
         path = self.out / STATE_FILE
         if not path.exists():
             raise CipsError(f"Nothing to resume: {path} does not exist.")
+        regular_file(path, "training state")
+        check_zip_declared_size(path, "training state")
         try:
             state = torch.load(path, map_location=self.dist.device, weights_only=True)
         except Exception as error:  # a damaged state file is user input, not a bug
             raise CipsError(f"Cannot resume from {path}: it is damaged ({type(error).__name__}).") from None
-        self.options.check_resumable_from(json.loads(state["options"]))
-        self.generator.load_state_dict(state["generator"])
-        self.generator_ema.load_state_dict(state["generator_ema"])
-        self.discriminator.load_state_dict(state["discriminator"])
-        self.g_optim.load_state_dict(state["g_optim"])
-        self.d_optim.load_state_dict(state["d_optim"])
-        self.step = int(state["step"])
+        missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
+        if missing:
+            raise CipsError(f"Cannot resume from {path}: it holds no {missing[0]!r}, so it is not a training state.")
+        step = state["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.options.steps:
+            raise CipsError(f"Cannot resume from {path}: its step {step!r:.40} is not a whole number from 0 to --steps.")
+        saved = parse_json(state["options"], f"The options saved in {path}")
+        if not isinstance(saved, dict):
+            raise CipsError(f"Cannot resume from {path}: its saved options are not a JSON object.")
+        self.options.check_resumable_from(saved)
+        try:
+            self.generator.load_state_dict(state["generator"])
+            self.generator_ema.load_state_dict(state["generator_ema"])
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.g_optim.load_state_dict(state["g_optim"])
+            self.d_optim.load_state_dict(state["d_optim"])
+        except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CipsError(f"Cannot resume from {path}: its saved weights do not fit this run ({first[:200]}).") from None
+        self.step = step
         self.pl_mean = state.get("pl_mean", torch.zeros([])).to(self.dist.device)
         self._truncate_log(self.out / "log.jsonl")
 
@@ -279,7 +300,7 @@ class Trainer:
         """Drop log lines of steps after the checkpoint: they will be run again."""
         if not self.dist.is_main or not path.exists():
             return
-        kept = [line for line in path.read_text().splitlines() if json.loads(line).get("step", 0) <= self.step]
+        kept = [line for line, record in read_log(path) if record.get("step", 0) <= self.step]
         with atomic_path(path) as temporary:
             temporary.write_text("".join(line + "\n" for line in kept))
 
@@ -296,8 +317,7 @@ class Trainer:
         if message:
             click.echo(message, err=True)
         if fid is not None:
-            with open(log_path, "a") as log:
-                log.write(json.dumps({"event": "fid", "step": self.step, "fid": fid}) + "\n")
+            append_log(log_path, {"event": "fid", "step": self.step, "fid": fid})
 
 
 def train(options: TrainOptions, *, resume: bool = False) -> Path:
@@ -307,21 +327,85 @@ def train(options: TrainOptions, *, resume: bool = False) -> Path:
         raise CipsError(f"--out {out} exists and is not a directory.")
     if (out / STATE_FILE).exists() and not resume:
         raise CipsError(f"{out} already holds a training run; pass --resume to continue it or choose another --out.")
+    data = Path(options.data)
+    if data.exists() and not data.is_dir():
+        regular_file(data, "data set")  # before --out is created: a refused run leaves nothing
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    lock = lock_run(out)  # two trainings into one folder would interleave log and state
+    if lock is not None:  # what a killed run of this folder left half-written
+        for name in (STATE_FILE, "generator.safetensors", "log.jsonl"):
+            sweep_leftovers(out, name)
     # Scatter-adds (the embedding grid's gradient) otherwise accumulate in thread order:
     # deterministic kernels make a resumed run repeat an uninterrupted one bit for bit.
     was_deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    finished = False
     try:
         trainer = Trainer(options)
         if resume:
             trainer.resume()
         trainer.run()
+        finished = True
     finally:
         torch.use_deterministic_algorithms(was_deterministic)
+        if lock is not None:
+            if not finished and created and [entry.name for entry in out.iterdir()] == [LOCK_FILE]:
+                (out / LOCK_FILE).unlink()  # a run refused before its first step leaves no folder
+                out.rmdir()
+            lock.close()  # releases the lock
+    if trainer.stop_signal is not None:  # saved; now say that the run did not finish
+        raise Interrupted(128 + trainer.stop_signal)
     return out / "generator.safetensors"
+
+
+def lock_run(out: Path):
+    """Hold an exclusive lock on ``out/.train.lock`` (main process only); refuse if another run holds it.
+
+    flock locks die with their process, so a killed run never leaves a stale lock. The
+    empty lock file stays in the run folder.
+    """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return None  # DDP: the main process locks for the whole run
+    try:
+        handle = open(out / LOCK_FILE, "a")
+    except OSError as error:
+        raise CipsError(f"Cannot write into {out}: {error.strerror or error}.") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise CipsError(f"Another training is running in {out}; wait for it to finish or choose another --out.") from None
+    return handle
+
+
+def append_log(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; a full disk reads as one sentence (the line may be torn: readers skip it)."""
+    try:
+        with open(path, "a") as log:
+            log.write(json.dumps(record) + "\n")
+    except OSError as error:
+        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
+        raise CipsError(f"Cannot write {path}: {reason}.") from None
+
+
+def read_log(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) for every complete line of a log.jsonl.
+
+    A line that does not decode (the last one torn by a crash or a full disk during an
+    append) is skipped: the records before it are intact, and a resume runs its step again.
+    """
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append((line, record))
+    return records
 
 
 def run_summary(path: Path) -> list[dict[str, Any]]:
     """The per-step records of a run's log.jsonl."""
-    return [record for record in map(json.loads, path.read_text().splitlines()) if "event" not in record]
+    return [record for _, record in read_log(path) if "event" not in record]

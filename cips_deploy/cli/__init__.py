@@ -35,9 +35,9 @@ class CipsGroup(click.Group):
                 return super().invoke(ctx)
         except CipsError as error:
             raise click.ClickException(str(error)) from None
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as error:
             click.echo("Interrupted.", err=True)
-            sys.exit(130)
+            sys.exit(getattr(error, "exit_code", 130))  # 128 + the signal; Ctrl-C: 130
 
 
 @click.group(cls=CipsGroup, context_settings={"help_option_names": ["-h", "--help"]})

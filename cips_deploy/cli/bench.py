@@ -55,6 +55,8 @@ def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, c
     for name, values in (("resolution", resolutions), ("batch", batches), ("chunk-size", chunks)):
         if min(values) < 1:
             raise CipsError(f"--{name} must be at least 1.")
+    if threads < 0:
+        raise CipsError(f"--threads must be 0 (torch's choice) or a positive number of threads, not {threads}.")
     if repeats < 1 or warmup < 0:
         raise CipsError("--repeats must be at least 1 and --warmup at least 0.")
     if checkpoint is not None and not checkpoint.exists():

@@ -14,6 +14,7 @@ import numpy as np
 from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
+from ..limits import check_memory
 from ..plugin_manager import get_registry
 from ..render import Rendering, make_backend, render_detailed
 from ..render_files import RenderFiles
@@ -49,6 +50,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
 @click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 def render_command(
     checkpoint: Path | None,
     preset: str | None,
@@ -73,6 +75,7 @@ def render_command(
     outdir: Path | None,
     viewer: Path | None,
     quiet: bool,
+    force: bool,
     **backend_flags: Any,
 ) -> None:
     """Render an image with any topology, chunk by chunk, and write it as a PNG.
@@ -93,7 +96,9 @@ def render_command(
     # With --outdir the grid is written only where -o is given: a batch wants its seeds' files.
     grid_output = output if outdir is None or click.get_current_context().get_parameter_source("output").name != "DEFAULT" else None
     if grid_output is not None:
-        check_output(grid_output)
+        check_output(grid_output, force)
+        if len(seed_list) > 1:  # every seed's image is kept until the grid is tiled: count them all, and the grid
+            check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     registry = get_registry()
@@ -192,10 +197,12 @@ def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return parsed
 
 
-def check_output(output: Path) -> None:
-    """Refuse an output we cannot write before spending time on the render."""
+def check_output(output: Path, force: bool = False) -> None:
+    """Refuse an output we cannot write (or must not replace) before spending time on the render."""
     if output.is_dir():
         raise CipsError(f"Cannot write {output}: it is a directory.")
+    if output.exists() and not force:
+        raise CipsError(f"{output} already exists; pass --force to replace it.")
     if output.suffix.lower() != ".png":
         raise CipsError(f"The output {output} must be a .png file.")
     folder = output.parent
