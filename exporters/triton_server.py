@@ -223,6 +223,8 @@ class LocalServer:
         env["LD_LIBRARY_PATH"] = os.pathsep.join(path for path in libraries if path)
         env["PATH"] = os.pathsep.join([str(environment / "bin"), env.get("PATH", "")])
         env.pop("PYTHONHOME", None)
+        env["TMPDIR"] = str(self.workspace / "tmp")  # tritonserver writes a .ses file there
+        (self.workspace / "tmp").mkdir(exist_ok=True)
         command = [
             str(install.binary), "--model-repository", str(self.repo.resolve()), "--backend-directory", str(backends),
             "--http-address", HOST, "--grpc-address", HOST,
