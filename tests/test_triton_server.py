@@ -162,13 +162,23 @@ def test_wrong_model_and_unreachable_server(server, checkpoint, tmp_path):
             TritonBackend(checkpoint, **options)
 
 
-def test_server_killed_mid_render(repository, checkpoint, tmp_path, monkeypatch):
-    """One sentence, exit status 1, and no image when the server dies between chunks."""
+def test_server_hung_then_killed_mid_render(repository, checkpoint, tmp_path, monkeypatch):
+    """One sentence, exit status 1, and no image when the server hangs or dies between chunks."""
     triton_server = _server_or_skip()
     http, grpc = free_ports(2)
     server = triton_server.LocalServer(repository, http_port=http, grpc_port=grpc)
     server.start()
     try:
+        # A hung server (every process stopped): the request times out.
+        backend = TritonBackend(checkpoint, url=server.grpc_url, timeout=2)
+        os.killpg(server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(CipsError, match=r"did not answer a chunk within 2 s"):
+                render_detailed(backend, "cylinder", 16, 64, chunk_size=256)
+        finally:
+            os.killpg(server.process.pid, signal.SIGCONT)
+            backend.close()
+
         original = TritonBackend.run_many
 
         def killing_run_many(self, batches):
