@@ -125,18 +125,19 @@ def config_pbtxt(
 def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, mapping_spec: EngineSpec,
                    metadata: EngineMetadata, max_batch_size: int) -> str:
     """An ensemble ``z, coords -> rgb``: the mapping model's ``w`` feeds the synthesis model."""
-    inputs = (mapping_spec.tensor("z"), spec.tensor("coords"))
-    joined = EngineSpec(role="ensemble", inputs=inputs, outputs=spec.outputs)
+    (z,), (w_out,) = mapping_spec.input_names, mapping_spec.output_names  # z -> w
+    (coords, w_in), (rgb,) = spec.input_names, spec.output_names  # coords, w -> rgb
+    joined = EngineSpec(role="ensemble", inputs=(mapping_spec.tensor(z), spec.tensor(coords)), outputs=spec.outputs)
     lines = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
     lines += _io_lines(joined, batched=max_batch_size > 0)
-    lines.append(
-        "ensemble_scheduling {\n  step [\n"
-        f"    {{\n      model_name: {_quote(mapping)}\n      model_version: -1\n"
-        '      input_map { key: "z" value: "z" }\n      output_map { key: "w" value: "styles" }\n    },\n'
-        f"    {{\n      model_name: {_quote(synthesis)}\n      model_version: -1\n"
-        '      input_map { key: "coords" value: "coords" }\n      input_map { key: "w" value: "styles" }\n'
-        '      output_map { key: "rgb" value: "rgb" }\n    }\n  ]\n}'
-    )
+    mapped = [(z, z)], [(w_out, "styles")]  # "styles": the ensemble's internal tensor between the steps
+    synthesized = [(coords, coords), (w_in, "styles")], [(rgb, rgb)]
+    steps = []
+    for model, (inputs, outputs) in ((mapping, mapped), (synthesis, synthesized)):
+        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in inputs]
+        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in outputs]
+        steps.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
+    lines.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
     props = dict(metadata.to_strings())
     props["cips_deploy.role"] = "ensemble"
     lines += _parameter_lines(props)

@@ -85,11 +85,13 @@ class TritonBackend(Backend):
             raise
         self.config = self.metadata.config
         self._spec = synthesis_spec(self.config, self.metadata.spatial_style)
+        self._mapping_spec = mapping_spec(self.config)
         self._next = itertools.count()  # round-robin over the URLs
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         """z [B, S] -> w [B, S] on the server's mapping model, truncated here towards w_avg."""
-        (w,) = self._connections[0].infer(self.model + MAPPING_SUFFIX, {"z": _numpy(z)}, ["w"])
+        (z_name,), w_names = self._mapping_spec.input_names, self._mapping_spec.output_names  # z -> w
+        (w,) = self._connections[0].infer(self.model + MAPPING_SUFFIX, {z_name: _numpy(z)}, w_names)
         w = torch.from_numpy(np.array(w))  # a copy: the client's arrays are read-only views
         if truncation != 1.0:
             w = self.metadata.w_avg_tensor().lerp(w, truncation)
@@ -113,7 +115,7 @@ class TritonBackend(Backend):
                         exhausted = True
                         break
                     connection = self._connections[next(self._next) % len(self._connections)]
-                    pending.append((connection, connection.submit(self.model, self._inputs(coords, w), ["rgb"])))
+                    pending.append((connection, connection.submit(self.model, self._inputs(coords, w), self._spec.output_names)))
                 if not pending:
                     return
                 connection, handle = pending.popleft()

@@ -266,3 +266,22 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_ensemble_maps_and_synthesizes(server, local):
+    """The ensemble model (z, coords -> rgb) equals the mapping then synthesis, psi = 1."""
+    import tritonclient.grpc as grpcclient
+
+    generator = torch.Generator().manual_seed(4)
+    z, coords = torch.randn(2, 64, generator=generator), torch.rand(2, 300, 2, generator=generator) * 2 - 1
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        inputs = []
+        for name, tensor in (("z", z), ("coords", coords)):
+            inputs.append(grpcclient.InferInput(name, list(tensor.shape), "FP32"))
+            inputs[-1].set_data_from_numpy(tensor.numpy())
+        rgb = client.infer("pano_ensemble", inputs).as_numpy("rgb")
+    finally:
+        client.close()
+    expected = local.run(coords, local.map(z))
+    assert rgb.shape == (2, 300, 3) and float(np.abs(rgb - expected.numpy()).max()) <= 1e-6
