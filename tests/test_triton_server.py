@@ -285,3 +285,25 @@ def test_ensemble_maps_and_synthesizes(server, local):
         client.close()
     expected = local.run(coords, local.map(z))
     assert rgb.shape == (2, 300, 3) and float(np.abs(rgb - expected.numpy()).max()) <= 1e-6
+
+
+def test_refusals_before_start(checkpoint, repository, tmp_path):
+    """A repository the bundled server cannot load, a busy port, no repository: one sentence, nothing started."""
+    triton_server = _server_or_skip()
+    install = triton_server.find_server()
+    onnx_repo = tmp_path / "onnx-repo"
+    export_checkpoint(checkpoint, triton_repo=onnx_repo, validate=False)  # onnxruntime backend: GPU containers
+    http, grpc = free_ports(2)
+    if "onnxruntime" not in install.available_backends():
+        with pytest.raises(CipsError, match=r"has no backend for pano \(onnxruntime\), pano_mapping \(onnxruntime\): export with --triton-backend python"):
+            triton_server.LocalServer(onnx_repo, http_port=http, grpc_port=grpc, install=install).start()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(CipsError, match=f"Port {port} on 127.0.0.1 is in use; pass another --grpc-port"):
+            triton_server.LocalServer(repository, http_port=http, grpc_port=port).start()
+    with pytest.raises(CipsError, match="No such Triton model repository"):
+        triton_server.LocalServer(tmp_path / "missing", http_port=http, grpc_port=grpc).start()
+    result = CliRunner().invoke(cli, ["serve", str(repository), "--name", "x"])
+    assert result.exit_code == 1 and "a repository's models keep their names" in result.output
