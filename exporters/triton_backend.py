@@ -302,11 +302,14 @@ class _GrpcConnection(_Connection):
             tensors.append(tensor)
         requested = [self._module.InferRequestedOutput(key) for key in outputs]
 
-        def done(result: Any, error: Any) -> None:
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result([result.as_numpy(key) for key in outputs])
+        def done(result: Any, error: Any) -> None:  # on a gRPC thread
+            try:
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result([result.as_numpy(key) for key in outputs])
+            except concurrent.futures.InvalidStateError:
+                pass  # the render stopped waiting for this chunk (cancelled)
 
         try:
             self._client.async_infer(name, tensors, done, outputs=requested, client_timeout=self.timeout)
