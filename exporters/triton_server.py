@@ -18,8 +18,10 @@ PyTriton does not do for us (each measured on these machines):
   TensorRT models is refused before start (:func:`missing_backends`).
 
 Everything temporary (the backend folder with the stub, a repository exported from a
-checkpoint, the server's log) lives in one workspace folder, removed by ``stop()``; a
-workspace left by a killed run is removed by the next start.
+checkpoint, the server's log and temporary files) lives in one workspace folder, and the
+Python backend's shared-memory regions in ``/dev/shm`` carry the workspace's name; ``stop()``
+removes both, even for a server it had to kill, and the next start removes those of a
+killed run.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from .cache import cache_root
 
 HOST = "127.0.0.1"  # loopback only, ever: serving beyond this machine is the Triton container's job
 WORKSPACE_PREFIX = "cips-triton."
+SHM = Path("/dev/shm")
+SHM_PREFIX = "cips_triton_"  # + "<pid>_<workspace>_": the Python backend's shared-memory regions
 STUB_NUMPY = "numpy<2"
 _BACKEND_LINE = re.compile(r'^\s*(backend|platform)\s*:\s*"([^"]*)"', re.MULTILINE)
 _PLATFORM_BACKENDS = {"onnxruntime_onnx": "onnxruntime", "tensorrt_plan": "tensorrt", "ensemble": None}
@@ -230,6 +234,8 @@ class LocalServer:
             "--http-address", HOST, "--grpc-address", HOST,
             "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
             "--allow-metrics", "false", "--exit-timeout-secs", "5", "--strict-readiness", "true",
+            # Named after the workspace, so that stop() can remove the regions of a killed server.
+            "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix()}",
         ]
         self.log_path = self.workspace / "server.log"
         with open(self.log_path, "wb") as log:
@@ -252,6 +258,7 @@ class LocalServer:
                 if _wait_group(process, grace):
                     break
         if self.workspace is not None:
+            _remove_shared_memory(self._shm_prefix())  # a server that had to be killed leaves them
             shutil.rmtree(self.workspace, ignore_errors=True)
             self.workspace = None
 
@@ -261,6 +268,10 @@ class LocalServer:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     # ----------------------------------------------------------------------- internals
+
+    def _shm_prefix(self) -> str:
+        """``cips_triton_<pid>_<workspace suffix>_``: unique to this server, and names its owner."""
+        return SHM_PREFIX + self.workspace.name[len(WORKSPACE_PREFIX):].replace(".", "_") + "_"
 
     def _backend_folder(self, install: ServerInstall) -> Path:
         """The bundled server's backends with this interpreter's stub beside libtriton_python.so."""
@@ -309,7 +320,20 @@ def new_workspace() -> Path:
         pid = stale.name[len(WORKSPACE_PREFIX):].split(".", 1)[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
+    for region in SHM.glob(SHM_PREFIX + "*") if SHM.is_dir() else ():
+        pid = region.name[len(SHM_PREFIX):].split("_", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            region.unlink(missing_ok=True)
     return Path(tempfile.mkdtemp(prefix=f"{WORKSPACE_PREFIX}{os.getpid()}.", dir=root))
+
+
+def _remove_shared_memory(prefix: str) -> None:
+    if SHM.is_dir():
+        for region in SHM.glob(prefix + "*"):
+            try:
+                region.unlink()
+            except OSError:
+                pass
 
 
 def _pid_alive(pid: int) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
 import tempfile
 import uuid
 from pathlib import Path
@@ -178,3 +180,29 @@ def test_triton_names():
     assert triton_name("churches g_ema.v2") == "churches_g_ema_v2"
     with pytest.raises(CipsError):
         triton_name("...")
+
+
+def test_next_start_sweeps_what_a_killed_serve_left(tmp_path, monkeypatch):
+    """Workspaces and shared-memory regions of dead processes go; those of living ones stay."""
+    from cips_deploy.exporters import triton_server
+
+    dead = _dead_pid()
+    alive = os.getpid()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    monkeypatch.setattr(triton_server, "SHM", shm)
+    (tmp_path / f"cips-triton.{dead}.ab_c").mkdir()
+    (tmp_path / f"cips-triton.{alive}.def").mkdir()
+    (shm / f"cips_triton_{dead}_ab_c_1234").write_bytes(b"")
+    (shm / f"cips_triton_{alive}_def_5678").write_bytes(b"")
+    (shm / "someone_elses_region").write_bytes(b"")
+    fresh = triton_server.new_workspace()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f"cips-triton.{alive}.def", fresh.name, "shm"])
+    assert sorted(p.name for p in shm.iterdir()) == [f"cips_triton_{alive}_def_5678", "someone_elses_region"]
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

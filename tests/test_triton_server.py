@@ -168,6 +168,8 @@ def test_server_hung_then_killed_mid_render(repository, checkpoint, tmp_path, mo
     http, grpc = free_ports(2)
     server = triton_server.LocalServer(repository, http_port=http, grpc_port=grpc)
     server.start()
+    regions = triton_server.SHM / server._shm_prefix()  # the Python backend's shared memory
+    assert list(regions.parent.glob(regions.name + "*"))
     try:
         # A hung server (every process stopped): the request times out.
         backend = TritonBackend(checkpoint, url=server.grpc_url, timeout=2)
@@ -199,6 +201,7 @@ def test_server_hung_then_killed_mid_render(repository, checkpoint, tmp_path, mo
         assert list(tmp_path.iterdir()) == []  # no image, no partial file
     finally:
         server.stop()
+    assert not list(regions.parent.glob(regions.name + "*"))  # the killed server's regions are removed too
 
 
 def test_numpy_2_in_the_stub_is_refused(repository, monkeypatch):
