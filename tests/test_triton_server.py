@@ -7,6 +7,7 @@ tests skip only where it cannot be found at all.
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
@@ -228,21 +229,22 @@ def test_serve_stops_cleanly_on_sigterm(checkpoint, tmp_path):
     temp.mkdir()
     env = dict(os.environ, TMPDIR=str(temp))
     command = [sys.executable, "-c", "from cips_deploy.cli import main; main()", "serve", str(checkpoint), "--http-port", str(http), "--grpc-port", str(grpc)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    output: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [output.put(line) for line in process.stdout], daemon=True).start()
     server_pid = None
     try:
-        lines = []
+        banner = []
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
+        while not (banner and banner[-1].startswith("Stop with")) and time.monotonic() < deadline:
+            try:  # bounded: a serve that hangs silently fails the test at the deadline
+                banner.append(output.get(timeout=max(0.1, deadline - time.monotonic())))
+            except queue.Empty:
                 break
-            lines.append(line)
-            if line.startswith("Stop with"):
-                break
-        assert lines and lines[-1].startswith("Stop with"), "".join(lines) + process.stderr.read()
-        server_pid = int(lines[0].split("(pid ")[1].split(")")[0])
-        assert f"gRPC: 127.0.0.1:{grpc}" in "".join(lines)
+        assert banner and banner[-1].startswith("Stop with"), "".join(banner)
+        serving = next(line for line in banner if line.startswith("Serving pano, pano_ensemble, pano_mapping from"))
+        server_pid = int(serving.split("(pid ")[1].split(")")[0])
+        assert f"  gRPC: 127.0.0.1:{grpc}\n" in banner and f"  HTTP: http://127.0.0.1:{http}\n" in banner
         assert any(temp.iterdir())  # its workspace while it runs
         backend = TritonBackend(checkpoint, url=f"127.0.0.1:{grpc}")
         try:
