@@ -255,6 +255,34 @@ class _Connection:
     def infer(self, name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         return self.collect(self.submit(name, inputs, outputs))
 
+    def close(self) -> None:
+        try:
+            self._client.close()
+        except Exception:  # closing a connection to a dead server may fail; nothing is left to release
+            pass
+
+    def _check_live(self, is_live: Any, protocol: str) -> None:
+        try:
+            live = is_live()
+        except Exception as error:
+            raise CipsError(f"Cannot reach a Triton server at {self.url} over {protocol} ({_first_line(error)}).") from None
+        if not live:
+            raise CipsError(f"The Triton server at {self.url} is not live.")
+
+    def _config(self, name: str) -> dict:
+        """The model configuration as JSON, once the model is known to be served and ready."""
+        try:
+            served = self._served()
+            if name not in served:
+                raise self._unknown_model(name, served)
+            if not self._ready(name):
+                raise CipsError(f"The model {name!r} at {self.url} is not ready (see the server's log).")
+            return self._model_config(name)
+        except CipsError:
+            raise
+        except Exception as error:
+            raise self._failure(error, f"about the model {name!r}") from None
+
     def _unknown_model(self, name: str, served: list[str]) -> CipsError:
         listed = ", ".join(sorted(served)) or "none"
         return CipsError(f"The Triton server at {self.url} serves no model {name!r} (it serves: {listed}); pass --backend-option model=NAME.")
@@ -273,25 +301,16 @@ class _GrpcConnection(_Connection):
     def __init__(self, url: str, timeout: float, grpcclient: Any) -> None:
         self.url, self.timeout, self._module = url, timeout, grpcclient
         self._client = grpcclient.InferenceServerClient(url)
-        try:
-            live = self._client.is_server_live(client_timeout=min(timeout, 10.0))
-        except Exception as error:
-            raise CipsError(f"Cannot reach a Triton server at {url} over gRPC ({_first_line(error)}).") from None
-        if not live:
-            raise CipsError(f"The Triton server at {url} is not live.")
+        self._check_live(lambda: self._client.is_server_live(client_timeout=min(timeout, 10.0)), "gRPC")
 
-    def _config(self, name: str) -> dict:
-        try:
-            served = [entry.name for entry in self._client.get_model_repository_index(client_timeout=self.timeout).models]
-            if name not in served:
-                raise self._unknown_model(name, served)
-            if not self._client.is_model_ready(name, client_timeout=self.timeout):
-                raise CipsError(f"The model {name!r} at {self.url} is not ready (see the server's log).")
-            return self._client.get_model_config(name, as_json=True, client_timeout=self.timeout)["config"]
-        except CipsError:
-            raise
-        except Exception as error:
-            raise self._failure(error, f"about the model {name!r}") from None
+    def _served(self) -> list[str]:
+        return [entry.name for entry in self._client.get_model_repository_index(client_timeout=self.timeout).models]
+
+    def _ready(self, name: str) -> bool:
+        return self._client.is_model_ready(name, client_timeout=self.timeout)
+
+    def _model_config(self, name: str) -> dict:
+        return self._client.get_model_config(name, as_json=True, client_timeout=self.timeout)["config"]
 
     def submit(self, name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> Any:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -328,12 +347,6 @@ class _GrpcConnection(_Connection):
     def cancel(self, handle: Any) -> None:
         handle.cancel()
 
-    def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:
-            pass
-
 
 class _HttpConnection(_Connection):
     def __init__(self, url: str, timeout: float, concurrency: int, httpclient: Any) -> None:
@@ -341,25 +354,16 @@ class _HttpConnection(_Connection):
         self._client = httpclient.InferenceServerClient(
             url, concurrency=concurrency, connection_timeout=min(timeout, 10.0), network_timeout=timeout
         )
-        try:
-            live = self._client.is_server_live()
-        except Exception as error:
-            raise CipsError(f"Cannot reach a Triton server at {url} over HTTP ({_first_line(error)}).") from None
-        if not live:
-            raise CipsError(f"The Triton server at {url} is not live.")
+        self._check_live(self._client.is_server_live, "HTTP")
 
-    def _config(self, name: str) -> dict:
-        try:
-            served = [entry["name"] for entry in self._client.get_model_repository_index()]
-            if name not in served:
-                raise self._unknown_model(name, served)
-            if not self._client.is_model_ready(name):
-                raise CipsError(f"The model {name!r} at {self.url} is not ready (see the server's log).")
-            return self._client.get_model_config(name)
-        except CipsError:
-            raise
-        except Exception as error:
-            raise self._failure(error, f"about the model {name!r}") from None
+    def _served(self) -> list[str]:
+        return [entry["name"] for entry in self._client.get_model_repository_index()]
+
+    def _ready(self, name: str) -> bool:
+        return self._client.is_model_ready(name)
+
+    def _model_config(self, name: str) -> dict:
+        return self._client.get_model_config(name)
 
     def submit(self, name: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> Any:
         tensors = []
@@ -383,12 +387,6 @@ class _HttpConnection(_Connection):
 
     def cancel(self, handle: Any) -> None:
         pass  # the greenlet ends with its connection when the client closes
-
-    def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:
-            pass
 
 
 def _connect(protocol: str, url: str, timeout: float, inflight: int) -> _Connection:
