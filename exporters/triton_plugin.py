@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -58,6 +57,7 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
     previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     server = None
     workspace = None
+    stopped = False
     try:
         workspace = new_workspace()
         repo = source
@@ -80,7 +80,7 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
             time.sleep(0.2)
         raise CipsError(f"The Triton server stopped by itself: {server._failure()}")
     except _Stopped:
-        click.echo("Stopping the Triton server.", err=True)
+        stopped = True
     finally:
         for sig in previous:  # a second signal must not interrupt the cleanup
             signal.signal(sig, signal.SIG_IGN)
@@ -90,7 +90,8 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
             shutil.rmtree(workspace, ignore_errors=True)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    sys.stdout.flush()
+    if stopped:
+        click.echo("Stopped: the server, its stubs and its temporary files are gone.", err=True)
 
 
 def _stop(signum, frame) -> None:
