@@ -206,3 +206,20 @@ def _dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_triton_backend_options_are_checked_before_connecting(tiny):
+    """Bad options end in one sentence without any server (no connection is attempted)."""
+    from cips_deploy.exporters.triton_backend import TritonBackend, parse_urls
+
+    assert parse_urls("127.0.0.1:8001, localhost:9001") == ["127.0.0.1:8001", "localhost:9001"]
+    for text, message in (("", "host:port"), ("grpc://h:1", "no scheme"), ("h:0", "not host:port"),
+                          ("h:1,h:1", "names a server twice"), ("a/b:1", "not host:port")):
+        with pytest.raises(CipsError, match=message):
+            parse_urls(text)
+    with pytest.raises(CipsError, match="needs --backend-option model=NAME"):
+        TritonBackend(tiny)  # a Generator has no file name to derive the served name from
+    with pytest.raises(CipsError, match="must be 1 to 100 letters"):
+        TritonBackend(tiny, model="../x")
+    with pytest.raises(CipsError, match="inflight must be a whole number"):
+        TritonBackend(tiny, model="x", inflight="2.5")
