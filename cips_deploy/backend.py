@@ -8,7 +8,11 @@ model's :class:`~cips_deploy.config.GeneratorConfig` and two calls on host (CPU)
 
 - ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
 - ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
-  synthesis, the raw generator output (about [-1, 1]); the engine I/O of docs/architecture.md, section 2.3.
+  synthesis, the raw generator output (about [-1, 1]); the engine I/O of docs/architecture.md, section 2.3;
+- ``run_many(batches) -> rgb, rgb, ...``: ``run`` over an iterable of ``(coords, w)`` pairs,
+  results in the same order. The renderer calls this; the default runs them one by one,
+  and a backend that can overlap work (a remote server with several chunks in flight)
+  overrides it, pulling a few pairs ahead.
 
 A backend declares its options (``options``: name, type, default, help, bounds, choices;
 the same :class:`~cips_deploy.topology.Parameter` that topologies declare their parameters
@@ -21,7 +25,7 @@ backend gets options exactly as the built-in ones do.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable, Iterator
 
 from torch import Tensor
 
@@ -53,6 +57,11 @@ class Backend(ABC):
     def run(self, coords: Tensor, w: Tensor) -> Tensor:
         """coords [B, N, 2] and w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
 
+    def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+        """rgb for each ``(coords, w)`` of ``batches``, in order; the default calls :meth:`run` one by one."""
+        for coords, w in batches:
+            yield self.run(coords, w)
+
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """Working memory per point of a chunk; the ``memory`` chunker divides its budget by it."""
         return render_bytes_per_point(self.config, per_point_style=per_point_style)
@@ -80,3 +89,10 @@ def resolve_options(backend: type[Backend], given: dict[str, Any]) -> dict[str, 
         name: declared[name].convert(value, backend.name, "backend's option") if isinstance(value, str) else value
         for name, value in given.items()
     }
+
+def run_chunks(backend: Any, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+    """``backend.run_many(batches)``, or ``run`` one by one for a backend class without it."""
+    run_many = getattr(backend, "run_many", None)
+    if run_many is not None:
+        return iter(run_many(batches))
+    return (backend.run(coords, w) for coords, w in batches)

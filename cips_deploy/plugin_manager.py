@@ -42,6 +42,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.torch_backend",
     "cips_deploy.plugins.video",
     "cips_deploy.exporters.backends",
+    "cips_deploy.exporters.triton_plugin",
 )
 # Each register_* hook and the kind of thing it registers.
 REGISTER_HOOKS = {

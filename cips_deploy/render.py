@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
@@ -27,7 +28,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from .backend import Backend, resolve_options
+from .backend import Backend, resolve_options, run_chunks
 from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .limits import check_memory
@@ -167,15 +168,28 @@ def _synthesize(
     backend: Registered,
     progress: Progress | None,
 ) -> int:
-    """The chunk loop: points -> (checked) coords [1, n, 2] -> rgb [1, n, 3] -> layout. Returns the chunk count."""
+    """The chunk loop: points -> (checked) coords [1, n, 2] -> rgb [1, n, 3] -> layout. Returns the chunk count.
+
+    Chunks go to the backend as a lazy stream (``run_many``), so a backend may keep a few in
+    flight; colours come back in chunk order and are accepted one by one.
+    """
     chunks = 0
     if progress is not None:
         progress(0, n_points)
-    for start, stop in spans:
-        points = _call(topology, "points", layout.points, start, stop)
-        coords = check_points(points, stop - start, topology.label)[None]  # [1, n, 2]
-        style = w if w_blend is None else blend_styles(w, w_blend, coords)  # [1, S] or [1, n, S]
-        rgb = _call(backend, "run", runner.run, coords, style)
+    sent: deque[tuple[int, int]] = deque()  # spans given to the backend, oldest first
+
+    def batches() -> Iterator[tuple[Tensor, Tensor]]:
+        for start, stop in spans:
+            points = _call(topology, "points", layout.points, start, stop)
+            coords = check_points(points, stop - start, topology.label)[None]  # [1, n, 2]
+            sent.append((start, stop))
+            yield coords, (w if w_blend is None else blend_styles(w, w_blend, coords))  # w [1, S] or [1, n, S]
+
+    results = _call(backend, "run", run_chunks, runner, batches())
+    for rgb in _guarded_iter(results, backend, "run"):
+        if not sent:
+            raise CipsError(f"{backend.label} returned more colour chunks than it was given.")
+        start, stop = sent.popleft()
         if tuple(rgb.shape) != (1, stop - start, 3):
             raise CipsError(f"{backend.label} returned colours of shape {list(rgb.shape)} for {stop - start} points.")
         if not bool(torch.isfinite(rgb).all()):  # NaN would become black pixels without a word
@@ -271,9 +285,9 @@ def _call(entry: Registered, what: str, function: Callable[..., Any], *args: Any
         raise CipsError(f"{entry.label} failed in {what} ({_describe(error)}).") from error
 
 
-def _guarded_iter(spans: Any, entry: Registered) -> Iterator[Any]:
-    """Iterate a chunker's spans (often a generator: its code runs here), naming it on failure."""
-    iterator = _call(entry, "spans", iter, spans)
+def _guarded_iter(spans: Any, entry: Registered, what: str = "spans") -> Iterator[Any]:
+    """Iterate a plugin's iterable (often a generator: its code runs here), naming it on failure."""
+    iterator = _call(entry, what, iter, spans)
     while True:
         try:
             span = next(iterator)
@@ -282,7 +296,7 @@ def _guarded_iter(spans: Any, entry: Registered) -> Iterator[Any]:
         except CipsError:
             raise
         except Exception as error:
-            raise CipsError(f"{entry.label} failed in spans ({_describe(error)}).") from error
+            raise CipsError(f"{entry.label} failed in {what} ({_describe(error)}).") from error
         yield span
 
 

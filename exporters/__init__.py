@@ -5,7 +5,11 @@
 - :mod:`.tensorrt`: ``build_engine`` (ONNX -> plan + sidecar JSON) and ``TensorRTEngine``
   (runs a plan on torch CUDA tensors); needs the ``tensorrt`` package and a GPU.
 - :class:`OnnxEngine`: runs an exported model through onnxruntime.
-- :func:`write_triton_model`: a Triton Inference Server model repository entry.
+- :func:`write_triton_model`: a Triton Inference Server model repository entry
+  (onnxruntime, TensorRT or Python backend; :mod:`.triton`).
+- :mod:`.triton_plugin`: the ``triton`` render backend (:mod:`.triton_backend`, one
+  :mod:`.triton_client` connection per server) and the ``serve`` command, which runs a
+  local server (:mod:`.triton_server`); docs/serving.md.
 - :mod:`.backends`: the ``onnxruntime`` and ``tensorrt`` render backends (plugin hooks).
 
 The engine I/O is declared once, in :mod:`.spec`.

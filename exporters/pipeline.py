@@ -20,6 +20,7 @@ from cips_deploy.errors import CipsError
 from .metadata import EngineMetadata, read_onnx_metadata
 from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, external_data_location, mapping_path_for
 from .spec import mapping_spec, synthesis_spec
+from .triton import DEFAULT_MAX_BATCH_SIZE, check_backend, check_repository, model_name
 from .trt_ops import tensorrt_problems
 from .validate import ValidationReport
 
@@ -55,13 +56,15 @@ def export_checkpoint(
     timing_cache: str | Path | None = None,
     triton_repo: str | Path | None = None,
     triton_model_name: str | None = None,
+    triton_backend: str | None = None,
     external_data: bool | None = None,
     overwrite: bool = False,
 ) -> ExportSummary:
     """Export ``source`` (a checkpoint, official ``.pt``, or for ``trt`` an exported ``.onnx``).
 
     ``output`` defaults to ``<source stem>.onnx`` / ``.plan`` in the current folder, or to
-    nothing when only ``triton_repo`` is wanted.
+    nothing when only ``triton_repo`` is wanted. ``triton_backend``: the Triton backend of
+    the repository's model (:func:`.triton.check_backend`; ``python`` for CPU servers).
     """
     source = Path(source)
     if engine not in ENGINES:
@@ -93,7 +96,13 @@ def export_checkpoint(
             raise CipsError(f"A {engine} engine is written to a {SUFFIXES[engine]} file, not {output.name}.")
         check_destination(output, overwrite=overwrite)
         check_destination(mapping_path_for(output), overwrite=overwrite)
-    name = triton_model_name or (output.stem if output is not None else source.stem)
+    # The one place a model name becomes a path (checked before anything is created).
+    name = model_name(triton_model_name, default_from=output.stem if output is not None else source.stem)
+    if triton_repo is not None:
+        check_backend(engine, triton_backend)
+        check_repository(triton_repo, name, mapping=True, ensemble=not spatial_style, overwrite=overwrite)
+    elif triton_model_name is not None or triton_backend is not None:
+        raise CipsError("--name and --triton-backend describe the Triton repository's model; add --triton-repo DIR.")
 
     # The work happens in a hidden folder beside the destination (same file system, so the
     # final moves are renames; engines can be gigabytes); it disappears whatever happens.
@@ -103,7 +112,7 @@ def export_checkpoint(
     with staged(work_parent or Path(tempfile.gettempdir()), EXPORT_LABEL, output) as stage:
         work = stage.path  # .cips-export.<pid>.<random>.partial: a killed run's is swept by the next
         summary = ExportSummary(engine)
-        onnx_file = work / (output.name if engine == "onnx" and output is not None else f"{name}.onnx")
+        onnx_file = work / (output.name if engine == "onnx" and output is not None else "model.onnx")
         if source_metadata is not None:
             metadata = source_metadata
             onnx_file, mapping_file = source, mapping_path_for(source)
@@ -133,7 +142,7 @@ def export_checkpoint(
             problems = tensorrt_problems(model)
             if problems:
                 raise CipsError(f"TensorRT's ONNX parser cannot take {onnx_file.name}: {'; '.join(problems)}.")
-            plan = work / f"{name}.plan"
+            plan = work / "model.plan"
             build_engine(
                 onnx_file,
                 plan,
@@ -160,6 +169,8 @@ def export_checkpoint(
                 mapping_file=mapping_file,
                 mapping_spec=mapping_spec(metadata.config),
                 mapping_metadata=mapping_meta,
+                backend=triton_backend,
+                max_batch_size=profile.max_batch if engine == "trt" else DEFAULT_MAX_BATCH_SIZE,
                 overwrite=overwrite,
             )
         if output is not None:

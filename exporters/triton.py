@@ -1,15 +1,25 @@
 """Triton Inference Server model repositories.
 
-``write_triton_model(repo, name, ...)`` writes::
+``write_triton_model(repo, name, ...)`` writes, for the model name ``<name>``::
 
-    repo/<name>/config.pbtxt            inputs, outputs, dynamic dims, instance group, metadata
-    repo/<name>/1/model.onnx            (or model.plan and its sidecar model.plan.json)
-    repo/<name>_mapping/config.pbtxt    the mapping engine z -> w, on the CPU
-    repo/<name>_mapping/1/model.onnx
+    repo/<name>/config.pbtxt             inputs, outputs, batching, instance group, metadata
+    repo/<name>/1/model.onnx             (onnxruntime: GPU or CPU servers with that backend)
+    repo/<name>/1/model.plan(.json)      (tensorrt: GPU servers)
+    repo/<name>/1/model.py + model.onnx  (python: any server with the Python backend, such
+                                          as the CPU one bundled in ``nvidia-pytriton``)
+    repo/<name>_mapping/...              the mapping engine z [B, S] -> w [B, S]
+    repo/<name>_ensemble/                z [B, S], coords [B, N, 2] -> rgb [B, N, 3]
+                                          (mapping then synthesis; truncation psi = 1)
 
-The batch dimension is part of ``dims`` (``max_batch_size: 0``): requests differ in their
-number of points N, so Triton's dynamic batcher, which stacks requests along one leading
-dimension, could not combine them anyway. A model folder appears complete or not at all.
+Every model has ``max_batch_size > 0`` and a dynamic batcher: the leading batch axis B
+leaves ``dims``, and requests of equal size (the same N) are merged into one execution.
+The engine's metadata travels as ``parameters`` so that a client can check what a server
+serves (:mod:`.triton_backend`).
+
+Names: :func:`model_name` is the one place that turns a user's ``--name`` into the folder
+names above; it refuses anything but letters, digits, ``-`` and ``_`` before anything is
+created, so a name can never step out of the repository. An existing model folder is
+replaced only with ``overwrite``; a model folder appears complete or not at all.
 """
 
 from __future__ import annotations
@@ -18,41 +28,119 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata
-from .spec import EngineSpec
+from .spec import BATCH, EngineSpec
 
-BACKENDS = {"onnx": ("onnxruntime", "model.onnx"), "trt": ("tensorrt", "model.plan")}
+# --triton-backend: Triton backend name, engine file name in the version folder.
+BACKENDS = {"onnxruntime": ("onnxruntime", "model.onnx"), "tensorrt": ("tensorrt", "model.plan"), "python": ("python", "model.onnx")}
+DEFAULT_BACKEND = {"onnx": "onnxruntime", "trt": "tensorrt"}
+DEFAULT_MAX_BATCH_SIZE = 8
+VERSION = "1"
+MAPPING_SUFFIX = "_mapping"
+ENSEMBLE_SUFFIX = "_ensemble"
+MODEL_PY = Path(__file__).with_name("triton_model.py")  # the Python backend's model.py
 _TYPES = {"float32": "TYPE_FP32"}
+_VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
 
 
 def triton_name(name: str) -> str:
-    """A model name Triton accepts as a folder name: letters, digits, '-' and '_'."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_")
+    """A model name made from a file name: letters, digits, '-' and '_' kept, the rest '_'."""
+    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", name).strip("_-")[:100]
     if not cleaned:
-        raise CipsError(f"{name!r} does not make a Triton model name; pass one made of letters and digits.")
+        raise CipsError(f"{name!r} does not make a Triton model name; pass --name with letters and digits.")
     return cleaned
 
 
-def config_pbtxt(name: str, backend: str, spec: EngineSpec, metadata: EngineMetadata, instance_kind: str) -> str:
-    """The text of ``config.pbtxt`` (protobuf text format of inference.ModelConfig)."""
-    lines = [f"name: {_quote(name)}", f"backend: {_quote(backend)}", "max_batch_size: 0"]
-    for field, tensors in (("input", spec.inputs), ("output", spec.outputs)):
-        lines.append(f"{field} [")
-        entries = []
-        for tensor in tensors:
-            dims = ", ".join("-1" if isinstance(size, str) else str(size) for size in tensor.shape)
-            entries.append(
-                f"  {{\n    name: {_quote(tensor.name)}\n    data_type: {_TYPES[tensor.dtype]}\n    dims: [ {dims} ]\n  }}"
-            )
-        lines.append(",\n".join(entries))
-        lines.append("]")
+def model_name(name: str | None, *, default_from: str) -> str:
+    """The Triton model name: ``name`` as given (refused unless it is a plain folder name),
+    or, when None, one made from the file name ``default_from``."""
+    if name is None:
+        return triton_name(default_from)
+    if not isinstance(name, str) or not _VALID_NAME.match(name):
+        raise CipsError(
+            f"The Triton model name {name!r} must be 1 to 100 letters, digits, '-' or '_' (starting with a letter "
+            "or digit): it names a folder inside the repository."
+        )
+    return name
+
+
+def model_folders(repo: Path, name: str, *, mapping: bool, ensemble: bool) -> list[Path]:
+    """The folders a model called ``name`` occupies in ``repo`` (``name`` from :func:`model_name`)."""
+    names = [name] + ([name + MAPPING_SUFFIX] if mapping else []) + ([name + ENSEMBLE_SUFFIX] if ensemble else [])
+    return [Path(repo) / each for each in names]
+
+
+def check_repository(repo: str | Path, name: str, *, mapping: bool, ensemble: bool, overwrite: bool) -> None:
+    """Refuse, before any work, a repository path that is a file or model folders that exist."""
+    repo = Path(repo)
+    if repo.exists() and not repo.is_dir():
+        raise CipsError(f"Cannot write the Triton repository {repo}: it is a file.")
+    for folder in model_folders(repo, name, mapping=mapping, ensemble=ensemble):
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise CipsError(f"Cannot write the Triton model {folder}: something other than a model folder is there.")
+        if folder.exists() and not overwrite:
+            raise CipsError(f"{folder} already exists; pass --force to replace it.")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model folder to write."""
+
+    name: str
+    backend: str  # Triton backend: onnxruntime, tensorrt, python
+    files: tuple[Path, ...]  # the engine first, then files that must sit beside it
+    spec: EngineSpec
+    metadata: EngineMetadata
+    instance_kind: str
+    max_batch_size: int
+
+
+def config_pbtxt(
+    name: str,
+    backend: str,
+    spec: EngineSpec,
+    metadata: EngineMetadata,
+    instance_kind: str,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+) -> str:
+    """The text of ``config.pbtxt`` (protobuf text format of inference.ModelConfig).
+
+    With ``max_batch_size > 0`` the leading batch axis of every tensor leaves ``dims``
+    (Triton adds it back) and a dynamic batcher merges requests of equal shape.
+    """
+    lines = [f"name: {_quote(name)}", f"backend: {_quote(backend)}", f"max_batch_size: {max_batch_size}"]
+    lines += _io_lines(spec, batched=max_batch_size > 0)
+    if max_batch_size > 0:
+        lines.append("dynamic_batching {\n  max_queue_delay_microseconds: 0\n}")
     lines.append(f"instance_group [\n  {{\n    count: 1\n    kind: {instance_kind}\n  }}\n]")
-    for key, value in metadata.to_strings().items():
-        lines.append(f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}")
+    lines += _parameter_lines(metadata.to_strings())
+    return "\n".join(lines) + "\n"
+
+
+def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, mapping_spec: EngineSpec,
+                   metadata: EngineMetadata, max_batch_size: int) -> str:
+    """An ensemble ``z, coords -> rgb``: the mapping model's ``w`` feeds the synthesis model."""
+    (z,), (w_out,) = mapping_spec.input_names, mapping_spec.output_names  # z -> w
+    (coords, w_in), (rgb,) = spec.input_names, spec.output_names  # coords, w -> rgb
+    joined = EngineSpec(role="ensemble", inputs=(mapping_spec.tensor(z), spec.tensor(coords)), outputs=spec.outputs)
+    lines = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
+    lines += _io_lines(joined, batched=max_batch_size > 0)
+    mapped = [(z, z)], [(w_out, "styles")]  # "styles": the ensemble's internal tensor between the steps
+    synthesized = [(coords, coords), (w_in, "styles")], [(rgb, rgb)]
+    steps = []
+    for model, (inputs, outputs) in ((mapping, mapped), (synthesis, synthesized)):
+        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in inputs]
+        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in outputs]
+        steps.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
+    lines.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
+    props = dict(metadata.to_strings())
+    props["cips_deploy.role"] = "ensemble"
+    lines += _parameter_lines(props)
     return "\n".join(lines) + "\n"
 
 
@@ -67,60 +155,111 @@ def write_triton_model(
     mapping_file: Path | None = None,
     mapping_spec: EngineSpec | None = None,
     mapping_metadata: EngineMetadata | None = None,
+    backend: str | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     overwrite: bool = False,
 ) -> list[Path]:
-    """Write the synthesis model (and the mapping model) into the repository ``repo``.
+    """Write the synthesis model (and the mapping model and the ensemble) into ``repo``.
 
+    ``name``: a name :func:`model_name` accepts (checked again here). ``engine``: ``onnx``
+    or ``trt``; ``backend``: the Triton backend (default onnxruntime for ``onnx``, tensorrt
+    for ``trt``; ``python`` runs the ONNX engine with onnxruntime in Triton's Python backend).
     ``model_files``: the engine first (``.onnx`` or ``.plan``), then files that must sit
     beside it (external data, the plan's sidecar); the engine is renamed to Triton's
-    ``model.onnx``/``model.plan``, the others keep their names, which the engine refers to
-    (only the sidecar follows the plan's new name). Returns the model folders written.
+    ``model.onnx``/``model.plan``, the others keep their names (only the sidecar follows
+    the plan's new name). Returns the model folders written.
     """
     repo = Path(repo)
-    if repo.exists() and not repo.is_dir():
-        raise CipsError(f"Cannot write the Triton repository {repo}: it is a file.")
+    name = model_name(name, default_from="")
+    backend = check_backend(engine, backend)
+    if not isinstance(max_batch_size, int) or not 1 <= max_batch_size <= 1024:
+        raise CipsError(f"The Triton max_batch_size must be 1 to 1024, not {max_batch_size!r}.")
+    has_mapping = mapping_file is not None and mapping_spec is not None and mapping_metadata is not None
+    ensemble = has_mapping and not spec.spatial_style  # per-point styles do not come from z alone
+    check_repository(repo, name, mapping=has_mapping, ensemble=ensemble, overwrite=overwrite)
+    kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU" if backend == "python" else "KIND_AUTO"
+    entries = [ModelEntry(name, backend, tuple(model_files), spec, metadata, kind, max_batch_size)]
+    if has_mapping:
+        # The mapping engine is a few small products per sample: the CPU is the right place.
+        mapping_backend = "python" if backend == "python" else "onnxruntime"
+        entries.append(ModelEntry(name + MAPPING_SUFFIX, mapping_backend, (mapping_file,), mapping_spec,
+                                  mapping_metadata, "KIND_CPU", max_batch_size))
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise CipsError(f"Cannot create the Triton repository {repo}: {error.strerror or error}.") from None
-    name = triton_name(name)
-    backend, filename = BACKENDS[engine]
-    models = [(name, backend, filename, model_files, spec, metadata, "KIND_GPU" if engine == "trt" else "KIND_AUTO")]
-    if mapping_file is not None and mapping_spec is not None and mapping_metadata is not None:
-        models.append((f"{name}_mapping", "onnxruntime", "model.onnx", [mapping_file], mapping_spec, mapping_metadata, "KIND_CPU"))
-    for model_name, *_ in models:
-        if (repo / model_name).exists() and not overwrite:
-            raise CipsError(f"{repo / model_name} already exists; pass --force to replace it.")
-    written = []
-    for model_name, model_backend, model_filename, files, model_spec, model_meta, kind in models:
-        written.append(
-            _write_model_folder(repo, model_name, model_backend, model_filename, files, model_spec, model_meta, kind)
-        )
+    written = [_write_model_folder(repo, entry) for entry in entries]
+    if ensemble:
+        text = ensemble_pbtxt(name + ENSEMBLE_SUFFIX, name, name + MAPPING_SUFFIX, spec, mapping_spec, metadata,
+                              max_batch_size)
+        written.append(_write_folder(repo, name + ENSEMBLE_SUFFIX, text, []))
     return written
 
 
-def _write_model_folder(
-    repo: Path,
-    name: str,
-    backend: str,
-    filename: str,
-    files: list[Path],
-    spec: EngineSpec,
-    metadata: EngineMetadata,
-    kind: str,
-) -> Path:
+def check_backend(engine: str, backend: str | None) -> str:
+    """The Triton backend for ``engine`` (``onnx``/``trt``); a combination that cannot work is refused."""
+    if backend is None:
+        return DEFAULT_BACKEND[engine]
+    if backend not in BACKENDS:
+        raise CipsError(f"Unknown Triton backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if (engine == "trt") != (backend == "tensorrt"):
+        raise CipsError(
+            f"A {engine} engine cannot be served by Triton's {backend} backend; TensorRT plans take --triton-backend "
+            "tensorrt, ONNX engines onnxruntime or python."
+        )
+    return backend
+
+
+# --------------------------------------------------------------------------- internals
+
+
+def _io_lines(spec: EngineSpec, *, batched: bool) -> list[str]:
+    lines = []
+    for field, tensors in (("input", spec.inputs), ("output", spec.outputs)):
+        entries = []
+        for tensor in tensors:
+            shape = tensor.shape
+            if batched:
+                if not shape or shape[0] != BATCH:
+                    raise CipsError(f"Tensor {tensor.name!r} has no leading batch axis; Triton cannot batch it.")
+                shape = shape[1:]  # Triton prepends the batch axis itself
+            dims = ", ".join("-1" if isinstance(size, str) else str(size) for size in shape)
+            entries.append(
+                f"  {{\n    name: {_quote(tensor.name)}\n    data_type: {_TYPES[tensor.dtype]}\n    dims: [ {dims} ]\n  }}"
+            )
+        lines += [f"{field} [", ",\n".join(entries), "]"]
+    return lines
+
+
+def _parameter_lines(props: dict[str, str]) -> list[str]:
+    return [f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}" for key, value in props.items()]
+
+
+def _write_model_folder(repo: Path, entry: ModelEntry) -> Path:
+    """One model: its engine files placed under Triton's names, the config, for Python also model.py."""
+    filename = BACKENDS[entry.backend][1]
+    engine, *companions = entry.files
+    placements = [(engine, filename)]
+    for companion in companions:
+        if companion.name == engine.name + ".json":  # the plan's sidecar follows the plan's name
+            placements.append((companion, filename + ".json"))
+        else:
+            placements.append((companion, companion.name))  # external data keeps the name the model refers to
+    if entry.backend == "python":
+        placements.append((MODEL_PY, "model.py"))
+    text = config_pbtxt(entry.name, entry.backend, entry.spec, entry.metadata, entry.instance_kind, entry.max_batch_size)
+    return _write_folder(repo, entry.name, text, placements)
+
+
+def _write_folder(repo: Path, name: str, config_text: str, placements: list[tuple[Path, str]]) -> Path:
+    """Stage ``repo/.<name>.*.partial/{config.pbtxt, 1/...}`` and rename it into place."""
     stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
     try:
-        version = stage / "1"
+        version = stage / VERSION
         version.mkdir()
-        engine, *companions = files
-        _place(engine, version / filename)
-        for companion in companions:
-            if companion.name == engine.name + ".json":  # the plan's sidecar follows the plan's name
-                _place(companion, version / (filename + ".json"))
-            else:
-                _place(companion, version / companion.name)
-        (stage / "config.pbtxt").write_text(config_pbtxt(name, backend, spec, metadata, kind))
+        for source, target in placements:
+            _place(source, version / target)
+        (stage / "config.pbtxt").write_text(config_text)
         for folder in (stage, version):
             os.chmod(folder, 0o777 & ~_current_umask())
         destination = repo / name
@@ -140,7 +279,11 @@ def _write_model_folder(
 
 
 def _place(source: Path, destination: Path) -> None:
-    """Hard-link where possible (engines can be gigabytes), copy otherwise."""
+    """Hard-link where possible (engines can be gigabytes), copy otherwise; model.py is always
+    copied, so that editing a repository's copy never edits the installed package."""
+    if source == MODEL_PY:
+        shutil.copyfile(source, destination)
+        return
     try:
         os.link(source, destination)
     except OSError:

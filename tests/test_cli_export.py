@@ -56,6 +56,7 @@ def test_triton_repository_from_the_cli(checkpoint, tmp_path):
     assert result.exit_code == 0, result.output
     assert files_in(tmp_path) == [
         "repo", "repo/cips", "repo/cips/1", "repo/cips/1/model.onnx", "repo/cips/config.pbtxt",
+        "repo/cips_ensemble", "repo/cips_ensemble/1", "repo/cips_ensemble/config.pbtxt",
         "repo/cips_mapping", "repo/cips_mapping/1", "repo/cips_mapping/1/model.onnx", "repo/cips_mapping/config.pbtxt",
     ]
 

@@ -25,6 +25,9 @@ from . import cli
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file, read and updated.")
 @click.option("--triton-repo", type=click.Path(path_type=Path), help="Also write a Triton model repository entry here.")
 @click.option("--name", help="Model name in the Triton repository (default: the output's name).")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "tensorrt", "python"]), default=None,
+              help="Triton backend of the repository's model: onnxruntime (default for onnx), tensorrt (trt), or python "
+                   "(onnxruntime inside Triton's Python backend, for CPU servers; see docs/serving.md).")
 @click.option("--external-data", is_flag=True, help="Keep weights in a .data file even below protobuf's 2 GB limit.")
 @click.option("--force", is_flag=True, help="Replace existing files.")
 def export(
@@ -40,6 +43,7 @@ def export(
     timing_cache: Path | None,
     triton_repo: Path | None,
     name: str | None,
+    triton_backend: str | None,
     external_data: bool,
     force: bool,
 ) -> None:
@@ -66,6 +70,7 @@ def export(
             timing_cache=timing_cache,
             triton_repo=triton_repo,
             triton_model_name=name,
+            triton_backend=triton_backend,
             external_data=True if external_data else None,
             overwrite=force,
         )

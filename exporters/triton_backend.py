@@ -1,0 +1,240 @@
+"""The ``triton`` render backend: synthesis on Triton Inference Servers, several chunks in flight.
+
+    cips-deploy render --checkpoint m.safetensors --backend triton --backend-option url=127.0.0.1:8001
+    cips_deploy.render(path, backend="triton", backend_options={"url": "127.0.0.1:8001"})
+
+``model`` is what the server should be serving: a checkpoint, an exported ``.onnx`` engine
+or a Generator. At construction the backend connects to every URL, reads the served
+model's configuration and refuses, in one sentence, a server that cannot be reached, that
+does not serve the model, or whose model's metadata (``parameters`` written by
+``export --triton-repo``) says it comes from other weights. ``map`` runs on the server's
+``<model>_mapping`` model; ``run_many`` sends chunks as requests, keeping ``inflight``
+chunks per URL in flight (spread over the URLs in turn) and yielding the colours in chunk
+order. A timeout, a refused chunk or a server that dies mid-render ends the render with one
+sentence and no image.
+
+Options (strings from the command line): ``url`` (``host:port``, or several joined by
+commas; default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP), ``model`` (the served
+name; default: the checkpoint's file name made into a Triton name, as ``export`` does),
+``protocol`` (``grpc`` or ``http``), ``inflight`` (chunks in flight per URL, default 4),
+``timeout`` (seconds per request, default 120).
+
+Tensors: coords [1, n, 2] and w [1, S] (or [1, n, S]) float32 go out, rgb [1, n, 3] float32
+comes back, exactly the engine I/O of :mod:`.spec`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections import deque
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cips_deploy.backend import Backend
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+from cips_deploy.topology import Parameter
+
+from .metadata import EngineMetadata, read_onnx_metadata
+from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
+from .triton import MAPPING_SUFFIX, model_name
+from .triton_client import Connection, connect
+
+PROTOCOLS = {"grpc": 8001, "http": 8000}
+MAX_INFLIGHT = 64
+_URL = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    description = "Triton Inference Servers (cips-deploy serve, or NVIDIA's container): chunks over gRPC or HTTP, several in flight."
+    options = (
+        Parameter("url", str, None, "host:port of the server, or several separated by commas (used in turn)"),
+        Parameter("model", str, None, "the served synthesis model's name (default: the one named after the checkpoint)"),
+        Parameter("protocol", str, "grpc", "grpc or http", choices=("grpc", "http")),
+        Parameter("inflight", int, 4, "chunks in flight per server", minimum=1, maximum=1024),
+        Parameter("timeout", float, 120.0, "seconds to wait for one chunk", minimum=1e-3),
+    )
+
+    def __init__(
+        self,
+        source: Any,
+        /,
+        *,
+        device: str = "cpu",
+        url: str | None = None,
+        model: str | None = None,
+        protocol: str = "grpc",
+        inflight: int | str = 4,
+        timeout: float | str = 120.0,
+        **options: Any,
+    ) -> None:
+        if options:
+            raise CipsError(f"The triton backend has no option {sorted(options)[0]!r}; it takes url, model, protocol, inflight, timeout.")
+        if protocol not in PROTOCOLS:
+            raise CipsError(f"The triton backend's protocol is grpc or http, not {protocol!r}.")
+        self.protocol = protocol
+        self.inflight = _bounded_int(inflight, "inflight", 1, MAX_INFLIGHT)
+        self.timeout = _positive_seconds(timeout)
+        self.urls = parse_urls(url if url is not None else f"127.0.0.1:{PROTOCOLS[protocol]}")
+        self.model = _served_name(source, model)
+        self._connections: list[Connection] = []
+        try:
+            self._connections = [connect(protocol, each, self.timeout, self.inflight) for each in self.urls]
+            self.metadata = self._check_models(source)
+        except BaseException:
+            self.close()
+            raise
+        self.config = self.metadata.config
+        self._spec = synthesis_spec(self.config, self.metadata.spatial_style)
+        self._mapping_spec = mapping_spec(self.config)
+        self._next = itertools.count()  # round-robin over the URLs
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, S] -> w [B, S] on the server's mapping model, truncated here towards w_avg."""
+        (z_name,), w_names = self._mapping_spec.input_names, self._mapping_spec.output_names  # z -> w
+        (w,) = self._connections[0].infer(self.model + MAPPING_SUFFIX, {z_name: _numpy(z)}, w_names)
+        w = torch.from_numpy(np.array(w))  # a copy: the client's arrays are read-only views
+        if truncation != 1.0:
+            w = self.metadata.w_avg_tensor().lerp(w, truncation)
+        return w
+
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        return next(iter(self.run_many([(coords, w)])))
+
+    def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+        """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per URL pending at once."""
+        window = self.inflight * len(self._connections)
+        pending: deque[tuple[Connection, Any]] = deque()
+        source = iter(batches)
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(pending) < window:
+                    try:
+                        coords, w = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    connection = self._connections[next(self._next) % len(self._connections)]
+                    pending.append((connection, connection.submit(self.model, self._inputs(coords, w), self._spec.output_names)))
+                if not pending:
+                    return
+                connection, handle = pending.popleft()
+                (rgb,) = connection.collect(handle)
+                yield torch.from_numpy(np.array(rgb))  # a writable copy of the response buffer
+        finally:
+            for connection, handle in pending:
+                connection.cancel(handle)
+
+    def preferred_memory_budget(self) -> float:
+        """The server holds the activations; 64 MB keeps a request a few MB of coordinates and colours."""
+        return 64.0
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+        self._connections = []
+
+    # ----------------------------------------------------------------------- internals
+
+    def _inputs(self, coords: Tensor, w: Tensor) -> dict[str, np.ndarray]:
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        spatial = w.dim() == 3
+        if spatial != self.metadata.spatial_style:
+            kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
+            raise CipsError(f"The served model {self.model!r} was not exported for {kind}; export it again to match.")
+        names = self._spec.input_names  # coords, w
+        return {names[0]: _numpy(coords), names[1]: _numpy(w)}
+
+    def _check_models(self, source: Any) -> EngineMetadata:
+        """Every URL serves the synthesis and mapping models of ``source``'s weights."""
+        found: EngineMetadata | None = None
+        for connection in self._connections:
+            synthesis = connection.metadata(self.model, SYNTHESIS)
+            mapping = connection.metadata(self.model + MAPPING_SUFFIX, MAPPING)
+            where = f"the model {self.model!r} at {connection.url}"
+            if mapping.weights_sha256 != synthesis.weights_sha256:
+                raise CipsError(f"{where} and its mapping model come from different weights; export them together again.")
+            if found is None:
+                _check_source(synthesis, source, where)
+                found = synthesis
+            elif synthesis.weights_sha256 != found.weights_sha256 or synthesis.spatial_style != found.spatial_style:
+                raise CipsError(f"{where} is not the model served at {self._connections[0].url}; serve the same repository everywhere.")
+            expected = [spec.to_dict() for spec in (synthesis_spec(synthesis.config, synthesis.spatial_style), mapping_spec(synthesis.config))]
+            if [synthesis.io, mapping.io] != expected:
+                raise CipsError(f"{where} has inputs and outputs other than this cips-deploy expects; export it again.")
+        assert found is not None
+        return found
+
+
+def parse_urls(text: str) -> list[str]:
+    """``host:port[,host:port...]`` -> a list; one sentence for anything else."""
+    urls = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not urls or len(urls) > 64:
+        raise CipsError(f"The triton backend's url is host:port (or up to 64 of them joined by commas), not {text!r}.")
+    for each in urls:
+        match = _URL.match(each)
+        if not match or not 1 <= int(match.group(2)) <= 65535:
+            raise CipsError(f"The triton backend's url {each!r} is not host:port (for example 127.0.0.1:8001, no scheme).")
+    if len(set(urls)) != len(urls):
+        raise CipsError(f"The triton backend's url list {text!r} names a server twice.")
+    return urls
+
+
+def _served_name(source: Any, model: str | None) -> str:
+    if model is None:
+        if isinstance(source, (str, Path)):
+            return model_name(None, default_from=Path(source).stem)
+        raise CipsError("The triton backend needs --backend-option model=NAME to know which served model this is.")
+    return model_name(model, default_from="")
+
+
+def _check_source(metadata: EngineMetadata, source: Any, where: str) -> None:
+    """Refuse a served model that was not exported from ``source``."""
+    if isinstance(source, Generator):
+        metadata.check_matches(source=where, generator=source)
+        return
+    path = Path(source)
+    if path.suffix == ".onnx":
+        local = read_onnx_metadata(path)
+        if local.weights_sha256 != metadata.weights_sha256:
+            raise CipsError(f"{where} was exported from different weights than {path}; serve the matching repository.")
+        return
+    from .backends import check_engine_source
+
+    if not path.is_file():
+        raise CipsError(f"No such checkpoint: {path}.")
+    check_engine_source(metadata, path, where)  # type: ignore[arg-type]  (a label: only str() is taken)
+
+
+def _bounded_int(value: Any, what: str, low: int, high: int) -> int:
+    try:
+        number = int(value)
+        if isinstance(value, float) or isinstance(value, bool):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise CipsError(f"The triton backend's {what} must be a whole number, not {value!r}.") from None
+    if not low <= number <= high:
+        raise CipsError(f"The triton backend's {what} must be {low} to {high}, not {number}.")
+    return number
+
+
+def _positive_seconds(value: Any) -> float:
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = float("nan")
+    if not 0 < seconds <= 86400:
+        raise CipsError(f"The triton backend's timeout must be 0 to 86400 seconds, not {value!r}.")
+    return seconds
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())

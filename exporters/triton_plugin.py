@@ -1,0 +1,110 @@
+"""Triton serving as a plugin: the ``triton`` render backend and the ``serve`` command.
+
+Registered through ``register_backends`` and ``register_commands``, the hooks a third
+party uses. Nothing heavy is imported here: tritonclient, onnx and the server module load
+only when the backend is built or the command runs, so every other command starts as fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import click
+
+from cips_deploy.errors import CipsError
+from cips_deploy.hookspecs import hookimpl
+
+from .triton_backend import TritonBackend
+
+
+class _Stopped(BaseException):
+    """Raised in the main thread by SIGINT or SIGTERM, so that every ``finally`` cleans up."""
+
+
+@click.command("serve")
+@click.argument("source", required=False, type=click.Path(path_type=Path))
+@click.option("--http-port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1.")
+@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port on 127.0.0.1.")
+@click.option("--name", default=None, help="With a checkpoint: the served model's name (default: the file's name).")
+@click.option("--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for the server to be ready.")
+def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None, startup_timeout: float) -> None:
+    """Serve a checkpoint or a Triton model repository on a local Triton server (127.0.0.1 only).
+
+    SOURCE is a checkpoint (exported into a temporary repository with the Python backend;
+    default: the bundled demo panorama model) or a repository folder from `export
+    --triton-repo`. The server is the CPU one bundled in nvidia-pytriton (the `serve` extra)
+    or a tritonserver on PATH. Ctrl-C or SIGTERM stops it and removes everything it made.
+
+    \b
+    Example:
+      cips-deploy serve model.safetensors --grpc-port 8001 &
+      cips-deploy render --checkpoint model.safetensors --backend triton --backend-option url=127.0.0.1:8001
+    """
+    from cips_deploy.checkpoint import DEMO_MODEL
+
+    from .triton_server import LocalServer, new_workspace
+
+    if not 0 < startup_timeout <= 3600:
+        raise CipsError(f"--startup-timeout must be 0 to 3600 seconds, not {startup_timeout!r}.")
+    source = DEMO_MODEL if source is None else source
+    if source.is_dir() and name is not None:
+        raise CipsError("--name names the model exported from a checkpoint; a repository's models keep their names.")
+    if not source.exists():
+        raise CipsError(f"No such checkpoint or repository: {source}.")
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    server = None
+    workspace = None
+    stopped = False
+    try:
+        workspace = new_workspace()
+        repo = source
+        if not source.is_dir():
+            from .pipeline import export_checkpoint
+
+            repo = workspace / "repository"
+            export_checkpoint(source, engine="onnx", triton_repo=repo, triton_model_name=name, triton_backend="python")
+        server = LocalServer(repo, http_port=http_port, grpc_port=grpc_port, workspace=workspace,
+                             startup_timeout=startup_timeout)
+        server.start()
+        models = sorted(folder.parent.name for folder in Path(repo).glob("*/config.pbtxt"))
+        click.echo(f"Serving {', '.join(models)} from {source} on a local Triton server (pid {server.process.pid}).")
+        click.echo(f"  gRPC: {server.grpc_url}")
+        click.echo(f"  HTTP: http://{server.http_url}")
+        if not source.is_dir():
+            click.echo(f"  render: cips-deploy render --checkpoint {source} --backend triton --backend-option url={server.grpc_url}")
+        click.echo("Stop with Ctrl-C (or SIGTERM).")
+        while server.alive():
+            time.sleep(0.2)
+        raise CipsError(f"The Triton server stopped by itself: {server._failure()}")
+    except _Stopped:
+        stopped = True
+    finally:
+        for sig in previous:  # a second signal must not interrupt the cleanup
+            signal.signal(sig, signal.SIG_IGN)
+        if server is not None:
+            server.stop()
+        elif workspace is not None:
+            shutil.rmtree(workspace, ignore_errors=True)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        click.echo("Stopped: the server, its stubs and its temporary files are gone.", err=True)
+
+
+def _stop(signum, frame) -> None:
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise _Stopped()
+
+
+@hookimpl
+def register_backends(register):
+    register(TritonBackend)
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(serve)
