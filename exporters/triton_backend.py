@@ -38,6 +38,7 @@ from torch import Tensor
 from cips_deploy.backend import Backend
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
+from cips_deploy.plugins.torch_backend import PAD_POINTS, pad_rows
 from cips_deploy.topology import Parameter
 
 from .metadata import EngineMetadata, read_onnx_metadata
@@ -110,7 +111,7 @@ class TritonBackend(Backend):
     def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
         """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per URL pending at once."""
         window = self.inflight * len(self._connections)
-        pending: deque[tuple[Connection, Any]] = deque()
+        pending: deque[tuple[Connection, Any, int]] = deque()
         source = iter(batches)
         exhausted = False
         try:
@@ -122,14 +123,20 @@ class TritonBackend(Backend):
                         exhausted = True
                         break
                     connection = self._connections[next(self._next) % len(self._connections)]
-                    pending.append((connection, connection.submit(self.model, self._inputs(coords, w), self._spec.output_names)))
+                    # Padded like the local backends (a multiple of 64 points), so that a served
+                    # chunk runs the same kernels as the same chunk run locally: equal colours.
+                    n_points = coords.shape[1]
+                    coords = pad_rows(coords.float(), PAD_POINTS)
+                    w = pad_rows(w.float(), PAD_POINTS) if w.dim() == 3 else w
+                    request = connection.submit(self.model, self._inputs(coords, w), self._spec.output_names)
+                    pending.append((connection, request, n_points))
                 if not pending:
                     return
-                connection, handle = pending.popleft()
+                connection, handle, n_points = pending.popleft()
                 (rgb,) = connection.collect(handle)
-                yield torch.from_numpy(np.array(rgb))  # a writable copy of the response buffer
+                yield torch.from_numpy(np.array(rgb[:, :n_points]))  # a writable copy of the response buffer
         finally:
-            for connection, handle in pending:
+            for connection, handle, _ in pending:
                 connection.cancel(handle)
 
     def preferred_memory_budget(self) -> float:
