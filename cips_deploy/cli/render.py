@@ -17,7 +17,8 @@ from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
 from ..errors import CipsError
 from ..plugin_manager import get_registry
-from ..render import Rendering, make_backend, render_detailed
+from ..render import Rendering, check_in_memory, make_backend, render_detailed
+from ..sinks import format_for
 from . import cli
 
 MAX_SEEDS = 256
@@ -47,7 +48,10 @@ MAX_SEEDS = 256
     "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
     help="torch backend: fp32 (default), bf16 (about 2x faster products on CPUs with AVX512-BF16; images differ by a few levels), fp16 (CUDA only).",
 )
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk.")
+@click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted streamed render from its finished tiles (in OUTPUT.partial).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local processes rendering tiles (each with its own backend and threads); .tif or .dzi output.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def render_command(
     checkpoint: Path | None,
@@ -71,6 +75,9 @@ def render_command(
     backend_options: tuple[str, ...],
     precision: str | None,
     output: Path,
+    output_format: str | None,
+    resume: bool,
+    workers: int,
     quiet: bool,
 ) -> None:
     """Render an image with any topology, chunk by chunk, and write it as a PNG.
@@ -82,19 +89,32 @@ def render_command(
       cips-deploy render --preset tiny --coordinate-space cylinder -t cylinder --width 1024 -o pano.png
       cips-deploy render --checkpoint model.safetensors -t foveated -p gaze_x=0.3 -p radius=0.15
       cips-deploy render --checkpoint model.safetensors --seeds 0-8 --truncation 0.7 -o grid.png
+      cips-deploy render -t cylinder --height 8192 --width 32768 --workers 2 -o pano.dzi   (streamed)
     """
     if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
         width = 4 * height if topology == "cylinder" else height
     seed_list = parse_seeds(seed, seeds)
-    check_output(output)
+    registry = get_registry()
+    if output.is_dir():
+        raise CipsError(f"Cannot write {output}: it is a directory.")
+    chosen = format_for(output, output_format, {name: entry.item for name, entry in registry.outputs.items()})
+    check_output(output, chosen.extensions)
     topology_params = parse_assignments(params, "topology parameter")
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
-    registry = get_registry()
     options = parse_assignments(backend_options, "backend option")
     if precision is not None:  # the torch backend's option, as --backend-option precision=... would give it
         if "precision" in options and options["precision"] != precision:
             raise CipsError(f"--precision {precision} contradicts --backend-option precision={options['precision']}.")
         options["precision"] = precision
+    if chosen.streaming or resume or workers != 1:  # gigapixel: tiles streamed to disk (cips_deploy.gigapixel)
+        from .gigapixel import stream_render
+
+        stream_render(
+            model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
+            chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
+        )
+        return
+    check_in_memory(height, width, registry.get("topology", topology))
     runner = make_backend(registry, backend, model, device, options)
     try:
         renderings = []
@@ -170,12 +190,12 @@ def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return parsed
 
 
-def check_output(output: Path) -> None:
+def check_output(output: Path, extensions: tuple[str, ...] = (".png",)) -> None:
     """Refuse an output we cannot write before spending time on the render."""
     if output.is_dir():
         raise CipsError(f"Cannot write {output}: it is a directory.")
-    if output.suffix.lower() != ".png":
-        raise CipsError(f"The output {output} must be a .png file.")
+    if output.suffix.lower() not in extensions:
+        raise CipsError(f"The output {output} must be a {' or '.join(extensions)} file.")
     folder = output.parent
     if not folder.is_dir():
         raise CipsError(f"Cannot write {output}: the folder {folder} does not exist.")
