@@ -462,7 +462,8 @@ def _reopen(
         found = None
     if not isinstance(found, dict):
         raise CipsError(f"{partial} is not a cips-deploy partial render (no readable manifest.json); delete it or choose another output.")
-    for name, value in fields.items():
+    for name in FIELD_NAMES:  # in this order: the topology is named before its parameters
+        value = fields[name]
         if found.get(name) != value:
             raise CipsError(
                 f"{partial} is a partial render of another {FIELD_NAMES.get(name, name)} ({_short(found.get(name))} there, "
