@@ -411,14 +411,14 @@ class Plugin:
 
 registry = load_registry(entry_points=False, extra_plugins=[("rss-test", Plugin())])
 height, width = int(sys.argv[2]), int(sys.argv[3])
-render_to_file(None, sys.argv[1], height=height, width=width, backend="coordinates", memory_budget=16.0, registry=registry)
+render_to_file(__file__, sys.argv[1], height=height, width=width, backend="coordinates", memory_budget=16.0, registry=registry)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 '''
 
 
 @pytest.mark.slow
 def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
-    height, width = 8192, 32768  # 768 MiB of pixels as an in-memory image
+    height, width = 16384, 32768  # 1.5 GiB of pixels as an in-memory image; about 1 minute
     script = tmp_path / "rss.py"
     script.write_text(RSS_SCRIPT)
     output = tmp_path / "big.tif"
