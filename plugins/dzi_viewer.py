@@ -26,7 +26,7 @@ PAGE = """<!DOCTYPE html>
   #view { position: absolute; inset: 0; overflow: hidden; cursor: grab; touch-action: none; }
   #view.dragging { cursor: grabbing; }
   #view img { position: absolute; image-rendering: auto; user-select: none; -webkit-user-drag: none; }
-  #bar { position: absolute; left: 8px; top: 8px; background: rgba(0,0,0,.6); padding: 4px 8px; border-radius: 4px; }
+  #bar { position: absolute; z-index: 10; left: 8px; top: 8px; background: rgba(0,0,0,.6); padding: 4px 8px; border-radius: 4px; }
   #bar button { font: inherit; min-width: 2em; }
 </style>
 </head>
