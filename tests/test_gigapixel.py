@@ -442,3 +442,52 @@ def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
             rgb = np.array([u[column], v[row], u[column] * v[row]], dtype=np.float32)
             expected = np.clip((rgb + 1) * 127.5 + 0.5, 0, 255).astype(np.uint8)
             assert list(handle.read(3)) == list(expected)
+
+
+def test_a_third_party_output_format_streams_through_the_same_hook(tmp_path, tiny):
+    """A plugin's format (raw RGB bytes, ``.rgb``) registered with register_outputs gets cells,
+    resume and verification exactly like the built-ins."""
+    from cips_deploy import hookimpl
+    from cips_deploy.plugin_manager import load_registry
+    from cips_deploy.sinks import OutputFormat, Sink
+
+    class RawSink(Sink):
+        def __init__(self, partial, destination, height, width):
+            self.path, self.destination, self.width = partial / "raw", destination, width
+            if not self.path.exists():
+                self.path.write_bytes(bytes(height * width * 3))
+
+        def write(self, top, left, pixels):
+            with open(self.path, "r+b") as handle:
+                for row in range(pixels.shape[0]):
+                    handle.seek(((top + row) * self.width + left) * 3)
+                    handle.write(pixels[row].tobytes())
+
+        def read(self, top, left, height, width):
+            data = np.fromfile(self.path, dtype=np.uint8).reshape(-1, self.width, 3)
+            return data[top : top + height, left : left + width]
+
+        def finish(self):
+            os.replace(self.path, self.destination)
+            return [self.destination]
+
+    class Raw(OutputFormat):
+        name, description, extensions = "raw", "Headerless RGB bytes.", (".rgb",)
+
+        def create(self, partial, destination, height, width, description):
+            return RawSink(partial, destination, height, width)
+
+        reopen = create
+
+    class Plugin:
+        @hookimpl
+        def register_outputs(self, register):
+            register(Raw())
+
+    registry = load_registry(entry_points=False, extra_plugins=[("raw-format", Plugin())])
+    assert registry.outputs["raw"].plugin == "raw-format" and registry.problems == []
+    output = tmp_path / "image.rgb"
+    result = render_to_file(tiny, output, height=300, width=200, seed=8, registry=registry)
+    assert result.format == "raw"
+    expected = render(tiny, "flat", 300, 200, seed=8, registry=registry)
+    np.testing.assert_array_equal(np.fromfile(output, dtype=np.uint8).reshape(300, 200, 3), expected)
