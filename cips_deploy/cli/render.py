@@ -114,7 +114,9 @@ def render_command(
             chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
         )
         return
-    check_in_memory(height, width, registry.get("topology", topology))
+    grid_columns = math.ceil(math.sqrt(len(seed_list)))  # the grid that tile() assembles
+    grid_rows = math.ceil(len(seed_list) / grid_columns)
+    check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology))
     runner = make_backend(registry, backend, model, device, options)
     try:
         renderings = []
