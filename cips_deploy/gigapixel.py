@@ -388,11 +388,20 @@ def _render_cells(
 
 _worker: CellRenderer | None = None
 _worker_job: tuple[Job, int] | None = None
+_worker_parent: int | None = None
 
 
 def _worker_start(job: Job, threads: int) -> None:
-    global _worker_job
+    global _worker_job, _worker_parent
     _worker_job = (job, threads)
+    _worker_parent = os.getppid()
+
+
+def _stop_if_orphaned(done: int, total: int) -> None:
+    """Called after every chunk: a worker whose parent was killed (SIGKILL leaves no one to
+    stop the pool) exits now instead of finishing a cell that nobody will store."""
+    if os.getppid() != _worker_parent:
+        os._exit(1)
 
 
 def _worker_render(task: tuple[int, tuple[int, int, int, int]]) -> tuple[int, np.ndarray]:
@@ -403,7 +412,7 @@ def _worker_render(task: tuple[int, tuple[int, int, int, int]]) -> tuple[int, np
         job, threads = _worker_job
         torch.set_num_threads(threads)
         _worker = CellRenderer(job, get_registry())
-    return index, _worker.render(cell)
+    return index, _worker.render(cell, _stop_if_orphaned)
 
 
 # --------------------------------------------------------------------------- the partial render
