@@ -498,3 +498,27 @@ def test_a_third_party_output_format_streams_through_the_same_hook(tmp_path, tin
     assert result.format == "raw"
     expected = render(tiny, "flat", 300, 200, seed=8, registry=registry)
     np.testing.assert_array_equal(np.fromfile(output, dtype=np.uint8).reshape(300, 200, 3), expected)
+
+
+def test_a_malformed_output_format_is_refused_at_registration():
+    from cips_deploy import hookimpl
+    from cips_deploy.plugin_manager import PluginWarning, load_registry
+
+    class NoDot:
+        name, description, extensions, streaming = "nodot", "Extensions without a dot.", ("tif",), True
+
+    class NoSink:
+        name, description, extensions, streaming = "nosink", "Streams but cannot create a sink.", (".xyz",), True
+
+    class Plugin:
+        @hookimpl
+        def register_outputs(self, register):
+            register(NoDot())
+            register(NoSink())
+
+    with pytest.warns(PluginWarning) as caught:
+        registry = load_registry(entry_points=False, extra_plugins=[("bad-formats", Plugin())])
+    assert "nodot" not in registry.outputs and "nosink" not in registry.outputs
+    messages = " ".join(str(warning.message) for warning in caught)
+    assert "declares extensions ('tif',), not lower-case suffixes" in messages
+    assert "streams but has no create() and reopen() methods" in messages
