@@ -244,10 +244,12 @@ class DziSink(Sink):
         page = self.partial / f"{name}.html"
         page.write_text(viewer_page(name, self.height, self.width, TILE, self.top_level), encoding="utf-8")
         written = []
+        # The tile folder moves last: killed before that, the partial folder still holds every
+        # tile and --resume completes it again.
         for source, target in (
-            (self.files, self.destination.with_name(self.files.name)),
-            (descriptor, self.destination),
             (page, self.destination.with_name(page.name)),
+            (descriptor, self.destination),
+            (self.files, self.destination.with_name(self.files.name)),
         ):
             replace_atomically(source, target)
             written.append(target)
