@@ -299,6 +299,8 @@ def _check_output(item: Any) -> Any:
         raise ValueError(f"{item.name!r} declares extensions {extensions!r}, not lower-case suffixes such as '.tif'")
     if getattr(item, "streaming", True) and not all(callable(getattr(item, m, None)) for m in ("create", "reopen")):
         raise ValueError(f"{item.name!r} streams but has no create() and reopen() methods")
+    if not getattr(item, "streaming", True) and not callable(getattr(item, "save", None)):
+        raise ValueError(f"{item.name!r} does not stream but has no save(image, path) method")
     return item
 
 

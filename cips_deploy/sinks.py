@@ -81,6 +81,11 @@ class OutputFormat(ABC):
         """The sink of an interrupted render in ``partial``; a CipsError naming the folder if its
         files are not what :meth:`create` made for these arguments."""
 
+    def save(self, image: np.ndarray, path: Path) -> None:
+        """Write a finished in-memory image uint8 ``[H, W, 3]`` to ``path`` (formats that do not
+        stream implement this; the render command calls it on a temporary path, then renames)."""
+        raise CipsError(f"The {self.name} format cannot write an in-memory image.")
+
     def outputs(self, destination: Path) -> list[Path]:
         """Every path the finished output occupies (the destination and its companions)."""
         return [destination]

@@ -45,6 +45,9 @@ class PngFormat(OutputFormat):
 
     reopen = create
 
+    def save(self, image: np.ndarray, path: Path) -> None:
+        Image.fromarray(image, mode="RGB").save(path, format="PNG")
+
 
 # --------------------------------------------------------------------------- tiff
 

@@ -522,3 +522,35 @@ def test_a_malformed_output_format_is_refused_at_registration():
     messages = " ".join(str(warning.message) for warning in caught)
     assert "declares extensions ('tif',), not lower-case suffixes" in messages
     assert "streams but has no create() and reopen() methods" in messages
+
+
+def test_a_third_party_in_memory_format_is_written_by_the_render_command(tmp_path, tiny, monkeypatch):
+    from click.testing import CliRunner
+
+    from cips_deploy import hookimpl, plugin_manager
+    from cips_deploy.cli import cli as group
+    from cips_deploy.sinks import OutputFormat
+
+    class Npy(OutputFormat):
+        name, description, extensions, streaming = "npy", "A NumPy array file.", (".npy",), False
+
+        def create(self, *args):
+            raise AssertionError("never called: the format does not stream")
+
+        reopen = create
+
+        def save(self, image, path):
+            with open(path, "wb") as handle:  # np.save would append .npy to the temporary name
+                np.save(handle, image)
+
+    class Plugin:
+        @hookimpl
+        def register_outputs(self, register):
+            register(Npy())
+
+    monkeypatch.setattr(plugin_manager, "_default_registry", plugin_manager.load_registry(entry_points=False, extra_plugins=[("npy-format", Plugin())]))
+    output = tmp_path / "image.npy"
+    result = CliRunner().invoke(group, ["render", "--preset", "tiny", "--height", "24", "--width", "40", "--seed", "3", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    np.testing.assert_array_equal(np.load(output), render(tiny, "flat", 24, 40, seed=3))
+    assert [path.name for path in tmp_path.iterdir()] == ["image.npy"]

@@ -1,4 +1,5 @@
-"""``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG."""
+"""``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG (in memory) or
+streamed to a tiled BigTIFF or Deep Zoom pyramid (``cips_deploy.cli.gigapixel``)."""
 
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ def render_command(
     workers: int,
     quiet: bool,
 ) -> None:
-    """Render an image with any topology, chunk by chunk, and write it as a PNG.
+    """Render an image with any topology, chunk by chunk, and write it as a PNG, or stream it to a .tif or .dzi.
 
     \b
     Examples:
@@ -138,7 +139,10 @@ def render_command(
         runner.close()
     image = tile([rendering.image for rendering in renderings])
     with atomic_path(output) as temporary:
-        Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
+        if chosen.name == "png":
+            Image.fromarray(image, mode="RGB").save(temporary, format="PNG")
+        else:  # a plugin's in-memory format
+            chosen.save(image, temporary)
     click.echo(summary(output, renderings, height, width))
 
 
