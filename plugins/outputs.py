@@ -16,7 +16,6 @@ repeats its last row or column), makes every level exactly reproducible.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
