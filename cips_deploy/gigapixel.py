@@ -47,6 +47,7 @@ from torch import Tensor
 from ._version import __version__
 from .atomic import atomic_path, check_destination
 from .backend import Backend
+from .checkpoint import file_sha256
 from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .generator import Generator
@@ -176,7 +177,7 @@ def render_to_file(
     """
     registry = registry or get_registry()
     destination = Path(destination)
-    job, output, sink_format = _prepare(
+    job, _, sink_format = _prepare(
         registry, model, destination, output_format, topology, height, width, seed, truncation, chunker, chunk_size,
         memory_budget, backend, device, backend_options or {}, blend_seed, workers, threads, topology_params,
     )
@@ -587,11 +588,7 @@ def model_fingerprint(model: Any) -> str:
         return "generator:" + digest.hexdigest()
     path = Path(model)
     try:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        return "file:" + file_sha256(path)
     except OSError as error:
         raise CipsError(f"Cannot read the checkpoint {path}: {error.strerror or error}.") from None
-    return "file:" + digest.hexdigest()
 

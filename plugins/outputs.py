@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from cips_deploy.atomic import _current_umask
 from cips_deploy.errors import CipsError
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.sinks import TILE, OutputFormat, Sink, replace_atomically
@@ -110,7 +111,7 @@ class TiffSink(Sink):
     def finish(self) -> list[Path]:
         os.fsync(self.fd)
         self.close()
-        os.chmod(self.path, 0o666 & ~_umask())
+        os.chmod(self.path, 0o666 & ~_current_umask())
         replace_atomically(self.path, self.destination)
         return [self.destination]
 
@@ -300,12 +301,6 @@ class DziFormat(OutputFormat):
 
     def outputs(self, destination: Path) -> list[Path]:
         return [destination, destination.with_name(f"{destination.stem}_files"), destination.with_name(f"{destination.stem}.html")]
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @hookimpl
