@@ -58,12 +58,13 @@ from .render import (
     _guarded_iter,
     _synthesize,
     check_chunk_settings,
+    check_in_memory,
     check_seed,
     check_size,
     latent,
     make_backend,
 )
-from .sinks import TILE, OutputFormat, Sink, format_for, remove_tree
+from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
 from .topology import TopologyRequest, resolve_parameters
 
 CELL_ROWS = TILE
@@ -252,6 +253,58 @@ def render_to_file(
         if local is not None:
             local.close()
     return StreamedRendering(paths, sink_format.name, len(cells), len(done), total, workers)
+
+
+def render_to_array(
+    model: Any,
+    *,
+    topology: str = "flat",
+    height: int = 256,
+    width: int = 256,
+    seed: int = 0,
+    truncation: float = 1.0,
+    chunker: str | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str = "torch",
+    device: str = "cpu",
+    backend_options: dict[str, Any] | None = None,
+    blend_seed: int | None = None,
+    workers: int = 1,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    registry: Registry | None = None,
+    **topology_params: Any,
+) -> np.ndarray:
+    """An in-memory image, uint8 ``[height, width, 3]``, rendered cell by cell into an
+    :class:`~cips_deploy.sinks.ArraySink`, in ``workers`` processes: bitwise the image of
+    :func:`cips_deploy.render.render` (within the in-memory limits of ``check_in_memory``)."""
+    registry = registry or get_registry()
+    check_size(height, width)
+    check_in_memory(height, width, registry.get("topology", topology))
+    job = _job(
+        registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
+        backend_options or {}, blend_seed, workers, threads, topology_params,
+    )
+    local = CellRenderer(job, registry, runner=model if isinstance(model, Backend) else None)
+    if workers > 1:
+        local.close()
+        local = None
+    try:
+        cells = cell_grid(height, width)
+        sink = ArraySink(height, width)
+        total, finished = height * width, 0
+        if progress is not None:
+            progress(0, total)
+        for index, pixels, points in _render_cells(job, local, cells, list(range(len(cells))), workers, threads, progress, total):
+            sink.write(cells[index][0], cells[index][2], pixels)
+            finished += points
+            if progress is not None:
+                progress(finished, total)
+    finally:
+        if local is not None:
+            local.close()
+    return sink.image
 
 
 # --------------------------------------------------------------------------- cells
@@ -537,6 +590,31 @@ def _prepare(
 ) -> tuple[Job, Registered, OutputFormat]:
     """Every check that needs no rendering, before any file is touched."""
     check_size(height, width)
+    formats = {name: entry.item for name, entry in registry.outputs.items()}
+    sink_format = format_for(destination, output_format, formats)
+    output = registry.outputs[sink_format.name]
+    if not getattr(sink_format, "streaming", True):
+        streaming = ", ".join(sorted(f"{name} ({', '.join(item.extensions)})" for name, item in formats.items() if item.streaming))
+        raise CipsError(f"The {sink_format.name} format is written from memory, not streamed; stream to {streaming}.")
+    job = _job(
+        registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
+        backend_options, blend_seed, workers, threads, topology_params,
+    )
+    if destination.is_dir():
+        raise CipsError(f"Cannot write {destination}: it is a directory.")
+    check_destination(destination, overwrite=True)
+    _call(output, "check", sink_format.check, destination, height, width)
+    return job, output, sink_format
+
+
+def _job(
+    registry: Registry, model: Any, topology: str, height: int, width: int, seed: int, truncation: float,
+    chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str, device: str,
+    backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
+    topology_params: dict[str, Any],
+) -> Job:
+    """The checked settings of a render in cells."""
+    check_size(height, width)
     check_seed(seed, "seed")
     if blend_seed is not None:
         check_seed(blend_seed, "blend seed")
@@ -549,28 +627,16 @@ def _prepare(
             raise CipsError(f"The number of {name} must be a whole number from 1 to {MAX_WORKERS}, not {value!r}.")
     if workers > 1 and isinstance(model, Backend):
         raise CipsError("Workers build their own backends, so give a model or a checkpoint path, not a constructed backend.")
-    formats = {name: entry.item for name, entry in registry.outputs.items()}
-    sink_format = format_for(destination, output_format, formats)
-    output = registry.outputs[sink_format.name]
-    if not getattr(sink_format, "streaming", True):
-        streaming = ", ".join(sorted(f"{name} ({', '.join(item.extensions)})" for name, item in formats.items() if item.streaming))
-        raise CipsError(f"The {sink_format.name} format is written from memory, not streamed; stream to {streaming}.")
     topology_entry = registry.get("topology", topology)
     chunker_name = chunker or ("fixed" if chunk_size is not None else "memory")
     check_chunk_settings(registry.get("chunker", chunker_name), chunk_size, memory_budget)
     params = resolve_parameters(topology_entry.item, topology_params)
     if not isinstance(model, Backend):
         registry.get("backend", backend)
-    for path in sink_format.outputs(destination):
-        if path.is_dir() and path == destination:
-            raise CipsError(f"Cannot write {destination}: it is a directory.")
-    check_destination(destination, overwrite=True)
-    _call(output, "check", sink_format.check, destination, height, width)
-    job = Job(
+    return Job(
         model if not isinstance(model, Backend) else None, topology, params, int(height), int(width), int(seed),
         float(truncation), blend_seed, chunker_name, chunk_size, memory_budget, backend, device, dict(backend_options),
     )
-    return job, output, sink_format
 
 
 def model_fingerprint(model: Any) -> str:

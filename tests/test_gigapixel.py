@@ -108,6 +108,15 @@ def test_halve_rounds_and_repeats_odd_edges():
     assert half.tolist() == [[2, 105], [255, 7]]  # (0+1+2+4+2)//4, (9+9+200+200+2)//4, (255*4+2)//4, (7*4+2)//4
 
 
+def test_cells_into_memory_give_the_render(tiny, registry, small_cells):
+    from cips_deploy.gigapixel import render_to_array
+
+    expected = render(tiny, "rotated", 300, 600, seed=2, angle=10.0, registry=registry)
+    np.testing.assert_array_equal(render_to_array(tiny, topology="rotated", height=300, width=600, seed=2, angle=10.0, registry=registry), expected)
+    with pytest.raises(CipsError, match="over the in-memory limit"):
+        render_to_array(tiny, height=30000, width=30000, registry=registry)
+
+
 def test_foveated_cannot_stream_and_says_so(tmp_path, tiny, registry):
     with pytest.raises(CipsError, match="The foveated topology cannot stream its output.*render it in memory"):
         render_to_file(tiny, tmp_path / "f.tif", topology="foveated", height=64, width=64, registry=registry)
@@ -371,6 +380,10 @@ def test_two_workers_give_the_serial_file(tmp_path):
     assert cli(*args, "-o", str(png)).returncode == 0
     with Image.open(png) as image:
         np.testing.assert_array_equal(tifffile.imread(parallel), np.asarray(image))
+    parallel_png = tmp_path / "parallel.png"  # in memory, cells from two workers: the same file
+    result = cli(*args, "-o", str(parallel_png), "--workers", "2")
+    assert result.returncode == 0 and "in 2 workers" in result.stdout, result.stderr
+    assert parallel_png.read_bytes() == png.read_bytes()
 
 
 RSS_SCRIPT = r'''

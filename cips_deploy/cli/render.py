@@ -52,7 +52,7 @@ MAX_SEEDS = 256
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk.")
 @click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted streamed render from its finished tiles (in OUTPUT.partial).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Local processes rendering tiles (each with its own backend and threads); .tif or .dzi output.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local processes rendering tiles (each with its own backend and threads); the same pixels as one.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def render_command(
     checkpoint: Path | None,
