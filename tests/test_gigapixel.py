@@ -333,6 +333,10 @@ def test_cli_writes_each_streaming_format_and_refuses_a_huge_png(tmp_path):
     assert result.exit_code == 1 and "The tiff format writes .tif or .tiff files, not a.png." in result.output
     result = runner.invoke(group, ["render", "--preset", "tiny", "--height", "30000", "--width", "30000", "-o", str(tmp_path / "b.png")])
     assert result.exit_code == 1 and "render it to a streaming format instead" in result.output
+    result = runner.invoke(group, ["render", "--preset", "tiny", "--height", "40", "-o", str(tmp_path / "c.png"), "--resume"])
+    assert result.exit_code == 1 and "--resume continues a streamed render (.tif, .dzi); a png file is written from memory" in result.output
+    result = runner.invoke(group, ["render", "--preset", "tiny", "--height", "40", "--seeds", "1-2", "-o", str(tmp_path / "c.tif")])
+    assert result.exit_code == 1 and "takes one --seed, not a grid of --seeds" in result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.dzi", "a.html", "a.tif", "a_files"]
 
 
