@@ -30,6 +30,11 @@ def register_backends(register):
 
 
 @hookspec
+def register_outputs(register):
+    """Register output formats: call register(output_format) with cips_deploy.sinks.OutputFormat instances."""
+
+
+@hookspec
 def register_exporters(register):
     """Register model exporters: call register(exporter) with objects that have a name."""
 

@@ -41,6 +41,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.chunkers",
     "cips_deploy.plugins.torch_backend",
     "cips_deploy.plugins.video",
+    "cips_deploy.plugins.outputs",
     "cips_deploy.exporters.backends",
     "cips_deploy.exporters.triton_plugin",
 )
@@ -50,6 +51,7 @@ REGISTER_HOOKS = {
     "register_chunkers": "chunker",
     "register_backends": "backend",
     "register_exporters": "exporter",
+    "register_outputs": "output",
 }
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -113,6 +115,10 @@ class Registry:
     @property
     def exporters(self) -> dict[str, Registered]:
         return self.items["exporter"]
+
+    @property
+    def outputs(self) -> dict[str, Registered]:
+        return self.items["output"]
 
     @property
     def problems(self) -> list[str]:
@@ -326,7 +332,27 @@ def _check_exporter(item: Any) -> Any:
     return item
 
 
-_CHECKS = {"topology": _check_topology, "chunker": _check_chunker, "backend": _check_backend, "exporter": _check_exporter}
+def _check_output(item: Any) -> Any:
+    if isinstance(item, type):
+        item = item()
+    _check_name(item)
+    extensions = tuple(getattr(item, "extensions", ()))
+    if not extensions or not all(isinstance(e, str) and e.startswith(".") and e == e.lower() for e in extensions):
+        raise ValueError(f"{item.name!r} declares extensions {extensions!r}, not lower-case suffixes such as '.tif'")
+    if getattr(item, "streaming", True) and not all(callable(getattr(item, m, None)) for m in ("create", "reopen")):
+        raise ValueError(f"{item.name!r} streams but has no create() and reopen() methods")
+    if not getattr(item, "streaming", True) and not callable(getattr(item, "save", None)):
+        raise ValueError(f"{item.name!r} does not stream but has no save(image, path) method")
+    return item
+
+
+_CHECKS = {
+    "topology": _check_topology,
+    "chunker": _check_chunker,
+    "backend": _check_backend,
+    "exporter": _check_exporter,
+    "output": _check_output,
+}
 
 
 def _failure(plugin: str, hook_name: str, error: BaseException) -> str:

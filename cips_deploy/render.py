@@ -36,6 +36,9 @@ from .plugin_manager import Registered, Registry, get_registry, owner_of
 from .topology import TopologyRequest, check_points, resolve_parameters
 
 MAX_SIDE = 1 << 20
+# The largest image assembled in memory (e.g. 16384 x 16384 or 32768 x 8192: 768 MiB of
+# uint8 pixels, about twice that while the PNG is encoded); larger ones stream to disk.
+MAX_IN_MEMORY_PIXELS = 1 << 28
 MAX_SEED = (1 << 63) - 1
 
 Progress = Callable[[int, int], None]
@@ -107,6 +110,7 @@ def render_detailed(
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not math.isfinite(truncation):
         raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
     topology_entry = registry.get("topology", topology)
+    check_in_memory(height, width, topology_entry)
     working = getattr(topology_entry.item, "working_bytes_per_pixel", 24)
     check_memory(height * width * (3 + int(working)), f"A {height:,} x {width:,} {topology} render")
     chunker_entry = registry.get("chunker", chunker or ("fixed" if chunk_size is not None else "memory"))
@@ -225,18 +229,34 @@ def make_backend(registry: Registry, name: str, model: Any, device: str, options
 
 
 def check_size(height: Any, width: Any) -> None:
-    """Positive integer sides, and an output image the machine can hold."""
+    """Positive integer sides no longer than MAX_SIDE."""
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
             raise CipsError(f"The image {name} must be a positive whole number of pixels, not {value!r}.")
         if value > MAX_SIDE:
             raise CipsError(f"The image {name} of {value:,} pixels exceeds the limit of {MAX_SIDE:,}.")
-    needed = int(height) * int(width) * 3
-    available = _physical_memory()
+
+
+def check_in_memory(height: int, width: int, topology: Registered | None = None) -> None:
+    """An in-memory render fits: at most MAX_IN_MEMORY_PIXELS, and its working memory (the
+    topology's ``memory_per_pixel`` times the pixels) within the memory available now.
+
+    Larger images stream to disk tile by tile (cips_deploy.gigapixel), which the sentence says.
+    """
+    pixels = int(height) * int(width)
+    per_pixel = float(getattr(topology.item, "memory_per_pixel", 8.0)) if topology is not None else 8.0
+    needed = pixels * per_pixel
+    available = _available_memory()
+    streaming = "render it to a streaming format instead, a tiled BigTIFF (-o out.tif) or a Deep Zoom pyramid (-o out.dzi)"
+    if pixels > MAX_IN_MEMORY_PIXELS:
+        raise CipsError(
+            f"A {height:,} x {width:,} image ({pixels / 1e6:,.0f} megapixels) is over the in-memory limit of "
+            f"{MAX_IN_MEMORY_PIXELS / 1e6:,.0f} megapixels; {streaming}."
+        )
     if available is not None and needed > available:
         raise CipsError(
-            f"A {height:,} x {width:,} image needs {needed / 2**30:.1f} GiB for its pixels alone, "
-            f"more than this machine's {available / 2**30:.1f} GiB of memory."
+            f"A {height:,} x {width:,} image rendered in memory needs about {needed / 2**30:.1f} GiB, more than the "
+            f"{available / 2**30:.1f} GiB of memory available; {streaming}."
         )
 
 
@@ -326,7 +346,15 @@ def _checked_image(image: Any, height: int, width: int, entry: Registered) -> np
     return image
 
 
-def _physical_memory() -> int | None:
+def _available_memory() -> int | None:
+    """Bytes of memory available to a new allocation now (Linux MemAvailable), else physical memory."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):

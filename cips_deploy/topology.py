@@ -106,11 +106,21 @@ class Layout(ABC):
 
     A renderer calls ``points`` and ``accept`` once per chunk, in order, then ``image``.
     Subclasses set ``height``, ``width`` and ``n_points`` and implement the three methods.
+
+    Streaming (gigapixel outputs, docs/gigapixel.md). A layout whose ``pixel_grid`` is True
+    promises one point per pixel, point ``r * width + c`` being pixel (r, c), and that a
+    pixel's colour is its own point's alone. Then any rectangle of the output can be
+    rendered on its own: the renderer asks :meth:`rectangle_points` for a tile's points,
+    turns their colours into the tile's pixels with :meth:`rectangle_pixels` and hands the
+    finished tile to an output sink, never holding the whole image (``accept`` and ``image``
+    are not called). A layout whose image needs every point at once (foveated
+    reconstruction) leaves ``pixel_grid`` False and renders in memory only.
     """
 
     height: int
     width: int
     n_points: int
+    pixel_grid: bool = False
 
     @abstractmethod
     def points(self, start: int, stop: int) -> Tensor | np.ndarray:
@@ -135,6 +145,24 @@ class Layout(ABC):
         """Facts worth telling the user about this layout (shown by the CLI)."""
         return {}
 
+    def rectangle_points(self, top: int, bottom: int, left: int, right: int) -> Tensor | np.ndarray:
+        """Points of output rows ``top:bottom`` and columns ``left:right``, row-major,
+        float ``[(bottom - top) * (right - left), 2]``; only for a ``pixel_grid`` layout.
+
+        Built from :meth:`points` one row segment at a time, so a subclass's own ``points``
+        is what a streamed render samples (bitwise the same points as an in-memory one).
+        """
+        if not self.pixel_grid:
+            raise CipsError("This layout's pixels are not one point each in row-major order, so it cannot render a rectangle on its own.")
+        pieces = [self.points(row * self.width + left, row * self.width + right) for row in range(top, bottom)]
+        if isinstance(pieces[0], np.ndarray):
+            return np.concatenate(pieces)
+        return torch.cat([torch.as_tensor(piece) for piece in pieces])
+
+    def rectangle_pixels(self, rgb: Tensor, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """Raw colours ``[n, 3]`` of :meth:`rectangle_points` -> uint8 ``[bottom - top, right - left, 3]``."""
+        return rgb_to_uint8(rgb).reshape(bottom - top, right - left, 3)
+
 
 class GridLayout(Layout):
     """One point per pixel: pixel (r, c) samples (u[c], v[r]), optionally transformed.
@@ -142,8 +170,11 @@ class GridLayout(Layout):
     u: [W] and v: [H] float tables. ``matrix`` (m00, m01, m10, m11) and ``offset`` (ou, ov)
     map a table point p to ``offset + matrix @ p``. Points are generated per chunk from the
     tables, and colours are written straight into the uint8 image, so a render holds the
-    output image plus one chunk, never an image-sized float array.
+    output image plus one chunk, never an image-sized float array; the image is allocated at
+    the first ``accept``, so a streamed render (which never calls it) holds none.
     """
+
+    pixel_grid = True
 
     def __init__(
         self,
@@ -159,7 +190,7 @@ class GridLayout(Layout):
         self.n_points = self.height * self.width
         self.matrix = matrix
         self.offset = offset
-        self._pixels = np.zeros((self.n_points, 3), dtype=np.uint8)
+        self._pixels: np.ndarray | None = None  # uint8 [n_points, 3], allocated by the first accept
 
     def points(self, start: int, stop: int) -> Tensor:
         index = torch.arange(start, stop, dtype=torch.int64)
@@ -173,9 +204,13 @@ class GridLayout(Layout):
         return torch.stack([u, v], dim=-1)
 
     def accept(self, start: int, rgb: Tensor) -> None:
+        if self._pixels is None:
+            self._pixels = np.zeros((self.n_points, 3), dtype=np.uint8)
         self._pixels[start : start + len(rgb)] = rgb_to_uint8(rgb)
 
     def image(self) -> np.ndarray:
+        if self._pixels is None:
+            self._pixels = np.zeros((self.n_points, 3), dtype=np.uint8)
         return self._pixels.reshape(self.height, self.width, 3)
 
     def row_boundaries(self) -> np.ndarray:
@@ -187,7 +222,8 @@ class PointLayout(Layout):
 
     Without ``assemble``, N must be ``height * width`` and point ``r * width + c`` is pixel
     (r, c). With ``assemble(rgb float32 [N, 3]) -> uint8 [height, width, 3]`` the layout
-    keeps every point's raw colour and hands them over at the end.
+    keeps every point's raw colour and hands them over at the end. Without ``assemble`` the
+    layout is a ``pixel_grid`` and streams; with it, it renders in memory only.
     """
 
     def __init__(
@@ -201,6 +237,7 @@ class PointLayout(Layout):
         self.height, self.width = height, width
         self.n_points = int(points.shape[0]) if getattr(points, "ndim", 0) >= 1 else 0
         self._assemble = assemble
+        self.pixel_grid = assemble is None
         if assemble is None:
             if self.n_points != height * width:
                 raise CipsError(
@@ -247,6 +284,10 @@ class Topology(ABC):
     # Measured: a 2000 x 2000 flat render raised the peak RSS by 24 bytes a pixel (the
     # uint8 image and a 32 MB chunk included); cylinder 20, rotated 17.
     working_bytes_per_pixel: ClassVar[int] = 24
+    # Bytes an in-memory render holds per output pixel (the uint8 image, Pillow's 4-byte RGB
+    # copy while a PNG is encoded, the layout's own tables); the renderer refuses in-memory
+    # sizes whose total does not fit (cips_deploy.render.check_in_memory).
+    memory_per_pixel: ClassVar[float] = 8.0
 
     @abstractmethod
     def layout(self, request: TopologyRequest) -> Layout:

@@ -113,7 +113,7 @@ def test_progress_bar_goes_to_stderr(capsys):
         (TINY + ["--backend", "vulkan"], "Unknown backend 'vulkan'"),
         (TINY + ["--height", "0"], "height must be a positive whole number of pixels, not 0."),
         (TINY + ["--width", "-4"], "width must be a positive whole number of pixels, not -4."),
-        (TINY + ["--height", "1000000", "--width", "1000000"], "for its pixels alone"),
+        (TINY + ["--height", "1000000", "--width", "1000000"], "over the in-memory limit of 268 megapixels; render it to a streaming format instead, a tiled BigTIFF (-o out.tif) or a Deep Zoom pyramid (-o out.dzi)."),
         (TINY + ["-t", "cylinder"], "use --topology flat"),
         (TINY + ["-t", "rotated", "-p", "angle=steep"], "parameter angle must be a number, not 'steep'."),
         (TINY + ["-p", "zoom"], "A topology parameter is written NAME=VALUE, not 'zoom'."),
@@ -130,7 +130,7 @@ def test_progress_bar_goes_to_stderr(capsys):
         (TINY + ["--seeds", "5-2"], "--seeds takes seeds and ranges"),
         (TINY + ["-o", "{tmp}/missing-folder/out.png"], "the folder"),
         (TINY + ["-o", "{tmp}"], "it is a directory"),
-        (TINY + ["-o", "{tmp}/out.jpg"], "must be a .png file"),
+        (TINY + ["-o", "{tmp}/out.jpg"], "has no known extension; use one of .dzi, .png, .tif, .tiff"),
     ],
 )
 def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):

@@ -51,8 +51,8 @@ def registry(installed):
 # ------------------------------------------------------------------------- built-ins
 
 
-def test_hookspecs_are_the_five_register_hooks():
-    names = {"register_topologies", "register_chunkers", "register_backends", "register_exporters", "register_commands"}
+def test_hookspecs_are_the_register_hooks():
+    names = {"register_topologies", "register_chunkers", "register_backends", "register_exporters", "register_outputs", "register_commands"}
     for name in names:
         function = getattr(hookspecs, name)
         assert function.__doc__ and "\n" not in function.__doc__.strip(), name
@@ -64,6 +64,8 @@ def test_builtins_are_registered_through_the_hooks_like_any_plugin():
     assert {"flat", "cylinder", "foveated", "rotated"} <= set(registry.topologies)
     assert {"fixed", "rows", "memory"} <= set(registry.chunkers)
     assert "torch" in registry.backends
+    assert {"png", "tiff", "dzi"} <= set(registry.outputs)
+    assert registry.outputs["dzi"].plugin == "cips_deploy.plugins.outputs"
     assert registry.topologies["cylinder"].plugin == "cips_deploy.plugins.cylinder"
     assert registry.chunkers["rows"].plugin == "cips_deploy.plugins.chunkers"
     info = registry.plugins["cips_deploy.plugins.flat"]

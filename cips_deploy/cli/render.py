@@ -1,4 +1,5 @@
-"""``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG."""
+"""``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG (in memory) or
+streamed to a tiled BigTIFF or Deep Zoom pyramid (``cips_deploy.cli.gigapixel``)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from typing import Any
 import click
 import numpy as np
 
+from ..atomic import atomic_path
 from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
 from ..limits import check_memory
 from ..plugin_manager import get_registry
-from ..render import Rendering, make_backend, render_detailed
+from ..render import Rendering, check_in_memory, make_backend, render_detailed
 from ..render_files import RenderFiles
+from ..sinks import format_for
 from . import cli
 from .backend_flags import merge_backend_flags, with_backend_flags
 
@@ -46,7 +49,10 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
 @click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="PNG to write (with --outdir: only when given).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk (with --outdir: only when given).")
+@click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted streamed render from its finished tiles (in OUTPUT.partial).")
+@click.option("--workers", type=int, default=1, show_default=True, help="Local processes rendering tiles (each with its own backend and threads); the same pixels as one.")
 @click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
 @click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -72,13 +78,16 @@ def render_command(
     device: str,
     backend_options: tuple[str, ...],
     output: Path,
+    output_format: str | None,
+    resume: bool,
+    workers: int,
     outdir: Path | None,
     viewer: Path | None,
     quiet: bool,
     force: bool,
     **backend_flags: Any,
 ) -> None:
-    """Render an image with any topology, chunk by chunk, and write it as a PNG.
+    """Render an image with any topology, chunk by chunk, and write it as a PNG, or stream it to a .tif or .dzi.
 
     \b
     Examples:
@@ -89,21 +98,39 @@ def render_command(
       cips-deploy render --checkpoint model.safetensors --seeds 0-8 --truncation 0.7 -o grid.png
       cips-deploy render --seeds 0-31 --outdir seeds/                (one PNG per seed)
       cips-deploy render --topology cylinder --viewer pano.html      (drag to look around)
+      cips-deploy render -t cylinder --height 8192 --width 32768 --workers 2 -o pano.dzi   (streamed)
     """
     if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
         width = 4 * height if topology == "cylinder" else height
     seed_list = parse_seeds(seed, seeds) if outdir is None else parse_seeds(seed, seeds, MAX_BATCH_SEEDS, "a batch")
+    registry = get_registry()
+    if output.is_dir():
+        raise CipsError(f"Cannot write {output}: it is a directory.")
+    chosen = format_for(output, output_format, {name: entry.item for name, entry in registry.outputs.items()})
+    topology_params = parse_assignments(params, "topology parameter")
+    model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
+    # Flags such as --precision are backend options (cli/backend_flags.py).
+    options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
+    if chosen.streaming or resume or workers != 1:  # gigapixel: tiles streamed to disk (cips_deploy.gigapixel)
+        if outdir is not None or viewer is not None:
+            raise CipsError("--outdir and --viewer go with in-memory renders, not with streamed outputs, --resume or --workers.")
+        check_output(output, force, chosen.extensions)
+        from .gigapixel import stream_render
+
+        stream_render(
+            model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
+            chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
+        )
+        return
     # With --outdir the grid is written only where -o is given: a batch wants its seeds' files.
     grid_output = output if outdir is None or click.get_current_context().get_parameter_source("output").name != "DEFAULT" else None
     if grid_output is not None:
-        check_output(grid_output, force)
+        check_output(grid_output, force, chosen.extensions)
         if len(seed_list) > 1:  # every seed's image is kept until the grid is tiled: count them all, and the grid
             check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
-    topology_params = parse_assignments(params, "topology parameter")
-    model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
-    registry = get_registry()
-    # Flags such as --precision are backend options (cli/backend_flags.py).
-    options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
+        grid_columns = math.ceil(math.sqrt(len(seed_list)))  # the grid that tile() assembles
+        grid_rows = math.ceil(len(seed_list) / grid_columns)
+        check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology))
     files = RenderFiles(
         model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
         backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
@@ -141,7 +168,13 @@ def render_command(
         seeds_bar.close()
         runner.close()
     grid = tile([rendering.image for rendering in renderings]) if grid_output is not None else None
-    files.finish(renderings, grid, grid_output)
+    if chosen.name == "png":  # with provenance in its text chunks
+        files.finish(renderings, grid, grid_output)
+    else:  # a plugin's in-memory format
+        files.finish(renderings, None, None)
+        if grid is not None:
+            with atomic_path(grid_output, overwrite=force) as temporary:
+                chosen.save(grid, temporary)
     click.echo(summary(output if grid_output is not None else outdir, renderings, height, width))
     if viewer is not None:
         click.echo(f"Wrote {viewer}: open it in a browser and drag to look around.")
@@ -197,14 +230,14 @@ def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
     return parsed
 
 
-def check_output(output: Path, force: bool = False) -> None:
+def check_output(output: Path, force: bool = False, extensions: tuple[str, ...] = (".png",)) -> None:
     """Refuse an output we cannot write (or must not replace) before spending time on the render."""
     if output.is_dir():
         raise CipsError(f"Cannot write {output}: it is a directory.")
     if output.exists() and not force:
         raise CipsError(f"{output} already exists; pass --force to replace it.")
-    if output.suffix.lower() != ".png":
-        raise CipsError(f"The output {output} must be a .png file.")
+    if output.suffix.lower() not in extensions:
+        raise CipsError(f"The output {output} must be a {' or '.join(extensions)} file.")
     folder = output.parent
     if not folder.is_dir():
         raise CipsError(f"Cannot write {output}: the folder {folder} does not exist.")

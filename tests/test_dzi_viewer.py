@@ -1,0 +1,125 @@
+"""The Deep Zoom viewer page in a real browser: Debian's chromium driven by Playwright.
+
+Never ``playwright install``: the browser is /usr/bin/chromium (``.ci/run`` installs it);
+the test skips, saying why, only where it or Playwright is missing.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+
+from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.gigapixel import render_to_file
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run", "--disable-gpu"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pyramid(tmp_path_factory, registry) -> Path:
+    """A 512 x 2048 demo panorama as a Deep Zoom pyramid with its viewer page."""
+    folder = tmp_path_factory.mktemp("dzi")
+    render_to_file(DEMO_MODEL, folder / "pano.dzi", topology="cylinder", height=512, width=2048, seed=1, registry=registry)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            viewport={"width": 800, "height": 600},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def server(pyramid):
+    """The pyramid's folder on 127.0.0.1 at a free port."""
+    handler = functools.partial(_QuietHandler, directory=str(pyramid))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+def open_viewer(context, url: str):
+    """A page at ``url`` with its console errors and failed requests recorded; tiles loaded."""
+    page = context.new_page()
+    problems: list[str] = []
+    page.on("console", lambda message: problems.append(f"console {message.type}: {message.text}") if message.type == "error" else None)
+    page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+    page.on("requestfailed", lambda request: problems.append(f"failed: {request.url}"))
+    page.on("response", lambda response: problems.append(f"HTTP {response.status}: {response.url}") if response.status >= 400 else None)
+    page.goto(url)
+    settle(page)
+    return page, problems
+
+
+def settle(page) -> None:
+    page.wait_for_function("window.dziViewer && dziViewer.loaded > 0 && dziViewer.pending === 0", timeout=30_000)
+
+
+def test_the_viewer_loads_tiles_and_zooms_and_pans(browser_context, server):
+    page, problems = open_viewer(browser_context, f"{server}/pano.html")
+    try:
+        level = page.evaluate("dziViewer.level()")
+        assert 0 < level < 11  # fitted: a coarse level of the 11 (0 .. 11) of a 2048-wide image
+        first = page.screenshot()
+        tiles = page.evaluate("Array.from(document.querySelectorAll('#view img')).filter(i => i.complete && i.naturalWidth > 0).length")
+        assert tiles >= 1
+
+        page.mouse.move(400, 300)
+        page.mouse.wheel(0, -600)  # zoom in 4x about the centre
+        page.wait_for_function(f"dziViewer.level() > {level}")
+        settle(page)
+        zoomed = page.screenshot()
+        assert zoomed != first
+        assert page.evaluate("dziViewer.state().scale") > 3.9 * page.evaluate("Math.min(800 / 2048, 600 / 512)")
+
+        before = page.evaluate("dziViewer.state().cx")
+        page.mouse.move(400, 300)
+        page.mouse.down()
+        page.mouse.move(250, 300, steps=5)
+        page.mouse.up()
+        settle(page)
+        assert page.evaluate("dziViewer.state().cx") > before  # dragged left: the view moved right
+        assert page.screenshot() != zoomed
+        assert page.evaluate("dziViewer.failed") == 0
+        assert problems == []
+    finally:
+        page.close()
+
+
+def test_the_viewer_works_opened_from_disk(browser_context, pyramid):
+    page, problems = open_viewer(browser_context, (pyramid / "pano.html").as_uri())
+    try:
+        assert page.evaluate("dziViewer.failed") == 0 and problems == []
+        page.keyboard.press("+")
+        settle(page)
+        assert page.evaluate("dziViewer.failed") == 0 and problems == []
+    finally:
+        page.close()
