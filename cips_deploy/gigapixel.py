@@ -340,10 +340,10 @@ class CellRenderer:
             if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
                 raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
             with torch.inference_mode():
-                self.w = _call(self.backend_entry, "map", runner.map, latent(job.seed, config.style_dim), job.truncation)
+                self.w = _call(self.backend_entry, "map", runner.map, latent(job.seed, config), job.truncation)
                 self.w_blend = None
                 if job.blend_seed is not None:
-                    self.w_blend = _call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config.style_dim), job.truncation)
+                    self.w_blend = _call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config), job.truncation)
             self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
             self.preferred_budget = _call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
         except BaseException:

@@ -30,9 +30,11 @@ def one_gib(monkeypatch):
     "args, message",
     [
         (["-t", "foveated", "--height", "9000", "--width", "9000"], "A 9,000 x 9,000 foveated render needs about 8.7 GiB"),
-        (["--height", "20000", "--width", "20000"], "A 20,000 x 20,000 flat render needs about 10.1 GiB"),
+        (["--height", "12000", "--width", "12000"], "A 12,000 x 12,000 flat render needs about 3.6 GiB"),
+        # Past the in-memory limit the streaming formats are named instead.
+        (["--height", "20000", "--width", "20000"], "is over the in-memory limit of 268 megapixels; render it to a streaming format"),
         (["--seeds", "0-255", "--height", "20000", "--width", "20000"], "256 20,000 x 20,000 renders and their grid needs about 572.2 GiB"),
-        (["--height", "80000", "--width", "80000"], "more than the 1.0 GiB this machine has available"),
+        (["--height", "80000", "--width", "80000"], "A 80,000 x 80,000 image (6,400 megapixels) is over the in-memory limit"),
     ],
 )
 def test_renders_are_refused_by_their_real_working_memory(one_gib, tmp_path, args, message):
