@@ -39,6 +39,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.chunkers",
     "cips_deploy.plugins.torch_backend",
     "cips_deploy.exporters.backends",
+    "cips_deploy.plugins.openvino_backend",
 )
 # Each register_* hook and the kind of thing it registers.
 REGISTER_HOOKS = {

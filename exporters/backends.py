@@ -60,6 +60,19 @@ def check_engine_source(metadata: EngineMetadata, model: Any, engine: Path) -> N
     metadata.check_matches(source=str(engine), generator=load(checkpoint))
 
 
+def exported_engine(source: Generator | str | Path, *, spatial_style: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+    """The cached, validated ONNX export of a checkpoint or an in-memory Generator (any
+    runtime that reads ONNX can run it: onnxruntime here, OpenVINO in its plugin)."""
+    if isinstance(source, Generator):
+        # In-memory weights have no file hash: key the cache by the weights themselves.
+        path = cache_entry("w" + weights_sha256(source), opset=opset, spatial_style=spatial_style)
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            export_onnx(source, path, opset=opset, spatial_style=spatial_style, overwrite=True)
+        return path
+    return cached_onnx(source, opset=opset, spatial_style=spatial_style)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime on exported .onnx engines, or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
@@ -113,14 +126,7 @@ class OnnxRuntimeBackend(Backend):
         return self._engines[spatial]
 
     def _export(self, spatial_style: bool) -> Path:
-        if isinstance(self._source, Generator):
-            # In-memory weights have no file hash: key the cache by the weights themselves.
-            path = cache_entry("w" + weights_sha256(self._source), opset=self._opset, spatial_style=spatial_style)
-            if not path.is_file():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                export_onnx(self._source, path, opset=self._opset, spatial_style=spatial_style, overwrite=True)
-            return path
-        return cached_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
+        return exported_engine(self._source, spatial_style=spatial_style, opset=self._opset)
 
     def _open(self, path: Path) -> OnnxEngine:
         return OnnxEngine(path, providers=self._providers, device_id=self._device_id)
