@@ -94,3 +94,16 @@ def coordinate_and_style_nodes(model: onnx.ModelProto, coords: str = "coords", s
         elif seen == {style}:
             styled.add(node.name)
     return coordinate, styled
+
+
+def constant_nodes(model: onnx.ModelProto, inputs: tuple[str, ...] = ("coords", "w")) -> set[str]:
+    """Names of the nodes that depend on none of the graph's ``inputs`` (Constants,
+    Identities of initializers and whatever computes from them alone)."""
+    variable = set(inputs)
+    constant = set()
+    for node in model.graph.node:
+        if any(name in variable for name in node.input):
+            variable.update(node.output)
+        else:
+            constant.add(node.name)
+    return constant

@@ -41,7 +41,7 @@ from cips_deploy.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
-from .graph_passes import coordinate_and_style_nodes, remove_redundant_casts
+from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
 from .metadata import PREFIX
 from .quality import DEFAULT_SEEDS, QualityReport, measure_quality
 from .spec import SYNTHESIS
@@ -77,8 +77,11 @@ def _float_regions(model: onnx.ModelProto) -> list[str]:
     for node in model.graph.node:
         for name in node.input:
             readers.setdefault(name, set()).add(node.name)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and all(readers.get(out, set()) <= kept for out in node.output):
+    # Nodes that depend on no input (Constants, Identities of shared initializers) follow
+    # their readers; walking backwards settles chains of them in one pass.
+    constant = constant_nodes(model)
+    for node in reversed(model.graph.node):
+        if node.name in constant and all(readers.get(out, set()) <= kept for out in node.output):
             kept.add(node.name)
     return sorted(kept)
 
