@@ -17,8 +17,8 @@ One run measures, on this machine:
     python benchmarks/precision_table.py --threads 2 --json results.json
 
 The engines are exported into a temporary folder with the reduced-precision passes of
-``cips-deploy export`` (:mod:`cips_deploy.exporters.quantize`) with no PSNR gate, so that
-every path is measured even where it would fail the default threshold.
+``cips-deploy export`` (:func:`cips_deploy.exporters.quantize.convert_engine`) without the
+PSNR gate, so that every path is measured even where it would fail the default threshold.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -93,14 +92,13 @@ def int8_peak_gops(size: int = 2048, repeats: int = 5) -> float:
 def make_engines(generator, folder: Path, name: str) -> dict[str, Path]:
     """fp32, fp16, int8 and int8-static engines of ``generator`` in ``folder``."""
     from cips_deploy.exporters import export_onnx
-    from cips_deploy.exporters.quantize import reduce_precision
+    from cips_deploy.exporters.quantize import convert_engine
 
     engines = {"fp32": folder / f"{name}-fp32.onnx"}
     export_onnx(generator, engines["fp32"], validate_export=generator.config.size <= 64)
     for mode in ("fp16", "int8", "int8-static"):
         path = folder / f"{name}-{mode}.onnx"
-        shutil.copyfile(engines["fp32"], path)
-        reduce_precision(path, generator, mode, min_psnr=-math.inf)  # measured, not gated
+        convert_engine(engines["fp32"], path, generator, mode)  # measured below, not gated
         engines[mode] = path
     return engines
 

@@ -175,6 +175,19 @@ def quantize_int8_static(source: Path, destination: Path, generator: Generator) 
     )
 
 
+def convert_engine(source: Path, destination: Path, generator: Generator, mode: str) -> None:
+    """Write the ``mode`` version of the fp32 engine ``source`` to ``destination``, ungated
+    and without metadata changes (:func:`reduce_precision` adds both)."""
+    check_mode(mode)
+    with _quiet():
+        if mode == "fp16":
+            convert_fp16(source, destination)
+        elif mode == "int8":
+            quantize_int8_dynamic(source, destination)
+        else:
+            quantize_int8_static(source, destination, generator)
+
+
 def reduce_precision(
     engine: Path,
     generator: Generator,
@@ -198,13 +211,7 @@ def reduce_precision(
         raise CipsError(f"{engine.name} is not a synthesis engine.")
     with tempfile.TemporaryDirectory(prefix=".cips-precision.", dir=engine.parent) as work:
         converted = Path(work) / "model.onnx"
-        with _quiet():
-            if mode == "fp16":
-                convert_fp16(engine, converted)
-            elif mode == "int8":
-                quantize_int8_dynamic(engine, converted)
-            else:
-                quantize_int8_static(engine, converted, generator)
+        convert_engine(engine, converted, generator, mode)
         report = measure_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
         if not report.ok:
             raise QualityError(
