@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import os
 import statistics
 import subprocess
@@ -105,6 +106,7 @@ def measure_peak(kind: str) -> float:
 def make_engines(generator, folder: Path, name: str) -> dict[str, Path]:
     """fp32, fp16, int8 and int8-static engines of ``generator`` in ``folder``."""
     from cips_deploy.exporters import export_onnx
+    from cips_deploy.exporters.onnx_export import mapping_path_for
     from cips_deploy.exporters.quantize import convert_engine
 
     engines = {"fp32": folder / f"{name}-fp32.onnx"}
@@ -112,6 +114,7 @@ def make_engines(generator, folder: Path, name: str) -> dict[str, Path]:
     for mode in ("fp16", "int8", "int8-static"):
         path = folder / f"{name}-{mode}.onnx"
         convert_engine(engines["fp32"], path, generator, mode)  # measured below, not gated
+        shutil.copyfile(mapping_path_for(engines["fp32"]), mapping_path_for(path))  # the fp32 mapping engine
         engines[mode] = path
     return engines
 
