@@ -3,6 +3,7 @@ bf16 only on request with its caveat, the demo panorama, and a clear sentence wi
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import warnings
 from pathlib import Path
@@ -39,7 +40,7 @@ def test_declared_options():
     assert OpenVinoBackend.parameters[0].default == "f32"
 
 
-pytest.importorskip("openvino")
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,7 @@ def cases(style_dim: int):
     yield torch.rand(3, 257, 2, generator=rng) * 6 - 3, torch.randn(3, style_dim, generator=rng)  # outside [-1, 1], B = 3
 
 
+@needs_openvino
 @pytest.mark.parametrize("which", ["demo", "tiny"])
 def test_f32_matches_onnxruntime(which, demo_engine, tmp_path):
     if which == "demo":
@@ -72,6 +74,7 @@ def test_f32_matches_onnxruntime(which, demo_engine, tmp_path):
         assert (got - expected).abs().max().item() <= 1e-4
 
 
+@needs_openvino
 def test_checkpoint_exported_on_the_fly(monkeypatch, tmp_path):
     monkeypatch.setenv("CIPS_DEPLOY_CACHE", str(tmp_path / "cache"))
     generator = cips_deploy.create("tiny", seed=1)
@@ -86,6 +89,7 @@ def test_checkpoint_exported_on_the_fly(monkeypatch, tmp_path):
     assert (backend.run(coords, w) - expected).abs().max().item() <= 1e-4
 
 
+@needs_openvino
 def test_bf16_only_on_request_with_its_caveat(demo_engine, capsys):
     OpenVinoBackend(demo_engine)
     assert capsys.readouterr().err == ""
@@ -96,6 +100,7 @@ def test_bf16_only_on_request_with_its_caveat(demo_engine, capsys):
     assert rgb.dtype == torch.float32 and torch.isfinite(rgb).all()
 
 
+@needs_openvino
 @pytest.mark.parametrize(
     "options, match",
     [({"precision": "f16"}, "precision is f32 or bf16"), ({"threads": "two"}, "whole number"),
@@ -106,6 +111,7 @@ def test_bad_options(demo_engine, options, match):
         OpenVinoBackend(demo_engine, **options)
 
 
+@needs_openvino
 def test_renders_the_demo_panorama(demo_engine, tmp_path):
     runner = CliRunner()
     outputs = {}

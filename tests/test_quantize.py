@@ -21,7 +21,7 @@ from cips_deploy.exporters.graph_passes import _elem_types, remove_redundant_cas
 from cips_deploy.exporters.quality import measure_quality, psnr_and_max_error
 from cips_deploy.exporters.quantize import read_quality
 
-pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxconverter_common", reason="fp16 engines need onnxconverter-common (the test extra has it)")
 
 
 def invoke(*args) -> object:
