@@ -31,6 +31,13 @@ from cips_deploy.errors import CipsError
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.topology import Parameter
 
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """Host float32 numpy view of a tensor (as the onnxruntime engine feeds its sessions)."""
+    from cips_deploy.exporters.ort_runtime import _numpy as host_float32
+
+    return host_float32(tensor)
+
 # OpenVINO's names for the precisions we allow, from the names users type.
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
 BF16_CAVEAT = (
@@ -142,10 +149,6 @@ def _integer(name: str, value: Any, minimum: int, maximum: int | None) -> int:
         bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
         raise CipsError(f"The openvino backend's option {name} must be {bound}, not {number}.")
     return number
-
-
-def _numpy(tensor: Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 @hookimpl
