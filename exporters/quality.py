@@ -104,12 +104,19 @@ def quality_inputs(generator: Generator, seeds=DEFAULT_SEEDS, truncation: float 
     return coords, ws
 
 
-def render(session, coords: torch.Tensor, w: torch.Tensor) -> np.ndarray:
+def engine_inputs(coords: torch.Tensor, w: torch.Tensor, spatial_style: bool) -> dict[str, np.ndarray]:
+    """The feed of a synthesis engine: coords [1, N, 2] and w [1, S], or w repeated per
+    point [1, N, S] for an engine exported with per-point styles."""
+    if spatial_style:
+        w = w[:, None, :].expand(-1, coords.shape[1], -1)
+    return {"coords": coords.contiguous().numpy(), "w": w.contiguous().numpy()}
+
+
+def render(session, coords: torch.Tensor, w: torch.Tensor, spatial_style: bool = False) -> np.ndarray:
     """rgb [1, N, 3] from an onnxruntime session, CHUNK_POINTS points per call."""
     parts = []
     for start in range(0, coords.shape[1], CHUNK_POINTS):
-        chunk = coords[:, start : start + CHUNK_POINTS].contiguous().numpy()
-        (rgb,) = session.run(["rgb"], {"coords": chunk, "w": w.numpy()})
+        (rgb,) = session.run(["rgb"], engine_inputs(coords[:, start : start + CHUNK_POINTS], w, spatial_style))
         parts.append(rgb)
     return np.concatenate(parts, axis=1)
 
@@ -133,11 +140,14 @@ def measure_quality(
     truncation: float = 1.0,
 ) -> QualityReport:
     """Render ``seeds`` through both engines (onnxruntime, CPU) and compare them."""
+    from .metadata import read_onnx_metadata
+
+    spatial = read_onnx_metadata(reference).spatial_style
     coords, ws = quality_inputs(generator, seeds, truncation)
     sessions = cpu_session(reference), cpu_session(candidate)
     psnrs, errors = [], []
     for w in ws:
-        expected, got = (render(session, coords, w) for session in sessions)
+        expected, got = (render(session, coords, w, spatial) for session in sessions)
         psnr, error = psnr_and_max_error(expected, got)
         psnrs.append(psnr)
         errors.append(error)

@@ -42,8 +42,8 @@ from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
 from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
-from .metadata import PREFIX
-from .quality import DEFAULT_SEEDS, QualityReport, measure_quality
+from .metadata import PREFIX, read_onnx_metadata
+from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_quality
 from .spec import SYNTHESIS
 
 # The modes and their default --min-psnr (dB against the fp32 engine, worst seed). 40 dB is
@@ -132,7 +132,7 @@ def quantize_int8_dynamic(source: Path, destination: Path) -> None:
 class _Calibration:
     """onnxruntime's CalibrationDataReader: chunks of real coordinates and mapped styles."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, spatial_style: bool = False) -> None:
         side = max(generator.config.size, 64)
         on_grid = grid_coords(side, side)[0]
         rng = torch.Generator().manual_seed(1)
@@ -146,7 +146,7 @@ class _Calibration:
             # A different slice of the points for every style keeps the calibration quick.
             order = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(index))
             chunk = points[order[:CALIBRATION_CHUNK]][None]
-            self.batches.append({"coords": chunk.contiguous().numpy(), "w": w.numpy()})
+            self.batches.append(engine_inputs(chunk, w, spatial_style))
         self._iterator = iter(self.batches)
 
     def get_next(self):
@@ -164,7 +164,7 @@ def quantize_int8_static(source: Path, destination: Path, generator: Generator) 
     quantize_static(
         str(source),
         str(destination),
-        _Calibration(generator),
+        _Calibration(generator, read_onnx_metadata(source).spatial_style),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,

@@ -155,3 +155,12 @@ def test_bad_reduced_precision_requests(tmp_path):
     bad_export(tmp_path, DEMO_MODEL, "--min-psnr", "30", match="--min-psnr gates fp16 and int8")
     bad_export(tmp_path, DEMO_MODEL, "--precision", "fp16", "--min-psnr", "nan", match="must be a number")
     bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--engine", "trt", match="--quantize makes ONNX engines")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-static"])
+def test_per_point_style_engines_quantize_too(tmp_path, mode):
+    path = tmp_path / "spatial.onnx"
+    result = invoke("export", DEMO_MODEL, "--spatial-style", "--no-validate", "--quantize", mode, "-o", path)
+    assert result.exit_code == 0, result.output
+    precision, report = read_quality(path)
+    assert precision == mode and report.ok and report.worst_psnr >= report.min_psnr
