@@ -75,7 +75,7 @@ def exported_engine(source: Generator | str | Path, *, spatial_style: bool = Fal
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    description = "ONNX Runtime on exported .onnx engines, or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
+    description = "ONNX Runtime on exported .onnx engines (fp32, fp16, int8), or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
 
     def __init__(
         self,
