@@ -206,6 +206,14 @@ class ModulatedLinear(nn.Module):
             self._rounded = (key, w.clone(), weight)
         return weight
 
+    def fused_leaky_relu(self, x: Tensor, w: Tensor, bias: Tensor, gain: float) -> Tensor:
+        """leaky_relu_0.2(gain * (modulated(x) + bias)) in one oneDNN call: x [1, N, in]
+        (bfloat16, CPU), w [1, S] -> [1, N, out]; see :func:`fused_product_available`."""
+        weight = self._rounded_fold(w, gain, x.dtype)[0].t()  # [out, in], contiguous: fold's own layout
+        bias = (bias * gain).to(x.dtype)
+        out = torch.ops.mkldnn._linear_pointwise(x[0], weight.contiguous(), bias, "leaky_relu", [0.2], "")
+        return out[None]
+
     def forward(self, x: Tensor, w: Tensor, bias: Tensor | None = None, gain: float = 1.0) -> Tensor:
         """gain * (modulated(x) + bias): x [B, N, in], w [B, S] (one style per sample) or [B, N, S].
 
@@ -237,6 +245,29 @@ class ModulatedLinear(nn.Module):
         return out.to(x.dtype)
 
 
+# bfloat16 inference on a CPU: the product, its bias and the leaky ReLU as one oneDNN call
+# (``torch.ops.mkldnn._linear_pointwise``: bias and activation applied as the product's
+# tiles are written) instead of ``baddbmm`` (which first copies the bias into the output)
+# and an in-place leaky ReLU: two passes over [N, out] fewer per layer. Those passes are
+# memory-bound, and took 20-45% of a paper256 bfloat16 render's time (BENCHMARKS.md). The
+# operator is internal to torch (it backs torch.compile's CPU fusions), so it is used only
+# where it exists, and the float32 path never takes it.
+FUSE_BF16_CPU = hasattr(torch.ops.mkldnn, "_linear_pointwise") and torch.backends.mkldnn.is_available()
+
+
+def fused_product_available(x: Tensor, w: Tensor) -> bool:
+    """Whether a styled layer may take the fused oneDNN path: bfloat16 ``x [1, N, in]`` on a
+    CPU, one style ``w [1, S]``, no gradients."""
+    return (
+        FUSE_BF16_CPU
+        and x.dtype == torch.bfloat16
+        and x.device.type == "cpu"
+        and x.shape[0] == 1
+        and w.dim() == 2
+        and not torch.is_grad_enabled()
+    )
+
+
 class StyledLayer(nn.Module):
     """Modulated layer, optional noise, bias, scaled leaky ReLU: [B, N, in] -> [B, N, out].
 
@@ -258,6 +289,8 @@ class StyledLayer(nn.Module):
             return scaled_leaky_relu(out + self.bias.to(out.dtype))
         # Leaky ReLU is positively homogeneous: lrelu(y + b) * sqrt(2) == lrelu(sqrt(2) * (y + b)),
         # so the gain rides on the folded weight and the bias, and the activation is one pass.
+        if fused_product_available(x, w):
+            return self.linear.fused_leaky_relu(x, w, self.bias, SQRT2)
         out = self.linear(x, w, bias=self.bias, gain=SQRT2)
         if torch.is_grad_enabled():
             return F.leaky_relu(out, negative_slope=0.2)

@@ -44,6 +44,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.outputs",
     "cips_deploy.exporters.backends",
     "cips_deploy.exporters.triton_plugin",
+    "cips_deploy.plugins.openvino_backend",
 )
 # Each register_* hook and the kind of thing it registers.
 REGISTER_HOOKS = {

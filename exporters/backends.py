@@ -63,9 +63,18 @@ def check_engine_source(metadata: EngineMetadata, model: Any, engine: Path) -> N
     metadata.check_matches(source=str(engine), generator=load(checkpoint))
 
 
+def exported_engine(source: Generator | str | Path, *, spatial_style: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+    """The cached, validated ONNX export of a checkpoint or an in-memory Generator (any
+    runtime that reads ONNX can run it: onnxruntime here, OpenVINO in its plugin)."""
+    if isinstance(source, Generator):
+        # In-memory weights have no file hash: the cache is keyed by the weights themselves.
+        return cached_generator_onnx(source, opset=opset, spatial_style=spatial_style)
+    return cached_onnx(source, opset=opset, spatial_style=spatial_style)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    description = "ONNX Runtime on exported .onnx engines, or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
+    description = "ONNX Runtime on exported .onnx engines (fp32, fp16, int8), or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
     options = (
         Parameter("providers", str, None, "execution providers, best first: auto, or a comma-separated list of tensorrt, cuda, cpu"),
         Parameter("engine", str, None, "an exported .onnx engine of the model to run instead of exporting it"),
@@ -133,10 +142,7 @@ class OnnxRuntimeBackend(Backend):
         return self._engines[spatial]
 
     def _export(self, spatial_style: bool) -> Path:
-        if isinstance(self._source, Generator):
-            # In-memory weights have no file hash: the cache is keyed by the weights themselves.
-            return cached_generator_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
-        return cached_onnx(self._source, opset=self._opset, spatial_style=spatial_style)
+        return exported_engine(self._source, spatial_style=spatial_style, opset=self._opset)
 
     def _open(self, path: Path, verify: str = "if-recorded") -> OnnxEngine:
         # Cache entries were verified (or rebuilt) by the cache just now.

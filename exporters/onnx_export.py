@@ -34,6 +34,7 @@ from cips_deploy.generator import Generator
 from cips_deploy.layers import ModulatedLinear
 
 from . import integrity
+from .graph_passes import remove_redundant_casts
 from .metadata import EngineMetadata, build_metadata, weights_sha256
 from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate
@@ -221,6 +222,8 @@ def _write_model(
         model.metadata_props.add(key=key, value=value)
     integrity.stamp(model)  # readers verify the graph and weights against it
     weight_bytes = sum(len(tensor.raw_data) for tensor in model.graph.initializer)
+    if weight_bytes < EXTERNAL_DATA_THRESHOLD:  # shape inference needs the model in one protobuf
+        remove_redundant_casts(model)
     external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
     if external:
         onnx.save_model(

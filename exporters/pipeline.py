@@ -6,10 +6,12 @@ work, so that a bad request fails in one sentence within a second and writes not
 
 from __future__ import annotations
 
+import math
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 
@@ -23,6 +25,9 @@ from .spec import mapping_spec, synthesis_spec
 from .triton import DEFAULT_MAX_BATCH_SIZE, check_backend, check_repository, model_name
 from .trt_ops import tensorrt_problems
 from .validate import ValidationReport
+
+if TYPE_CHECKING:
+    from .quality import QualityReport
 
 ENGINES = ("onnx", "trt")
 SUFFIXES = {"onnx": ".onnx", "trt": ".plan"}
@@ -40,6 +45,7 @@ class ExportSummary:
     report: ValidationReport | None = None
     metadata: EngineMetadata | None = None
     external_data: bool = False
+    quality: "QualityReport | None" = None  # fp16 and int8 ONNX engines: against the fp32 engine
 
 
 def export_checkpoint(
@@ -59,12 +65,17 @@ def export_checkpoint(
     triton_backend: str | None = None,
     external_data: bool | None = None,
     overwrite: bool = False,
+    quantize: str | None = None,
+    min_psnr: float | None = None,
 ) -> ExportSummary:
     """Export ``source`` (a checkpoint, official ``.pt``, or for ``trt`` an exported ``.onnx``).
 
     ``output`` defaults to ``<source stem>.onnx`` / ``.plan`` in the current folder, or to
     nothing when only ``triton_repo`` is wanted. ``triton_backend``: the Triton backend of
     the repository's model (:func:`.triton.check_backend`; ``python`` for CPU servers).
+    nothing when only ``triton_repo`` is wanted. ONNX engines in ``precision="fp16"`` or
+    with ``quantize="int8"``/``"int8-static"`` are made from the fp32 export and gated by
+    a quality report against it (:mod:`.quantize`; ``min_psnr`` None: the mode's default).
     """
     source = Path(source)
     if engine not in ENGINES:
@@ -80,8 +91,9 @@ def export_checkpoint(
         source_metadata.check_role("synthesis", source=str(source))
         if spatial_style and not source_metadata.spatial_style:
             raise CipsError(f"{source} takes one style per sample; export the checkpoint again with --spatial-style.")
+    reduced = _reduced_precision(engine, precision, quantize, min_psnr)
     if engine == "onnx":
-        _check_onnx_options(precision, max_batch, chunk_size, timing_cache)
+        _check_onnx_options("fp32" if reduced else precision, max_batch, chunk_size, timing_cache)
     else:
         from .tensorrt import Profile, check_precision, gpu_facts, import_tensorrt
 
@@ -131,6 +143,10 @@ def export_checkpoint(
             )
             metadata, mapping_file = result.metadata, result.mapping
             summary.report, summary.external_data = result.report, result.external_data
+            if reduced:
+                from .quantize import reduce_precision
+
+                summary.quality = reduce_precision(onnx_file, generator, reduced, min_psnr=min_psnr)
         summary.metadata = metadata
         spec = synthesis_spec(metadata.config, metadata.spatial_style)
         engine_files = _engine_files(onnx_file)
@@ -178,10 +194,30 @@ def export_checkpoint(
     return summary
 
 
+def _reduced_precision(engine: str, precision: str, quantize: str | None, min_psnr: float | None) -> str | None:
+    """The reduced-precision mode of an ONNX export (fp16, int8, int8-static), or None."""
+    from .quantize import check_mode
+
+    if min_psnr is not None and not math.isfinite(min_psnr):
+        raise CipsError(f"--min-psnr must be a number of dB, not {min_psnr}.")
+    if quantize is not None:
+        check_mode(quantize)
+        if engine != "onnx":
+            raise CipsError(f"--quantize makes ONNX engines; a {engine} engine takes --precision instead.")
+        if precision != "fp32":
+            raise CipsError(f"--quantize {quantize} and --precision {precision} exclude each other; choose one.")
+        return quantize
+    if engine == "onnx" and precision == "fp16":
+        return "fp16"
+    if min_psnr is not None:
+        raise CipsError("--min-psnr gates fp16 and int8 ONNX engines; add --precision fp16 or --quantize int8.")
+    return None
+
+
 def _check_onnx_options(precision: str, max_batch, chunk_size, timing_cache) -> None:
     if precision != "fp32":
         raise CipsError(
-            f"ONNX engines are exported in fp32 (their I/O is float32 by contract); --precision {precision} "
+            f"ONNX engines are exported in fp32 or fp16 (with float32 I/O by contract); --precision {precision} "
             "is a TensorRT build option: use --engine trt."
         )
     if max_batch is not None or chunk_size is not None:

@@ -94,7 +94,7 @@ def test_unwritable_output(checkpoint, tmp_path, where):
 
 
 def test_precision_the_onnx_engine_cannot_do(checkpoint, tmp_path):
-    bad(tmp_path, checkpoint, "--precision", "fp16", "-o", tmp_path / "x.onnx", match="ONNX engines are exported in fp32")
+    bad(tmp_path, checkpoint, "--precision", "bf16", "-o", tmp_path / "x.onnx", match="ONNX engines are exported in fp32")
     bad(tmp_path, checkpoint, "--timing-cache", tmp_path / "t.cache", "-o", tmp_path / "x.onnx", match="--timing-cache")
     bad(tmp_path, checkpoint, "--chunk-size", "4096", "-o", tmp_path / "x.onnx", match="optimization profile")
 

@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 import cips_deploy
+from cips_deploy import layers
 from cips_deploy.bench import BenchCase, matmul_peak_gflops, run_case
 from cips_deploy.checkpoint import DEMO_MODEL
 from cips_deploy.cli import cli
@@ -128,7 +129,36 @@ def test_synthesize_in_bf16_with_gradients_off_and_on(tiny):
         low = tiny.synthesize(COORDS, w, dtype=torch.bfloat16)
     assert low.dtype == torch.float32 and relative_error(low, reference) <= 3e-2
     graded = tiny.synthesize(COORDS, w.clone().requires_grad_(), dtype=torch.bfloat16)
-    assert graded.dtype == torch.float32 and torch.equal(graded.detach(), low)
+    # Without gradients a CPU layer runs product, bias and activation as one oneDNN call
+    # (layers.FUSE_BF16_CPU), which rounds once where baddbmm rounds twice: equal to bf16 accuracy.
+    assert graded.dtype == torch.float32 and relative_error(graded.detach(), low) <= 1e-2
+    layers.FUSE_BF16_CPU, fused = False, layers.FUSE_BF16_CPU
+    try:
+        with torch.no_grad():
+            unfused = tiny.synthesize(COORDS, w, dtype=torch.bfloat16)
+    finally:
+        layers.FUSE_BF16_CPU = fused
+    assert torch.equal(graded.detach(), unfused)
+
+
+def test_fused_bf16_layers_equal_the_unfused_ones_to_bf16_accuracy(tiny_skip):
+    from cips_deploy.layers import StyledLayer
+
+    if not layers.FUSE_BF16_CPU:
+        pytest.skip("this torch has no oneDNN fused linear")
+    layer = tiny_skip.blocks[0].layer1
+    assert isinstance(layer, StyledLayer)
+    (w,) = styles(tiny_skip, seeds=(5,))
+    x = torch.randn(1, 300, layer.linear.weight.shape[1]).bfloat16()
+    with torch.no_grad():
+        fused = layer(x, w)
+        layers.FUSE_BF16_CPU = False
+        try:
+            unfused = layer(x, w)
+        finally:
+            layers.FUSE_BF16_CPU = True
+    assert fused.dtype == unfused.dtype == torch.bfloat16 and fused.shape == unfused.shape
+    assert relative_error(fused.float(), unfused.float()) <= 1e-2
 
 
 @pytest.mark.parametrize(

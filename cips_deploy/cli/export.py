@@ -19,7 +19,11 @@ from . import cli
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-against-torch check.")
 @click.option("--spatial-style", is_flag=True, help="Take one style per point: w [B, N, S] instead of [B, S].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
-              help="TensorRT kernel precision (ONNX engines are fp32).")
+              help="TensorRT kernel precision; for ONNX, fp16 makes an fp16 engine with a quality report (docs/precision.md).")
+@click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
+              help="An int8 ONNX engine (dynamic, or static QDQ calibrated on rendered chunks) with a quality report.")
+@click.option("--min-psnr", type=float, default=None,
+              help="fp16/int8: fail (writing nothing) below this PSNR against fp32 in dB (default 40; int8-static 30).")
 @click.option("--max-batch", type=int, default=None, help="TensorRT profile: most samples per call (default 1).")
 @click.option("--chunk-size", type=int, default=None, help="TensorRT profile: most points per call (default 65536).")
 @click.option("--timing-cache", type=click.Path(path_type=Path), help="TensorRT timing cache file, read and updated.")
@@ -46,6 +50,8 @@ def export(
     triton_backend: str | None,
     external_data: bool,
     force: bool,
+    quantize: str | None,
+    min_psnr: float | None,
 ) -> None:
     """Export CHECKPOINT (ours, an official CIPS .pt or CREPS .pkl; for --engine trt also an exported .onnx).
 
@@ -54,6 +60,7 @@ def export(
     """
     from cips_deploy.exporters.onnx_export import DEFAULT_OPSET
     from cips_deploy.exporters.pipeline import export_checkpoint
+    from cips_deploy.exporters.quantize import QualityError
     from cips_deploy.exporters.validate import ValidationError
 
     try:
@@ -73,12 +80,16 @@ def export(
             triton_backend=triton_backend,
             external_data=True if external_data else None,
             overwrite=force,
+            quantize=quantize,
+            min_psnr=min_psnr,
         )
-    except ValidationError as error:
+    except (ValidationError, QualityError) as error:
         click.echo(error.report.format(), err=True)  # where the engine disagrees; then the one-line error
         raise
     if summary.report is not None:
         click.echo(summary.report.format())
+    if summary.quality is not None:
+        click.echo(summary.quality.format())
     meta = summary.metadata
     w_shape = f"[B, N, {meta.style_dim}]" if meta.spatial_style else f"[B, {meta.style_dim}]"
     click.echo(

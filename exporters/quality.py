@@ -1,0 +1,155 @@
+"""Quality reports of reduced-precision engines: rendered images against the fp32 engine.
+
+:func:`measure_quality` renders the same images through two ONNX synthesis engines (the
+fp32 export and its fp16 or int8 version) and compares them the way a viewer would: the
+raw outputs are clipped to the image range [-1, 1] (as ``rgb_to_uint8`` clips) and
+
+- PSNR = 10 log10(2^2 / MSE) in dB, the range [-1, 1] having peak-to-peak 2;
+- max error = the largest |difference| in output units (times 127.5: in 8-bit levels).
+
+One image per seed: z from ``torch.randn`` seeded with the seed, w = mapping(z) at
+truncation 1 (the widest styles), points on the model's training grid at
+``max(size, 64)`` pixels square. The report keeps every seed's figures; the gate of
+``--min-psnr`` holds the worst seed to the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cips_deploy.coords import grid_coords
+from cips_deploy.generator import Generator
+
+DEFAULT_SEEDS = (0, 1, 2, 3)
+CHUNK_POINTS = 8192  # points per engine call: bounds the working memory of the comparison
+MIN_SIDE = 64
+
+
+@dataclass
+class QualityReport:
+    """PSNR (dB) and max |difference| per seed of an engine against the fp32 engine."""
+
+    mode: str
+    seeds: list[int]
+    psnr_db: list[float]
+    max_abs: list[float]
+    side: int
+    min_psnr: float | None = None
+    truncation: float = 1.0
+    notes: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def worst_psnr(self) -> float:
+        return min(self.psnr_db)
+
+    @property
+    def max_error(self) -> float:
+        return max(self.max_abs)
+
+    @property
+    def ok(self) -> bool:
+        return self.min_psnr is None or self.worst_psnr >= self.min_psnr
+
+    def format(self) -> str:
+        """A short table (one line per seed) and the verdict, as ``export`` prints it."""
+        lines = [
+            f"Quality of the {self.mode} engine against fp32 ({self.side}x{self.side} images on the training grid, "
+            f"truncation {self.truncation:g}, outputs clipped to [-1, 1]):"
+        ]
+        for seed, psnr, error in zip(self.seeds, self.psnr_db, self.max_abs):
+            lines.append(f"  seed {seed:<4} PSNR {_db(psnr):>9}  max error {error:.2e} ({error * 127.5:.2f} of 255 levels)")
+        verdict = f"threshold {self.min_psnr:g} dB: {'passed' if self.ok else 'FAILED'}" if self.min_psnr is not None else "no threshold"
+        lines.append(f"  worst PSNR {_db(self.worst_psnr)}, max error {self.max_error:.2e}; {verdict}")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        # Infinity (identical images) is written as JSON's non-standard Infinity, which
+        # Python's json reads back.
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "QualityReport":
+        return cls(**json.loads(text))
+
+
+def _db(value: float) -> str:
+    return "inf dB" if math.isinf(value) else f"{value:.2f} dB"
+
+
+def psnr_and_max_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(PSNR in dB, max |difference|) of two raw outputs after clipping to [-1, 1]."""
+    a = np.clip(reference.astype(np.float64), -1.0, 1.0)
+    b = np.clip(candidate.astype(np.float64), -1.0, 1.0)
+    difference = a - b
+    mse = float(np.mean(difference**2))
+    psnr = math.inf if mse == 0.0 else 10.0 * math.log10(4.0 / mse)
+    return psnr, float(np.abs(difference).max())
+
+
+def quality_inputs(generator: Generator, seeds=DEFAULT_SEEDS, truncation: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """coords [1, side*side, 2] on the training grid and one w [1, S] per seed."""
+    side = max(generator.config.size, MIN_SIDE)
+    coords = grid_coords(side, side)
+    ws = []
+    for seed in seeds:
+        z = torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(int(seed)))
+        with torch.no_grad():
+            ws.append(generator.map(z.to(generator.device), truncation=truncation).float().cpu())
+    return coords, ws
+
+
+def engine_inputs(coords: torch.Tensor, w: torch.Tensor, spatial_style: bool) -> dict[str, np.ndarray]:
+    """The feed of a synthesis engine: coords [1, N, 2] and w [1, S], or w repeated per
+    point [1, N, S] for an engine exported with per-point styles."""
+    if spatial_style:
+        w = w[:, None, :].expand(-1, coords.shape[1], -1)
+    return {"coords": coords.contiguous().numpy(), "w": w.contiguous().numpy()}
+
+
+def render(session, coords: torch.Tensor, w: torch.Tensor, spatial_style: bool = False) -> np.ndarray:
+    """rgb [1, N, 3] from an onnxruntime session, CHUNK_POINTS points per call."""
+    parts = []
+    for start in range(0, coords.shape[1], CHUNK_POINTS):
+        (rgb,) = session.run(["rgb"], engine_inputs(coords[:, start : start + CHUNK_POINTS], w, spatial_style))
+        parts.append(rgb)
+    return np.concatenate(parts, axis=1)
+
+
+def cpu_session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def measure_quality(
+    reference: Path,
+    candidate: Path,
+    generator: Generator,
+    *,
+    mode: str,
+    seeds=DEFAULT_SEEDS,
+    min_psnr: float | None = None,
+    truncation: float = 1.0,
+) -> QualityReport:
+    """Render ``seeds`` through both engines (onnxruntime, CPU) and compare them."""
+    from .metadata import read_onnx_metadata
+
+    spatial = read_onnx_metadata(reference).spatial_style
+    coords, ws = quality_inputs(generator, seeds, truncation)
+    sessions = cpu_session(reference), cpu_session(candidate)
+    psnrs, errors = [], []
+    for w in ws:
+        expected, got = (render(session, coords, w, spatial) for session in sessions)
+        psnr, error = psnr_and_max_error(expected, got)
+        psnrs.append(psnr)
+        errors.append(error)
+    side = int(round(math.sqrt(coords.shape[1])))
+    return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation)

@@ -1,0 +1,249 @@
+"""fp16 and int8 versions of an exported fp32 ONNX synthesis engine, gated by a quality report.
+
+``reduce_precision(engine, generator, mode)`` rewrites ``engine`` (an fp32 export, in a
+work folder) in place as one of
+
+- ``fp16``: weights and compute in float16 wherever a node carries the synthesis
+  activations [B, N, C] (the layers' products, biases, activations, colour sums), by
+  onnxconverter-common's ``convert_float_to_float16`` with a block list;
+- ``int8``: onnxruntime's dynamic quantisation of those products (MatMulInteger, the
+  activations' scales computed per call);
+- ``int8-static``: onnxruntime's static QDQ quantisation of those products, with scales
+  calibrated on rendered chunks of real coordinates (the training grid and points off it)
+  and real styles (mapped latents of calibration seeds that the report does not use).
+
+Always kept in float32 (the block list, :func:`.graph_passes.coordinate_and_style_nodes`):
+the coordinate stage (Fourier features and the embedding's bilinear reads, which compute
+from the coordinates alone: sines of arguments up to about 30 and interpolation weights
+lose everything in 16 or 8 bits) and the style stage (the affine maps and the weight
+folding, which compute from w alone: per-sample work, cheap, whose rounding would shift
+every pixel alike). The engine's I/O stays float32 (DESIGN.md section 3): the casts are
+inside the graph.
+
+The quality report (:mod:`.quality`) compares the result with the fp32 engine on rendered
+images; below ``min_psnr`` the function raises :class:`CipsError` and the caller writes
+nothing. The report and the mode are stored in the engine's metadata
+(``cips_deploy.precision``, ``cips_deploy.quality``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from cips_deploy.coords import grid_coords
+from cips_deploy.errors import CipsError
+from cips_deploy.generator import Generator
+
+from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
+from .metadata import PREFIX, read_onnx_metadata
+from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_quality
+from .spec import SYNTHESIS
+
+# The modes and their default --min-psnr (dB against the fp32 engine, worst seed). 40 dB is
+# a mean error of about 1% of the image range: below what an 8-bit image shows on smooth,
+# trained models. Static int8 rounds every activation to one calibrated scale per tensor
+# and cannot be held to that on every model; its default is lower and says so.
+MODES = {"fp16": 40.0, "int8": 40.0, "int8-static": 30.0}
+CALIBRATION_SEEDS = range(1000, 1008)  # disjoint from the report's seeds
+CALIBRATION_CHUNK = 4096
+PRECISION_KEY = PREFIX + "precision"
+QUALITY_KEY = PREFIX + "quality"
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise CipsError(f"Unknown reduced precision {mode!r}; choose one of {', '.join(MODES)}.")
+
+
+def default_min_psnr(mode: str) -> float:
+    check_mode(mode)
+    return MODES[mode]
+
+
+def _float_regions(model: onnx.ModelProto) -> list[str]:
+    """Names of the nodes that stay float32: the coordinate and style stages, and the
+    Constant nodes that only they read (so that, say, the demodulation's epsilon 1e-8 is
+    not rounded to float16's 1e-7)."""
+    coordinate, styled = coordinate_and_style_nodes(model)
+    kept = coordinate | styled
+    readers: dict[str, set[str]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    # Nodes that depend on no input (Constants, Identities of shared initializers) follow
+    # their readers; walking backwards settles chains of them in one pass.
+    constant = constant_nodes(model)
+    for node in reversed(model.graph.node):
+        if node.name in constant and all(readers.get(out, set()) <= kept for out in node.output):
+            kept.add(node.name)
+    return sorted(kept)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """onnxruntime.quantization logs advice through the root logger and onnxconverter-common
+    warns about every constant it rounds: neither is for our users."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def convert_fp16(source: Path, destination: Path) -> None:
+    """fp16 weights and compute outside the coordinate and style stages; I/O float32."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise CipsError("fp16 engines need onnxconverter-common: pip install 'cips-deploy[precision]'.") from None
+    model = onnx.load(str(source))
+    remove_redundant_casts(model)  # engines exported before the pass existed
+    converted = float16.convert_float_to_float16(
+        model, keep_io_types=True, node_block_list=_float_regions(model), disable_shape_infer=False
+    )
+    onnx.save_model(converted, str(destination))
+
+
+def quantize_int8_dynamic(source: Path, destination: Path) -> None:
+    """Dynamic int8 products (MatMulInteger); everything else float32."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(source), load_external_data=False)
+    quantize_dynamic(
+        str(source),
+        str(destination),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=_float_regions(model),
+    )
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader: chunks of real coordinates and mapped styles."""
+
+    def __init__(self, generator: Generator, spatial_style: bool = False) -> None:
+        side = max(generator.config.size, 64)
+        on_grid = grid_coords(side, side)[0]
+        rng = torch.Generator().manual_seed(1)
+        off_grid = torch.rand(CALIBRATION_CHUNK, 2, generator=rng) * 2 - 1  # between the pixels
+        points = torch.cat([on_grid, off_grid])
+        self.batches = []
+        for index, seed in enumerate(CALIBRATION_SEEDS):
+            z = torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                w = generator.map(z.to(generator.device)).float().cpu()
+            # A different slice of the points for every style keeps the calibration quick.
+            order = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(index))
+            chunk = points[order[:CALIBRATION_CHUNK]][None]
+            self.batches.append(engine_inputs(chunk, w, spatial_style))
+        self._iterator = iter(self.batches)
+
+    def get_next(self):
+        return next(self._iterator, None)
+
+    def rewind(self) -> None:
+        self._iterator = iter(self.batches)
+
+
+def quantize_int8_static(source: Path, destination: Path, generator: Generator) -> None:
+    """Static QDQ int8 products with calibrated activation scales; everything else float32."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    model = onnx.load(str(source), load_external_data=False)
+    quantize_static(
+        str(source),
+        str(destination),
+        _Calibration(generator, read_onnx_metadata(source).spatial_style),
+        quant_format=QuantFormat.QDQ,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=_float_regions(model),
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True},
+    )
+
+
+def convert_engine(source: Path, destination: Path, generator: Generator, mode: str) -> None:
+    """Write the ``mode`` version of the fp32 engine ``source`` to ``destination``, ungated
+    and without metadata changes (:func:`reduce_precision` adds both)."""
+    check_mode(mode)
+    with _quiet():
+        if mode == "fp16":
+            convert_fp16(source, destination)
+        elif mode == "int8":
+            quantize_int8_dynamic(source, destination)
+        else:
+            quantize_int8_static(source, destination, generator)
+
+
+def reduce_precision(
+    engine: Path,
+    generator: Generator,
+    mode: str,
+    *,
+    min_psnr: float | None = None,
+    seeds=DEFAULT_SEEDS,
+) -> QualityReport:
+    """Rewrite the fp32 ``engine`` in place as ``mode``; raise CipsError below ``min_psnr``.
+
+    ``min_psnr`` None takes the mode's default. The fp32 file is only replaced once the
+    report passes; on failure it is left as it was.
+    """
+    check_mode(mode)
+    threshold = default_min_psnr(mode) if min_psnr is None else float(min_psnr)
+    source = onnx.load(str(engine), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in source.graph.initializer):
+        raise CipsError(f"{mode} engines are made from models below protobuf's 2 GB limit; this one keeps external data.")
+    props = [(p.key, p.value) for p in source.metadata_props]
+    if dict(props).get(PREFIX + "role") != SYNTHESIS:
+        raise CipsError(f"{engine.name} is not a synthesis engine.")
+    with tempfile.TemporaryDirectory(prefix=".cips-precision.", dir=engine.parent) as work:
+        converted = Path(work) / "model.onnx"
+        convert_engine(engine, converted, generator, mode)
+        report = measure_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
+        if not report.ok:
+            raise QualityError(
+                f"The {mode} engine reaches {report.worst_psnr:.2f} dB PSNR against fp32 on its worst seed, "
+                f"below --min-psnr {threshold:g}, so nothing was written.",
+                report,
+            )
+        model = onnx.load(str(converted))
+        del model.metadata_props[:]
+        for key, value in props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())]:
+            model.metadata_props.add(key=key, value=value)
+        model.producer_name = "cips-deploy"
+        onnx.save_model(model, str(converted))
+        onnx.checker.check_model(str(converted), full_check=True)
+        converted.replace(engine)
+    return report
+
+
+class QualityError(CipsError):
+    """The reduced-precision engine missed the PSNR threshold; ``report`` has the figures."""
+
+    def __init__(self, message: str, report: QualityReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def read_quality(path: str | Path) -> tuple[str, QualityReport | None]:
+    """(precision, quality report or None) stored in an engine's metadata; fp32 has no report."""
+    model = onnx.load(str(path), load_external_data=False)
+    props = {p.key: p.value for p in model.metadata_props}
+    report = props.get(QUALITY_KEY)
+    try:
+        return props.get(PRECISION_KEY, "fp32"), QualityReport.from_json(report) if report else None
+    except (TypeError, ValueError):
+        raise CipsError(f"{path} has a damaged quality report in its metadata; export it again.") from None

@@ -1,0 +1,156 @@
+"""The ``openvino`` backend: exported ONNX engines on Intel's OpenVINO runtime (CPU).
+
+``model`` is an exported ``.onnx`` synthesis engine (its ``.mapping.onnx`` beside it, as
+``cips-deploy export`` writes them), or a checkpoint / Generator, which is exported once
+into the onnxruntime backend's export cache (:func:`cips_deploy.exporters.backends.exported_engine`)
+and run from there. I/O is the engine contract: host float32 tensors, coords [B, N, 2],
+w [B, S] or [B, N, S] -> rgb [B, N, 3]; OpenVINO takes the dynamic B and N as they are.
+
+Precision. On CPUs with AVX512-BF16 or AMX, OpenVINO's default ``INFERENCE_PRECISION_HINT``
+is bf16 for the whole graph, coordinate stage included, which ruins our output (max abs
+error 1.5 on the demo model, 9.5 on a random small one). So this backend forces ``f32``
+unless asked otherwise (``precision=bf16``), and says what bf16 costs when it is asked.
+
+OpenVINO is an optional dependency (``pip install 'cips-deploy[openvino]'``): this module
+imports without it, so the plugin always loads; constructing the backend without it ends
+in one sentence that says what to install.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cips_deploy.backend import Backend
+from cips_deploy.errors import CipsError
+from cips_deploy.hookspecs import hookimpl
+from cips_deploy.topology import Parameter
+
+
+def _numpy(tensor: Tensor) -> np.ndarray:
+    """Host float32 numpy view of a tensor (as the onnxruntime engine feeds its sessions)."""
+    from cips_deploy.exporters.ort_runtime import _numpy as host_float32
+
+    return host_float32(tensor)
+
+# OpenVINO's names for the precisions we allow, from the names users type.
+PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
+BF16_CAVEAT = (
+    "openvino precision=bf16: every layer, the coordinate features included, runs in bfloat16; "
+    "expect visible errors (max abs 1.5 on the bundled demo model against f32) and check the images."
+)
+
+
+def import_openvino():
+    try:
+        import openvino
+    except ImportError:
+        raise CipsError("The openvino backend needs OpenVINO: pip install 'cips-deploy[openvino]'.") from None
+    return openvino
+
+
+class OpenVinoBackend(Backend):
+    name = "openvino"
+    description = "OpenVINO on exported .onnx engines or checkpoints (exported on the fly); CPU; float32 unless precision=bf16."
+    # The options this backend takes (``--backend-option NAME=VALUE``), declared as topologies
+    # declare theirs.
+    options = (
+        Parameter("precision", str, "f32", "f32 (forced by default) or bf16 (faster, with visible errors)", choices=("f32", "fp32", "bf16")),
+        Parameter("threads", int, 0, "inference threads; 0: OpenVINO's choice", minimum=0),
+        Parameter("opset", int, 17, "ONNX opset when a checkpoint is exported on the fly", minimum=13, maximum=20),
+    )
+
+    def __init__(self, model: Any, *, device: str = "cpu", precision: Any = "f32", threads: Any = 0, opset: Any = 17, **options: Any) -> None:
+        if options:
+            raise CipsError(f"The openvino backend has no option {sorted(options)[0]!r} (its options: precision, threads, opset).")
+        self.precision = _check_precision(precision)
+        threads, opset = _integer("threads", threads, 0, None), _integer("opset", opset, 13, 20)
+        if torch.device(device).type != "cpu":
+            raise CipsError(f"The openvino backend runs on the CPU here, not on {device!r}.")
+        ov = import_openvino()
+        from cips_deploy.exporters.backends import exported_engine
+        from cips_deploy.exporters.metadata import read_onnx_metadata
+        from cips_deploy.exporters.onnx_export import mapping_path_for
+
+        if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
+            path = Path(model)
+        else:
+            path = exported_engine(model, opset=opset)
+        self.metadata = read_onnx_metadata(path)
+        self.metadata.check_role("synthesis", source=str(path))
+        self.config = self.metadata.config
+        self.path = path
+        if self.precision == "bf16":
+            print(BF16_CAVEAT, file=sys.stderr)
+        properties = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            properties["INFERENCE_NUM_THREADS"] = threads
+        core = ov.Core()
+        try:
+            self._synthesis = core.compile_model(str(path), "CPU", properties).create_infer_request()
+            mapping = mapping_path_for(path)
+            self._mapping = None
+            if mapping.is_file():
+                mapping_meta = read_onnx_metadata(mapping)
+                if mapping_meta.weights_sha256 != self.metadata.weights_sha256:
+                    raise CipsError(f"{mapping} belongs to a different model than {path}; export them together again.")
+                self._mapping = core.compile_model(str(mapping), "CPU", properties).create_infer_request()
+        except RuntimeError as error:  # OpenVINO reports unreadable models and bad properties so
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise CipsError(f"OpenVINO cannot compile {path.name}: {first}") from None
+
+    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+        """z [B, S] -> w [B, S] through the mapping engine, truncated towards w_avg."""
+        if self._mapping is None:
+            raise CipsError(f"{self.path} has no mapping engine beside it; export the checkpoint again.")
+        w = torch.from_numpy(self._infer(self._mapping, {"z": _numpy(z)}, "w"))
+        if truncation != 1.0:
+            w = self.metadata.w_avg_tensor().lerp(w, truncation)
+        return w
+
+    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+        expected = 3 if self.metadata.spatial_style else 2
+        if w.dim() != expected:
+            kind = "per-point styles w [B, N, S]" if self.metadata.spatial_style else "one style per sample w [B, S]"
+            raise CipsError(f"{self.path.name} takes {kind}, not w of shape {list(w.shape)}.")
+        return torch.from_numpy(self._infer(self._synthesis, {"coords": _numpy(coords), "w": _numpy(w)}, "rgb"))
+
+    @staticmethod
+    def _infer(request, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:
+        results = request.infer(inputs)
+        for port, value in results.items():
+            if output in port.get_names():
+                return np.array(value, dtype=np.float32, copy=True)  # the request reuses its buffer
+        raise CipsError(f"The OpenVINO model has no output {output!r}.")
+
+    def close(self) -> None:
+        self._synthesis = self._mapping = None
+
+
+def _check_precision(value: Any) -> str:
+    name = str(value).strip().lower()
+    if name not in PRECISIONS:
+        raise CipsError(f"The openvino backend's precision is f32 or bf16, not {value!r}.")
+    return PRECISIONS[name]
+
+
+def _integer(name: str, value: Any, minimum: int, maximum: int | None) -> int:
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise CipsError(f"The openvino backend's option {name} is a whole number, not {value!r}.") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bound = f"from {minimum} to {maximum}" if maximum is not None else f"at least {minimum}"
+        raise CipsError(f"The openvino backend's option {name} must be {bound}, not {number}.")
+    return number
+
+
+@hookimpl
+def register_backends(register):
+    register(OpenVinoBackend)

@@ -1,0 +1,166 @@
+"""fp16 and int8 ONNX engines: the quality gate, the stored report, rendering the demo panorama."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cips_deploy
+from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.cli import cli
+from cips_deploy.coords import grid_coords
+from cips_deploy.exporters import export_onnx
+from cips_deploy.exporters.backends import OnnxRuntimeBackend
+from cips_deploy.exporters.graph_passes import _elem_types, remove_redundant_casts
+from cips_deploy.exporters.quality import measure_quality, psnr_and_max_error
+from cips_deploy.exporters.quantize import read_quality
+
+pytest.importorskip("onnxconverter_common", reason="fp16 engines need onnxconverter-common (the test extra has it)")
+
+
+def invoke(*args) -> object:
+    return CliRunner().invoke(cli, [str(arg) for arg in args], catch_exceptions=False)
+
+
+def files_in(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return cips_deploy.load(DEMO_MODEL)
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(tmp_path_factory, demo) -> Path:
+    path = tmp_path_factory.mktemp("fp32") / "demo.onnx"
+    export_onnx(demo, path)  # validated against torch within 1e-4, after the Cast pass
+    return path
+
+
+@pytest.fixture(scope="module")
+def reduced(tmp_path_factory) -> dict[str, Path]:
+    """The demo model exported as fp16, int8 and int8-static through the CLI."""
+    folder = tmp_path_factory.mktemp("reduced")
+    engines = {}
+    for mode, flags in {"fp16": ["--precision", "fp16"], "int8": ["--quantize", "int8"],
+                        "int8-static": ["--quantize", "int8-static"]}.items():
+        path = folder / f"{mode}.onnx"
+        result = invoke("export", DEMO_MODEL, "-o", path, *flags)
+        assert result.exit_code == 0, result.output
+        assert f"Quality of the {mode} engine against fp32" in result.output and "passed" in result.output
+        engines[mode] = path
+    return engines
+
+
+def test_exported_graphs_have_no_float_to_float_cast(fp32_engine):
+    model = onnx.load(str(fp32_engine))
+    types = _elem_types(model)
+    casts = [node for node in model.graph.node if node.op_type == "Cast"]
+    redundant = [n.name for n in casts if types.get(n.input[0]) == next(a.i for a in n.attribute if a.name == "to")]
+    assert casts and not redundant  # the embedding's float-to-int64 index casts remain
+    assert remove_redundant_casts(model) == 0
+
+
+def test_redundant_cast_pass_removes_an_identity_cast():
+    x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])
+    y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])
+    nodes = [
+        onnx.helper.make_node("Cast", ["x"], ["c"], to=onnx.TensorProto.FLOAT, name="/Cast"),
+        onnx.helper.make_node("Neg", ["c"], ["y"], name="/Neg"),
+    ]
+    model = onnx.helper.make_model(onnx.helper.make_graph(nodes, "g", [x], [y]))
+    assert remove_redundant_casts(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Neg"] and list(model.graph.node[0].input) == ["x"]
+    onnx.checker.check_model(model)
+
+
+def test_psnr_of_identical_and_shifted_images():
+    a = np.linspace(-1, 1, 300).reshape(1, 100, 3)
+    assert psnr_and_max_error(a, a) == (math.inf, 0.0)
+    psnr, error = psnr_and_max_error(a, a + 0.02)  # clipping at +1 leaves some values equal
+    assert error == pytest.approx(0.02) and 10 * math.log10(4 / 0.02**2) <= psnr < 60
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8", "int8-static"])
+def test_report_is_stored_and_reproducible(reduced, fp32_engine, demo, mode):
+    precision, report = read_quality(reduced[mode])
+    assert precision == mode and report is not None and report.ok
+    assert report.seeds == [0, 1, 2, 3] and report.min_psnr == (30.0 if mode == "int8-static" else 40.0)
+    assert all(math.isfinite(p) and p >= report.min_psnr for p in report.psnr_db)
+    # The stored figures are what the engine renders now (the export's own fp32 engine and
+    # this fixture's are the same graph).
+    again = measure_quality(fp32_engine, reduced[mode], demo, mode=mode)
+    assert again.psnr_db == pytest.approx(report.psnr_db, abs=1e-6)
+    assert again.max_abs == pytest.approx(report.max_abs, abs=1e-7)
+
+
+def test_engine_io_stays_float32(reduced):
+    for path in reduced.values():
+        graph = onnx.load(str(path)).graph
+        assert {v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)} == {onnx.TensorProto.FLOAT}
+    fp16 = onnx.load(str(reduced["fp16"]))
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in fp16.graph.initializer)
+    int8 = onnx.load(str(reduced["int8"]))
+    assert any(n.op_type == "MatMulInteger" for n in int8.graph.node)
+    static = onnx.load(str(reduced["int8-static"]))
+    assert any(n.op_type == "QuantizeLinear" for n in static.graph.node)
+    # The coordinate stage stays float32 in every mode.
+    for model in (fp16, int8, static):
+        assert not any(n.name.startswith(("/fourier/", "/embedding/")) and n.op_type in ("MatMulInteger", "QuantizeLinear")
+                       for n in model.graph.node)
+
+
+@pytest.mark.parametrize("mode", ["fp16", "int8", "int8-static"])
+def test_engines_render_the_demo_panorama_within_their_report(reduced, fp32_engine, mode):
+    """A panorama (64 x 256 on the cylinder, seeds the report did not use) through the
+    onnxruntime backend stays above the PSNR threshold that the engine's report certifies."""
+    _, report = read_quality(reduced[mode])
+    reference, candidate = OnnxRuntimeBackend(fp32_engine), OnnxRuntimeBackend(reduced[mode])
+    coords = grid_coords(64, 256)
+    for seed in (7, 11):
+        z = torch.randn(1, reference.config.style_dim, generator=torch.Generator().manual_seed(seed))
+        w = reference.map(z)
+        expected, got = reference.run(coords, w), candidate.run(coords, w)
+        assert got.dtype == torch.float32 and got.shape == expected.shape
+        psnr, _ = psnr_and_max_error(expected.numpy(), got.numpy())
+        assert psnr >= report.min_psnr, (mode, seed, psnr)
+
+
+def bad_export(tmp_path: Path, *args, match: str) -> str:
+    before = files_in(tmp_path)
+    result = invoke("export", *args)
+    assert result.exit_code == 1
+    lines = [line for line in result.output.strip().splitlines() if line]
+    assert lines[-1].startswith("Error: ") and match in lines[-1], result.output
+    assert sum(line.startswith("Error: ") for line in lines) == 1 and "Traceback" not in result.output
+    assert files_in(tmp_path) == before  # nothing written, not even a temporary folder
+    return result.output
+
+
+def test_quality_gate_fails_cleanly(tmp_path):
+    output = bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--min-psnr", "200", "-o", tmp_path / "q.onnx",
+                        match="below --min-psnr 200, so nothing was written")
+    assert "threshold 200 dB: FAILED" in output  # the report comes first, then the sentence
+
+
+def test_bad_reduced_precision_requests(tmp_path):
+    bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--precision", "fp16", match="exclude each other")
+    bad_export(tmp_path, DEMO_MODEL, "--min-psnr", "30", match="--min-psnr gates fp16 and int8")
+    bad_export(tmp_path, DEMO_MODEL, "--precision", "fp16", "--min-psnr", "nan", match="must be a number")
+    bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--engine", "trt", match="--quantize makes ONNX engines")
+
+
+@pytest.mark.parametrize("mode", ["int8", "int8-static"])
+def test_per_point_style_engines_quantize_too(tmp_path, mode):
+    path = tmp_path / "spatial.onnx"
+    result = invoke("export", DEMO_MODEL, "--spatial-style", "--no-validate", "--quantize", mode, "-o", path)
+    assert result.exit_code == 0, result.output
+    precision, report = read_quality(path)
+    assert precision == mode and report.ok and report.worst_psnr >= report.min_psnr
