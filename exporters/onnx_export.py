@@ -220,10 +220,10 @@ def _write_model(
     del model.metadata_props[:]
     for key, value in meta.to_strings().items():
         model.metadata_props.add(key=key, value=value)
-    integrity.stamp(model)  # readers verify the graph and weights against it
     weight_bytes = sum(len(tensor.raw_data) for tensor in model.graph.initializer)
     if weight_bytes < EXTERNAL_DATA_THRESHOLD:  # shape inference needs the model in one protobuf
         remove_redundant_casts(model)
+    integrity.stamp(model)  # after the last change to the graph: readers verify graph and weights against it
     external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
     if external:
         onnx.save_model(

@@ -41,6 +41,7 @@ from cips_deploy.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
+from . import integrity
 from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
 from .metadata import PREFIX, read_onnx_metadata
 from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_quality
@@ -186,6 +187,15 @@ def convert_engine(source: Path, destination: Path, generator: Generator, mode: 
             quantize_int8_dynamic(source, destination)
         else:
             quantize_int8_static(source, destination, generator)
+    _stamp_file(destination)
+
+
+def _stamp_file(path: Path) -> None:
+    """Record the converted graph's own content hash (exporters/integrity.py): the runtimes
+    refuse an engine whose graph or weights differ from the hash it carries."""
+    model = onnx.load(str(path))
+    integrity.stamp(model)
+    onnx.save_model(model, str(path))
 
 
 def reduce_precision(
@@ -224,6 +234,7 @@ def reduce_precision(
         for key, value in props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())]:
             model.metadata_props.add(key=key, value=value)
         model.producer_name = "cips-deploy"
+        integrity.stamp(model)
         onnx.save_model(model, str(converted))
         onnx.checker.check_model(str(converted), full_check=True)
         converted.replace(engine)

@@ -35,9 +35,9 @@ def test_plugin_loads_and_says_what_to_install_without_openvino(monkeypatch, tmp
 
 
 def test_declared_options():
-    names = [parameter.name for parameter in OpenVinoBackend.parameters]
+    names = [parameter.name for parameter in OpenVinoBackend.options]
     assert names == ["precision", "threads", "opset"]
-    assert OpenVinoBackend.parameters[0].default == "f32"
+    assert OpenVinoBackend.options[0].default == "f32"
 
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="openvino is not installed")
