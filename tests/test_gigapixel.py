@@ -436,14 +436,14 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 @pytest.mark.slow
 def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
-    height, width = 16384, 32768  # 1.5 GiB of pixels as an in-memory image; about 1 minute
+    height, width = 32768, 32768  # 3 GiB of pixels as an in-memory image; a minute or two
     script = tmp_path / "rss.py"
     script.write_text(RSS_SCRIPT)
     output = tmp_path / "big.tif"
     try:
         check_big_render(script, output, height, width)
     finally:
-        output.unlink(missing_ok=True)  # 1.5 GB: not left for pytest's kept temporary folders
+        output.unlink(missing_ok=True)  # 3 GB: not left for pytest's kept temporary folders
 
 
 def check_big_render(script: Path, output: Path, height: int, width: int) -> None:
