@@ -200,16 +200,36 @@ class TensorRTBackend(Backend):
             check_engine_source(self._engine.metadata, model, plan)
         self.config = self._engine.metadata.config
         self.max_batch, self.max_points = self._engine.max_batch, self._engine.max_points
+        self._grid = None
+        from .trt_grid import TensorRTGridEngines
+
+        grid = TensorRTGridEngines.open(self._engine)
+        if grid is not None:  # line-factored: grids through the lines and compose plans, lines kept on the GPU
+            point_batch = max(PAD_POINTS, self.max_points // PAD_POINTS * PAD_POINTS)
+            self._grid = GridRenderer(grid, self.config, max_bytes=int(LINE_CACHE_MB["cuda"] * 2**20),
+                                      pad=PAD_POINTS, point_batch=point_batch)
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         return self._engine.map(z.float().cpu(), truncation)
 
     def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        if self._grid is not None and w.dim() == 2 and same_points(coords):
+            n_points = coords.shape[1]
+            device = self._engine.device
+            coords = pad_rows(coords.to(device, torch.float32), PAD_POINTS)
+            return self._grid.synthesize(coords, w.to(device, torch.float32))[:, :n_points].cpu()
         rgb = self._engine.synthesize(coords, w)  # chunked to the plan's profile on the GPU
         return rgb.cpu()  # waits for the engine's stream
 
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """With grid plans a chunk composes from cached lines: a point costs the composition."""
+        if self._grid is None or per_point_style:
+            return super().bytes_per_point(per_point_style)
+        return BYTES_PER_FLOAT * (family_facts(self.config).compose_floats_per_point() + RENDERER_FLOATS_PER_POINT)
+
     def close(self) -> None:
         self._engine = None
+        self._grid = None
 
 
 class EngineExporter:

@@ -18,6 +18,7 @@ from cips_deploy.exporters.backends import OnnxRuntimeBackend
 from cips_deploy.exporters.line_engines import line_engine_path
 from cips_deploy.exporters.metadata import read_onnx_metadata
 from cips_deploy.exporters.ort_grid import OnnxGridEngines
+from cips_deploy.exporters.trt_ops import tensorrt_problems
 from cips_deploy.exporters.spec import compose_spec, interface_mismatches, lines_spec
 from cips_deploy.render import render
 
@@ -44,7 +45,9 @@ def test_export_writes_validated_line_and_compose_engines(creps, exported):
     features = creps.line_floats_per_value()
     for role, spec in (("lines", lines_spec(creps.config, features)), ("compose", compose_spec(creps.config, features))):
         file = exported.grid[role]
-        assert interface_mismatches(onnx.load(str(file)).graph, spec) == []
+        model = onnx.load(str(file))
+        assert interface_mismatches(model.graph, spec) == []
+        assert tensorrt_problems(model) == []  # every node in TensorRT's ONNX-parser list
         meta = read_onnx_metadata(file)
         assert meta.role == role and meta.weights_sha256 == exported.metadata.weights_sha256
     report = exported.report
@@ -155,3 +158,60 @@ def test_official_snapshot_renders_1024_through_the_grid_engines(official_creps_
     assert np.abs(images["onnxruntime"] - images["torch"]).max() <= 1
     entry = next(Path(tmp_path / "cache" / "onnx").rglob("model.onnx"))
     assert line_engine_path(entry, "lines").is_file() and line_engine_path(entry, "compose").is_file()
+
+
+def test_cli_export_writes_every_engine_of_the_model(creps, tmp_path):
+    from cips_deploy.cli import cli
+
+    checkpoint = tmp_path / "creps.safetensors"
+    creps.save(checkpoint)
+    (tmp_path / "out").mkdir()
+    result = CliRunner().invoke(cli, ["export", str(checkpoint), "--engine", "onnx", "-o", str(tmp_path / "out" / "m.onnx")])
+    assert result.exit_code == 0, result.output
+    names = sorted(path.name for path in (tmp_path / "out").iterdir())
+    assert names == ["m.compose.onnx", "m.lines.onnx", "m.mapping.onnx", "m.onnx"]
+    # The exported set renders grids through its grid engines.
+    backend = OnnxRuntimeBackend(tmp_path / "out" / "m.onnx")
+    assert backend._grid is not None
+    image = render(backend, height=24, width=24, seed=1)
+    assert np.abs(image.astype(int) - render(creps, height=24, width=24, seed=1)).max() <= 1
+
+
+def test_grid_profiles_follow_the_chunk():
+    from cips_deploy.exporters.trt_grid import LINE_VALUES, MAX_COLUMNS, GridProfile
+
+    lines = GridProfile.for_role("lines", 2, 65536)
+    assert lines.shapes(lines_spec(cips_deploy.create("tiny", arch="creps").config, 384))["v"] == ((1, 1), (2, LINE_VALUES), (2, LINE_VALUES))
+    compose = GridProfile.for_role("compose", 1, 65536)
+    shapes = compose.shapes(compose_spec(cips_deploy.create("tiny", arch="creps").config, 384))
+    assert shapes["row_lines"][2] == (1, 48, 384) and shapes["column_lines"][2] == (1, MAX_COLUMNS, 384)
+    assert shapes["w"] == ((1, 64), (1, 64), (1, 64))
+    assert compose.max_points >= 3 * 65536  # the largest block a chunk composes fits in one call
+    small = GridProfile.for_role("compose", 1, 100)
+    assert small.max_columns == 100 and small.max_rows == 3
+
+
+try:
+    import tensorrt  # noqa: F401
+
+    HAVE_TENSORRT = torch.cuda.is_available()
+except ImportError:
+    HAVE_TENSORRT = False
+
+
+@pytest.mark.skipif(not HAVE_TENSORRT, reason="TensorRT grid plans need the tensorrt package and a CUDA GPU")
+def test_tensorrt_builds_and_renders_grid_plans(creps, tmp_path):
+    from cips_deploy.exporters import export_checkpoint
+    from cips_deploy.exporters.backends import TensorRTBackend
+
+    checkpoint = tmp_path / "creps.safetensors"
+    creps.save(checkpoint)
+    summary = export_checkpoint(checkpoint, engine="trt", output=tmp_path / "m.plan", chunk_size=4096)
+    names = {path.name for path in summary.files}
+    assert {"m.plan", "m.plan.json", "m.lines.plan", "m.lines.plan.json", "m.compose.plan", "m.compose.plan.json"} <= names
+    backend = TensorRTBackend(tmp_path / "m.plan", device="cuda")
+    assert backend._grid is not None
+    image = render(backend, height=64, width=96, seed=2)
+    assert np.abs(image.astype(int) - render(creps, height=64, width=96, seed=2)).max() <= 1
+    rotated = render(backend, "rotated", height=32, width=32, seed=2, angle=30)
+    assert np.abs(rotated.astype(int) - render(creps, "rotated", height=32, width=32, seed=2, angle=30)).max() <= 1
