@@ -160,6 +160,7 @@ def export_checkpoint(
         spec = synthesis_spec(metadata.config, metadata.spatial_style)
         engine_files = _engine_files(onnx_file)
 
+        grid_metadata = {role: read_onnx_metadata(file) for role, file in grid.items()}  # before plans replace them
         if engine == "trt":
             from .tensorrt import build_engine, sidecar_path
 
@@ -202,10 +203,22 @@ def export_checkpoint(
                 backend=triton_backend,
                 max_batch_size=profile.max_batch if engine == "trt" else DEFAULT_MAX_BATCH_SIZE,
                 overwrite=overwrite,
+                grid=_triton_grid(grid, grid_metadata),
             )
         if output is not None:
             summary.files = _commit(engine_files, mapping_file, output, work, overwrite, grid)
     return summary
+
+
+def _triton_grid(grid: dict[str, Path], metadata: dict[str, EngineMetadata]) -> dict | None:
+    """{role: (files, spec, metadata)} of the grid engines for the Triton writer (a plan with its sidecar)."""
+    from .trt_grid import grid_spec
+
+    result = {}
+    for role, file in grid.items():
+        files = [file, file.with_name(file.name + ".json")] if file.suffix == ".plan" else [file]
+        result[role] = (files, grid_spec(role, metadata[role]), metadata[role])
+    return result or None
 
 
 def _reduced_precision(engine: str, precision: str, quantize: str | None, min_psnr: float | None) -> str | None:

@@ -215,3 +215,60 @@ def test_tensorrt_builds_and_renders_grid_plans(creps, tmp_path):
     assert np.abs(image.astype(int) - render(creps, height=64, width=96, seed=2)).max() <= 1
     rotated = render(backend, "rotated", height=32, width=32, seed=2, angle=30)
     assert np.abs(rotated.astype(int) - render(creps, "rotated", height=32, width=32, seed=2, angle=30)).max() <= 1
+
+
+def test_triton_repository_holds_every_engine_and_a_grid_ensemble(creps, tmp_path):
+    from cips_deploy.exporters import export_checkpoint
+
+    checkpoint = tmp_path / "creps.safetensors"
+    creps.save(checkpoint)
+    repo = tmp_path / "repo"
+    export_checkpoint(checkpoint, triton_repo=repo, triton_model_name="creps", validate=False)
+    assert sorted(path.name for path in repo.iterdir()) == [
+        "creps", "creps_compose", "creps_ensemble", "creps_grid", "creps_lines", "creps_mapping"]
+    assert (repo / "creps_lines" / "1" / "model.onnx").is_file() and (repo / "creps_compose" / "1" / "model.onnx").is_file()
+    grid = (repo / "creps_grid" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in grid
+    # z -> w (mapping) -> lines -> compose, the style feeding both engines.
+    for step in ('model_name: "creps_mapping"', 'model_name: "creps_lines"', 'model_name: "creps_compose"'):
+        assert step in grid
+    assert grid.count('value: "styles"') == 3 and 'key: "row_lines" value: "row_lines"' in grid
+    lines_config = (repo / "creps_lines" / "config.pbtxt").read_text()
+    assert 'name: "row_lines"' in lines_config and f"dims: [ -1, {creps.line_floats_per_value()} ]" in lines_config
+
+
+@pytest.mark.slow
+def test_triton_serves_the_grid_ensemble(creps, tmp_path):
+    from cips_deploy.exporters import export_checkpoint, triton_server
+
+    try:
+        triton_server.find_server()
+        import tritonclient.grpc as grpcclient
+    except (CipsError, ImportError, RuntimeError) as error:
+        pytest.skip(f"no Triton server or client here: {error}")
+    import socket
+
+    checkpoint = tmp_path / "creps.safetensors"
+    creps.save(checkpoint)
+    repo = tmp_path / "repo"
+    export_checkpoint(checkpoint, triton_repo=repo, triton_model_name="creps", triton_backend="python", validate=False)
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    z = torch.randn(1, 64)
+    v, u = torch.linspace(-1, 1, 12)[None], torch.linspace(-1, 1, 20)[None]
+    with triton_server.LocalServer(repo, http_port=ports[0], grpc_port=ports[1]) as server:
+        client = grpcclient.InferenceServerClient(server.grpc_url)
+        inputs = []
+        for name, array in (("z", z), ("v", v), ("u", u)):
+            tensor = grpcclient.InferInput(name, list(array.shape), "FP32")
+            tensor.set_data_from_numpy(array.numpy())
+            inputs.append(tensor)
+        rgb = client.infer("creps_grid", inputs).as_numpy("rgb")
+    from cips_deploy.exporters.line_engines import block_coords
+
+    with torch.no_grad():
+        expected = creps.synthesize(block_coords(v, u), creps.map(z, truncation=1.0))
+    assert rgb.shape == (1, 240, 3) and np.abs(rgb - expected.numpy()).max() <= 1e-4
