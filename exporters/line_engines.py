@@ -112,10 +112,12 @@ def flatten_lines(lines: list[Tensor]) -> Tensor:
 
 def grid_cases(generator: Generator, seed: int = 2) -> list[tuple[str, Tensor, Tensor, Tensor]]:
     """(name, v [B, H], u [B, W], w [B, S]) for validating the grid engines: a square grid
-    on the training lattice, a non-square off-grid block, a block outside [-1, 1], B = 1, 2, 3."""
+    on the training lattice, a non-square off-grid block, a block outside [-1, 1] and the
+    exact edges (B = 1, 2, 3, 1)."""
     rng = torch.Generator().manual_seed(seed)
     side = min(generator.config.size, 64)
     lattice = (torch.arange(side) + 0.5) / side * 2 - 1  # pixel centres
+    edges = torch.tensor([-1.0, -1.0 + 1e-6, -1.0 / side, 0.0, 1.0 / side, 1.0 - 1e-6, 1.0])  # a cylinder's seam at +-1
 
     def uniform(batch: int, count: int, low: float, high: float) -> Tensor:
         return torch.rand(batch, count, generator=rng) * (high - low) + low
@@ -124,6 +126,7 @@ def grid_cases(generator: Generator, seed: int = 2) -> list[tuple[str, Tensor, T
         (f"square grid, B=1", lattice[None], lattice[None]),
         ("non-square, off-grid, B=2", uniform(2, 24, -1.0, 1.0), uniform(2, 40, -1.0, 1.0)),
         ("outside [-1, 1] (to +-3), B=3", uniform(3, 5, -3.0, 3.0), uniform(3, 9, -3.0, 3.0)),
+        ("edges and seam u, v = +-1, B=1", edges[None], edges[None]),
     ]
     cases = []
     for name, v, u in blocks:

@@ -51,11 +51,17 @@ def test_export_writes_validated_line_and_compose_engines(creps, exported):
         meta = read_onnx_metadata(file)
         assert meta.role == role and meta.weights_sha256 == exported.metadata.weights_sha256
     report = exported.report
-    assert report.ok and report.max_abs <= 1e-4
+    assert report.ok and report.max_abs <= 1e-4, report.format()
     grid_cases = [case for case in report.cases if case.engine in ("lines", "compose")]
     # Square and non-square blocks, inside and outside [-1, 1], B = 1, 2, 3: rows, columns and colours each.
-    assert len(grid_cases) == 9 and {case.engine for case in grid_cases} == {"lines", "compose"}
+    assert len(grid_cases) == 12 and {case.engine for case in grid_cases} == {"lines", "compose"}
     assert any("non-square" in case.case for case in grid_cases) and any("B=3" in case.case for case in grid_cases)
+
+
+def test_cylinder_creps_engines_validate(tmp_path):
+    generator = cips_deploy.create("tiny", arch="creps", coordinate_space="cylinder", seed=4)
+    result = export_onnx(generator, tmp_path / "cylinder.onnx")
+    assert result.report.ok and any(case.engine == "compose" and "seam" in case.case for case in result.report.cases)
 
 
 def test_a_wrong_compose_engine_fails_validation(creps, tmp_path, monkeypatch):
