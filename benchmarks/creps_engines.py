@@ -6,7 +6,7 @@ its own process (so its peak RSS is its own) and prints one JSON line; the drive
 Markdown table. The engines are exported once (ONNX, not re-validated here: the tests and
 every export validate them) into ``--workdir``.
 
-    python benchmarks/creps_engines.py --sizes 256 1024 --per-point-sizes 128 256
+    python benchmarks/creps_engines.py --sizes 256 1024 --per-point-sizes 64 --threads 1
     python benchmarks/creps_engines.py --one torch --size 256 --engine DIR/creps.onnx   (one measurement)
 """
 
@@ -28,6 +28,22 @@ import cips_deploy
 
 def model():
     return cips_deploy.create("paper256", arch="creps", seed=0).eval()
+
+
+def limit_threads(threads: int) -> None:
+    """torch and onnxruntime on ``threads`` intra-op threads (on a shared machine, oversubscribed
+    OpenMP threads would measure the other work more than these paths)."""
+    import onnxruntime as ort
+
+    torch.set_num_threads(threads)
+    original = ort.SessionOptions
+
+    class Options(original):
+        def __init__(self) -> None:
+            super().__init__()
+            self.intra_op_num_threads = threads
+
+    ort.SessionOptions = Options
 
 
 def measure(kind: str, size: int, engine: Path) -> dict:
@@ -79,7 +95,10 @@ def main() -> None:
     parser.add_argument("--one", default=None, help="run one measurement (torch, ort-grid, ort-point, reference)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--engine", type=Path, default=None)
+    parser.add_argument("--threads", type=int, default=0, help="intra-op threads of torch and onnxruntime (0: their defaults)")
     args = parser.parse_args()
+    if args.threads:
+        limit_threads(args.threads)
     if args.one:
         print(json.dumps(measure(args.one, args.size, args.engine)))
         return
@@ -98,11 +117,11 @@ def main() -> None:
     runs += [("reference", s) for s in args.reference_sizes]
     results = []
     for kind, size in runs:
-        command = [sys.executable, __file__, "--one", kind, "--size", str(size), "--engine", str(engine)]
+        command = [sys.executable, __file__, "--one", kind, "--size", str(size), "--engine", str(engine), "--threads", str(args.threads)]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), file=sys.stderr)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads")
     print("| path | size | seconds | peak RSS (MB) |")
     print("| --- | --- | --- | --- |")
     for result in results:
