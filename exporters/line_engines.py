@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -102,11 +101,6 @@ def split_lines(lines: Tensor, layout: tuple[int, int, int]) -> list[Tensor]:
     return [shaped[:, :, level] for level in range(levels)]
 
 
-def flatten_lines(lines: list[Tensor]) -> Tensor:
-    """[[B, K, r, bc] per level] -> [B, K, F] (level-major), as the line engine returns them."""
-    return _flatten_lines(lines)
-
-
 # ------------------------------------------------------------------------ validation
 
 
@@ -177,6 +171,3 @@ def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *,
         results.append(_compare(COMPOSE, f"{name}: -> rgb", shapes, expected, rgb, atol))
     return results
 
-
-def numpy(tensor: Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
