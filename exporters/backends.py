@@ -30,9 +30,11 @@ from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.topology import Parameter
 
-from cips_deploy.plugins.torch_backend import PAD_POINTS, pad_rows
+from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
+from cips_deploy.plugins.torch_backend import LINE_CACHE_MB, PAD_POINTS, pad_rows
 
 from .cache import cached_generator_onnx, cached_onnx
+from .grid_runtime import GridRenderer, family_facts, same_points
 from .metadata import EngineMetadata
 from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 from .ort_runtime import OnnxEngine, choose_providers
@@ -112,6 +114,7 @@ class OnnxRuntimeBackend(Backend):
             opened = self._open(self._export(spatial_style=False))
         self._engines[opened.spatial_style] = opened
         self.config = opened.metadata.config
+        self._grid = self._grid_renderer(opened, verify="required" if engine is not None else "if-recorded")
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         return next(iter(self._engines.values())).map(z.float().cpu(), truncation)
@@ -128,10 +131,36 @@ class OnnxRuntimeBackend(Backend):
         w = w.float().cpu()
         if w.dim() == 3:
             w = pad_rows(w, PAD_POINTS)
+        elif self._grid is not None and same_points(coords):
+            # Line-factored model: lines once per image, composition per chunk (the torch fast path's scheme).
+            return self._grid.synthesize(coords, w)[:, :n_points]
         return self._engine(spatial=w.dim() == 3).synthesize(coords, w)[:, :n_points]
+
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """With grid engines a chunk composes from cached lines: a point costs the composition."""
+        if self._grid is None or per_point_style:
+            return super().bytes_per_point(per_point_style)
+        return BYTES_PER_FLOAT * (family_facts(self.config).compose_floats_per_point() + RENDERER_FLOATS_PER_POINT)
 
     def close(self) -> None:
         self._engines.clear()
+        self._grid = None
+
+    def _grid_renderer(self, opened: OnnxEngine, verify: str) -> GridRenderer | None:
+        """Grid rendering through the line and compose engines beside ``opened``, when it has them."""
+        from .ort_grid import OnnxGridEngines
+
+        engines = OnnxGridEngines.open(opened, verify=verify)
+        if engines is None:
+            return None
+        # Scattered chunks (sized for composing) run the per-point engine in batches that fit the budget.
+        per_point = render_bytes_per_point(self.config)
+        point_batch = max(1, int(self.preferred_memory_budget() * 2**20 / per_point) // PAD_POINTS) * PAD_POINTS
+        on_gpu = opened.on_gpu
+        return GridRenderer(
+            engines, self.config, max_bytes=int(LINE_CACHE_MB["cuda" if on_gpu else "cpu"] * 2**20),
+            pad=PAD_POINTS, point_batch=point_batch,
+        )
 
     def _engine(self, spatial: bool) -> OnnxEngine:
         if spatial not in self._engines:
@@ -171,16 +200,36 @@ class TensorRTBackend(Backend):
             check_engine_source(self._engine.metadata, model, plan)
         self.config = self._engine.metadata.config
         self.max_batch, self.max_points = self._engine.max_batch, self._engine.max_points
+        self._grid = None
+        from .trt_grid import TensorRTGridEngines
+
+        grid = TensorRTGridEngines.open(self._engine)
+        if grid is not None:  # line-factored: grids through the lines and compose plans, lines kept on the GPU
+            point_batch = max(PAD_POINTS, self.max_points // PAD_POINTS * PAD_POINTS)
+            self._grid = GridRenderer(grid, self.config, max_bytes=int(LINE_CACHE_MB["cuda"] * 2**20),
+                                      pad=PAD_POINTS, point_batch=point_batch)
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         return self._engine.map(z.float().cpu(), truncation)
 
     def run(self, coords: Tensor, w: Tensor) -> Tensor:
+        if self._grid is not None and w.dim() == 2 and same_points(coords):
+            n_points = coords.shape[1]
+            device = self._engine.device
+            coords = pad_rows(coords.to(device, torch.float32), PAD_POINTS)
+            return self._grid.synthesize(coords, w.to(device, torch.float32))[:, :n_points].cpu()
         rgb = self._engine.synthesize(coords, w)  # chunked to the plan's profile on the GPU
         return rgb.cpu()  # waits for the engine's stream
 
+    def bytes_per_point(self, per_point_style: bool = False) -> int:
+        """With grid plans a chunk composes from cached lines: a point costs the composition."""
+        if self._grid is None or per_point_style:
+            return super().bytes_per_point(per_point_style)
+        return BYTES_PER_FLOAT * (family_facts(self.config).compose_floats_per_point() + RENDERER_FLOATS_PER_POINT)
+
     def close(self) -> None:
         self._engine = None
+        self._grid = None
 
 
 class EngineExporter:

@@ -25,6 +25,8 @@ from cips_deploy.limits import regular_file
 
 from . import integrity
 from .metadata import EngineMetadata, read_onnx_metadata, weights_sha256
+from .line_engines import ROLES as GRID_ROLES
+from .line_engines import line_engine_path
 from .onnx_export import DEFAULT_OPSET, export_onnx, mapping_path_for
 
 
@@ -80,7 +82,8 @@ def _usable(path: Path, matches: Callable[[EngineMetadata], bool]) -> bool:
     if not path.exists() and not path.parent.exists():
         return False
     try:
-        for file in (path, mapping_path_for(path)):
+        grid = [line_engine_path(path, role) for role in GRID_ROLES]
+        for file in (path, mapping_path_for(path), *(file for file in grid if file.exists())):
             integrity.verify(file, required=True)
         if matches(read_onnx_metadata(path)):
             return True

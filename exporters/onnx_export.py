@@ -35,6 +35,8 @@ from cips_deploy.layers import ModulatedLinear
 
 from . import integrity
 from .graph_passes import remove_redundant_casts
+from .line_engines import ROLES as GRID_ROLES
+from .line_engines import grid_modules, grid_specs, has_grid_engines, line_engine_path
 from .metadata import EngineMetadata, build_metadata, weights_sha256
 from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate
@@ -61,6 +63,8 @@ class OnnxExport:
     external_data: bool = False
     metadata: EngineMetadata | None = None
     report: ValidationReport | None = None
+    # Line-factored models: {"lines": model.lines.onnx, "compose": model.compose.onnx}.
+    grid: dict[str, Path] = field(default_factory=dict)
 
 
 class _Synthesis(nn.Module):
@@ -150,6 +154,14 @@ def export_onnx(
     specs = [(path, synthesis_spec(generator.config, spatial_style), _Synthesis(generator))]
     if mapping_file is not None:
         specs.append((mapping_file, mapping_spec(generator.config), _Mapping(generator)))
+    grid: dict[str, Path] = {}
+    if has_grid_engines(generator, spatial_style):  # the family says it has lines: grid engines too
+        modules, grid_spec = grid_modules(generator), grid_specs(generator)
+        for role in GRID_ROLES:
+            grid[role] = line_engine_path(path, role)
+            check_destination(grid[role], overwrite=overwrite)
+            destinations.append(grid[role])
+            specs.append((grid[role], grid_spec[role], modules[role]))
 
     previous_data = external_data_location(path) if path.exists() else None
     with staged(path.parent, path.name) as stage:
@@ -174,12 +186,13 @@ def export_onnx(
                     f"(tolerance {atol:g}), so nothing was written.",
                     report,
                 )
+        # The per-point engine last: its presence means the whole set is there.
         files = stage.commit(last=[dest.name for dest in reversed(destinations)])
     # A replaced export may have left external data the new one no longer uses (only our
     # own naming is touched: a foreign model's data file is not ours to delete).
     if previous_data == f"{path.name}.data" and (path.parent / previous_data) not in files:
         (path.parent / previous_data).unlink(missing_ok=True)
-    return OnnxExport(path, mapping_file, files, used_external, metadata, report)
+    return OnnxExport(path, mapping_file, files, used_external, metadata, report, grid)
 
 
 def _write_model(
@@ -220,6 +233,7 @@ def _write_model(
     del model.metadata_props[:]
     for key, value in meta.to_strings().items():
         model.metadata_props.add(key=key, value=value)
+    _declare_interface(model, spec)
     weight_bytes = sum(len(tensor.raw_data) for tensor in model.graph.initializer)
     if weight_bytes < EXTERNAL_DATA_THRESHOLD:  # shape inference needs the model in one protobuf
         remove_redundant_casts(model)
@@ -241,6 +255,28 @@ def _write_model(
     # By path, so that models with external data (over 2 GB) are checked too.
     onnx.checker.check_model(str(destination), full_check=True)
     return external
+
+
+def _declare_interface(model: onnx.ModelProto, spec: EngineSpec) -> None:
+    """Write the spec's sizes onto the graph's declared inputs and outputs.
+
+    The tracer declares an output size that it computed (the line engine's flattened F)
+    as a symbol; the spec knows it is static. Only unknown or symbolic entries of the
+    spec's static axes are filled in; a declared size that contradicts the spec is left
+    for the validator to report.
+    """
+    for values in (model.graph.input, model.graph.output):
+        for value in values:
+            try:
+                tensor = spec.tensor(value.name)
+            except KeyError:
+                continue
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) != len(tensor.shape):
+                continue
+            for dim, size in zip(dims, tensor.shape):
+                if isinstance(size, int) and not dim.HasField("dim_value"):
+                    dim.dim_value = size
 
 
 def _doc_string(spec: EngineSpec) -> str:

@@ -20,6 +20,8 @@ from cips_deploy.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata, read_onnx_metadata
+from .line_engines import ROLES as GRID_ROLES
+from .line_engines import line_engine_path
 from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, external_data_location, mapping_path_for
 from .spec import mapping_spec, synthesis_spec
 from .triton import DEFAULT_MAX_BATCH_SIZE, check_backend, check_repository, model_name
@@ -108,6 +110,8 @@ def export_checkpoint(
             raise CipsError(f"A {engine} engine is written to a {SUFFIXES[engine]} file, not {output.name}.")
         check_destination(output, overwrite=overwrite)
         check_destination(mapping_path_for(output), overwrite=overwrite)
+        for role in GRID_ROLES:  # a line-factored model's grid engines go beside it
+            check_destination(line_engine_path(output, role), overwrite=overwrite)
     # The one place a model name becomes a path (checked before anything is created).
     name = model_name(triton_model_name, default_from=output.stem if output is not None else source.stem)
     if triton_repo is not None:
@@ -129,6 +133,8 @@ def export_checkpoint(
             metadata = source_metadata
             onnx_file, mapping_file = source, mapping_path_for(source)
             mapping_file = mapping_file if mapping_file.is_file() else None
+            grid = {role: line_engine_path(source, role) for role in GRID_ROLES}
+            grid = grid if all(file.is_file() for file in grid.values()) else {}
         else:
             generator = load(source)
             result = export_onnx(
@@ -143,14 +149,18 @@ def export_checkpoint(
             )
             metadata, mapping_file = result.metadata, result.mapping
             summary.report, summary.external_data = result.report, result.external_data
+            grid = dict(result.grid)
             if reduced:
                 from .quantize import reduce_precision
 
                 summary.quality = reduce_precision(onnx_file, generator, reduced, min_psnr=min_psnr)
+                # The grid engines stay fp32: a reduced-precision export is its per-point engine alone.
+                grid = {}
         summary.metadata = metadata
         spec = synthesis_spec(metadata.config, metadata.spatial_style)
         engine_files = _engine_files(onnx_file)
 
+        grid_metadata = {role: read_onnx_metadata(file) for role, file in grid.items()}  # before plans replace them
         if engine == "trt":
             from .tensorrt import build_engine, sidecar_path
 
@@ -169,6 +179,11 @@ def export_checkpoint(
                 timing_cache=Path(timing_cache) if timing_cache else None,
             )
             engine_files = [plan, sidecar_path(plan)]
+            if grid:  # each grid engine gets its own plan, with its own optimization profile
+                from .trt_grid import build_grid_plans
+
+                grid = build_grid_plans(grid, work, metadata, precision=precision, profile=profile,
+                                        timing_cache=Path(timing_cache) if timing_cache else None)
 
         # Triton first: it links or copies the engine files, which the commit then moves.
         if triton_repo is not None:
@@ -188,10 +203,22 @@ def export_checkpoint(
                 backend=triton_backend,
                 max_batch_size=profile.max_batch if engine == "trt" else DEFAULT_MAX_BATCH_SIZE,
                 overwrite=overwrite,
+                grid=_triton_grid(grid, grid_metadata),
             )
         if output is not None:
-            summary.files = _commit(engine_files, mapping_file, output, work, overwrite)
+            summary.files = _commit(engine_files, mapping_file, output, work, overwrite, grid)
     return summary
+
+
+def _triton_grid(grid: dict[str, Path], metadata: dict[str, EngineMetadata]) -> dict | None:
+    """{role: (files, spec, metadata)} of the grid engines for the Triton writer (a plan with its sidecar)."""
+    from .trt_grid import grid_spec
+
+    result = {}
+    for role, file in grid.items():
+        files = [file, file.with_name(file.name + ".json")] if file.suffix == ".plan" else [file]
+        result[role] = (files, grid_spec(role, metadata[role]), metadata[role])
+    return result or None
 
 
 def _reduced_precision(engine: str, precision: str, quantize: str | None, min_psnr: float | None) -> str | None:
@@ -232,8 +259,15 @@ def _engine_files(onnx_file: Path) -> list[Path]:
     return [onnx_file, onnx_file.parent / location] if location else [onnx_file]
 
 
-def _commit(engine_files: list[Path], mapping_file: Path | None, output: Path, work: Path, overwrite: bool) -> list[Path]:
-    """Move the finished files (copy those the user gave us) to their destinations."""
+def _commit(
+    engine_files: list[Path], mapping_file: Path | None, output: Path, work: Path, overwrite: bool,
+    grid: dict[str, Path] | None = None,
+) -> list[Path]:
+    """Move the finished files (copy those the user gave us) to their destinations.
+
+    ``grid``: {role: engine} of a line-factored model, named after ``output`` (``x.lines.onnx``,
+    or ``x.lines.plan`` and its sidecar ``x.lines.plan.json``).
+    """
     check_destination(output, overwrite=overwrite)
     previous_data = external_data_location(output) if output.suffix == ".onnx" and output.exists() else None
     engine, *companions = engine_files
@@ -245,6 +279,11 @@ def _commit(engine_files: list[Path], mapping_file: Path | None, output: Path, w
             _place(companion, stage.file(output.name + ".json" if is_sidecar else companion.name), work)
         if mapping_file is not None:
             _place(mapping_file, stage.file(mapping_path_for(output).name), work)
+        for role, file in (grid or {}).items():
+            destination = line_engine_path(output, role)
+            _place(file, stage.file(destination.name), work)
+            if output.suffix == ".plan":
+                _place(file.with_name(file.name + ".json"), stage.file(destination.name + ".json"), work)
         written = stage.commit(last=[mapping_path_for(output).name, output.name])
     # A replaced export may leave external data that the new one does not use.
     if previous_data == output.name + ".data" and output.parent / previous_data not in written:

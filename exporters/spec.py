@@ -28,6 +28,13 @@ POINTS = "points"
 SYNTHESIS = "synthesis"
 MAPPING = "mapping"
 
+# Line-factored models (CREPS; docs/line-engines.md): the grid engines' roles and axes.
+LINES = "lines"
+COMPOSE = "compose"
+ROWS = "rows"
+COLUMNS = "columns"
+PIXELS = "pixels"
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -109,6 +116,38 @@ def mapping_spec(config: GeneratorConfig) -> EngineSpec:
     )
 
 
+def lines_spec(config: GeneratorConfig, features: int) -> EngineSpec:
+    """The line engine: v [B, H] (the rows' v), u [B, W] (the columns' u), w [B, S] ->
+    row_lines [B, H, F], column_lines [B, W, F].
+
+    F = ``generator.line_floats_per_value()``: every block's line of one coordinate value,
+    flattened (CREPS: levels x slots x bi-line channels, in that order).
+    """
+    style = config.style_dim
+    return EngineSpec(
+        role=LINES,
+        inputs=(TensorSpec("v", (BATCH, ROWS)), TensorSpec("u", (BATCH, COLUMNS)), TensorSpec("w", (BATCH, style))),
+        outputs=(TensorSpec("row_lines", (BATCH, ROWS, features)), TensorSpec("column_lines", (BATCH, COLUMNS, features))),
+    )
+
+
+def compose_spec(config: GeneratorConfig, features: int) -> EngineSpec:
+    """The compose engine: row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3].
+
+    Pixel (i, j) of the H x W block (row i, column j) is ``rgb[:, i * W + j]`` (row-major).
+    """
+    style = config.style_dim
+    return EngineSpec(
+        role=COMPOSE,
+        inputs=(
+            TensorSpec("row_lines", (BATCH, ROWS, features)),
+            TensorSpec("column_lines", (BATCH, COLUMNS, features)),
+            TensorSpec("w", (BATCH, style)),
+        ),
+        outputs=(TensorSpec("rgb", (BATCH, PIXELS, 3)),),
+    )
+
+
 # ONNX TensorProto element types of the dtypes a spec may name.
 _ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "int64": 7}
 
@@ -147,6 +186,7 @@ def example_inputs(spec: EngineSpec, batch: int = 2, points: int = 37, device: s
     generator = torch.Generator().manual_seed(0)
     tensors = []
     for tensor in spec.inputs:
-        shape = tensor.concrete(**{BATCH: batch, POINTS: points})
+        # Rows and columns differ (5, 7) so that the block's two axes cannot be confused.
+        shape = tensor.concrete(**{BATCH: batch, POINTS: points, ROWS: 5, COLUMNS: 7})
         tensors.append((torch.rand(shape, generator=generator) * 2 - 1).to(device))
     return tuple(tensors)

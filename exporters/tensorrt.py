@@ -224,8 +224,11 @@ def check_sidecar(
     plan_bytes: bytes | None = None,
     generator: Generator | None = None,
     checkpoint_sha256: str | None = None,
+    role: str = SYNTHESIS,
 ) -> EngineMetadata:
-    """Refuse a plan built for another TensorRT, another GPU or another model; returns its metadata."""
+    """Refuse a plan built for another TensorRT, another GPU or another model; returns its metadata.
+
+    ``role``: the engine the plan must be (``synthesis``, or a grid engine's ``lines``/``compose``)."""
     if sidecar.get("tensorrt_version") != tensorrt_version:
         raise CipsError(
             f"{plan.name} was built with TensorRT {sidecar.get('tensorrt_version')}, but this machine has "
@@ -240,7 +243,7 @@ def check_sidecar(
     if plan_bytes is not None and hashlib.sha256(plan_bytes).hexdigest() != sidecar.get("plan_sha256"):
         raise CipsError(f"{plan.name} does not match its sidecar (the plan was replaced or damaged); build it again.")
     metadata = EngineMetadata.from_strings(sidecar.get("metadata", {}), source=str(plan))
-    metadata.check_role(SYNTHESIS, source=str(plan))
+    metadata.check_role(role, source=str(plan))
     if generator is not None or checkpoint_sha256 is not None:
         metadata.check_matches(source=str(plan), generator=generator, checkpoint_sha256=checkpoint_sha256)
     return metadata

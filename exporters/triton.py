@@ -11,6 +11,12 @@
     repo/<name>_ensemble/                z [B, S], coords [B, N, 2] -> rgb [B, N, 3]
                                           (mapping then synthesis; truncation psi = 1)
 
+and for a line-factored model (CREPS; docs/line-engines.md) also::
+
+    repo/<name>_lines/, repo/<name>_compose/   the line and compose engines
+    repo/<name>_grid/                    z [B, S], v [B, H], u [B, W] -> rgb [B, H W, 3]
+                                          (mapping, lines, compose: one grid per request)
+
 Every model has ``max_batch_size > 0`` and a dynamic batcher: the leading batch axis B
 leaves ``dims``, and requests of equal size (the same N) are merged into one execution.
 The engine's metadata travels as ``parameters`` so that a client can check what a server
@@ -43,6 +49,8 @@ DEFAULT_MAX_BATCH_SIZE = 8
 VERSION = "1"
 MAPPING_SUFFIX = "_mapping"
 ENSEMBLE_SUFFIX = "_ensemble"
+GRID_SUFFIXES = {"lines": "_lines", "compose": "_compose"}
+GRID_ENSEMBLE_SUFFIX = "_grid"
 MODEL_PY = Path(__file__).with_name("triton_model.py")  # the Python backend's model.py
 _TYPES = {"float32": "TYPE_FP32"}
 _VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
@@ -69,18 +77,20 @@ def model_name(name: str | None, *, default_from: str) -> str:
     return name
 
 
-def model_folders(repo: Path, name: str, *, mapping: bool, ensemble: bool) -> list[Path]:
+def model_folders(repo: Path, name: str, *, mapping: bool, ensemble: bool, grid: bool = False) -> list[Path]:
     """The folders a model called ``name`` occupies in ``repo`` (``name`` from :func:`model_name`)."""
     names = [name] + ([name + MAPPING_SUFFIX] if mapping else []) + ([name + ENSEMBLE_SUFFIX] if ensemble else [])
+    if grid:
+        names += [name + suffix for suffix in GRID_SUFFIXES.values()] + ([name + GRID_ENSEMBLE_SUFFIX] if mapping else [])
     return [Path(repo) / each for each in names]
 
 
-def check_repository(repo: str | Path, name: str, *, mapping: bool, ensemble: bool, overwrite: bool) -> None:
+def check_repository(repo: str | Path, name: str, *, mapping: bool, ensemble: bool, overwrite: bool, grid: bool = False) -> None:
     """Refuse, before any work, a repository path that is a file or model folders that exist."""
     repo = Path(repo)
     if repo.exists() and not repo.is_dir():
         raise CipsError(f"Cannot write the Triton repository {repo}: it is a file.")
-    for folder in model_folders(repo, name, mapping=mapping, ensemble=ensemble):
+    for folder in model_folders(repo, name, mapping=mapping, ensemble=ensemble, grid=grid):
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise CipsError(f"Cannot write the Triton model {folder}: something other than a model folder is there.")
         if folder.exists() and not overwrite:
@@ -144,6 +154,39 @@ def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, ma
     return "\n".join(lines) + "\n"
 
 
+def grid_ensemble_pbtxt(name: str, models: dict[str, str], specs: dict[str, EngineSpec], metadata: EngineMetadata,
+                        max_batch_size: int) -> str:
+    """An ensemble ``z, v, u -> rgb``: mapping, then the line engine, then the compose engine.
+
+    ``models``/``specs``: {"mapping"|"lines"|"compose": model name / spec}. One request is one
+    grid: the rows' v [B, H] and the columns' u [B, W]; rgb [B, H W, 3] is row-major.
+    """
+    mapping, lines, compose = specs["mapping"], specs["lines"], specs["compose"]
+    (z,), (w_out,) = mapping.input_names, mapping.output_names
+    v, u, w_lines = lines.input_names
+    row_out, column_out = lines.output_names
+    row_in, column_in, w_compose = compose.input_names
+    (rgb,) = compose.output_names
+    joined = EngineSpec(role="grid_ensemble", inputs=(mapping.tensor(z), lines.tensor(v), lines.tensor(u)), outputs=compose.outputs)
+    lines_text = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
+    lines_text += _io_lines(joined, batched=max_batch_size > 0)
+    steps_io = [
+        (models["mapping"], [(z, z)], [(w_out, "styles")]),
+        (models["lines"], [(v, v), (u, u), (w_lines, "styles")], [(row_out, "row_lines"), (column_out, "column_lines")]),
+        (models["compose"], [(row_in, "row_lines"), (column_in, "column_lines"), (w_compose, "styles")], [(rgb, rgb)]),
+    ]
+    steps = []
+    for model, inputs, outputs in steps_io:
+        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(val)} }}" for k, val in inputs]
+        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(val)} }}" for k, val in outputs]
+        steps.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
+    lines_text.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
+    props = dict(metadata.to_strings())
+    props["cips_deploy.role"] = "grid_ensemble"
+    lines_text += _parameter_lines(props)
+    return "\n".join(lines_text) + "\n"
+
+
 def write_triton_model(
     repo: str | Path,
     name: str,
@@ -158,8 +201,13 @@ def write_triton_model(
     backend: str | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     overwrite: bool = False,
+    grid: dict[str, tuple[list[Path], EngineSpec, EngineMetadata]] | None = None,
 ) -> list[Path]:
     """Write the synthesis model (and the mapping model and the ensemble) into ``repo``.
+
+    ``grid``: a line-factored model's {"lines"|"compose": (files, spec, metadata)}, written as
+    ``<name>_lines`` and ``<name>_compose``, with the ensemble ``<name>_grid`` when the
+    mapping model is there too.
 
     ``name``: a name :func:`model_name` accepts (checked again here). ``engine``: ``onnx``
     or ``trt``; ``backend``: the Triton backend (default onnxruntime for ``onnx``, tensorrt
@@ -176,7 +224,8 @@ def write_triton_model(
         raise CipsError(f"The Triton max_batch_size must be 1 to 1024, not {max_batch_size!r}.")
     has_mapping = mapping_file is not None and mapping_spec is not None and mapping_metadata is not None
     ensemble = has_mapping and not spec.spatial_style  # per-point styles do not come from z alone
-    check_repository(repo, name, mapping=has_mapping, ensemble=ensemble, overwrite=overwrite)
+    grid = grid or {}
+    check_repository(repo, name, mapping=has_mapping, ensemble=ensemble, overwrite=overwrite, grid=bool(grid))
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU" if backend == "python" else "KIND_AUTO"
     entries = [ModelEntry(name, backend, tuple(model_files), spec, metadata, kind, max_batch_size)]
     if has_mapping:
@@ -184,6 +233,8 @@ def write_triton_model(
         mapping_backend = "python" if backend == "python" else "onnxruntime"
         entries.append(ModelEntry(name + MAPPING_SUFFIX, mapping_backend, (mapping_file,), mapping_spec,
                                   mapping_metadata, "KIND_CPU", max_batch_size))
+    for role, (files, grid_spec, grid_metadata) in grid.items():
+        entries.append(ModelEntry(name + GRID_SUFFIXES[role], backend, tuple(files), grid_spec, grid_metadata, kind, max_batch_size))
     try:
         repo.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -193,6 +244,11 @@ def write_triton_model(
         text = ensemble_pbtxt(name + ENSEMBLE_SUFFIX, name, name + MAPPING_SUFFIX, spec, mapping_spec, metadata,
                               max_batch_size)
         written.append(_write_folder(repo, name + ENSEMBLE_SUFFIX, text, []))
+    if grid and has_mapping:
+        models = {"mapping": name + MAPPING_SUFFIX, **{role: name + GRID_SUFFIXES[role] for role in grid}}
+        specs = {"mapping": mapping_spec, **{role: entry[1] for role, entry in grid.items()}}
+        text = grid_ensemble_pbtxt(name + GRID_ENSEMBLE_SUFFIX, models, specs, metadata, max_batch_size)
+        written.append(_write_folder(repo, name + GRID_ENSEMBLE_SUFFIX, text, []))
     return written
 
 

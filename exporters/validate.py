@@ -19,7 +19,7 @@ from cips_deploy.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
 
-from .spec import MAPPING, EngineSpec, interface_mismatches
+from .spec import COMPOSE, LINES, MAPPING, EngineSpec, interface_mismatches
 
 ATOL = 1e-4
 
@@ -133,6 +133,8 @@ def validate(
     for label, (path, spec) in engines.items():
         graph = onnx.load(str(path), load_external_data=False).graph
         report.interface_problems += [f"{label}: {problem}" for problem in interface_mismatches(graph, spec)]
+        if spec.role in (LINES, COMPOSE):  # validated as a pair on grids, below
+            continue
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         if spec.role == MAPPING:
             cases = [(name, (z,), f"z {list(z.shape)}") for name, z in mapping_cases(generator)]
@@ -150,6 +152,11 @@ def validate(
                 report.cases.append(CaseResult(label, name, f"{shapes}: {type(error).__name__}", float("inf"), atol))
                 continue
             report.cases.append(_compare(label, name, shapes, expected, got, atol))
+    roles = {spec.role: path for path, spec in engines.values()}
+    if LINES in roles and COMPOSE in roles:
+        from .line_engines import validate_grid
+
+        report.cases += validate_grid(generator, roles[LINES], roles[COMPOSE], atol=atol)
     return report
 
 

@@ -1,0 +1,202 @@
+"""TensorRT plans of a line-factored model's grid engines (line and compose), and running them.
+
+Written against the TensorRT 10 Python API (``build_serialized_network``, named I/O tensors,
+``set_input_shape`` / ``set_tensor_address`` / ``execute_async_v3``), like :mod:`.tensorrt`,
+whose builder, sidecar and checks these plans share. Each engine gets its own optimization
+profile (:class:`GridProfile`), because their dynamic axes mean different things:
+
+- ``model.lines.plan``: v [B, H], u [B, W] -> lines; H and W up to :data:`LINE_VALUES` (the line
+  cache evaluates new values in groups of at most 64, and the other axis gets one value);
+- ``model.compose.plan``: a block of H rows x W columns, H W at most about 3 x the chunk size
+  (a chunk composes its bounding block only when that is at most 3 x its points), W up to
+  :data:`MAX_COLUMNS`; the runtime tiles larger blocks.
+
+Everything that decides *what* is built is plain Python and tested everywhere; building and
+running need ``tensorrt`` and a GPU (tests skip without them).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cips_deploy.errors import CipsError
+
+from .line_engines import line_engine_path
+from .metadata import EngineMetadata, read_onnx_metadata
+from .spec import BATCH, COLUMNS, COMPOSE, LINES, ROWS, EngineSpec, compose_spec, lines_spec
+
+LINE_VALUES = 64  # values per line-engine call (the line cache's group)
+MAX_COLUMNS = 4096  # widest compose block per call; wider blocks are tiled
+
+
+@dataclass(frozen=True)
+class GridProfile:
+    """The optimization profile of a grid engine: ``max_batch`` samples, at most ``max_rows`` x
+    ``max_columns`` lines per call. ``max_points`` (the sidecar's chunk size) is their product."""
+
+    max_batch: int
+    max_rows: int
+    max_columns: int
+
+    @property
+    def max_points(self) -> int:
+        return self.max_rows * self.max_columns
+
+    @classmethod
+    def for_role(cls, role: str, max_batch: int, chunk_size: int) -> "GridProfile":
+        if role == LINES:
+            return cls(max_batch, LINE_VALUES, LINE_VALUES)
+        columns = min(MAX_COLUMNS, max(64, chunk_size))
+        return cls(max_batch, max(1, math.ceil(3 * chunk_size / columns)), columns)
+
+    def shapes(self, spec: EngineSpec) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """{input name: (min, opt, max)}; the optimum is the largest call, as for synthesis."""
+        result = {}
+        for tensor in spec.inputs:
+            low = tensor.concrete(**{BATCH: 1, ROWS: 1, COLUMNS: 1})
+            high = tensor.concrete(**{BATCH: self.max_batch, ROWS: self.max_rows, COLUMNS: self.max_columns})
+            result[tensor.name] = (low, high, high)
+        return result
+
+
+def grid_spec(role: str, metadata: EngineMetadata) -> EngineSpec:
+    """The spec of a grid engine, F read from the engine's recorded I/O."""
+    io = metadata.io
+    features = int(io["outputs"][0]["shape"][2]) if role == LINES else int(io["inputs"][0]["shape"][2])
+    return (lines_spec if role == LINES else compose_spec)(metadata.config, features)
+
+
+def build_grid_plans(
+    grid: dict[str, Path], work: Path, metadata: EngineMetadata, *, precision: str, profile: Any, timing_cache: Path | None
+) -> dict[str, Path]:
+    """Build ``work/model.<role>.plan`` (and sidecar) from each grid ONNX engine; {role: plan}."""
+    import onnx
+
+    from .tensorrt import build_engine
+    from .trt_ops import tensorrt_problems
+
+    plans = {}
+    for role, onnx_file in grid.items():
+        problems = tensorrt_problems(onnx.load(str(onnx_file), load_external_data=False))
+        if problems:
+            raise CipsError(f"TensorRT's ONNX parser cannot take {onnx_file.name}: {'; '.join(problems)}.")
+        meta = read_onnx_metadata(onnx_file)
+        meta.check_role(role, source=str(onnx_file))
+        if meta.weights_sha256 != metadata.weights_sha256:
+            raise CipsError(f"{onnx_file} belongs to a different model than the synthesis engine; export them together again.")
+        plan = line_engine_path(work / "model.plan", role)
+        build_engine(onnx_file, plan, meta, grid_spec(role, meta), precision=precision,
+                     profile=GridProfile.for_role(role, profile.max_batch, profile.max_points), timing_cache=timing_cache)
+        plans[role] = plan
+    return plans
+
+
+class _Plan:
+    """One grid plan on a GPU: checked against its sidecar, run on its own stream."""
+
+    def __init__(self, plan: Path, role: str, device: torch.device, expected_weights: str) -> None:
+        from .tensorrt import check_sidecar, gpu_facts, import_tensorrt, read_sidecar
+
+        trt = import_tensorrt()
+        self.plan = plan
+        data = plan.read_bytes()
+        sidecar = read_sidecar(plan)
+        self.metadata = check_sidecar(sidecar, plan=plan, tensorrt_version=trt.__version__, gpu=gpu_facts(device),
+                                      plan_bytes=data, role=role)
+        if self.metadata.weights_sha256 != expected_weights:
+            raise CipsError(f"{plan} belongs to a different model than the synthesis plan; build them together again.")
+        self.spec = grid_spec(role, self.metadata)
+        self.device = device
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with torch.cuda.device(device):
+            self._runtime = trt.Runtime(self._logger)
+            self.engine = self._runtime.deserialize_cuda_engine(data)
+            if self.engine is None:
+                raise CipsError(f"TensorRT could not load {plan.name}; build it again on this machine.")
+            self.context = self.engine.create_execution_context()
+            self.stream = torch.cuda.Stream(device)
+        names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
+        if names != set(self.spec.input_names + self.spec.output_names):
+            raise CipsError(f"{plan.name} has tensors {sorted(names)}, not the {role} engine's.")
+        _, _, high = self.engine.get_tensor_profile_shape(self.spec.input_names[0], 0)
+        self.max_batch = int(high[0])
+        _, _, high_u = self.engine.get_tensor_profile_shape(self.spec.input_names[1], 0)
+        self.max_rows, self.max_columns = int(high[1]), int(high_u[1])
+
+    def run(self, inputs: list[Tensor], outputs: list[Tensor]) -> None:
+        """Enqueue one call (shapes within the profile); the caller's stream waits for it."""
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)
+        for name, tensor in zip(self.spec.input_names, inputs):
+            self.context.set_input_shape(name, tuple(tensor.shape))
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        for name, tensor in zip(self.spec.output_names, outputs):
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.plan.name} for shapes {[list(t.shape) for t in inputs]}.")
+        caller.wait_stream(self.stream)
+
+
+class TensorRTGridEngines:
+    """The :class:`~.grid_runtime.GridEngines` of a synthesis plan: lines and compose plans
+    beside it, tiled to their profiles; the per-point path is the synthesis plan itself."""
+
+    def __init__(self, synthesis, files: dict[str, Path]) -> None:
+        weights = synthesis.metadata.weights_sha256
+        self.synthesis = synthesis
+        self.device = synthesis.device
+        self.plans = {role: _Plan(file, role, self.device, weights) for role, file in files.items()}
+        self.features = self.plans[LINES].spec.outputs[0].shape[2]
+
+    @classmethod
+    def open(cls, synthesis) -> "TensorRTGridEngines | None":
+        files = {role: line_engine_path(synthesis.plan, role) for role in (LINES, COMPOSE)}
+        if synthesis.spatial_style or not all(file.is_file() for file in files.values()):
+            return None
+        return cls(synthesis, files)
+
+    def lines(self, v: Tensor, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+        """v [B, H], u [B, W], w [B, S] -> row_lines [B, H, F], column_lines [B, W, F] on the GPU."""
+        plan = self.plans[LINES]
+        v, u, w = (t.to(self.device, torch.float32).contiguous() for t in (v, u, w))
+        batch = v.shape[0]
+        rows = torch.empty(batch, v.shape[1], self.features, device=self.device)
+        columns = torch.empty(batch, u.shape[1], self.features, device=self.device)
+        steps = max(math.ceil(v.shape[1] / plan.max_rows), math.ceil(u.shape[1] / plan.max_columns))
+        for b0 in range(0, batch, plan.max_batch):
+            b1 = min(b0 + plan.max_batch, batch)
+            for step in range(steps):  # both axes advance together; an exhausted axis repeats its last piece
+                r0 = min(step * plan.max_rows, max(0, v.shape[1] - 1))
+                c0 = min(step * plan.max_columns, max(0, u.shape[1] - 1))
+                r1, c1 = min(r0 + plan.max_rows, v.shape[1]), min(c0 + plan.max_columns, u.shape[1])
+                out_rows = torch.empty(b1 - b0, r1 - r0, self.features, device=self.device)
+                out_columns = torch.empty(b1 - b0, c1 - c0, self.features, device=self.device)
+                plan.run([v[b0:b1, r0:r1].contiguous(), u[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out_rows, out_columns])
+                rows[b0:b1, r0:r1], columns[b0:b1, c0:c1] = out_rows, out_columns
+        return rows, columns
+
+    def compose(self, rows: Tensor, columns: Tensor, w: Tensor) -> Tensor:
+        """row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3], tiled to the profile."""
+        plan = self.plans[COMPOSE]
+        rows, columns, w = (t.to(self.device, torch.float32).contiguous() for t in (rows, columns, w))
+        batch, height, width = rows.shape[0], rows.shape[1], columns.shape[1]
+        rgb = torch.empty(batch, height, width, 3, device=self.device)
+        for b0 in range(0, batch, plan.max_batch):
+            b1 = min(b0 + plan.max_batch, batch)
+            for r0 in range(0, height, plan.max_rows):
+                r1 = min(r0 + plan.max_rows, height)
+                for c0 in range(0, width, plan.max_columns):
+                    c1 = min(c0 + plan.max_columns, width)
+                    out = torch.empty(b1 - b0, (r1 - r0) * (c1 - c0), 3, device=self.device)
+                    plan.run([rows[b0:b1, r0:r1].contiguous(), columns[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out])
+                    rgb[b0:b1, r0:r1, c0:c1] = out.reshape(b1 - b0, r1 - r0, c1 - c0, 3)
+        return rgb.reshape(batch, height * width, 3)
+
+    def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
+        return self.synthesis.synthesize(coords, w)
