@@ -43,6 +43,9 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.video",
     "cips_deploy.plugins.outputs",
     "cips_deploy.exporters.backends",
+    "cips_deploy.exporters.engines",
+    "cips_deploy.exporters.command",
+    "cips_deploy.train.command",
     "cips_deploy.exporters.triton_plugin",
     "cips_deploy.plugins.openvino_backend",
 )
@@ -329,7 +332,19 @@ def _check_backend(item: Any) -> type[Backend]:
 
 
 def _check_exporter(item: Any) -> Any:
+    if isinstance(item, type):
+        item = item()
     _check_name(item)
+    if not isinstance(getattr(item, "description", None), str):
+        raise ValueError(f"{item.name!r} has no description string")
+    if not callable(getattr(item, "export", None)):
+        raise ValueError(f"{item.name!r} has no export(source, *, output, overwrite, precision, **options) method")
+    for declared in ("families", "precisions"):
+        values = getattr(item, declared, None)
+        if not isinstance(values, (tuple, list)) or not all(isinstance(value, str) for value in values):
+            raise ValueError(f"{item.name!r} declares {declared} {values!r}, not a tuple of names")
+    if not item.precisions:
+        raise ValueError(f"{item.name!r} declares no precision (('fp32',) at least)")
     return item
 
 
