@@ -16,8 +16,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_PLUGIN = ROOT / "examples" / "cips-deploy-tiles"
+ENGINE_BACKEND_COMMAND_PLUGIN = ROOT / "examples" / "cips-deploy-example"
 FAULTY_PLUGIN = ROOT / "tests" / "plugin_packages" / "faulty"
-PLUGIN_MODULES = ("cips_deploy_tiles", "cips_deploy_faulty")
+PLUGIN_MODULES = ("cips_deploy_tiles", "cips_deploy_faulty", "cips_deploy_example")
 
 
 def pip_install(target: Path, *projects: Path) -> Path:
