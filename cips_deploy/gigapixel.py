@@ -6,7 +6,7 @@ The image is cut into *cells* of ``CELL_ROWS`` rows by up to ``CELL_COLUMNS`` co
 output format's tile grid (:data:`cips_deploy.sinks.TILE`). Each cell is rendered on its own:
 the layout gives the cell's points (:meth:`~cips_deploy.topology.Layout.rectangle_points`),
 the chunker cuts them, the backend colours them (the renderer's own chunk loop,
-:func:`cips_deploy.render._synthesize`), the layout turns the colours into pixels and the
+:func:`cips_deploy.chunk_loop.synthesize`), the layout turns the colours into pixels and the
 output format's :class:`~cips_deploy.sinks.Sink` stores them. Memory follows the cell
 (about 25 MB for a 256 x 4096 cell: points, float colours, pixels) and the chunk, never the
 image. A layout that is not a ``pixel_grid`` (foveated reconstruction) cannot stream and is
@@ -52,18 +52,12 @@ from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .generator import Generator
 from .plugin_manager import Registered, Registry, get_registry
-from .render import (
-    Progress,
-    _call,
-    _guarded_iter,
-    _synthesize,
-    check_chunk_settings,
-    check_in_memory,
-    check_seed,
-    check_size,
-    latent,
-    make_backend,
-)
+from .backend_use import make_backend
+from .chunk_loop import Progress, synthesize
+from .plugin_calls import call, guarded_iter
+from .render import check_in_memory
+from .render_request import check_chunk_settings, check_seed, check_size
+from .styles import latent
 from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
 from .topology import TopologyRequest, resolve_parameters
 
@@ -331,7 +325,7 @@ class CellRenderer:
             if config.coordinate_space not in self.topology.item.coordinate_spaces:
                 raise CipsError(self.topology.item.unsupported_space(config.coordinate_space))
             request = TopologyRequest(job.height, job.width, config.coordinate_space, job.params)
-            self.layout = _call(self.topology, "layout", self.topology.item.layout, request)
+            self.layout = call(self.topology, "layout", self.topology.item.layout, request)
             if not getattr(self.layout, "pixel_grid", False):
                 raise CipsError(
                     f"The {job.topology} topology cannot stream its output (its image needs every sample at once); "
@@ -340,12 +334,12 @@ class CellRenderer:
             if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
                 raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
             with torch.inference_mode():
-                self.w = _call(self.backend_entry, "map", runner.map, latent(job.seed, config), job.truncation)
+                self.w = call(self.backend_entry, "map", runner.map, latent(job.seed, config), job.truncation)
                 self.w_blend = None
                 if job.blend_seed is not None:
-                    self.w_blend = _call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config), job.truncation)
+                    self.w_blend = call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config), job.truncation)
             self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
-            self.preferred_budget = _call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
+            self.preferred_budget = call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
         except BaseException:
             self.close()
             raise
@@ -355,7 +349,7 @@ class CellRenderer:
         top, bottom, left, right = cell
         rows, columns = bottom - top, right - left
         n_points = rows * columns
-        points = _call(self.topology, "points", self.layout.rectangle_points, top, bottom, left, right)
+        points = call(self.topology, "points", self.layout.rectangle_points, top, bottom, left, right)
         if len(points) != n_points:
             raise CipsError(f"{self.topology.label} returned {len(points)} points for a {rows} x {columns} rectangle.")
         buffer = _CellBuffer(points, n_points)
@@ -367,12 +361,12 @@ class CellRenderer:
             row_boundaries=np.arange(rows + 1, dtype=np.int64) * columns,
             preferred_memory_budget=self.preferred_budget,
         )
-        spans = _call(self.chunker, "spans", self.chunker.item.spans, request)
-        spans = checked_spans(_guarded_iter(spans, self.chunker), n_points, self.chunker.label)
+        spans = call(self.chunker, "spans", self.chunker.item.spans, request)
+        spans = checked_spans(guarded_iter(spans, self.chunker), n_points, self.chunker.label)
         with torch.inference_mode():
-            _synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
+            synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
         rgb = torch.from_numpy(buffer.rgb)
-        pixels = _call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
+        pixels = call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape != (rows, columns, 3):
             raise CipsError(f"{self.topology.label} assembled a rectangle that is not uint8 [{rows}, {columns}, 3].")
         return pixels
@@ -603,7 +597,7 @@ def _prepare(
     if destination.is_dir():
         raise CipsError(f"Cannot write {destination}: it is a directory.")
     check_destination(destination, overwrite=True)
-    _call(output, "check", sink_format.check, destination, height, width)
+    call(output, "check", sink_format.check, destination, height, width)
     return job, output, sink_format
 
 

@@ -29,7 +29,7 @@ from ._version import __version__
 from .backend import Backend
 from .chunking import Chunker
 from .config import COORDINATE_SPACES
-from .errors import CipsError
+from .errors import CipsError, describe_error
 from .topology import Parameter, Topology
 
 ENTRY_POINT_GROUP = "cips_deploy"
@@ -227,12 +227,12 @@ def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
         with _plugin_code():
             plugin = load()
     except BaseException as error:  # SystemExit and KeyboardInterrupt at import too: it is the plugin's, not the user's
-        registry.problem(name, f"Plugin {name!r} failed to import ({_error_text(error)}); it was skipped.")
+        registry.problem(name, f"Plugin {name!r} failed to import ({describe_error(error)}); it was skipped.")
         return
     try:
         registry.plugin_manager.register(plugin, name=name)
     except Exception as error:  # pluggy's validation: unknown hook names, wrong arguments
-        registry.problem(name, f"Plugin {name!r} could not be registered ({_error_text(error)}); it was skipped.")
+        registry.problem(name, f"Plugin {name!r} could not be registered ({describe_error(error)}); it was skipped.")
         return
     registry.plugins[name].hooks = sorted(caller.name for caller in registry.plugin_manager.get_hookcallers(plugin) or ())
 
@@ -372,9 +372,4 @@ _CHECKS = {
 
 
 def _failure(plugin: str, hook_name: str, error: BaseException) -> str:
-    return f"Plugin {plugin!r} raised in {hook_name} ({_error_text(error)}); what it registers there is unavailable."
-
-
-def _error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"Plugin {plugin!r} raised in {hook_name} ({describe_error(error)}); what it registers there is unavailable."

@@ -10,6 +10,7 @@ import dataclasses
 
 import torch
 
+from ..errors import describe_error
 from ..generator import Generator
 from ..images import rgb_to_uint8
 from .data import ImageDataset
@@ -52,7 +53,7 @@ def compute_fid(generator: Generator, data: ImageDataset, views: ViewSampler, co
             cuda=generator.device.type == "cuda",
         )
     except Exception as error:  # network or weight-file failures come in many types
-        return None, f"FID skipped: torch-fidelity could not run ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+        return None, f"FID skipped: torch-fidelity could not run ({describe_error(error)})."
     return float(metrics["frechet_inception_distance"]), ""
 
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from .. import create
 from ..atomic import atomic_path, sweep_leftovers
-from ..errors import CipsError, Interrupted
+from ..errors import CipsError, Interrupted, first_line
 from ..limits import check_zip_declared_size, parse_json, regular_file
 from ..generator import Generator
 from .data import load_images
@@ -290,7 +290,7 @@ class Trainer:
             self.g_optim.load_state_dict(state["g_optim"])
             self.d_optim.load_state_dict(state["d_optim"])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error) or type(error).__name__
             raise CipsError(f"Cannot resume from {path}: its saved weights do not fit this run ({first[:200]}).") from None
         self.step = step
         self.pl_mean = state.get("pl_mean", torch.zeros([])).to(self.dist.device)
