@@ -13,6 +13,7 @@ import click
 
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.plugin_manager import get_registry
+from cips_deploy.precision import PRECISIONS
 
 
 class EngineChoice(click.Choice):
@@ -41,7 +42,7 @@ class EngineChoice(click.Choice):
 @click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 20 (default 17).")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-against-torch check.")
 @click.option("--spatial-style", is_flag=True, help="Take one style per point: w [B, N, S] instead of [B, S].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="TensorRT kernel precision; for ONNX, fp16 makes an fp16 engine with a quality report (docs/precision.md).")
 @click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
               help="An int8 ONNX engine (dynamic, or static QDQ calibrated on rendered chunks) with a quality report.")

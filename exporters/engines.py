@@ -13,6 +13,7 @@ from typing import Any
 from cips_deploy.config import ARCHITECTURES
 from cips_deploy.exporter import Exporter
 from cips_deploy.hookspecs import hookimpl
+from cips_deploy.precision import PRECISIONS
 
 
 class _PipelineExporter(Exporter):
@@ -35,7 +36,7 @@ class OnnxExporter(_PipelineExporter):
 class TensorRTExporter(_PipelineExporter):
     name = "trt"
     description = "TensorRT plan with an optimization profile over B and N, plus sidecar JSON (needs tensorrt and a GPU)"
-    precisions = ("fp32", "fp16", "bf16")
+    precisions = PRECISIONS
 
 
 @hookimpl
