@@ -55,7 +55,7 @@ from .plugin_manager import Registered, Registry, get_registry
 from .backend_use import make_backend
 from .chunk_loop import Progress, synthesize
 from .plugin_calls import call, guarded_iter
-from .render import check_in_memory
+from .limits import check_in_memory
 from .render_request import check_chunk_settings, check_seed, check_size
 from .styles import latent
 from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
@@ -272,10 +272,11 @@ def render_to_array(
 ) -> np.ndarray:
     """An in-memory image, uint8 ``[height, width, 3]``, rendered cell by cell into an
     :class:`~cips_deploy.sinks.ArraySink`, in ``workers`` processes: bitwise the image of
-    :func:`cips_deploy.render.render` (within the in-memory limits of ``check_in_memory``)."""
+    :func:`cips_deploy.render.render` (within the in-memory limits of :func:`cips_deploy.limits.check_in_memory`)."""
     registry = registry or get_registry()
     check_size(height, width)
-    check_in_memory(height, width, registry.get("topology", topology))
+    registry.get("topology", topology)  # an unknown name is refused before anything else
+    check_in_memory(height, width)  # the assembled image; cells are small
     job = _job(
         registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
         backend_options or {}, blend_seed, workers, threads, topology_params,

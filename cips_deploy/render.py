@@ -17,7 +17,6 @@ closing backends (:mod:`.backend_use`).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +29,9 @@ from .backend_use import backend_in_use, make_backend
 from .chunk_loop import Progress, synthesize
 from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
-from .limits import check_memory
+from .limits import MAX_IN_MEMORY_PIXELS, check_in_memory
 from .plugin_calls import call, guarded_iter
-from .plugin_manager import Registered, Registry, get_registry
+from .plugin_manager import Registry, get_registry
 from .render_request import (
     MAX_SEED,
     MAX_SIDE,
@@ -47,9 +46,6 @@ from .render_request import (
 from .styles import blend_styles, latent
 from .topology import TopologyRequest, resolve_parameters
 
-# The largest image assembled in memory (e.g. 16384 x 16384 or 32768 x 8192: 768 MiB of
-# uint8 pixels, about twice that while the PNG is encoded); larger ones stream to disk.
-MAX_IN_MEMORY_PIXELS = 1 << 28
 __all__ = [  # what other modules import from here besides the renderer (the parts' homes are named above)
     "MAX_IN_MEMORY_PIXELS", "MAX_SEED", "MAX_SIDE", "Progress", "Rendering", "blend_styles", "check_chunk_settings",
     "check_in_memory", "check_seed", "check_size", "check_style", "latent", "make_backend", "render",
@@ -123,8 +119,6 @@ def render_detailed(
     check_truncation(truncation)
     topology_entry = registry.get("topology", topology)
     check_in_memory(height, width, topology_entry)
-    working = getattr(topology_entry.item, "working_bytes_per_pixel", 24)
-    check_memory(height * width * (3 + int(working)), f"A {height:,} x {width:,} {topology} render")
     chunker_entry = registry.get("chunker", chunker or ("fixed" if chunk_size is not None else "memory"))
     check_chunk_settings(chunker_entry, chunk_size, memory_budget)
     params = resolve_parameters(topology_entry.item, topology_params)
@@ -158,42 +152,3 @@ def render_detailed(
             image = checked_image(call(topology_entry, "image", layout.image), height, width, topology_entry)
             report = call(topology_entry, "report", layout.report)
     return Rendering(image, topology, seed, n_points, chunks, dict(report or {}))
-
-
-def check_in_memory(height: int, width: int, topology: Registered | None = None) -> None:
-    """An in-memory render fits: at most MAX_IN_MEMORY_PIXELS, and its working memory (the
-    topology's ``memory_per_pixel`` times the pixels) within the memory available now.
-
-    Larger images stream to disk tile by tile (cips_deploy.gigapixel), which the sentence says.
-    """
-    pixels = int(height) * int(width)
-    per_pixel = float(getattr(topology.item, "memory_per_pixel", 8.0)) if topology is not None else 8.0
-    needed = pixels * per_pixel
-    available = _available_memory()
-    streaming = "render it to a streaming format instead, a tiled BigTIFF (-o out.tif) or a Deep Zoom pyramid (-o out.dzi)"
-    if pixels > MAX_IN_MEMORY_PIXELS:
-        raise CipsError(
-            f"A {height:,} x {width:,} image ({pixels / 1e6:,.0f} megapixels) is over the in-memory limit of "
-            f"{MAX_IN_MEMORY_PIXELS / 1e6:,.0f} megapixels; {streaming}."
-        )
-    if available is not None and needed > available:
-        raise CipsError(
-            f"A {height:,} x {width:,} image rendered in memory needs about {needed / 2**30:.1f} GiB, more than the "
-            f"{available / 2**30:.1f} GiB of memory available; {streaming}."
-        )
-
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available to a new allocation now (Linux MemAvailable), else physical memory."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None

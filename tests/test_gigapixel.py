@@ -298,12 +298,12 @@ def test_the_bigtiff_refuses_more_than_the_free_disk(tmp_path, tiny, registry, m
 
 
 def test_in_memory_limit_counts_the_topologys_working_memory(tiny, registry, monkeypatch):
-    import importlib
+    import cips_deploy.limits as limits
 
-    render_module = importlib.import_module("cips_deploy.render")  # the module, not the function cips_deploy.render
-    monkeypatch.setattr(render_module, "_available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(limits, "available_memory", lambda: 1 << 30)
     render(tiny, "flat", 8, 8, registry=registry)  # fine
-    with pytest.raises(CipsError, match=r"rendered in memory needs about 1.7 GiB, more than the 1.0 GiB of memory available; render it to a streaming format"):
+    with pytest.raises(CipsError, match=r"^A 4,096 x 4,096 foveated render needs about 1.8 GiB of memory, more than the 1.0 GiB "
+                                        r"this machine has available; render it to a streaming format"):
         render(tiny, "foveated", 4096, 4096, registry=registry)
     with pytest.raises(CipsError, match="over the in-memory limit"):
         render(tiny, "flat", 20000, 20000, registry=registry)

@@ -16,9 +16,9 @@ from ..atomic import atomic_path
 from ..checkpoint import DEMO_MODEL
 from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
-from ..limits import check_memory
+from ..limits import check_in_memory, check_memory
 from ..plugin_manager import get_registry
-from ..render import Rendering, check_in_memory, make_backend, render_detailed
+from ..render import Rendering, make_backend, render_detailed
 from ..render_files import RenderFiles
 from ..sinks import format_for
 from . import cli
@@ -130,7 +130,8 @@ def render_command(
             check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
         grid_columns = math.ceil(math.sqrt(len(seed_list)))  # the grid that tile() assembles
         grid_rows = math.ceil(len(seed_list) / grid_columns)
-        check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology))
+        # One seed: the render's own check, early; a grid: the assembled grid image.
+        check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology) if len(seed_list) == 1 else None)
     files = RenderFiles(
         model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
         backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
