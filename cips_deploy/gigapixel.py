@@ -30,6 +30,7 @@ is computed exactly as in a serial render, so the output is bitwise identical.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -52,14 +53,14 @@ from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .generator import Generator
 from .plugin_manager import Registered, Registry, get_registry
-from .backend_use import make_backend
+from .backend_use import backend_in_use
 from .chunk_loop import Progress, synthesize
 from .plugin_calls import call, guarded_iter
 from .limits import check_in_memory
 from .render_request import check_chunk_settings, check_seed, check_size
-from .styles import latent
+from .render_setup import prepare
 from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
-from .topology import TopologyRequest, resolve_parameters
+from .topology import resolve_parameters
 
 CELL_ROWS = TILE
 CELL_COLUMNS = 16 * TILE
@@ -313,20 +314,16 @@ class CellRenderer:
         self.job = job
         self.topology = registry.get("topology", job.topology)
         self.chunker = registry.get("chunker", job.chunker)
-        self.owns_runner = runner is None
-        if runner is None:
-            self.backend_entry = registry.get("backend", job.backend)
-            runner = make_backend(registry, job.backend, job.model, job.device, dict(job.backend_options))
-        else:
-            name = getattr(runner, "name", type(runner).__name__)
-            self.backend_entry = Registered("backend", name, runner, "given by the caller")
+        self._backend = contextlib.ExitStack()  # closes the backend if it was built here
+        runner, self.backend_entry = self._backend.enter_context(
+            backend_in_use(registry, job.model if runner is None else runner, job.backend, job.device, dict(job.backend_options))
+        )
         self.runner = runner
         try:
-            config = runner.config
-            if config.coordinate_space not in self.topology.item.coordinate_spaces:
-                raise CipsError(self.topology.item.unsupported_space(config.coordinate_space))
-            request = TopologyRequest(job.height, job.width, config.coordinate_space, job.params)
-            self.layout = call(self.topology, "layout", self.topology.item.layout, request)
+            self.layout, self.w, self.w_blend = prepare(
+                runner, self.backend_entry, self.topology, job.height, job.width, job.params, job.seed, job.truncation,
+                job.blend_seed,
+            )
             if not getattr(self.layout, "pixel_grid", False):
                 raise CipsError(
                     f"The {job.topology} topology cannot stream its output (its image needs every sample at once); "
@@ -334,11 +331,6 @@ class CellRenderer:
                 )
             if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
                 raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
-            with torch.inference_mode():
-                self.w = call(self.backend_entry, "map", runner.map, latent(job.seed, config), job.truncation)
-                self.w_blend = None
-                if job.blend_seed is not None:
-                    self.w_blend = call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config), job.truncation)
             self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
             self.preferred_budget = call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
         except BaseException:
@@ -373,9 +365,8 @@ class CellRenderer:
         return pixels
 
     def close(self) -> None:
-        if self.owns_runner and getattr(self, "runner", None) is not None:
-            self.runner.close()
-            self.runner = None
+        self._backend.close()
+        self.runner = None
 
 
 class _CellBuffer:

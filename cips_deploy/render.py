@@ -28,29 +28,17 @@ from torch import Tensor
 from .backend_use import backend_in_use, make_backend
 from .chunk_loop import Progress, synthesize
 from .chunking import ChunkRequest, checked_spans
-from .errors import CipsError
-from .limits import MAX_IN_MEMORY_PIXELS, check_in_memory
+from .limits import check_in_memory
 from .plugin_calls import call, guarded_iter
 from .plugin_manager import Registry, get_registry
-from .render_request import (
-    MAX_SEED,
-    MAX_SIDE,
-    check_chunk_settings,
-    check_seed,
-    check_size,
-    check_style,
-    check_truncation,
-    checked_count,
-    checked_image,
-)
-from .styles import blend_styles, latent
-from .topology import TopologyRequest, resolve_parameters
+from .render_request import MAX_SEED, check_chunk_settings, check_seed, check_size, check_truncation, checked_count, checked_image
+from .render_setup import prepare
+from .styles import latent
+from .topology import resolve_parameters
 
-__all__ = [  # what other modules import from here besides the renderer (the parts' homes are named above)
-    "MAX_IN_MEMORY_PIXELS", "MAX_SEED", "MAX_SIDE", "Progress", "Rendering", "blend_styles", "check_chunk_settings",
-    "check_in_memory", "check_seed", "check_size", "check_style", "latent", "make_backend", "render",
-    "render_detailed", "render_pil",
-]
+# Besides the renderer, callers import these helpers from here (their homes are named above).
+__all__ = ["MAX_SEED", "Progress", "Rendering", "check_seed", "check_size", "latent", "make_backend", "render",
+           "render_detailed", "render_pil"]
 
 
 @dataclass
@@ -124,20 +112,11 @@ def render_detailed(
     params = resolve_parameters(topology_entry.item, topology_params)
 
     with backend_in_use(registry, model, backend, device, backend_options) as (runner, backend_entry):
-        config = runner.config
-        if config.coordinate_space not in topology_entry.item.coordinate_spaces:
-            raise CipsError(topology_entry.item.unsupported_space(config.coordinate_space))
-        request = TopologyRequest(height, width, config.coordinate_space, params)
-        layout = call(topology_entry, "layout", topology_entry.item.layout, request)
+        layout, w, w_blend = prepare(
+            runner, backend_entry, topology_entry, height, width, params, seed, truncation, blend_seed, style
+        )
         n_points = checked_count(layout, topology_entry)
         with torch.inference_mode():
-            if style is None:
-                w = call(backend_entry, "map", runner.map, latent(seed, config), truncation)  # [1, S]
-            else:
-                w = check_style(style, config.style_dim)
-            w_blend = None
-            if blend_seed is not None:
-                w_blend = call(backend_entry, "map", runner.map, latent(blend_seed, config), truncation)
             chunk_request = ChunkRequest(
                 n_points=n_points,
                 chunk_size=chunk_size,
