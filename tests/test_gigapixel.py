@@ -392,42 +392,13 @@ def test_two_workers_give_the_serial_file(tmp_path):
 
 
 RSS_SCRIPT = r'''
-import resource, sys, time
-import torch
-from cips_deploy import hookimpl
-from cips_deploy.backend import Backend
-from cips_deploy.config import GeneratorConfig
+import resource, sys
+sys.path.insert(0, sys.argv[4])  # tests/, for the coordinates backend
+import coordinates_backend
 from cips_deploy.gigapixel import render_to_file
 from cips_deploy.plugin_manager import load_registry
 
-
-class Coordinates(Backend):
-    """Colours from the coordinates alone: synthesis costs nothing, the output pipeline is
-    what runs (its memory is what this test measures; a real model's follows the chunk)."""
-
-    name = "coordinates"
-    description = "rgb = (u, v, u * v)"
-
-    def __init__(self, model, *, device="cpu"):
-        self.config = GeneratorConfig(arch="skip", size=32, hidden=8, style_dim=4, widths=(8,), coordinate_space="plane")
-
-    def map(self, z, truncation=1.0):
-        return torch.zeros(z.shape[0], 4)
-
-    def run(self, coords, w):
-        return torch.cat([coords, coords[..., :1] * coords[..., 1:]], dim=-1)
-
-    def bytes_per_point(self, per_point_style=False):
-        return 64
-
-
-class Plugin:
-    @hookimpl
-    def register_backends(self, register):
-        register(Coordinates)
-
-
-registry = load_registry(entry_points=False, extra_plugins=[("rss-test", Plugin())])
+registry = load_registry(entry_points=False, extra_plugins=[("rss-test", coordinates_backend)])
 height, width = int(sys.argv[2]), int(sys.argv[3])
 render_to_file(__file__, sys.argv[1], height=height, width=width, backend="coordinates", memory_budget=16.0, registry=registry)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -448,7 +419,8 @@ def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
 
 def check_big_render(script: Path, output: Path, height: int, width: int) -> None:
     result = subprocess.run(
-        [sys.executable, str(script), str(output), str(height), str(width)], capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script), str(output), str(height), str(width), str(Path(__file__).parent)],
+        capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
     )
     assert result.returncode == 0, result.stderr
