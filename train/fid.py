@@ -10,11 +10,11 @@ import dataclasses
 
 import torch
 
-from ..errors import describe_error
-from ..generator import Generator
-from ..images import rgb_to_uint8
-from .data import ImageDataset
-from .views import ViewSampler
+from cips_deploy.errors import describe_error
+from cips_deploy.generator import Generator
+from cips_deploy.images import rgb_to_uint8
+from cips_deploy.train.data import ImageDataset
+from cips_deploy.train.views import ViewSampler
 
 
 class _UInt8Images(torch.utils.data.Dataset):
