@@ -46,7 +46,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
 @click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--force", is_flag=True, help="Replace existing files: the output, the seed files of --outdir, the --viewer page.")
 def render_command(
     checkpoint: Path | None,
     preset: str | None,
@@ -124,7 +124,7 @@ def render_command(
         check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology) if len(seed_list) == 1 else None)
     files = RenderFiles(
         model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
-        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
+        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer, overwrite=force,
     )
     files.check(seed_list)
     try:
