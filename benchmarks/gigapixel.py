@@ -26,13 +26,13 @@ import tempfile
 import time
 from pathlib import Path
 
-TESTS = Path(__file__).resolve().parents[1] / "tests"  # the coordinates backend, shared with the tests
+TESTS = Path(__file__).resolve().parents[1] / "tests" / "helpers"  # the coordinates backend, shared with the tests
 
 RUNNER = '''
 import sys
 from cips_deploy.plugin_manager import get_registry, load_registry
 import cips_deploy.plugin_manager as manager
-import coordinates_backend  # tests/coordinates_backend.py
+import coordinates_backend  # tests/helpers/coordinates_backend.py
 manager._default_registry = load_registry(extra_plugins=[("coordinates", coordinates_backend)])
 from cips_deploy.cli import main
 sys.argv[0] = "cips-deploy"

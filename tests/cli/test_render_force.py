@@ -7,8 +7,15 @@ from pathlib import Path
 
 from PIL import Image
 
-from .attack_tools import refused
-from .test_cli_render import invoke
+from click.testing import CliRunner
+
+from cips_deploy.cli import cli
+
+from ..helpers.attack_tools import refused
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_outdir_seed_files_need_force(tmp_path):

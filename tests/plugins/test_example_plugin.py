@@ -16,7 +16,7 @@ from PIL import Image
 
 import cips_deploy
 
-from .plugin_install import ENGINE_BACKEND_COMMAND_PLUGIN, pip_install
+from ..helpers.plugin_install import ENGINE_BACKEND_COMMAND_PLUGIN, pip_install
 
 pytestmark = pytest.mark.slow  # a pip build and several fresh interpreters
 

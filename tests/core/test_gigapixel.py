@@ -393,7 +393,7 @@ def test_two_workers_give_the_serial_file(tmp_path):
 
 RSS_SCRIPT = r'''
 import resource, sys
-sys.path.insert(0, sys.argv[4])  # tests/, for the coordinates backend
+sys.path.insert(0, sys.argv[4])  # tests/helpers/, for the coordinates backend
 import coordinates_backend
 from cips_deploy.gigapixel import render_to_file
 from cips_deploy.plugin_manager import load_registry
@@ -419,7 +419,7 @@ def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
 
 def check_big_render(script: Path, output: Path, height: int, width: int) -> None:
     result = subprocess.run(
-        [sys.executable, str(script), str(output), str(height), str(width), str(Path(__file__).parent)],
+        [sys.executable, str(script), str(output), str(height), str(width), str(Path(__file__).parents[1] / "helpers")],
         capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
     )
