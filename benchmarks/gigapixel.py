@@ -26,41 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
-COORDINATES_PLUGIN = '''
-import torch
-from cips_deploy import hookimpl
-from cips_deploy.backend import Backend
-from cips_deploy.config import GeneratorConfig
-
-
-class Coordinates(Backend):
-    name = "coordinates"
-    description = "rgb = (u, v, u * v): no synthesis, the output pipeline alone"
-
-    def __init__(self, model, *, device="cpu"):
-        self.config = GeneratorConfig(arch="skip", size=32, hidden=8, style_dim=4, widths=(8,), coordinate_space="cylinder")
-
-    def map(self, z, truncation=1.0):
-        return torch.zeros(z.shape[0], 4)
-
-    def run(self, coords, w):
-        return torch.cat([coords, coords[..., :1] * coords[..., 1:]], dim=-1)
-
-    def bytes_per_point(self, per_point_style=False):
-        return 64
-
-
-@hookimpl
-def register_backends(register):
-    register(Coordinates)
-'''
+TESTS = Path(__file__).resolve().parents[1] / "tests" / "helpers"  # the coordinates backend, shared with the tests
 
 RUNNER = '''
 import sys
 from cips_deploy.plugin_manager import get_registry, load_registry
 import cips_deploy.plugin_manager as manager
-import coordinates_plugin
-manager._default_registry = load_registry(extra_plugins=[("coordinates", coordinates_plugin)])
+import coordinates_backend  # tests/helpers/coordinates_backend.py
+manager._default_registry = load_registry(extra_plugins=[("coordinates", coordinates_backend)])
 from cips_deploy.cli import main
 sys.argv[0] = "cips-deploy"
 main()
@@ -84,9 +57,9 @@ def main() -> None:
         command += ["--workers", str(args.workers), *args.extra]
         environment = dict(os.environ)
         if args.backend == "coordinates":
-            (Path(scratch) / "coordinates_plugin.py").write_text(COORDINATES_PLUGIN)
-            program = [sys.executable, "-c", RUNNER, "render", "--backend", "coordinates", *command]
-            environment["PYTHONPATH"] = scratch + os.pathsep + environment.get("PYTHONPATH", "")
+            program = [sys.executable, "-c", RUNNER, "render", "--backend", "coordinates", "--backend-option",
+                       "space=cylinder", *command]
+            environment["PYTHONPATH"] = str(TESTS) + os.pathsep + environment.get("PYTHONPATH", "")
         else:
             program = [sys.executable, "-c", "from cips_deploy.cli import main; main()", "render", *command]
         start = time.perf_counter()

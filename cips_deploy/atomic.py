@@ -158,6 +158,21 @@ def staged(folder: Path, label: str, destination: Path | None = None) -> Iterato
     stage.discard()
 
 
+def replace_folder(stage: Path, destination: Path) -> None:
+    """Rename the finished folder ``stage`` to ``destination`` (same file system), replacing
+    an existing one: the old folder steps aside first, so a failure leaves one of the two,
+    never a mixture. Folders get the permissions of a normal ``mkdir``."""
+    for folder in (stage, *(entry for entry in Path(stage).rglob("*") if entry.is_dir())):
+        os.chmod(folder, 0o777 & ~current_umask())
+    if not destination.exists():
+        os.replace(stage, destination)
+        return
+    old = Path(tempfile.mkdtemp(prefix=_prefix(destination.name), suffix=".partial", dir=destination.parent))
+    os.replace(destination, old / destination.name)
+    os.replace(stage, destination)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def _shown(folder: Path) -> str:
     """How a file in ``folder`` is named in a message: no ``./`` for the current folder."""
     return "" if str(folder) in ("", ".") else f"{folder}{os.sep}"

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .errors import CipsError
+from .precision import DTYPES
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ class BenchCase:
     precision: str = "fp32"  # the torch backend's option; other backends take fp32 only
 
 
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = DTYPES  # cips_deploy.precision
 
 
 def matmul_peak_gflops(

@@ -20,3 +20,16 @@ class Interrupted(KeyboardInterrupt):
     def __init__(self, exit_code: int = 130) -> None:
         super().__init__(exit_code)
         self.exit_code = exit_code
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message ('' for an empty one): libraries' messages
+    run over many lines (stack dumps, graph listings), and a user sees one sentence."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def describe_error(error: BaseException) -> str:
+    """``ValueError: first line of the message``, or just ``ValueError`` when it is empty."""
+    text = first_line(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

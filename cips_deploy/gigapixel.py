@@ -6,7 +6,7 @@ The image is cut into *cells* of ``CELL_ROWS`` rows by up to ``CELL_COLUMNS`` co
 output format's tile grid (:data:`cips_deploy.sinks.TILE`). Each cell is rendered on its own:
 the layout gives the cell's points (:meth:`~cips_deploy.topology.Layout.rectangle_points`),
 the chunker cuts them, the backend colours them (the renderer's own chunk loop,
-:func:`cips_deploy.render._synthesize`), the layout turns the colours into pixels and the
+:func:`cips_deploy.chunk_loop.synthesize`), the layout turns the colours into pixels and the
 output format's :class:`~cips_deploy.sinks.Sink` stores them. Memory follows the cell
 (about 25 MB for a 256 x 4096 cell: points, float colours, pixels) and the chunk, never the
 image. A layout that is not a ``pixel_grid`` (foveated reconstruction) cannot stream and is
@@ -30,6 +30,7 @@ is computed exactly as in a serial render, so the output is bitwise identical.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -52,20 +53,14 @@ from .chunking import ChunkRequest, checked_spans
 from .errors import CipsError
 from .generator import Generator
 from .plugin_manager import Registered, Registry, get_registry
-from .render import (
-    Progress,
-    _call,
-    _guarded_iter,
-    _synthesize,
-    check_chunk_settings,
-    check_in_memory,
-    check_seed,
-    check_size,
-    latent,
-    make_backend,
-)
+from .backend_use import backend_in_use
+from .chunk_loop import Progress, synthesize
+from .plugin_calls import call, guarded_iter
+from .limits import check_in_memory
+from .render_request import check_chunk_settings, check_seed, check_size
+from .render_setup import prepare
 from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
-from .topology import TopologyRequest, resolve_parameters
+from .topology import resolve_parameters
 
 CELL_ROWS = TILE
 CELL_COLUMNS = 16 * TILE
@@ -278,10 +273,11 @@ def render_to_array(
 ) -> np.ndarray:
     """An in-memory image, uint8 ``[height, width, 3]``, rendered cell by cell into an
     :class:`~cips_deploy.sinks.ArraySink`, in ``workers`` processes: bitwise the image of
-    :func:`cips_deploy.render.render` (within the in-memory limits of ``check_in_memory``)."""
+    :func:`cips_deploy.render.render` (within the in-memory limits of :func:`cips_deploy.limits.check_in_memory`)."""
     registry = registry or get_registry()
     check_size(height, width)
-    check_in_memory(height, width, registry.get("topology", topology))
+    registry.get("topology", topology)  # an unknown name is refused before anything else
+    check_in_memory(height, width)  # the assembled image; cells are small
     job = _job(
         registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
         backend_options or {}, blend_seed, workers, threads, topology_params,
@@ -318,20 +314,16 @@ class CellRenderer:
         self.job = job
         self.topology = registry.get("topology", job.topology)
         self.chunker = registry.get("chunker", job.chunker)
-        self.owns_runner = runner is None
-        if runner is None:
-            self.backend_entry = registry.get("backend", job.backend)
-            runner = make_backend(registry, job.backend, job.model, job.device, dict(job.backend_options))
-        else:
-            name = getattr(runner, "name", type(runner).__name__)
-            self.backend_entry = Registered("backend", name, runner, "given by the caller")
+        self._backend = contextlib.ExitStack()  # closes the backend if it was built here
+        runner, self.backend_entry = self._backend.enter_context(
+            backend_in_use(registry, job.model if runner is None else runner, job.backend, job.device, dict(job.backend_options))
+        )
         self.runner = runner
         try:
-            config = runner.config
-            if config.coordinate_space not in self.topology.item.coordinate_spaces:
-                raise CipsError(self.topology.item.unsupported_space(config.coordinate_space))
-            request = TopologyRequest(job.height, job.width, config.coordinate_space, job.params)
-            self.layout = _call(self.topology, "layout", self.topology.item.layout, request)
+            self.layout, self.w, self.w_blend = prepare(
+                runner, self.backend_entry, self.topology, job.height, job.width, job.params, job.seed, job.truncation,
+                job.blend_seed,
+            )
             if not getattr(self.layout, "pixel_grid", False):
                 raise CipsError(
                     f"The {job.topology} topology cannot stream its output (its image needs every sample at once); "
@@ -339,13 +331,8 @@ class CellRenderer:
                 )
             if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
                 raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
-            with torch.inference_mode():
-                self.w = _call(self.backend_entry, "map", runner.map, latent(job.seed, config), job.truncation)
-                self.w_blend = None
-                if job.blend_seed is not None:
-                    self.w_blend = _call(self.backend_entry, "map", runner.map, latent(job.blend_seed, config), job.truncation)
             self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
-            self.preferred_budget = _call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
+            self.preferred_budget = call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
         except BaseException:
             self.close()
             raise
@@ -355,7 +342,7 @@ class CellRenderer:
         top, bottom, left, right = cell
         rows, columns = bottom - top, right - left
         n_points = rows * columns
-        points = _call(self.topology, "points", self.layout.rectangle_points, top, bottom, left, right)
+        points = call(self.topology, "points", self.layout.rectangle_points, top, bottom, left, right)
         if len(points) != n_points:
             raise CipsError(f"{self.topology.label} returned {len(points)} points for a {rows} x {columns} rectangle.")
         buffer = _CellBuffer(points, n_points)
@@ -367,20 +354,19 @@ class CellRenderer:
             row_boundaries=np.arange(rows + 1, dtype=np.int64) * columns,
             preferred_memory_budget=self.preferred_budget,
         )
-        spans = _call(self.chunker, "spans", self.chunker.item.spans, request)
-        spans = checked_spans(_guarded_iter(spans, self.chunker), n_points, self.chunker.label)
+        spans = call(self.chunker, "spans", self.chunker.item.spans, request)
+        spans = checked_spans(guarded_iter(spans, self.chunker), n_points, self.chunker.label)
         with torch.inference_mode():
-            _synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
+            synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
         rgb = torch.from_numpy(buffer.rgb)
-        pixels = _call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
+        pixels = call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape != (rows, columns, 3):
             raise CipsError(f"{self.topology.label} assembled a rectangle that is not uint8 [{rows}, {columns}, 3].")
         return pixels
 
     def close(self) -> None:
-        if self.owns_runner and getattr(self, "runner", None) is not None:
-            self.runner.close()
-            self.runner = None
+        self._backend.close()
+        self.runner = None
 
 
 class _CellBuffer:
@@ -603,7 +589,7 @@ def _prepare(
     if destination.is_dir():
         raise CipsError(f"Cannot write {destination}: it is a directory.")
     check_destination(destination, overwrite=True)
-    _call(output, "check", sink_format.check, destination, height, width)
+    call(output, "check", sink_format.check, destination, height, width)
     return job, output, sink_format
 
 

@@ -15,7 +15,9 @@ The limits (docs/security.md lists them with the reasons):
   the memory this machine has available;
 - metadata JSON: at most :data:`MAX_JSON_BYTES` and :data:`MAX_JSON_DEPTH` levels;
 - a safetensors header: at most :data:`MAX_HEADER_BYTES`; a zip's declared content: within
-  available memory and at most :data:`MAX_ZIP_RATIO` times the archive's size.
+  available memory and at most :data:`MAX_ZIP_RATIO` times the archive's size;
+- an image rendered in memory: at most :data:`MAX_IN_MEMORY_PIXELS`, its working memory
+  within available memory (:func:`check_in_memory`, the one check every renderer uses).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 from .errors import CipsError
 
@@ -43,6 +46,14 @@ MAX_JSON_BYTES = 1 << 20  # a config or provenance string in a checkpoint's meta
 MAX_JSON_DEPTH = 32  # nesting of that JSON; configs are two levels deep
 MAX_HEADER_BYTES = 16 << 20  # a safetensors header (the library's own cap is 100 MB)
 MAX_ZIP_RATIO = 16  # torch.save stores members uncompressed: a ratio above this is a bomb
+# The largest image assembled in memory (e.g. 16384 x 16384 or 32768 x 8192: 768 MiB of
+# uint8 pixels, about twice that while the PNG is encoded); larger ones stream to disk.
+MAX_IN_MEMORY_PIXELS = 1 << 28
+# Topology.working_bytes_per_pixel's default (measured on the flat topology).
+DEFAULT_WORKING_BYTES_PER_PIXEL = 24
+# An assembled image's extra bytes a pixel while Pillow encodes it (its 4-byte RGBX copy, and slack).
+ENCODING_BYTES_PER_PIXEL = 5
+STREAMING = "render it to a streaming format instead, a tiled BigTIFF (-o out.tif) or a Deep Zoom pyramid (-o out.dzi)"
 
 
 def available_memory() -> int | None:
@@ -60,13 +71,36 @@ def available_memory() -> int | None:
         return None
 
 
-def check_memory(needed: int, what: str) -> None:
-    """Refuse ``what`` (a phrase: "A 9000 x 9000 foveated render") if it needs more memory than is available."""
+def check_memory(needed: int, what: str, advice: str = "") -> None:
+    """Refuse ``what`` (a phrase: "A 9000 x 9000 foveated render") if it needs more memory than is
+    available; ``advice`` (what to do instead) ends the sentence."""
     available = available_memory()
     if available is not None and needed > available:
         raise CipsError(
-            f"{what} needs about {_gib(needed)} of memory, more than the {_gib(available)} this machine has available."
+            f"{what} needs about {_gib(needed)} of memory, more than the {_gib(available)} this machine has "
+            f"available{'; ' + advice if advice else ''}."
         )
+
+
+def check_in_memory(height: int, width: int, topology: Any = None) -> None:
+    """An image rendered in memory fits: at most :data:`MAX_IN_MEMORY_PIXELS`, and its working
+    memory within the memory available now: the uint8 image plus ``topology``'s measured
+    ``working_bytes_per_pixel`` (a :class:`~cips_deploy.plugin_manager.Registered` topology,
+    whose layout is image-sized), or with ``topology=None`` an image assembled from parts (a
+    seed grid, streamed cells) plus Pillow's copy while it is encoded. Larger images stream
+    to disk cell by cell (:mod:`cips_deploy.gigapixel`), which the sentence says.
+    """
+    pixels = int(height) * int(width)
+    if pixels > MAX_IN_MEMORY_PIXELS:
+        raise CipsError(
+            f"A {height:,} x {width:,} image ({pixels / 1e6:,.0f} megapixels) is over the in-memory limit of "
+            f"{MAX_IN_MEMORY_PIXELS / 1e6:,.0f} megapixels; {STREAMING}."
+        )
+    if topology is None:
+        check_memory(pixels * (3 + ENCODING_BYTES_PER_PIXEL), f"A {height:,} x {width:,} image", STREAMING)
+        return
+    working = int(getattr(topology.item, "working_bytes_per_pixel", DEFAULT_WORKING_BYTES_PER_PIXEL))
+    check_memory(pixels * (3 + working), f"A {height:,} x {width:,} {topology.name} render", STREAMING)
 
 
 def regular_file(path: str | os.PathLike, what: str = "file") -> Path:

@@ -22,9 +22,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .backend import Backend
+from .backend_use import backend_in_use
 from .errors import CipsError
-from .render import MAX_SEED, check_seed, make_backend, render_detailed
+from .plugin_manager import get_registry
+from .render import MAX_SEED, check_seed, render_detailed
 
 SSIM_WINDOW = 11  # Gaussian taps per side: radius int(3.5 * 1.5 + 0.5) = 5, as scipy.ndimage and skimage
 SSIM_SIGMA = 1.5
@@ -232,15 +233,8 @@ def scale_consistency(
     check_protocol(size, factor, samples, seed)
     large = size * factor
     lpips_model, lpips_reason = load_lpips()
-    owns_backend = not isinstance(model_or_backend, Backend)
-    if owns_backend:
-        from .plugin_manager import get_registry
-
-        runner = make_backend(get_registry(), backend, model_or_backend, device, {})
-    else:
-        runner = model_or_backend
     per_sample = []
-    try:
+    with backend_in_use(get_registry(), model_or_backend, backend, device) as (runner, _):
         for index, each_seed in enumerate(range(seed, seed + samples)):
             small = render_detailed(
                 runner, "flat", size, size, seed=each_seed, truncation=truncation, **pixel_centre_viewport(size)
@@ -263,9 +257,6 @@ def scale_consistency(
             per_sample.append(entry)
             if progress is not None:
                 progress(index + 1, samples)
-    finally:
-        if owns_backend:
-            runner.close()
     mean = {
         "psnr": float(np.mean([entry["psnr"] for entry in per_sample])),  # inf if any sample is identical
         "ssim": float(np.mean([entry["ssim"] for entry in per_sample])),

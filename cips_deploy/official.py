@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .checkpoint import file_sha256, load_exact_state_dict
 from .config import GeneratorConfig
-from .errors import CipsError
+from .errors import CipsError, first_line
 from .generator import Generator
 
 # Number of z samples whose mean w becomes w_avg (official checkpoints carry none).
@@ -62,7 +62,7 @@ def read_torch_file(path: Path) -> Any:
             ) from None
         raise CipsError(f"{path} is corrupt or truncated (it does not unpickle).") from None
     except Exception as error:  # torch.load parsing hostile bytes raises anything (KeyError, struct.error, ...)
-        raise CipsError(f"{path} is corrupt or truncated ({str(error).splitlines()[0] if str(error) else type(error).__name__}).") from None
+        raise CipsError(f"{path} is corrupt or truncated ({first_line(error) or type(error).__name__}).") from None
 
 
 def official_state_dict(obj: Any, *, source: str) -> tuple[dict[str, Tensor], str]:

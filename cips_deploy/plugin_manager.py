@@ -29,7 +29,7 @@ from ._version import __version__
 from .backend import Backend
 from .chunking import Chunker
 from .config import COORDINATE_SPACES
-from .errors import CipsError
+from .errors import CipsError, describe_error
 from .topology import Parameter, Topology
 
 ENTRY_POINT_GROUP = "cips_deploy"
@@ -43,6 +43,9 @@ BUILTIN_PLUGINS = (
     "cips_deploy.plugins.video",
     "cips_deploy.plugins.outputs",
     "cips_deploy.exporters.backends",
+    "cips_deploy.exporters.engines",
+    "cips_deploy.exporters.command",
+    "cips_deploy.train.command",
     "cips_deploy.exporters.triton_plugin",
     "cips_deploy.plugins.openvino_backend",
 )
@@ -224,12 +227,12 @@ def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
         with _plugin_code():
             plugin = load()
     except BaseException as error:  # SystemExit and KeyboardInterrupt at import too: it is the plugin's, not the user's
-        registry.problem(name, f"Plugin {name!r} failed to import ({_error_text(error)}); it was skipped.")
+        registry.problem(name, f"Plugin {name!r} failed to import ({describe_error(error)}); it was skipped.")
         return
     try:
         registry.plugin_manager.register(plugin, name=name)
     except Exception as error:  # pluggy's validation: unknown hook names, wrong arguments
-        registry.problem(name, f"Plugin {name!r} could not be registered ({_error_text(error)}); it was skipped.")
+        registry.problem(name, f"Plugin {name!r} could not be registered ({describe_error(error)}); it was skipped.")
         return
     registry.plugins[name].hooks = sorted(caller.name for caller in registry.plugin_manager.get_hookcallers(plugin) or ())
 
@@ -329,7 +332,19 @@ def _check_backend(item: Any) -> type[Backend]:
 
 
 def _check_exporter(item: Any) -> Any:
+    if isinstance(item, type):
+        item = item()
     _check_name(item)
+    if not isinstance(getattr(item, "description", None), str):
+        raise ValueError(f"{item.name!r} has no description string")
+    if not callable(getattr(item, "export", None)):
+        raise ValueError(f"{item.name!r} has no export(source, *, output, overwrite, precision, **options) method")
+    for declared in ("families", "precisions"):
+        values = getattr(item, declared, None)
+        if not isinstance(values, (tuple, list)) or not all(isinstance(value, str) for value in values):
+            raise ValueError(f"{item.name!r} declares {declared} {values!r}, not a tuple of names")
+    if not item.precisions:
+        raise ValueError(f"{item.name!r} declares no precision (('fp32',) at least)")
     return item
 
 
@@ -357,9 +372,4 @@ _CHECKS = {
 
 
 def _failure(plugin: str, hook_name: str, error: BaseException) -> str:
-    return f"Plugin {plugin!r} raised in {hook_name} ({_error_text(error)}); what it registers there is unavailable."
-
-
-def _error_text(error: BaseException) -> str:
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return f"Plugin {plugin!r} raised in {hook_name} ({describe_error(error)}); what it registers there is unavailable."

@@ -168,9 +168,11 @@ def png_info(provenance: dict[str, str] | None, xmp: str | None = None) -> PngIm
     return info
 
 
-def save_png(image: np.ndarray, path: str | Path, provenance: dict[str, str] | None, *, xmp: str | None = None) -> None:
-    """Write uint8 ``[H, W, 3]`` as a PNG with its provenance, atomically."""
-    with atomic_path(path) as temporary:
+def save_png(
+    image: np.ndarray, path: str | Path, provenance: dict[str, str] | None, *, xmp: str | None = None, overwrite: bool = True
+) -> None:
+    """Write uint8 ``[H, W, 3]`` as a PNG with its provenance, atomically (an existing file only with ``overwrite``)."""
+    with atomic_path(path, overwrite=overwrite) as temporary:
         Image.fromarray(image, mode="RGB").save(temporary, format="PNG", pnginfo=png_info(provenance, xmp))
 
 

@@ -8,6 +8,8 @@ and the provenance every written picture carries.
 
 Per-seed files are written as each render finishes (atomically, named ``seed%04d.png``),
 so a batch of many seeds never holds more than one image unless a grid is asked for too.
+Like the main output, an existing seed file or viewer is replaced only with ``--force``
+(``overwrite``); without it the command refuses before rendering anything.
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ class RenderFiles:
         blend_seed: int | None = None,
         outdir: Path | None = None,
         viewer: Path | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.model, self.topology, self.registry = model, topology, registry
         self.height, self.width, self.truncation = height, width, truncation
         self.backend, self.backend_options, self.blend_seed = backend, dict(backend_options or {}), blend_seed
         self.outdir, self.viewer = outdir, viewer
+        self.overwrite = overwrite  # --force: the seeds' files and the viewer obey it like the main output
         entry = registry.get("topology", topology)
         self.params = resolve_parameters(entry.item, topology_params)
         # A topology says whether its width is a full 360-degree turn (the built-in cylinder
@@ -71,7 +75,7 @@ class RenderFiles:
                 raise CipsError(f"--viewer shows one panorama; give one seed, not {len(seeds)}.")
             if self.viewer.suffix.lower() not in (".html", ".htm"):
                 raise CipsError(f"The viewer {self.viewer} must be an .html file.")
-            check_destination(self.viewer, overwrite=True)
+            check_destination(self.viewer, overwrite=self.overwrite)
         if self.outdir is not None:
             if self.outdir.exists() and not self.outdir.is_dir():
                 raise CipsError(f"--outdir {self.outdir} is a file, not a folder.")
@@ -84,7 +88,11 @@ class RenderFiles:
                     raise CipsError(f"Cannot create --outdir {self.outdir}: {error.strerror or error}.") from None
                 self._created_outdir = True
             try:
-                check_destination(self.outdir / seed_file_name(seeds[0]), overwrite=True)
+                check_destination(self.outdir / seed_file_name(seeds[0]), overwrite=self.overwrite)
+                if not self.overwrite:
+                    for seed in seeds[1:]:
+                        if (self.outdir / seed_file_name(seed)).exists():
+                            raise CipsError(f"{self.outdir / seed_file_name(seed)} already exists; pass --force to replace it.")
             except CipsError:
                 self.abandon()
                 raise
@@ -103,7 +111,7 @@ class RenderFiles:
         """Write the seed's own file (with --outdir)."""
         if self.outdir is not None:
             path = self.outdir / seed_file_name(rendering.seed)
-            save_png(rendering.image, path, self.provenance(rendering.seed), xmp=self.panorama_xmp())
+            save_png(rendering.image, path, self.provenance(rendering.seed), xmp=self.panorama_xmp(), overwrite=self.overwrite)
 
     def finish(self, renderings: list[Rendering], grid: np.ndarray | None, grid_output: Path | None) -> None:
         """Write the grid image (when asked for) and the viewer."""
@@ -118,6 +126,7 @@ class RenderFiles:
             write_viewer(
                 rendering.image, self.viewer, title=f"cips-deploy panorama, seed {rendering.seed}",
                 provenance=self.provenance(rendering.seed), heading=self.params.get("heading", 0.0),
+                overwrite=self.overwrite,
             )
 
     # ----------------------------------------------------------------- metadata

@@ -274,7 +274,7 @@ class Topology(ABC):
     ``parameters`` and ``coordinate_spaces`` (of the models it can render), and
     ``working_bytes_per_pixel``: the most memory its layout holds per output pixel
     besides the finished uint8 image, so that the renderer can refuse a size the
-    machine cannot hold before allocating anything.
+    machine cannot hold before allocating anything (:func:`cips_deploy.limits.check_in_memory`).
     """
 
     name: ClassVar[str] = ""
@@ -284,10 +284,6 @@ class Topology(ABC):
     # Measured: a 2000 x 2000 flat render raised the peak RSS by 24 bytes a pixel (the
     # uint8 image and a 32 MB chunk included); cylinder 20, rotated 17.
     working_bytes_per_pixel: ClassVar[int] = 24
-    # Bytes an in-memory render holds per output pixel (the uint8 image, Pillow's 4-byte RGB
-    # copy while a PNG is encoded, the layout's own tables); the renderer refuses in-memory
-    # sizes whose total does not fit (cips_deploy.render.check_in_memory).
-    memory_per_pixel: ClassVar[float] = 8.0
 
     @abstractmethod
     def layout(self, request: TopologyRequest) -> Layout:

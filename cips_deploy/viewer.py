@@ -80,13 +80,13 @@ def viewer_html(image: np.ndarray, *, title: str = "cips-deploy panorama", prove
     return re.sub(r"@(TITLE|META|DATA_URL)@", lambda match: values[match.group(1)], _TEMPLATE)
 
 
-def write_viewer(image: np.ndarray, path: str | Path, **options: Any) -> None:
-    """Write :func:`viewer_html` to ``path`` atomically."""
+def write_viewer(image: np.ndarray, path: str | Path, *, overwrite: bool = True, **options: Any) -> None:
+    """Write :func:`viewer_html` to ``path`` atomically (an existing file only with ``overwrite``)."""
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise CipsError(f"The viewer {path} must be an .html file.")
     page = viewer_html(image, **options)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite=overwrite) as temporary:
         temporary.write_text(page, encoding="utf-8")
 
 

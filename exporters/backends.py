@@ -1,7 +1,8 @@
-"""The ``onnxruntime`` and ``tensorrt`` render backends and the ``onnx``/``trt`` exporters, as a plugin.
+"""The ``onnxruntime`` and ``tensorrt`` render backends, as a plugin.
 
-Registered through the same hooks a third-party plugin uses (``register_backends``,
-``register_exporters``). The backends follow :class:`cips_deploy.backend.Backend`: built as
+Registered through the same hook a third-party plugin uses (``register_backends``); the
+``onnx`` and ``trt`` exporters are :mod:`.engines`. The backends follow
+:class:`cips_deploy.backend.Backend`: built as
 ``Backend(model, device=..., **options)``, they take and return host float32 tensors,
 coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3].
 
@@ -38,7 +39,6 @@ from .grid_runtime import GridRenderer, family_facts, same_points
 from .metadata import EngineMetadata
 from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 from .ort_runtime import OnnxEngine, choose_providers
-from .pipeline import export_checkpoint
 
 
 def _reject_unknown(backend: str, options: dict[str, Any]) -> None:
@@ -232,25 +232,7 @@ class TensorRTBackend(Backend):
         self._grid = None
 
 
-class EngineExporter:
-    """An exporter as ``register_exporters`` registers it: ``export(source, output, **options)``."""
-
-    def __init__(self, name: str, description: str) -> None:
-        self.name = name
-        self.description = description
-
-    def export(self, source: str | Path, output: str | Path | None = None, **options: Any):
-        """Export ``source`` to ``output``; options as :func:`.pipeline.export_checkpoint`."""
-        return export_checkpoint(source, engine=self.name, output=output, **options)
-
-
 @hookimpl
 def register_backends(register):
     register(OnnxRuntimeBackend)
     register(TensorRTBackend)
-
-
-@hookimpl
-def register_exporters(register):
-    register(EngineExporter("onnx", "validated ONNX synthesis and mapping engines (coords, w -> rgb)"))
-    register(EngineExporter("trt", "TensorRT plan with an optimization profile over B and N, plus sidecar JSON"))

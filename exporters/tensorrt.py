@@ -30,11 +30,11 @@ from torch import Tensor
 from cips_deploy.atomic import atomic_path
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
+from cips_deploy.precision import PRECISIONS
 
 from .metadata import EngineMetadata
 from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_spec, synthesis_spec
 
-PRECISIONS = ("fp32", "fp16", "bf16")
 SIDECAR_FORMAT = "cips-deploy/tensorrt-engine"
 SIDECAR_VERSION = "1"
 # ONNX node scopes that stay fp32 whatever the precision (see the module docstring).

@@ -33,10 +33,10 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from cips_deploy.atomic import replace_folder, staging_folder
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata
@@ -308,25 +308,17 @@ def _write_model_folder(repo: Path, entry: ModelEntry) -> Path:
 
 
 def _write_folder(repo: Path, name: str, config_text: str, placements: list[tuple[Path, str]]) -> Path:
-    """Stage ``repo/.<name>.*.partial/{config.pbtxt, 1/...}`` and rename it into place."""
-    stage = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".partial", dir=repo))
+    """Stage ``repo/.<name>.<pid>.*.partial/{config.pbtxt, 1/...}`` and rename it into place
+    (:mod:`cips_deploy.atomic`, the one staging module: a killed run's stage is swept by the next)."""
+    stage = staging_folder(repo, name)
     try:
         version = stage / VERSION
         version.mkdir()
         for source, target in placements:
             _place(source, version / target)
         (stage / "config.pbtxt").write_text(config_text)
-        for folder in (stage, version):
-            os.chmod(folder, 0o777 & ~_current_umask())
         destination = repo / name
-        if destination.exists():
-            # Swap: the old folder steps aside first, so a failure leaves one of the two.
-            old = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".old", dir=repo))
-            os.replace(destination, old / name)
-            os.replace(stage, destination)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(stage, destination)
+        replace_folder(stage, destination)
         return destination
     except OSError as error:
         raise CipsError(f"Cannot write {repo / name}: {error.strerror or error}.") from None
@@ -360,9 +352,3 @@ def _quote(text: str) -> str:
         else:
             out.append(f"\\{byte:03o}")
     return '"' + "".join(out) + '"'
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -140,9 +140,6 @@ class Foveated(Topology):
         Parameter("falloff", float, 1.0, "how fast spacing grows outside the fovea", minimum=0.01, maximum=100.0),
         Parameter("max_stride", int, 16, "largest spacing between samples in pixels (a power of two)", minimum=1, maximum=256),
     ) + VIEWPORT
-    # Levels (int64), distances (float64) and the float32 reconstruction pyramid: measured
-    # about 100 bytes per pixel at 3072^2 (docs/gigapixel.md).
-    memory_per_pixel = 110.0
 
     def layout(self, request: TopologyRequest) -> FoveatedLayout:
         p = request.params

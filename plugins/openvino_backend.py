@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from cips_deploy.backend import Backend
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, first_line
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.topology import Parameter
 
@@ -101,7 +101,7 @@ class OpenVinoBackend(Backend):
                     raise CipsError(f"{mapping} belongs to a different model than {path}; export them together again.")
                 self._mapping = core.compile_model(str(mapping), "CPU", properties).create_infer_request()
         except RuntimeError as error:  # OpenVINO reports unreadable models and bad properties so
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error) or type(error).__name__
             raise CipsError(f"OpenVINO cannot compile {path.name}: {first}") from None
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:

@@ -36,7 +36,7 @@ TILE_BYTES = TILE * TILE * 3
 
 class PngFormat(OutputFormat):
     name = "png"
-    description = "PNG, assembled in memory (the default; up to cips_deploy.render.MAX_IN_MEMORY_PIXELS)."
+    description = "PNG, assembled in memory (the default; up to cips_deploy.limits.MAX_IN_MEMORY_PIXELS)."
     extensions = (".png",)
     streaming = False
 

@@ -37,10 +37,11 @@ from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, re
 from cips_deploy.generator import Generator
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.plugins.line_cache import LineCache
+from cips_deploy.precision import DTYPES
 from cips_deploy.topology import Parameter
 
 PAD_POINTS = 64
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISIONS = DTYPES  # name -> dtype, cips_deploy.precision
 # MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
 # budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
 LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}

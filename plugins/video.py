@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from cips_deploy.config import ARCHITECTURES, COORDINATE_SPACES, PRESETS
+from cips_deploy.command_options import model_options, synthesis_options
+from cips_deploy.config import PRESETS
 from cips_deploy.errors import CipsError
 from cips_deploy.hookspecs import hookimpl
 from cips_deploy.video import MODES
@@ -22,11 +23,7 @@ DEFAULT_FPS = 24.0
 
 
 @click.command("video")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Model file; default: the bundled demo panorama model.")
-@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="Animate a random-weight model of this preset instead.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
-@click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
-@click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
+@model_options("Animate", sorted(PRESETS))
 @click.option("--mode", default="walk", show_default=True, metavar="|".join(MODES), help="walk: through the seeds' styles (looped); zoom: into a flat render; pan: once around a cylinder model (looped).")
 @click.option("--seeds", default="0-3", show_default=True, metavar="LIST", help="Seeds whose styles the clip walks through, e.g. 0-7 or 1,5,9 (one seed: a fixed style).")
 @click.option("--frames", type=int, default=48, show_default=True, help="Number of frames (at least 2).")
@@ -39,13 +36,7 @@ DEFAULT_FPS = 24.0
 @click.option("--zoom", type=float, default=4.0, show_default=True, help="zoom mode: total magnification (0.5 zooms out).")
 @click.option("--centre", default="0,0", show_default=True, metavar="U,V", help="zoom mode: the point zoomed into.")
 @click.option("--fov", type=float, default=90.0, show_default=True, help="pan mode: horizontal field of view in degrees.")
-@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi (1 = none).")
-@click.option("--chunker", default=None, help="fixed, rows or memory (default: fixed with --chunk-size, else memory).")
-@click.option("--chunk-size", type=int, default=None, help="Points (fixed) or image rows (rows) per chunk.")
-@click.option("--memory-budget", type=float, default=None, help="MB of working memory per chunk (memory chunker).")
-@click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
-@click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
-@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
+@synthesis_options
 @click.option("--quality", type=click.IntRange(0, 100), default=80, show_default=True, help="WebP quality (lossy).")
 @click.option("--lossless", is_flag=True, help="Lossless WebP (larger).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("animation.webp"), show_default=True, help=".webp (animated, Pillow) or .mp4 (needs the video extra).")

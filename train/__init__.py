@@ -5,7 +5,7 @@
 ``out/generator.safetensors``, loadable with :func:`cips_deploy.load`.
 """
 
-from .loop import Trainer, train
-from .options import TrainOptions
+from cips_deploy.train.loop import Trainer, train
+from cips_deploy.train.options import TrainOptions
 
 __all__ = ["TrainOptions", "Trainer", "train"]

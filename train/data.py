@@ -20,8 +20,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
-from ..errors import CipsError
-from ..limits import regular_file
+from cips_deploy.errors import CipsError
+from cips_deploy.limits import regular_file
 
 MAX_IMAGE_BYTES = 256 << 20  # one image file; larger ones are skipped (and counted)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}

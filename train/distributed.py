@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ..errors import CipsError
+from cips_deploy.errors import CipsError
 
 
 @dataclass

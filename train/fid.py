@@ -10,10 +10,11 @@ import dataclasses
 
 import torch
 
-from ..generator import Generator
-from ..images import rgb_to_uint8
-from .data import ImageDataset
-from .views import ViewSampler
+from cips_deploy.errors import describe_error
+from cips_deploy.generator import Generator
+from cips_deploy.images import rgb_to_uint8
+from cips_deploy.train.data import ImageDataset
+from cips_deploy.train.views import ViewSampler
 
 
 class _UInt8Images(torch.utils.data.Dataset):
@@ -52,7 +53,7 @@ def compute_fid(generator: Generator, data: ImageDataset, views: ViewSampler, co
             cuda=generator.device.type == "cuda",
         )
     except Exception as error:  # network or weight-file failures come in many types
-        return None, f"FID skipped: torch-fidelity could not run ({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''})."
+        return None, f"FID skipped: torch-fidelity could not run ({describe_error(error)})."
     return float(metrics["frechet_inception_distance"]), ""
 
 

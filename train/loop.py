@@ -25,17 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import create
-from ..atomic import atomic_path, sweep_leftovers
-from ..errors import CipsError, Interrupted
-from ..limits import check_zip_declared_size, parse_json, regular_file
-from ..generator import Generator
-from .data import load_images
-from .discriminator import Discriminator
-from .distributed import Distributed, init_distributed
-from .options import TrainOptions
-from .samples import save_sample_grid
-from .views import ViewSampler
+from cips_deploy import create
+from cips_deploy.atomic import atomic_path, sweep_leftovers
+from cips_deploy.errors import CipsError, Interrupted, first_line
+from cips_deploy.limits import check_zip_declared_size, parse_json, regular_file
+from cips_deploy.generator import Generator
+from cips_deploy.train.data import load_images
+from cips_deploy.train.discriminator import Discriminator
+from cips_deploy.train.distributed import Distributed, init_distributed
+from cips_deploy.train.options import TrainOptions
+from cips_deploy.train.samples import save_sample_grid
+from cips_deploy.train.views import ViewSampler
 
 STATE_FILE = "training-state.pt"
 LOCK_FILE = ".train.lock"
@@ -290,7 +290,7 @@ class Trainer:
             self.g_optim.load_state_dict(state["g_optim"])
             self.d_optim.load_state_dict(state["d_optim"])
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
-            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            first = first_line(error) or type(error).__name__
             raise CipsError(f"Cannot resume from {path}: its saved weights do not fit this run ({first[:200]}).") from None
         self.step = step
         self.pl_mean = state.get("pl_mean", torch.zeros([])).to(self.dist.device)
@@ -309,7 +309,7 @@ class Trainer:
             save_sample_grid(self.generator_ema, self.views, self.out / "samples" / f"step-{self.step:07d}.png")
 
     def _log_fid(self, log_path: Path) -> None:
-        from .fid import compute_fid
+        from cips_deploy.train.fid import compute_fid
 
         if not self.dist.is_main:
             return

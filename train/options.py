@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import ARCHITECTURES, preset_config
-from ..errors import CipsError
+from cips_deploy.config import ARCHITECTURES, preset_config
+from cips_deploy.errors import CipsError
 
 
 @dataclass(frozen=True)

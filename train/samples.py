@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..atomic import atomic_path
-from ..generator import Generator
-from ..images import rgb_to_uint8
-from .views import ViewSampler
+from cips_deploy.atomic import atomic_path
+from cips_deploy.generator import Generator
+from cips_deploy.images import rgb_to_uint8
+from cips_deploy.train.views import ViewSampler
 
 SAMPLE_SEED = 20210621  # fixed, so that grids of one run are comparable over time
 

@@ -46,8 +46,7 @@ def cli() -> None:
     """Deploy coordinate-based image generators (CIPS and its family)."""
 
 
-from . import bench, checkpoints, train  # noqa: E402,F401  (each module registers its commands)
-from . import export  # noqa: E402,F401  (registers export)
+from . import bench, checkpoints  # noqa: E402,F401  (each module registers its commands)
 from . import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
 from . import scale_consistency  # noqa: E402,F401  (registers scale-consistency)
 from . import backend_flags  # noqa: E402

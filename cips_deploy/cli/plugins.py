@@ -7,6 +7,7 @@ import warnings
 
 import click
 
+from .._version import __version__
 from ..plugin_manager import PluginWarning, Registry, get_registry, register_commands
 from ..topology import describe_parameter, parameters_as_dicts
 from . import cli
@@ -30,11 +31,35 @@ def load_plugins_for_cli(group: click.Group) -> Registry:
     return registry
 
 
+# What a plugin can provide, in the order the listing shows it (registry kind -> label).
+PROVIDED_KINDS = {"command": "command", "exporter": "engine", "topology": "topology", "chunker": "chunker",
+                  "backend": "backend", "output": "output format"}
+CORE = "cips_deploy.cli"  # the commands the core defines itself, listed as their own provider
+
+
+def provided_by(registry: Registry) -> dict[str, dict[str, list[str]]]:
+    """Plugin name -> label (``command``, ``engine``, ...) -> the names it provides, sorted."""
+    provided: dict[str, dict[str, list[str]]] = {}
+    owners = [("command", name, owner) for name, owner in registry.command_owners.items()]
+    owners += [(kind, entry.name, entry.plugin) for kind in PROVIDED_KINDS if kind != "command"
+               for entry in registry.items[kind].values()]
+    for kind, name, plugin in owners:
+        plugin = CORE if plugin == "cips-deploy" else plugin
+        provided.setdefault(plugin, {}).setdefault(PROVIDED_KINDS[kind], []).append(name)
+    return {plugin: {label: sorted(names) for label, names in kinds.items()} for plugin, kinds in provided.items()}
+
+
 @cli.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print the list as JSON.")
 def plugins_command(as_json: bool) -> None:
-    """List plugins: name, distribution, version, hooks; broken ones are flagged."""
+    """List plugins: name, distribution, version, hooks, what each provides; broken ones are flagged.
+
+    The first entry, cips_deploy.cli, is the core's own commands.
+    """
     registry = get_registry()
+    provided = provided_by(registry)
+    core = {"name": CORE, "distribution": "cips-deploy", "version": __version__, "builtin": True, "hooks": [],
+            "problems": []}
     rows = [
         {
             "name": info.name,
@@ -46,6 +71,10 @@ def plugins_command(as_json: bool) -> None:
         }
         for info in registry.plugins.values()
     ]
+    rows = [core, *rows] if CORE in provided else rows
+    for row in rows:  # JSON keys: command, engine, topology, chunker, backend, output_format
+        row["provides"] = {label.replace(" ", "_"): provided.get(row["name"], {}).get(label, [])
+                           for label in PROVIDED_KINDS.values()}
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -53,7 +82,13 @@ def plugins_command(as_json: bool) -> None:
         origin = f"{row['distribution'] or 'unknown distribution'} {row['version'] or ''}".strip()
         status = "BROKEN" if row["problems"] else ("built-in" if row["builtin"] else "ok")
         click.echo(f"{row['name']}  [{status}]  {origin}")
-        click.echo(f"    hooks: {', '.join(row['hooks']) or 'none'}")
+        if row["hooks"]:
+            click.echo(f"    hooks: {', '.join(row['hooks'])}")
+        elif row["name"] != CORE:
+            click.echo("    hooks: none")
+        for key, names in row["provides"].items():
+            if names:
+                click.echo(f"    {key.replace('_', ' ')}{'s' if len(names) > 1 else ''}: {', '.join(names)}")
         for problem in row["problems"]:
             click.echo(f"    problem: {problem}")
 

@@ -14,15 +14,15 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..checkpoint import DEMO_MODEL
-from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
 from ..errors import CipsError
-from ..limits import check_memory
+from ..limits import check_in_memory, check_memory
 from ..plugin_manager import get_registry
-from ..render import Rendering, check_in_memory, make_backend, render_detailed
+from ..render import Rendering, make_backend, render_detailed
 from ..render_files import RenderFiles
 from ..sinks import format_for
 from . import cli
 from .backend_flags import merge_backend_flags, with_backend_flags
+from ..command_options import model_options, synthesis_options
 
 MAX_SEEDS = 256
 MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
@@ -30,11 +30,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 
 @with_backend_flags
 @cli.command("render")
-@click.option("--checkpoint", type=click.Path(path_type=Path), help="Model file (a cips-deploy or official checkpoint); default: the bundled demo panorama model.")
-@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Render a random-weight model of this preset instead.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
-@click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
-@click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
+@model_options("Render")
 @click.option("-t", "--topology", default="flat", show_default=True, help="Topology name (see `cips-deploy topologies`).")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A topology parameter; repeatable.")
 @click.option("--height", type=int, default=256, show_default=True, help="Image height in pixels.")
@@ -42,13 +38,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--seed", type=int, default=None, help="Latent seed (default 0).")
 @click.option("--seeds", default=None, metavar="LIST", help="Several seeds as a grid image, e.g. 0-3 or 1,5,9.")
 @click.option("--blend-seed", type=int, default=None, help="Blend towards this seed's style at u = +-1 (per-pixel styles).")
-@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi (1 = none).")
-@click.option("--chunker", default=None, help="fixed, rows or memory (default: fixed with --chunk-size, else memory).")
-@click.option("--chunk-size", type=int, default=None, help="Points (fixed) or image rows (rows) per chunk.")
-@click.option("--memory-budget", type=float, default=None, help="MB of working memory per chunk (memory chunker; default: the backend's choice, 32 for torch on a CPU).")
-@click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
-@click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
-@click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable.")
+@synthesis_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk (with --outdir: only when given).")
 @click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted streamed render from its finished tiles (in OUTPUT.partial).")
@@ -56,7 +46,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
 @click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--force", is_flag=True, help="Replace existing files: the output, the seed files of --outdir, the --viewer page.")
 def render_command(
     checkpoint: Path | None,
     preset: str | None,
@@ -130,10 +120,11 @@ def render_command(
             check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
         grid_columns = math.ceil(math.sqrt(len(seed_list)))  # the grid that tile() assembles
         grid_rows = math.ceil(len(seed_list) / grid_columns)
-        check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology))
+        # One seed: the render's own check, early; a grid: the assembled grid image.
+        check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology) if len(seed_list) == 1 else None)
     files = RenderFiles(
         model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
-        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer,
+        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer, overwrite=force,
     )
     files.check(seed_list)
     try:

@@ -1,1 +1,1 @@
-"""Plugins that break in every way the renderer must survive (used by tests/test_plugins.py)."""
+"""Plugins that break in every way the renderer must survive (used by tests/plugins/test_plugins.py)."""

@@ -21,7 +21,7 @@ from cips_deploy.atomic import sweep_leftovers
 from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
 
-from .attack_tools import CLI, files_under, refused
+from ..helpers.attack_tools import CLI, files_under, refused
 
 
 def _dead_pid() -> int:

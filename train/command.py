@@ -1,4 +1,7 @@
-"""``cips-deploy train``: train a CIPS generator on a folder or zip of images."""
+"""``cips-deploy train``: train a CIPS generator on a folder or zip of images.
+
+Registered through ``register_commands``, the hook a third party's command uses.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +9,11 @@ from pathlib import Path
 
 import click
 
-from ..config import ARCHITECTURES
-from . import cli
+from cips_deploy.config import ARCHITECTURES
+from cips_deploy.hookspecs import hookimpl
 
 
-@cli.command()
+@click.command()
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoints, log, samples).")
 @click.option("--preset", default="tiny", show_default=True, help="Generator preset: tiny, small, paper256, paper1024.")
@@ -40,7 +43,12 @@ def train(data: Path, out: Path, resume: bool, **options) -> None:
     generator), OUT/log.jsonl and OUT/samples/*.png. Scale out with
     `torchrun --nproc_per_node N --no-python cips-deploy train ...`.
     """
-    from ..train import TrainOptions, train as run_training
+    from cips_deploy.train import TrainOptions, train as run_training
 
     path = run_training(TrainOptions(data=str(data), out=str(out), **options), resume=resume)
     click.echo(str(path))
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(train)

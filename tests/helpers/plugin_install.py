@@ -14,10 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE_PLUGIN = ROOT / "examples" / "cips-deploy-tiles"
+ENGINE_BACKEND_COMMAND_PLUGIN = ROOT / "examples" / "cips-deploy-example"
 FAULTY_PLUGIN = ROOT / "tests" / "plugin_packages" / "faulty"
-PLUGIN_MODULES = ("cips_deploy_tiles", "cips_deploy_faulty")
+PLUGIN_MODULES = ("cips_deploy_tiles", "cips_deploy_faulty", "cips_deploy_example")
 
 
 def pip_install(target: Path, *projects: Path) -> Path:

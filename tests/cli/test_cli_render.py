@@ -19,7 +19,7 @@ from cips_deploy.cli import cli
 from cips_deploy.cli.render import ChunkProgress, parse_seeds
 from cips_deploy.errors import CipsError
 
-from .plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, pip_install
+from ..helpers.plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, pip_install
 
 TINY = ["--preset", "tiny"]
 

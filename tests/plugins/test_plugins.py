@@ -18,7 +18,7 @@ from cips_deploy.plugin_manager import PluginWarning, load_registry, register_co
 from cips_deploy.plugins.flat import Flat
 from cips_deploy.render import render, render_detailed
 
-from .plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, forget_plugin_modules, pip_install
+from ..helpers.plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, forget_plugin_modules, pip_install
 
 
 @pytest.fixture(scope="module")

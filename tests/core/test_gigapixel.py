@@ -298,12 +298,12 @@ def test_the_bigtiff_refuses_more_than_the_free_disk(tmp_path, tiny, registry, m
 
 
 def test_in_memory_limit_counts_the_topologys_working_memory(tiny, registry, monkeypatch):
-    import importlib
+    import cips_deploy.limits as limits
 
-    render_module = importlib.import_module("cips_deploy.render")  # the module, not the function cips_deploy.render
-    monkeypatch.setattr(render_module, "_available_memory", lambda: 1 << 30)
+    monkeypatch.setattr(limits, "available_memory", lambda: 1 << 30)
     render(tiny, "flat", 8, 8, registry=registry)  # fine
-    with pytest.raises(CipsError, match=r"rendered in memory needs about 1.7 GiB, more than the 1.0 GiB of memory available; render it to a streaming format"):
+    with pytest.raises(CipsError, match=r"^A 4,096 x 4,096 foveated render needs about 1.8 GiB of memory, more than the 1.0 GiB "
+                                        r"this machine has available; render it to a streaming format"):
         render(tiny, "foveated", 4096, 4096, registry=registry)
     with pytest.raises(CipsError, match="over the in-memory limit"):
         render(tiny, "flat", 20000, 20000, registry=registry)
@@ -393,38 +393,10 @@ def test_two_workers_give_the_serial_file(tmp_path):
 
 RSS_SCRIPT = r'''
 import sys
-import torch
-from cips_deploy import hookimpl
-from cips_deploy.backend import Backend
-from cips_deploy.config import GeneratorConfig
+sys.path.insert(0, sys.argv[4])  # tests/helpers/, for the coordinates backend
+import coordinates_backend
 from cips_deploy.gigapixel import render_to_file
 from cips_deploy.plugin_manager import load_registry
-
-
-class Coordinates(Backend):
-    """Colours from the coordinates alone: synthesis costs nothing, the output pipeline is
-    what runs (its memory is what this test measures; a real model's follows the chunk)."""
-
-    name = "coordinates"
-    description = "rgb = (u, v, u * v)"
-
-    def __init__(self, model, *, device="cpu"):
-        self.config = GeneratorConfig(arch="skip", size=32, hidden=8, style_dim=4, widths=(8,), coordinate_space="plane")
-
-    def map(self, z, truncation=1.0):
-        return torch.zeros(z.shape[0], 4)
-
-    def run(self, coords, w):
-        return torch.cat([coords, coords[..., :1] * coords[..., 1:]], dim=-1)
-
-    def bytes_per_point(self, per_point_style=False):
-        return 64
-
-
-class Plugin:
-    @hookimpl
-    def register_backends(self, register):
-        register(Coordinates)
 
 
 def status(field):
@@ -436,7 +408,7 @@ def status(field):
     raise SystemExit(f"no {field} in /proc/self/status")
 
 
-registry = load_registry(entry_points=False, extra_plugins=[("rss-test", Plugin())])
+registry = load_registry(entry_points=False, extra_plugins=[("rss-test", coordinates_backend)])
 height, width = int(sys.argv[2]), int(sys.argv[3])
 options = dict(backend="coordinates", memory_budget=16.0, registry=registry)
 # A warm-up render of full-width cells loads every code path and allocator pool, whose size
@@ -466,7 +438,8 @@ def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
 
 def check_big_render(script: Path, output: Path, height: int, width: int) -> None:
     result = subprocess.run(
-        [sys.executable, str(script), str(output), str(height), str(width)], capture_output=True, text=True, timeout=600,
+        [sys.executable, str(script), str(output), str(height), str(width), str(Path(__file__).parents[1] / "helpers")],
+        capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"),
     )
     assert result.returncode == 0, result.stderr

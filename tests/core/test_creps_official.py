@@ -23,7 +23,7 @@ from cips_deploy.official_creps import SourceWarning, config_kwargs, read_snapsh
 
 SNAPSHOTS = ["creps_r16_snapshot", "creps_r32_fp16_snapshot"]
 MALICIOUS = ["global", "module_src", "storage_blob"]
-PROBE = Path(__file__).with_name("creps_payload_probe.py")
+PROBE = Path(__file__).parents[1] / "helpers" / "creps_payload_probe.py"
 
 
 @pytest.fixture(scope="module")

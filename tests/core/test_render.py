@@ -14,7 +14,7 @@ from cips_deploy.plugins.chunkers import MemoryChunker, RowsChunker
 from cips_deploy.plugins.torch_backend import TorchBackend
 from cips_deploy.render import render, render_detailed, render_pil
 
-from .test_topologies import pooled_seam_ratio
+from ..helpers.seams import pooled_seam_ratio
 
 
 # --------------------------------------------------------------- chunk invariance

@@ -15,7 +15,7 @@ from cips_deploy.exporters.cache import cache_entry, cached_generator_onnx, cach
 from cips_deploy.exporters.metadata import weights_sha256
 from cips_deploy.exporters.onnx_export import export_onnx
 
-from .attack_tools import files_under, refused
+from ..helpers.attack_tools import files_under, refused
 
 
 @pytest.fixture()

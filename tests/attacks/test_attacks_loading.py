@@ -13,7 +13,7 @@ import torch
 import cips_deploy
 from cips_deploy.errors import CipsError
 
-from .attack_tools import refused, rewrite_checkpoint, sparse_safetensors
+from ..helpers.attack_tools import refused, rewrite_checkpoint, sparse_safetensors
 
 
 @pytest.fixture(scope="module")

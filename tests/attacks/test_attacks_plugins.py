@@ -19,7 +19,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.plugin_manager import PluginWarning, load_registry, register_commands
 from cips_deploy.render import render_detailed
 
-from .attack_tools import fake_distribution, run_cli
+from ..helpers.attack_tools import fake_distribution, run_cli
 
 
 class _Hijacker:

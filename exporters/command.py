@@ -1,4 +1,9 @@
-"""``cips-deploy export``: a checkpoint to an ONNX or TensorRT engine (and a Triton repository)."""
+"""``cips-deploy export``: a checkpoint to an engine (ONNX, TensorRT or a plugin's; and a Triton repository).
+
+Registered through ``register_commands`` like a third party's command; ``--engine`` offers
+every exporter registered through ``register_exporters`` (:mod:`.engines` registers ``onnx``
+and ``trt``) and the command dispatches to the chosen one (:class:`cips_deploy.exporter.Exporter`).
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,38 @@ from pathlib import Path
 
 import click
 
-from . import cli
+from cips_deploy.hookspecs import hookimpl
+from cips_deploy.plugin_manager import get_registry
+from cips_deploy.precision import PRECISIONS
 
 
-@cli.command()
+class EngineChoice(click.Choice):
+    """The registered exporters' names, read when the command line is parsed or its help shown
+    (the registry is complete only after every plugin module has been imported)."""
+
+    def __init__(self) -> None:
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(get_registry().exporters)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry decides
+        pass
+
+
+@click.command()
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--engine", type=click.Choice(["onnx", "trt"]), default="onnx", show_default=True,
-              help="onnx: a validated ONNX model; trt: a TensorRT plan built from it (needs tensorrt and a GPU).")
+@click.option("--engine", type=EngineChoice(), default="onnx", show_default=True,
+              help="onnx: a validated ONNX model; trt: a TensorRT plan built from it (needs tensorrt and a GPU); "
+                   "or a plugin's engine (`cips-deploy plugins`).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Engine file (.onnx or .plan); default <checkpoint name>.onnx/.plan here.")
 @click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 20 (default 17).")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-against-torch check.")
 @click.option("--spatial-style", is_flag=True, help="Take one style per point: w [B, N, S] instead of [B, S].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help="TensorRT kernel precision; for ONNX, fp16 makes an fp16 engine with a quality report (docs/precision.md).")
 @click.option("--quantize", type=click.Choice(["int8", "int8-static"]), default=None,
               help="An int8 ONNX engine (dynamic, or static QDQ calibrated on rendered chunks) with a quality report.")
@@ -59,14 +83,13 @@ def export(
     network z -> w is written beside it as <name>.mapping.onnx.
     """
     from cips_deploy.exporters.onnx_export import DEFAULT_OPSET
-    from cips_deploy.exporters.pipeline import export_checkpoint
     from cips_deploy.exporters.quantize import QualityError
     from cips_deploy.exporters.validate import ValidationError
 
+    exporter = get_registry().get("exporter", engine).item
     try:
-        summary = export_checkpoint(
+        summary = exporter.export(
             checkpoint,
-            engine=engine,
             output=output,
             opset=DEFAULT_OPSET if opset is None else opset,
             validate=not no_validate,
@@ -86,17 +109,22 @@ def export(
     except (ValidationError, QualityError) as error:
         click.echo(error.report.format(), err=True)  # where the engine disagrees; then the one-line error
         raise
-    if summary.report is not None:
-        click.echo(summary.report.format())
-    if summary.quality is not None:
-        click.echo(summary.quality.format())
-    meta = summary.metadata
-    w_shape = f"[B, N, {meta.style_dim}]" if meta.spatial_style else f"[B, {meta.style_dim}]"
-    click.echo(
-        f"Engine: coords [B, N, 2], w {w_shape} -> rgb [B, N, 3]; {meta.config.arch} generator, "
-        f"{meta.coordinate_space} coordinates, opset {meta.opset}."
-    )
+    for part in ("report", "quality"):  # what a plugin's exporter does not report is absent
+        if getattr(summary, part, None) is not None:
+            click.echo(getattr(summary, part).format())
+    meta = getattr(summary, "metadata", None)
+    if meta is not None:
+        w_shape = f"[B, N, {meta.style_dim}]" if meta.spatial_style else f"[B, {meta.style_dim}]"
+        click.echo(
+            f"Engine: coords [B, N, 2], w {w_shape} -> rgb [B, N, 3]; {meta.config.arch} generator, "
+            f"{meta.coordinate_space} coordinates, opset {meta.opset}."
+        )
     for path in summary.files:
         click.echo(f"Wrote {path}")
-    for folder in summary.triton_models:
+    for folder in getattr(summary, "triton_models", ()):
         click.echo(f"Wrote Triton model {folder}")
+
+
+@hookimpl
+def register_commands(cli):
+    cli.add_command(export)

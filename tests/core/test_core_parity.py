@@ -12,7 +12,7 @@ from cips_deploy.coords import planar_to_points
 from cips_deploy.generator import Generator
 from cips_deploy.official import generator_from_official_state_dict
 
-from .conftest import OFFICIAL_FIXTURES
+from ..conftest import OFFICIAL_FIXTURES
 
 CASES = [
     ("cipsskip_s8.pt", "reference_outputs.pt", "skip"),

@@ -1,4 +1,4 @@
-"""Helpers of the attack tests (tests/test_attacks_*.py): run a command, read its one sentence,
+"""Helpers of the attack tests (tests/attacks/test_attacks_*.py): run a command, read its one sentence,
 and check that nothing was written outside the destination and nothing was left behind."""
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from cips_deploy.errors import CipsError
 from cips_deploy.render import render, render_detailed
 from cips_deploy.topology import Parameter, TopologyRequest, resolve_parameters
 
+from ..helpers.seams import pooled_seam_ratio
+
 
 @pytest.fixture(scope="module")
 def tiny_cylinder():
@@ -75,15 +77,6 @@ def test_cylinder_columns_are_sector_centres_so_the_seam_is_an_ordinary_neighbou
     u = layout_of(registry, "cylinder", 1, width, "cylinder").points(0, width)[:, 0].double()
     steps = torch.remainder(torch.diff(torch.cat([u, u[:1]])), 2.0)  # including last -> first
     assert torch.allclose(steps, torch.full((width,), 2.0 / width, dtype=torch.float64), atol=1e-6)
-
-
-def pooled_seam_ratio(images: list[np.ndarray]) -> float:
-    """The issue's seam statistic over several panoramas: mean seam difference over the median
-    of the mean adjacent-column differences."""
-    pixels = [image.astype(np.float64) for image in images]
-    seam = np.mean([np.abs(p[:, -1] - p[:, 0]).mean() for p in pixels])
-    adjacent = np.mean([np.abs(np.diff(p, axis=1)).mean(axis=(0, 2)) for p in pixels], axis=0)  # [W - 1]
-    return seam / np.median(adjacent)
 
 
 @pytest.mark.parametrize("arch", ["skip", "res", "ne", "creps"])

@@ -18,7 +18,7 @@ import cips_deploy
 from cips_deploy.train import TrainOptions, train
 from cips_deploy.train.loop import LOCK_FILE, STATE_FILE, lock_run, run_summary
 
-from .attack_tools import files_under, refused
+from ..helpers.attack_tools import files_under, refused
 
 TRAIN = ["--resolution", "16", "--batch", "2", "--checkpoint-every", "2", "--sample-every", "1000"]
 

@@ -17,7 +17,7 @@ import cips_deploy.train.data as data
 from cips_deploy.errors import CipsError
 from cips_deploy.train.data import load_images
 
-from .attack_tools import refused
+from ..helpers.attack_tools import refused
 
 
 @pytest.fixture()
