@@ -62,6 +62,7 @@ class LineCache:
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
             self.ws = self.generator.layer_styles(self.w)
+            self.folds: dict = {}  # the generator's per-style work (folded weights), done once
             self.axes = {"row": _AxisTable(), "column": _AxisTable()}
         self._ensure(v_values, u_values)
         rows = [table.index_select(1, self.axes["row"].slots_of(v_values)) for table in self.axes["row"].tables]
@@ -69,14 +70,14 @@ class LineCache:
         g, n_points = self.generator, points.shape[0]
         # A block composes h * w pixels; worth it while it is not much larger than the chunk.
         if v_values.numel() * u_values.numel() <= 3 * n_points:
-            rgb = g.compose_block(rows, columns, self.ws, dtype=self.dtype)  # [B, h * w, 3]
+            rgb = g.compose_block(rows, columns, self.ws, dtype=self.dtype, folds=self.folds)  # [B, h * w, 3]
             index = row_of_point * u_values.numel() + column_of_point
             if index.numel() == rgb.shape[1] and bool((index == torch.arange(index.numel())).all()):
                 return rgb
             return rgb.index_select(1, index)
         rows = [line.index_select(1, row_of_point) for line in rows]
         columns = [line.index_select(1, column_of_point) for line in columns]
-        return g.compose_points(rows, columns, self.ws, dtype=self.dtype)
+        return g.compose_points(rows, columns, self.ws, dtype=self.dtype, folds=self.folds)
 
     def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
         """The per-point path (both lines at every point), ``point_batch`` points at a time:
@@ -105,7 +106,9 @@ class LineCache:
         count = values.numel()
         missing = -count % self.values_pad
         padded = torch.cat([values, values[-1:].expand(missing)]) if missing else values
-        lines = self.generator.line_features(axis, padded.expand(self.w.shape[0], -1), self.ws, dtype=self.dtype)
+        lines = self.generator.line_features(
+            axis, padded.expand(self.w.shape[0], -1), self.ws, dtype=self.dtype, folds=self.folds
+        )
         return [line[:, :count] for line in lines]
 
 
