@@ -24,7 +24,10 @@ cache evaluates each distinct row and column once, and a line engine can export 
 Mixed precision (``dtype=torch.float16``): as the official default (without ``force_fp32``),
 block0/block1 and the line blocks at q >= max(2^(log2 R + 1 - num_fp16_res), 8) run their
 products, bias, activation and clamp in float16, with the official pre-normalisation of
-weight and style; everything else stays float32.
+weight and style; everything else stays float32. ``dtype=torch.bfloat16`` (our option, for
+CPUs with bfloat16 products): every line block, decoder and per-pixel block runs its products
+in bfloat16 (float32 accumulation); the input layer's phases and sines, the bi-lines and the
+colours stay float32.
 
 Cylinder (our extension, not in the paper): u is an angle; the coordinate is wrapped into
 [-1, 1) and the input frequencies are integers, so every column line is exactly periodic in u.
@@ -78,7 +81,7 @@ def _bias_act(x: Tensor, bias: Tensor, activate: bool, clamp: float | None) -> T
 def _decode(decoder: nn.Sequential, x: Tensor) -> Tensor:
     """A decoder's fully connected lrelu layers (official FullyConnectedLayer, lr multiplier 1)."""
     for layer in decoder:
-        x = _bias_act(F.linear(x, layer.weight * layer.scale), layer.bias, True, None)
+        x = _bias_act(F.linear(x, (layer.weight * layer.scale).to(x.dtype)), layer.bias, True, None)
     return x
 
 
@@ -295,8 +298,8 @@ class CrepsGenerator(Generator):
     def _dtype(self, dtype: torch.dtype | None) -> torch.dtype:
         if dtype is None:
             return torch.float32
-        if dtype not in (torch.float32, torch.float16):
-            raise CipsError(f"CREPS synthesizes in float32 or in the official float16 mixed precision, not {dtype}.")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise CipsError(f"CREPS synthesizes in float32, bfloat16 or the official float16 mixed precision, not {dtype}.")
         return dtype
 
     def layer_styles(self, w: Tensor) -> Tensor:
@@ -327,7 +330,7 @@ class CrepsGenerator(Generator):
         lines, res = [], None
         for index, q in enumerate(s.resolutions):
             block = getattr(s, f"b{q}")
-            block_dtype = torch.float16 if dtype == torch.float16 and q in self.fp16_blocks else torch.float32
+            block_dtype = _block_dtype(dtype, q in self.fp16_blocks)
             x = x.to(block_dtype)
             if q == 4:
                 x = block.fc1(x, slot_style(1), folds)
@@ -360,11 +363,14 @@ class CrepsGenerator(Generator):
     ) -> Tensor:
         """The pixel part: F_q [B, N, bc] for q = 8 .. R -> rgb [B, N, 3] (float32)."""
         s = self.synthesis
-        feature = composed[0]
+        # The decoders (90% of the per-pixel products at paper256) run in bfloat16 when asked;
+        # float16 is the official mixed precision, whose decoders stay float32.
+        decoder_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        feature = composed[0].to(decoder_dtype)
         for q, new in zip(s.resolutions[2:], composed[1:]):
-            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new
+            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new.to(decoder_dtype)
         feature = _decode(s.decoder_last, feature)
-        img = s.decoder_img(feature)
+        img = s.decoder_img(feature.float())
         w_last = ws[:, :, -1] if ws.dim() == 4 else ws[:, -1]
         x = feature.to(dtype).contiguous()
         for block in (s.block0, s.block1):
@@ -394,7 +400,7 @@ class CrepsGenerator(Generator):
         return (len(self.config.widths) - 1) * RANK * self.config.biline_channels
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
-        return (torch.float32, torch.float16)
+        return (torch.float32, torch.bfloat16, torch.float16)
 
     def line_macs(self) -> int:
         """Multiply-adds of one line position (r slots through every line block; the official count)."""
@@ -461,6 +467,15 @@ class CrepsGenerator(Generator):
             "pixel_flops_per_pixel": 2 * self.pixel_macs(),
             "grid_flops_per_pixel_at_training_size": round(self.grid_flops_per_point(c.size, c.size)),
         }
+
+
+def _block_dtype(dtype: torch.dtype, official_fp16_block: bool) -> torch.dtype:
+    """The dtype of a line block's products: float16 in the official mixed precision's
+    blocks, bfloat16 in every block when asked (our option: bfloat16 keeps float32's range,
+    so no block needs float32 to avoid overflow), float32 otherwise."""
+    if dtype == torch.bfloat16:
+        return dtype
+    return torch.float16 if dtype == torch.float16 and official_fp16_block else torch.float32
 
 
 def _bi_line(row: Tensor, column: Tensor) -> Tensor:
