@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from cips_deploy.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
-from cips_deploy.layers import EqualLinear
+from cips_deploy.layers import FUSE_BF16_CPU, EqualLinear
 
 RANK = 8  # slots per axis: hard-wired in the official SynthesisInput
 BANDWIDTH = 10.0  # std of the random input frequencies at initialisation
@@ -81,8 +81,36 @@ def _bias_act(x: Tensor, bias: Tensor, activate: bool, clamp: float | None) -> T
 def _decode(decoder: nn.Sequential, x: Tensor) -> Tensor:
     """A decoder's fully connected lrelu layers (official FullyConnectedLayer, lr multiplier 1)."""
     for layer in decoder:
-        x = _bias_act(F.linear(x, (layer.weight * layer.scale).to(x.dtype)), layer.bias, True, None)
+        if _fused(x):
+            x = _fused_lrelu(x, *_fused_parameters(layer.weight * layer.scale, layer.bias, x.dtype))
+        else:
+            x = _bias_act(F.linear(x, (layer.weight * layer.scale).to(x.dtype)), layer.bias, True, None)
     return x
+
+
+def _fused(x: Tensor) -> bool:
+    """bfloat16 inference on a CPU, one sample: product, bias and lrelu in one oneDNN call
+    (as CIPS's :func:`~cips_deploy.layers.fused_product_available`). In bfloat16 the bias and
+    activation passes over ``[N, out]`` cost more than the products of CREPS's narrow
+    decoders; float32 and float16 never take this path."""
+    return (
+        FUSE_BF16_CPU and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] == 1
+        and not torch.is_grad_enabled()
+    )
+
+
+def _fused_parameters(weight: Tensor, bias: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """weight [out, in] and bias [out] (float32) -> sqrt 2 times each, rounded to ``dtype``
+    (the gain rides on them: lrelu is positively homogeneous)."""
+    gain = math.sqrt(2.0)
+    return (weight * gain).to(dtype).contiguous(), (bias * gain).to(dtype)
+
+
+def _fused_lrelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """lrelu_0.2(x @ weight.T + bias) as one oneDNN call: x [1, ..., in] bfloat16, weight
+    [out, in] and bias [out] from :func:`_fused_parameters` -> [1, ..., out]."""
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "leaky_relu", [0.2], "")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class ModulatedFC(nn.Module):
@@ -111,6 +139,15 @@ class ModulatedFC(nn.Module):
         and kept there, instead of at every call (at paper256 a 1024 x 1024 fold costs as much
         as the products of 8 line values).
         """
+        if self.demodulate and w.dim() == 2 and _fused(x):  # bfloat16 on a CPU, one sample
+            key = (id(self), "fused")
+            parameters = folds.get(key) if folds is not None else None
+            if parameters is None:
+                parameters = _fused_parameters(self.fold(w, x.dtype)[0], self.bias, x.dtype)  # [out, in], [out]
+                if folds is not None:
+                    folds[key] = parameters
+            y = _fused_lrelu(x, *parameters)
+            return y.clamp_(-self.clamp, self.clamp) if self.clamp is not None else y
         if w.dim() == 2:  # one style per sample: fold it into the weight
             key = (id(self), x.dtype)
             folded = folds.get(key) if folds is not None else None
