@@ -80,6 +80,21 @@ def test_the_cache_folds_each_layer_once_per_style(creps, monkeypatch):
         assert len(folded) > layers
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_fast_path_is_the_per_point_path_in_reduced_precision(creps, dtype):
+    """bf16 (our option) and the official float16 mixed precision (CPU half here; the torch
+    backend runs it on CUDA): the line cache composes with the per-point path's operations."""
+    w = styles(creps)
+    coords = grid_coords(24, 40)
+    cache = LineCache(creps, max_bytes=1 << 30, dtype=dtype)
+    with torch.inference_mode():
+        chunks = [cache.synthesize(coords[:, start : start + 192], w) for start in range(0, 24 * 40, 192)]
+        direct = creps.synthesize(coords, w, dtype=dtype)
+        fp32 = creps.synthesize(coords, w)
+    assert torch.equal(torch.cat(chunks, dim=1), direct)
+    assert 0 < (direct - fp32).abs().max() <= 3e-2 * fp32.abs().max()
+
+
 def test_the_cache_is_bounded_and_follows_the_style(creps):
     value_bytes = 4 * creps.line_floats_per_value()
     cache = LineCache(creps, max_bytes=2 * 100 * value_bytes)  # room for 100 values in all
