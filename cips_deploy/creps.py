@@ -432,6 +432,12 @@ class CrepsGenerator(Generator):
         levels, bc = len(self.config.widths) - 1, self.config.biline_channels
         return 2 * levels * RANK * bc + levels * bc + 8 * bc + 9
 
+    def folded_bytes_per_sample(self) -> int:
+        """Bytes a ``folds`` dict holds per sample at most: every modulated layer's folded
+        float32 weight (paper256: 40.6 MiB, a third of the model) and the input layer's modulation."""
+        layers = sum(module.weight.numel() for module in self.modules() if isinstance(module, ModulatedFC))
+        return 4 * (layers + 2 * RANK * self.config.widths[0])
+
     def line_floats_per_value(self) -> int:
         """Floats a cached line value holds per sample: (blocks - 1) x r x bc."""
         return (len(self.config.widths) - 1) * RANK * self.config.biline_channels

@@ -78,6 +78,12 @@ def test_the_cache_folds_each_layer_once_per_style(creps, monkeypatch):
         assert len(folded) == layers  # the per-point path folds once per call
         cache.synthesize(coords[:, :128], styles(creps, seed=5))  # a new style folds afresh
         assert len(folded) > layers
+        # Folds held past max_fold_bytes (large batches): none kept, the same pixels.
+        need = creps.folded_bytes_per_sample()
+        assert need == 4 * sum(m.weight.numel() for m in creps.modules() if isinstance(m, ModulatedFC)) + 4 * 16 * 32
+        small = LineCache(creps, max_bytes=1 << 30, max_fold_bytes=need - 1)
+        again = [small.synthesize(coords[:, start : start + 128], w) for start in range(0, 24 * 40, 128)]
+        assert small.folds is None and torch.equal(torch.cat(again, dim=1), torch.cat(chunks, dim=1))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
