@@ -51,6 +51,7 @@ import torch
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 OFFICIAL = FIXTURES / "official-cips" / "cipsskip_s8.pt"
+CREPS_DEMO = Path(__file__).resolve().parents[1] / "docs" / "pictures" / "creps-demo.safetensors"  # docs/creps.md
 OFFICIAL_CREPS = [FIXTURES / "official-creps" / name for name in ("creps_r16_snapshot.pkl", "creps_r32_fp16_snapshot.pkl")]
 # (label, backend, option dict, engine file key or None, peak key)
 PATHS = [
@@ -235,7 +236,9 @@ def main() -> None:
             report["speed"][label] = result
             print(f"  {label:<26} {result['pixels_per_second']:>9,.0f} px/s  {100 * result['fraction_of_peak']:4.0f}% of {peak} "
                   f"({result['case_peak']:.1f} in the case's process)", file=sys.stderr)
-        if not args.skip_quality and args.arch == "creps":  # the official CREPS fixtures, imported
+        if not args.skip_quality and args.arch == "creps":  # the CREPS demo, the official CREPS fixtures (imported)
+            if CREPS_DEMO.is_file():
+                models["creps demo"] = cips_deploy.load(CREPS_DEMO).eval()
             for path in OFFICIAL_CREPS:
                 if path.is_file():
                     models[f"official {path.stem.removesuffix('_snapshot')}"] = cips_deploy.load(path).eval()
