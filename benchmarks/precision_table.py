@@ -17,6 +17,11 @@ One run measures, on this machine:
     python benchmarks/precision_table.py --threads 2 --json results.json
     python benchmarks/precision_table.py --threads 2 --skip-quality      # speed only
     python benchmarks/precision_table.py --threads 2 --skip-speed        # quality only
+    python benchmarks/precision_table.py --arch creps --threads 1 --chunk 16384   # CREPS rows
+
+``--arch creps``: paper256 CREPS (random weights, seed 0) on the torch backend's grid fast
+path (fp32, bf16; CREPS engines are per point, a different computation), FLOPs by the grid
+count (lines once per row and column), quality on the official CREPS fixtures (imported).
 
 Each case measures its own peak in its own process, right before and after its images, and
 reports its %peak against that: on a shared machine the load changes from minute to
@@ -44,7 +49,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips" / "cipsskip_s8.pt"
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+OFFICIAL = FIXTURES / "official-cips" / "cipsskip_s8.pt"
+CREPS_DEMO = Path(__file__).resolve().parents[1] / "docs" / "pictures" / "creps-demo.safetensors"  # docs/creps.md
+OFFICIAL_CREPS = [FIXTURES / "official-creps" / name for name in ("creps_r16_snapshot.pkl", "creps_r32_fp16_snapshot.pkl")]
 # (label, backend, option dict, engine file key or None, peak key)
 PATHS = [
     ("torch fp32", "torch", {}, None, "fp32"),
@@ -155,7 +163,7 @@ def run_speed_case(spec: dict) -> dict:
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
-    generator = cips_deploy.create("paper256", seed=0).eval()
+    generator = cips_deploy.create("paper256", arch=spec.get("arch", "skip"), seed=0).eval()
     engine = Path(spec["engine"]) if spec["engine"] else None
     backend = open_backend(spec["backend"], spec["options"], generator, engine)
     side, chunk = 256, spec["chunk"]
@@ -175,8 +183,11 @@ def run_speed_case(spec: dict) -> dict:
     # on a shared machine the load changes from minute to minute, and a ratio taken
     # side by side is what survives it.
     peak = (before + measure_peak(spec["peak"])) / 2
+    # The torch backend takes the family's grid path (CREPS: lines once per row and column);
+    # engines evaluate every point on its own (for CIPS both counts are the same).
+    flops = generator.grid_flops_per_point(side, side) if spec["backend"] == "torch" else generator.flops_per_point()
     return {"seconds": seconds, "pixels_per_second": side * side / seconds,
-            "gflops": generator.flops_per_point() * side * side / seconds / 1e9, "case_peak": peak}
+            "gflops": flops * side * side / seconds / 1e9, "case_peak": peak}
 
 
 def main() -> None:
@@ -187,6 +198,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--arch", default="skip", choices=("skip", "creps"))
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -200,18 +212,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     paths = [p for p in PATHS if p[1] != "openvino" or have_openvino()]
+    if args.arch == "creps":  # the torch rows: CREPS's engines run the per-point computation
+        paths = [p for p in paths if p[1] == "torch"]
     peaks = {"fp32": matmul_peak_gflops(dtype="fp32"), "bf16": matmul_peak_gflops(dtype="bf16"), "int8": int8_peak_gops()}
     print(f"peaks (2048^3, median of 5): fp32 {peaks['fp32']:.1f}, bf16 {peaks['bf16']:.1f} GFLOP/s; "
           f"int8 (onnxruntime MatMulInteger) {peaks['int8']:.1f} GOP/s", file=sys.stderr)
-    report = {"machine": machine_facts(), "peaks": peaks, "chunk": args.chunk, "repeats": args.repeats, "speed": {}, "quality": {}}
+    report = {"machine": machine_facts(), "arch": args.arch, "peaks": peaks, "chunk": args.chunk, "repeats": args.repeats, "speed": {}, "quality": {}}
     with tempfile.TemporaryDirectory(prefix="cips-precision-") as work:
         work = Path(work)
         models, engines = {}, {}
-        if not args.skip_speed:
+        if not args.skip_speed and args.arch != "creps":
             paper256 = cips_deploy.create("paper256", seed=0).eval()
             engines["paper256"] = make_engines(paper256, work, "paper256")
         for label, backend, options, engine_key, peak in [] if args.skip_speed else paths:
-            spec = {"backend": backend, "options": options, "threads": args.threads, "chunk": args.chunk, "peak": peak,
+            spec = {"arch": args.arch, "backend": backend, "options": options, "threads": args.threads, "chunk": args.chunk, "peak": peak,
                     "repeats": args.repeats, "engine": str(engines["paper256"][engine_key]) if engine_key else None}
             done = subprocess.run([sys.executable, __file__, "--case", json.dumps(spec)], capture_output=True, text=True)
             if done.returncode:
@@ -222,15 +236,21 @@ def main() -> None:
             report["speed"][label] = result
             print(f"  {label:<26} {result['pixels_per_second']:>9,.0f} px/s  {100 * result['fraction_of_peak']:4.0f}% of {peak} "
                   f"({result['case_peak']:.1f} in the case's process)", file=sys.stderr)
-        if not args.skip_quality:  # trained and official models; random paper256: see BENCHMARKS.md
+        if not args.skip_quality and args.arch == "creps":  # the CREPS demo, the official CREPS fixtures (imported)
+            if CREPS_DEMO.is_file():
+                models["creps demo"] = cips_deploy.load(CREPS_DEMO).eval()
+            for path in OFFICIAL_CREPS:
+                if path.is_file():
+                    models[f"official {path.stem.removesuffix('_snapshot')}"] = cips_deploy.load(path).eval()
+        elif not args.skip_quality:  # trained and official models; random paper256: see BENCHMARKS.md
             models["demo"] = cips_deploy.load(DEMO_MODEL).eval()
             if OFFICIAL.is_file():
                 models["official cipsskip_s8"] = cips_deploy.load(OFFICIAL).eval()
-            for name, generator in models.items():
-                if name not in engines:
-                    engines[name] = make_engines(generator, work, name.split()[0])
-                report["quality"][name] = quality(generator, engines[name], paths)
-                print(f"  quality on {name} done", file=sys.stderr)
+        for name, generator in models.items():
+            if name not in engines and args.arch != "creps":
+                engines[name] = make_engines(generator, work, name.split()[0])
+            report["quality"][name] = quality(generator, engines.get(name, {}), paths)
+            print(f"  quality on {name} done", file=sys.stderr)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     print_table(report)

@@ -24,7 +24,10 @@ cache evaluates each distinct row and column once, and a line engine can export 
 Mixed precision (``dtype=torch.float16``): as the official default (without ``force_fp32``),
 block0/block1 and the line blocks at q >= max(2^(log2 R + 1 - num_fp16_res), 8) run their
 products, bias, activation and clamp in float16, with the official pre-normalisation of
-weight and style; everything else stays float32.
+weight and style; everything else stays float32. ``dtype=torch.bfloat16`` (our option, for
+CPUs with bfloat16 products): every line block, decoder and per-pixel block runs its products
+in bfloat16 (float32 accumulation); the input layer's phases and sines, the bi-lines and the
+colours stay float32.
 
 Cylinder (our extension, not in the paper): u is an angle; the coordinate is wrapped into
 [-1, 1) and the input frequencies are integers, so every column line is exactly periodic in u.
@@ -42,7 +45,7 @@ from torch import Tensor, nn
 from cips_deploy.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
-from cips_deploy.layers import EqualLinear
+from cips_deploy.layers import FUSE_BF16_CPU, EqualLinear
 
 RANK = 8  # slots per axis: hard-wired in the official SynthesisInput
 BANDWIDTH = 10.0  # std of the random input frequencies at initialisation
@@ -78,8 +81,36 @@ def _bias_act(x: Tensor, bias: Tensor, activate: bool, clamp: float | None) -> T
 def _decode(decoder: nn.Sequential, x: Tensor) -> Tensor:
     """A decoder's fully connected lrelu layers (official FullyConnectedLayer, lr multiplier 1)."""
     for layer in decoder:
-        x = _bias_act(F.linear(x, layer.weight * layer.scale), layer.bias, True, None)
+        if _fused(x):
+            x = _fused_lrelu(x, *_fused_parameters(layer.weight * layer.scale, layer.bias, x.dtype))
+        else:
+            x = _bias_act(F.linear(x, (layer.weight * layer.scale).to(x.dtype)), layer.bias, True, None)
     return x
+
+
+def _fused(x: Tensor) -> bool:
+    """bfloat16 inference on a CPU, one sample: product, bias and lrelu in one oneDNN call
+    (as CIPS's :func:`~cips_deploy.layers.fused_product_available`). In bfloat16 the bias and
+    activation passes over ``[N, out]`` cost more than the products of CREPS's narrow
+    decoders; float32 and float16 never take this path."""
+    return (
+        FUSE_BF16_CPU and x.dtype == torch.bfloat16 and x.device.type == "cpu" and x.shape[0] == 1
+        and not torch.is_grad_enabled()
+    )
+
+
+def _fused_parameters(weight: Tensor, bias: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """weight [out, in] and bias [out] (float32) -> sqrt 2 times each, rounded to ``dtype``
+    (the gain rides on them: lrelu is positively homogeneous)."""
+    gain = math.sqrt(2.0)
+    return (weight * gain).to(dtype).contiguous(), (bias * gain).to(dtype)
+
+
+def _fused_lrelu(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """lrelu_0.2(x @ weight.T + bias) as one oneDNN call: x [1, ..., in] bfloat16, weight
+    [out, in] and bias [out] from :func:`_fused_parameters` -> [1, ..., out]."""
+    out = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, x.shape[-1]), weight, bias, "leaky_relu", [0.2], "")
+    return out.reshape(*x.shape[:-1], out.shape[-1])
 
 
 class ModulatedFC(nn.Module):
@@ -100,26 +131,57 @@ class ModulatedFC(nn.Module):
         self.demodulate = demodulate
         self.clamp = clamp
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        """x [B, P, in] with w [B, S], or x [B, ..., in] with w [B, ..., S] broadcastable to x."""
-        weight, styles = self.weight, self.affine(w)
-        if not self.demodulate:
-            styles = styles * (1 / np.sqrt(weight.shape[1]))
-        elif x.dtype == torch.float16:
-            weight = weight * (1 / np.sqrt(weight.shape[1]) / weight.norm(float("inf"), dim=1, keepdim=True))
-            styles = styles / styles.norm(float("inf"), dim=-1, keepdim=True)
+    def forward(self, x: Tensor, w: Tensor, folds: dict | None = None) -> Tensor:
+        """x [B, P, in] with w [B, S], or x [B, ..., in] with w [B, ..., S] broadcastable to x.
+
+        ``folds``: a dict that lives as long as one set of per-sample styles (the line cache's
+        style, one per-point call): the folded weight [B, out, in] is computed once per layer
+        and kept there, instead of at every call (at paper256 a 1024 x 1024 fold costs as much
+        as the products of 8 line values).
+        """
+        if self.demodulate and w.dim() == 2 and _fused(x):  # bfloat16 on a CPU, one sample
+            key = (id(self), "fused")
+            parameters = folds.get(key) if folds is not None else None
+            if parameters is None:
+                parameters = _fused_parameters(self.fold(w, x.dtype)[0], self.bias, x.dtype)  # [out, in], [out]
+                if folds is not None:
+                    folds[key] = parameters
+            y = _fused_lrelu(x, *parameters)
+            return y.clamp_(-self.clamp, self.clamp) if self.clamp is not None else y
         if w.dim() == 2:  # one style per sample: fold it into the weight
-            folded = weight.unsqueeze(0) * styles.unsqueeze(1)  # [B, out, in]
-            if self.demodulate:
-                folded = folded * (folded.square().sum(dim=2) + 1e-8).rsqrt().unsqueeze(2)
+            key = (id(self), x.dtype)
+            folded = folds.get(key) if folds is not None else None
+            if folded is None:
+                folded = self.fold(w, x.dtype).transpose(1, 2).to(x.dtype)  # [B, in, out] view
+                if folds is not None:
+                    folds[key] = folded
             shape = x.shape
-            y = torch.bmm(x.reshape(shape[0], -1, shape[-1]), folded.transpose(1, 2).to(x.dtype))
+            y = torch.bmm(x.reshape(shape[0], -1, shape[-1]), folded)
             y = y.reshape(*shape[:-1], y.shape[-1])
         else:  # per-point styles: modulate the input, demodulate the output
+            weight, styles = self._prepared(w, x.dtype)
             y = F.linear((x * styles).to(x.dtype), weight.to(x.dtype))
             if self.demodulate:
                 y = y * (F.linear(styles.square(), weight.square()) + 1e-8).rsqrt().to(x.dtype)
         return _bias_act(y, self.bias, self.demodulate, self.clamp)
+
+    def _prepared(self, w: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """weight [out, in] and styles [..., in] as the product in ``dtype`` takes them."""
+        weight, styles = self.weight, self.affine(w)
+        if not self.demodulate:
+            styles = styles * (1 / np.sqrt(weight.shape[1]))
+        elif dtype == torch.float16:
+            weight = weight * (1 / np.sqrt(weight.shape[1]) / weight.norm(float("inf"), dim=1, keepdim=True))
+            styles = styles / styles.norm(float("inf"), dim=-1, keepdim=True)
+        return weight, styles
+
+    def fold(self, w: Tensor, dtype: torch.dtype) -> Tensor:
+        """Per-sample styles w [B, S] -> the folded (and demodulated) weight [B, out, in] (float32)."""
+        weight, styles = self._prepared(w, dtype)
+        folded = weight.unsqueeze(0) * styles.unsqueeze(1)  # [B, out, in]
+        if self.demodulate:
+            folded = folded * (folded.square().sum(dim=2) + 1e-8).rsqrt().unsqueeze(2)
+        return folded
 
 
 class SynthesisInput(nn.Module):
@@ -139,17 +201,26 @@ class SynthesisInput(nn.Module):
         self.weight = nn.Parameter(torch.randn(1, channels, 1, 2 * RANK))
         self.affine = EqualLinear(style_dim, channels * 2 * RANK, bias_init=1.0)
 
-    def forward(self, axis: int, t: Tensor, w: Tensor) -> Tensor:
-        """t [B, K] official coordinates of ``axis`` (0 rows, 1 columns), w [B, S] or [B, K, S] -> [B, K, r, C]."""
+    def forward(self, axis: int, t: Tensor, w: Tensor, folds: dict | None = None) -> Tensor:
+        """t [B, K] official coordinates of ``axis`` (0 rows, 1 columns), w [B, S] or [B, K, S] -> [B, K, r, C].
+
+        ``folds`` (per-sample styles only) keeps the modulated weight [B, 1, r, C] per axis:
+        the affine that makes it reads a [C 2r, S] matrix (16 MB at paper256) per call.
+        """
         half = self.channels // 2
         phase = (t[..., None] * self.freqs[0]) * (np.pi * 2)  # [B, K, C/2 * r], official order
         phase = phase.reshape(*t.shape, half, RANK).transpose(-1, -2)  # [B, K, r, C/2]
         x = torch.sin(torch.cat([phase, phase + np.pi / 2], dim=-1))  # [B, K, r, C]
-        slots = slice(axis * RANK, (axis + 1) * RANK)
-        styles = self.affine(w).reshape(*w.shape[:-1], self.channels, 2 * RANK)[..., slots]  # [B, (K,) C, r]
-        weight = self.weight[0, :, 0, slots] * styles  # [B, (K,) C, r]
-        if w.dim() == 2:
-            weight = weight[:, None]
+        key = (id(self), axis)
+        weight = folds.get(key) if folds is not None and w.dim() == 2 else None
+        if weight is None:
+            slots = slice(axis * RANK, (axis + 1) * RANK)
+            styles = self.affine(w).reshape(*w.shape[:-1], self.channels, 2 * RANK)[..., slots]  # [B, (K,) C, r]
+            weight = self.weight[0, :, 0, slots] * styles  # [B, (K,) C, r]
+            if w.dim() == 2:
+                weight = weight[:, None]
+                if folds is not None:
+                    folds[key] = weight
         return x * weight.transpose(-1, -2) / np.sqrt(self.channels)
 
 
@@ -256,27 +327,31 @@ class CrepsGenerator(Generator):
 
     def _points(self, coords: Tensor, ws: Tensor, dtype: torch.dtype | None) -> Tensor:
         dtype = self._dtype(dtype)
-        rows = self.line_features("row", coords[..., 1], ws, dtype=dtype)
-        columns = self.line_features("column", coords[..., 0], ws, dtype=dtype)
-        return self.compose_points(rows, columns, ws, dtype=dtype)
+        folds: dict = {}  # both axes and the pixel part fold each layer's weight once
+        rows = self.line_features("row", coords[..., 1], ws, dtype=dtype, folds=folds)
+        columns = self.line_features("column", coords[..., 0], ws, dtype=dtype, folds=folds)
+        return self.compose_points(rows, columns, ws, dtype=dtype, folds=folds)
 
     def _dtype(self, dtype: torch.dtype | None) -> torch.dtype:
         if dtype is None:
             return torch.float32
-        if dtype not in (torch.float32, torch.float16):
-            raise CipsError(f"CREPS synthesizes in float32 or in the official float16 mixed precision, not {dtype}.")
+        if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise CipsError(f"CREPS synthesizes in float32, bfloat16 or the official float16 mixed precision, not {dtype}.")
         return dtype
 
     def layer_styles(self, w: Tensor) -> Tensor:
         """w [B, S] -> ws [B, num_ws, S]; w [B, N, S] (per point) -> [B, N, num_ws, S] (views)."""
         return w.unsqueeze(-2).expand(*w.shape[:-1], self.num_ws, w.shape[-1])
 
-    def line_features(self, axis: str, coordinate: Tensor, ws: Tensor, *, dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    def line_features(
+        self, axis: str, coordinate: Tensor, ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None
+    ) -> list[Tensor]:
         """Lines of one axis (``"row"``: v values, ``"column"``: u values).
 
         coordinate [B, K] in our [-1, 1] convention; ws [B, num_ws, S] (per sample) or
         [B, K, num_ws, S] (per point) -> ``[L_q [B, K, r, bc] for q = 8 .. R]``, the scaled
-        cumulative bi-lines (float32).
+        cumulative bi-lines (float32). ``folds``: an empty dict per style that calls for the
+        same ``ws`` share (each layer's folded weight is computed once; the same bits).
         """
         if self.config.coordinate_space == "cylinder" and axis == "column":
             coordinate = torch.remainder(coordinate + 1, 2) - 1  # u is an angle: wrap it
@@ -288,47 +363,56 @@ class CrepsGenerator(Generator):
         def slot_style(i: int) -> Tensor:  # a point's style serves its r slots
             return style(i)[:, :, None] if per_point else style(i)
 
-        x = s.b4.input(AXES.index(axis), t, style(0))  # [B, K, r, C]
+        x = s.b4.input(AXES.index(axis), t, style(0), folds)  # [B, K, r, C]
         lines, res = [], None
         for index, q in enumerate(s.resolutions):
             block = getattr(s, f"b{q}")
-            block_dtype = torch.float16 if dtype == torch.float16 and q in self.fp16_blocks else torch.float32
+            block_dtype = _block_dtype(dtype, q in self.fp16_blocks)
             x = x.to(block_dtype)
             if q == 4:
-                x = block.fc1(x, slot_style(1))
+                x = block.fc1(x, slot_style(1), folds)
                 continue
-            x = block.fc0(x, slot_style(2 * index - 1))
-            x = block.fc1(x, slot_style(2 * index))
-            y = block.tores(x, slot_style(2 * index + 1)).float()  # [B, K, r, bc]
+            x = block.fc0(x, slot_style(2 * index - 1), folds)
+            x = block.fc1(x, slot_style(2 * index), folds)
+            y = block.tores(x, slot_style(2 * index + 1), folds).float()  # [B, K, r, bc]
             res = y if res is None else res.add(y)
             lines.append(res * np.sqrt(0.5))
         return lines
 
-    def compose_points(self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    def compose_points(
+        self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None
+    ) -> Tensor:
         """Per-point lines (each [B, N, r, bc]) -> rgb [B, N, 3]."""
-        return self.pixels([_bi_line(row, column) for row, column in zip(rows, columns)], ws, dtype=dtype)
+        return self.pixels([_bi_line(row, column) for row, column in zip(rows, columns)], ws, dtype=dtype, folds=folds)
 
-    def compose_block(self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    def compose_block(
+        self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None
+    ) -> Tensor:
         """Lines of h rows and w columns (each [B, h, r, bc], [B, w, r, bc]) -> rgb [B, h * w, 3], row-major.
 
         Every pixel takes exactly the operations of :meth:`compose_points`, so the two agree bitwise.
         """
         composed = [_bi_line(row[:, :, None], column[:, None, :]).flatten(1, 2) for row, column in zip(rows, columns)]
-        return self.pixels(composed, ws, dtype=dtype)
+        return self.pixels(composed, ws, dtype=dtype, folds=folds)
 
-    def pixels(self, composed: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    def pixels(
+        self, composed: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None
+    ) -> Tensor:
         """The pixel part: F_q [B, N, bc] for q = 8 .. R -> rgb [B, N, 3] (float32)."""
         s = self.synthesis
-        feature = composed[0]
+        # The decoders (90% of the per-pixel products at paper256) run in bfloat16 when asked;
+        # float16 is the official mixed precision, whose decoders stay float32.
+        decoder_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+        feature = composed[0].to(decoder_dtype)
         for q, new in zip(s.resolutions[2:], composed[1:]):
-            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new
+            feature = _decode(getattr(s, f"decoder_{q}"), feature) + new.to(decoder_dtype)
         feature = _decode(s.decoder_last, feature)
-        img = s.decoder_img(feature)
+        img = s.decoder_img(feature.float())
         w_last = ws[:, :, -1] if ws.dim() == 4 else ws[:, -1]
         x = feature.to(dtype).contiguous()
         for block in (s.block0, s.block1):
-            x = block.fc1(block.fc0(x, w_last), w_last)
-            img = img.add(block.tores(x, w_last).float())
+            x = block.fc1(block.fc0(x, w_last, folds), w_last, folds)
+            img = img.add(block.tores(x, w_last, folds).float())
         return img
 
     # --------------------------------------------------------------- the interface
@@ -348,12 +432,18 @@ class CrepsGenerator(Generator):
         levels, bc = len(self.config.widths) - 1, self.config.biline_channels
         return 2 * levels * RANK * bc + levels * bc + 8 * bc + 9
 
+    def folded_bytes_per_sample(self) -> int:
+        """Bytes a ``folds`` dict holds per sample at most: every modulated layer's folded
+        float32 weight (paper256: 40.6 MiB, a third of the model) and the input layer's modulation."""
+        layers = sum(module.weight.numel() for module in self.modules() if isinstance(module, ModulatedFC))
+        return 4 * (layers + 2 * RANK * self.config.widths[0])
+
     def line_floats_per_value(self) -> int:
         """Floats a cached line value holds per sample: (blocks - 1) x r x bc."""
         return (len(self.config.widths) - 1) * RANK * self.config.biline_channels
 
     def supported_dtypes(self) -> tuple[torch.dtype, ...]:
-        return (torch.float32, torch.float16)
+        return (torch.float32, torch.bfloat16, torch.float16)
 
     def line_macs(self) -> int:
         """Multiply-adds of one line position (r slots through every line block; the official count)."""
@@ -420,6 +510,15 @@ class CrepsGenerator(Generator):
             "pixel_flops_per_pixel": 2 * self.pixel_macs(),
             "grid_flops_per_pixel_at_training_size": round(self.grid_flops_per_point(c.size, c.size)),
         }
+
+
+def _block_dtype(dtype: torch.dtype, official_fp16_block: bool) -> torch.dtype:
+    """The dtype of a line block's products: float16 in the official mixed precision's
+    blocks, bfloat16 in every block when asked (our option: bfloat16 keeps float32's range,
+    so no block needs float32 to avoid overflow), float32 otherwise."""
+    if dtype == torch.bfloat16:
+        return dtype
+    return torch.float16 if dtype == torch.float16 and official_fp16_block else torch.float32
 
 
 def _bi_line(row: Tensor, column: Tensor) -> Tensor:

@@ -15,6 +15,11 @@ style empties it. Its bytes count against the backend's memory budget: its table
 geometrically, so up to twice the values held) stay within ``max_bytes``; past that it starts
 afresh. A line value holds
 ``generator.line_floats_per_value()`` floats per sample (paper256: 6 KB).
+
+Per style the cache also keeps the generator's per-style work (``folds``: every modulated
+layer's folded weight, ``generator.folded_bytes_per_sample()`` per sample, paper256 40.6 MiB),
+so that line batches and chunks after the first do not fold again; past ``max_fold_bytes``
+(large batches) it folds per call, as the per-point path does.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ class LineCache:
 
     def __init__(
         self, generator: Generator, *, max_bytes: int, pad: int = 64, point_batch: int = 1 << 30,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype = torch.float32, max_fold_bytes: int = 128 << 20,
     ) -> None:
         self.generator = generator
         self.max_bytes = max_bytes
+        self.max_fold_bytes = max_fold_bytes
         # New values are evaluated in batches of a multiple of ``values_pad`` values: a multiple
         # of ``pad`` rows of line products (the torch backend's rule for chunk invariance).
         self.values_pad = max(1, pad // generator.line_slots)
@@ -62,6 +68,8 @@ class LineCache:
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
             self.ws = self.generator.layer_styles(self.w)
+            fold_bytes = w.shape[0] * self.generator.folded_bytes_per_sample()
+            self.folds: dict | None = {} if fold_bytes <= self.max_fold_bytes else None  # per-style work, done once
             self.axes = {"row": _AxisTable(), "column": _AxisTable()}
         self._ensure(v_values, u_values)
         rows = [table.index_select(1, self.axes["row"].slots_of(v_values)) for table in self.axes["row"].tables]
@@ -69,14 +77,14 @@ class LineCache:
         g, n_points = self.generator, points.shape[0]
         # A block composes h * w pixels; worth it while it is not much larger than the chunk.
         if v_values.numel() * u_values.numel() <= 3 * n_points:
-            rgb = g.compose_block(rows, columns, self.ws, dtype=self.dtype)  # [B, h * w, 3]
+            rgb = g.compose_block(rows, columns, self.ws, dtype=self.dtype, folds=self.folds)  # [B, h * w, 3]
             index = row_of_point * u_values.numel() + column_of_point
             if index.numel() == rgb.shape[1] and bool((index == torch.arange(index.numel())).all()):
                 return rgb
             return rgb.index_select(1, index)
         rows = [line.index_select(1, row_of_point) for line in rows]
         columns = [line.index_select(1, column_of_point) for line in columns]
-        return g.compose_points(rows, columns, self.ws, dtype=self.dtype)
+        return g.compose_points(rows, columns, self.ws, dtype=self.dtype, folds=self.folds)
 
     def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
         """The per-point path (both lines at every point), ``point_batch`` points at a time:
@@ -105,7 +113,9 @@ class LineCache:
         count = values.numel()
         missing = -count % self.values_pad
         padded = torch.cat([values, values[-1:].expand(missing)]) if missing else values
-        lines = self.generator.line_features(axis, padded.expand(self.w.shape[0], -1), self.ws, dtype=self.dtype)
+        lines = self.generator.line_features(
+            axis, padded.expand(self.w.shape[0], -1), self.ws, dtype=self.dtype, folds=self.folds
+        )
         return [line[:, :count] for line in lines]
 
 

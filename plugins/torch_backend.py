@@ -14,8 +14,9 @@ input features, the folded weights and the colour sum in float32 (``CipsGenerato
 8-bit images differ from fp32's by at most 2 levels on the bundled (trained) demo model but
 by up to 19 on random-weight paper256, whose outputs are several times larger than
 [-1, 1] (BENCHMARKS.md). ``fp16`` is the same on CUDA devices only. A family runs the
-precisions its ``supported_dtypes`` names: CREPS runs fp32 and fp16, which is the official
-mixed precision (block0/block1 and its fp16 line blocks in float16).
+precisions its ``supported_dtypes`` names: CREPS runs fp32, bf16 (every block's and decoder's
+products) and fp16, which is the official mixed precision (block0/block1 and its fp16 line
+blocks in float16).
 
 Line-factored generators (CREPS): a grid's rows and columns are evaluated once per image and
 style by :class:`~cips_deploy.plugins.line_cache.LineCache`; its tables count against the

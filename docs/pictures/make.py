@@ -149,6 +149,22 @@ def scale_consistency(out: Path) -> None:
     save(np.concatenate(rows, axis=0), out / "scale-consistency.png")
 
 
+CREPS_DEMO = HERE / "creps-demo.safetensors"  # tiny cylinder CREPS trained on china.jpg (docs/creps.md)
+
+
+def demo_comparison(out: Path, work: Path) -> None:
+    """The bundled CIPS demo and the CREPS demo model, the same panorama command, stacked."""
+    if not CREPS_DEMO.is_file():
+        print(f"  skipped the CIPS / CREPS demo comparison: {CREPS_DEMO} is missing")
+        return
+    rows = []
+    for name, checkpoint in (("CIPSskip demo (bundled)", DEMO_MODEL), ("CREPS demo", CREPS_DEMO)):
+        target = work / f"{name.split()[0].lower()}.png"
+        run(f"cips-deploy render --checkpoint {checkpoint} --topology cylinder --height 64 --seed 0 -o {target}")
+        rows.append(captioned([(np.asarray(Image.open(target).convert("RGB")), f"{name}, seed 0")]))
+    save(np.concatenate(rows, axis=0), out / "demo-cips-creps.png")
+
+
 def animations(out: Path) -> None:
     run(f"cips-deploy video --preset tiny --arch creps --seeds 0-3 --frames 32 --height 96 --quality 70 -o {out / 'walk.webp'}")
     run(f"cips-deploy video --mode pan --seeds 0 --frames 36 --height 96 --quality 70 -o {out / 'pan.webp'}")
@@ -169,6 +185,7 @@ def main() -> None:
         foveated(out, work)
         zoom_strip(out, work)
         scale_consistency(out)
+        demo_comparison(out, work)
         animations(out)
 
 

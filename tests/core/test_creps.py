@@ -60,6 +60,47 @@ def test_the_grid_fast_path_is_the_per_point_path_and_meets_each_line_once(creps
     assert 96 * per_value <= cache.nbytes <= 2 * 96 * per_value
 
 
+def test_the_cache_folds_each_layer_once_per_style(creps, monkeypatch):
+    """Folded weights are per-style work: chunks after the first reuse them (the same bits)."""
+    from cips_deploy.creps import ModulatedFC
+
+    folded, fold = [], ModulatedFC.fold
+    monkeypatch.setattr(ModulatedFC, "fold", lambda self, w, dtype: folded.append(id(self)) or fold(self, w, dtype))
+    w = styles(creps)
+    coords = grid_coords(24, 40)
+    cache = LineCache(creps, max_bytes=1 << 30)
+    with torch.inference_mode():
+        chunks = [cache.synthesize(coords[:, start : start + 128], w) for start in range(0, 24 * 40, 128)]
+        layers = sum(isinstance(module, ModulatedFC) for module in creps.modules()) - 1  # b4.tores is dead
+        assert sorted(folded) == sorted(set(folded)) and len(folded) == layers  # once each, in 8 chunks
+        folded.clear()
+        assert torch.equal(torch.cat(chunks, dim=1), creps.synthesize(coords, w))
+        assert len(folded) == layers  # the per-point path folds once per call
+        cache.synthesize(coords[:, :128], styles(creps, seed=5))  # a new style folds afresh
+        assert len(folded) > layers
+        # Folds held past max_fold_bytes (large batches): none kept, the same pixels.
+        need = creps.folded_bytes_per_sample()
+        assert need == 4 * sum(m.weight.numel() for m in creps.modules() if isinstance(m, ModulatedFC)) + 4 * 16 * 32
+        small = LineCache(creps, max_bytes=1 << 30, max_fold_bytes=need - 1)
+        again = [small.synthesize(coords[:, start : start + 128], w) for start in range(0, 24 * 40, 128)]
+        assert small.folds is None and torch.equal(torch.cat(again, dim=1), torch.cat(chunks, dim=1))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_the_fast_path_is_the_per_point_path_in_reduced_precision(creps, dtype):
+    """bf16 (our option) and the official float16 mixed precision (CPU half here; the torch
+    backend runs it on CUDA): the line cache composes with the per-point path's operations."""
+    w = styles(creps)
+    coords = grid_coords(24, 40)
+    cache = LineCache(creps, max_bytes=1 << 30, dtype=dtype)
+    with torch.inference_mode():
+        chunks = [cache.synthesize(coords[:, start : start + 192], w) for start in range(0, 24 * 40, 192)]
+        direct = creps.synthesize(coords, w, dtype=dtype)
+        fp32 = creps.synthesize(coords, w)
+    assert torch.equal(torch.cat(chunks, dim=1), direct)
+    assert 0 < (direct - fp32).abs().max() <= 3e-2 * fp32.abs().max()
+
+
 def test_the_cache_is_bounded_and_follows_the_style(creps):
     value_bytes = 4 * creps.line_floats_per_value()
     cache = LineCache(creps, max_bytes=2 * 100 * value_bytes)  # room for 100 values in all

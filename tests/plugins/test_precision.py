@@ -45,7 +45,7 @@ def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
     return ((low - reference).norm() / reference.norm()).item()
 
 
-@pytest.mark.parametrize("arch", ["skip", "res", "ne"])
+@pytest.mark.parametrize("arch", ["skip", "res", "ne", "creps"])
 def test_bf16_is_close_to_fp32_on_tiny(arch):
     # Tolerance: relative L2 error 3e-2 (observed on these seeds: 0.0054-0.0114). A random
     # tiny model's output spans about [-12, 12], so an absolute bound would say little.
@@ -84,6 +84,23 @@ def test_bf16_renders_are_bitwise_identical_whatever_the_chunking(tiny_skip):
     whole = backend.run(COORDS, w)
     for size in (64, 100, 333):
         parts = torch.cat([backend.run(COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
+        assert torch.equal(parts, whole)
+
+
+def test_creps_bf16_fast_path_is_its_per_point_path_whatever_the_chunking():
+    """CREPS in bf16: the line cache composes each pixel with the per-point path's operations."""
+    generator = cips_deploy.create("tiny", arch="creps", seed=1)
+    backend = TorchBackend(generator, precision="bf16")
+    (w,) = styles(generator, seeds=(2,))
+    with torch.inference_mode():
+        per_point = generator.synthesize(COORDS, w, dtype=torch.bfloat16)
+        fp32 = generator.synthesize(COORDS, w)
+    whole = backend.run(COORDS, w)
+    assert torch.equal(whole, per_point)
+    assert 0 < relative_error(whole, fp32) <= 3e-2  # bfloat16 products, not float32 ones
+    for size in (64, 100, 333):
+        fresh = TorchBackend(generator, precision="bf16")
+        parts = torch.cat([fresh.run(COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
         assert torch.equal(parts, whole)
 
 
@@ -182,18 +199,17 @@ def test_precision_option_takes_strings_and_dtypes(tiny, value, name):
     assert TorchBackend(tiny, precision=value).precision == name
 
 
-def test_creps_refuses_bf16_and_keeps_working_in_fp32():
-    """CREPS runs float32 or the official float16 mixed precision (fp16: CUDA on the backend)."""
+def test_creps_takes_bf16_refuses_other_dtypes_and_keeps_working_in_fp32():
+    """CREPS runs float32, bfloat16 or the official float16 mixed precision (fp16: CUDA on the backend)."""
     creps = cips_deploy.create("tiny", arch="creps", seed=0)
-    with pytest.raises(CipsError, match="runs in fp32, fp16 on the torch backend, not bf16"):
-        TorchBackend(creps, precision="bf16")
-    with pytest.raises(CipsError, match="float32 or in the official float16"):
-        creps.synthesize(COORDS, styles(creps, seeds=(0,))[0], dtype=torch.bfloat16)
+    assert TorchBackend(creps, precision="bf16").precision == "bf16"
     (w,) = styles(creps, seeds=(0,))
+    with pytest.raises(CipsError, match="float32, bfloat16 or the official float16 mixed precision, not torch.float64"):
+        creps.synthesize(COORDS, w, dtype=torch.float64)
     with torch.inference_mode():
         plain = creps.synthesize(COORDS, w)
         assert torch.equal(creps.synthesize(COORDS, w, dtype=torch.float32), plain)
-    assert TorchBackend(creps, precision="fp32").run(COORDS, w).shape == plain.shape
+    assert torch.equal(TorchBackend(creps, precision="fp32").run(COORDS, w), plain)
 
 
 def test_synthesize_refuses_other_dtypes(tiny):
