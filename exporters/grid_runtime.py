@@ -60,13 +60,18 @@ class _EngineFamily:
     def layer_styles(self, w: Tensor) -> Tensor:
         return w  # the engines take w [B, S] and expand it themselves
 
-    def line_features(self, axis: str, coordinate: Tensor, ws: Tensor, *, dtype: torch.dtype = torch.float32) -> list[Tensor]:
+    def folded_bytes_per_sample(self) -> int:
+        return 0  # the engines fold the modulated weights inside each call; nothing is kept
+
+    def line_features(self, axis: str, coordinate: Tensor, ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None) -> list[Tensor]:
         """coordinate [B, K] -> [lines [B, K, F]]; the other axis gets one throw-away value."""
         other = coordinate[:, :1]
         rows, columns = self.engines.lines(coordinate, other, ws) if axis == "row" else self.engines.lines(other, coordinate, ws)
         return [rows if axis == "row" else columns]
 
-    def compose_block(self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32) -> Tensor:
+    def compose_block(
+        self, rows: list[Tensor], columns: list[Tensor], ws: Tensor, *, dtype: torch.dtype = torch.float32, folds: dict | None = None
+    ) -> Tensor:
         """[rows [B, h, F]], [columns [B, w, F]] -> rgb [B, h w, 3], row-major."""
         (row_lines,), (column_lines,) = rows, columns
         width = column_lines.shape[1]
