@@ -132,26 +132,20 @@ def config_pbtxt(
     return "\n".join(lines) + "\n"
 
 
+Step = tuple[str, list[tuple[str, str]], list[tuple[str, str]]]  # model, (its input, ensemble tensor), (its output, ensemble tensor)
+
+
 def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, mapping_spec: EngineSpec,
                    metadata: EngineMetadata, max_batch_size: int) -> str:
     """An ensemble ``z, coords -> rgb``: the mapping model's ``w`` feeds the synthesis model."""
     (z,), (w_out,) = mapping_spec.input_names, mapping_spec.output_names  # z -> w
     (coords, w_in), (rgb,) = spec.input_names, spec.output_names  # coords, w -> rgb
     joined = EngineSpec(role="ensemble", inputs=(mapping_spec.tensor(z), spec.tensor(coords)), outputs=spec.outputs)
-    lines = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
-    lines += _io_lines(joined, batched=max_batch_size > 0)
-    mapped = [(z, z)], [(w_out, "styles")]  # "styles": the ensemble's internal tensor between the steps
-    synthesized = [(coords, coords), (w_in, "styles")], [(rgb, rgb)]
-    steps = []
-    for model, (inputs, outputs) in ((mapping, mapped), (synthesis, synthesized)):
-        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in inputs]
-        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in outputs]
-        steps.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
-    lines.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
-    props = dict(metadata.to_strings())
-    props["cips_deploy.role"] = "ensemble"
-    lines += _parameter_lines(props)
-    return "\n".join(lines) + "\n"
+    steps = [  # "styles": the ensemble's internal tensor between the steps
+        (mapping, [(z, z)], [(w_out, "styles")]),
+        (synthesis, [(coords, coords), (w_in, "styles")], [(rgb, rgb)]),
+    ]
+    return _ensemble_text(name, joined, steps, metadata, max_batch_size)
 
 
 def grid_ensemble_pbtxt(name: str, models: dict[str, str], specs: dict[str, EngineSpec], metadata: EngineMetadata,
@@ -168,23 +162,28 @@ def grid_ensemble_pbtxt(name: str, models: dict[str, str], specs: dict[str, Engi
     row_in, column_in, w_compose = compose.input_names
     (rgb,) = compose.output_names
     joined = EngineSpec(role="grid_ensemble", inputs=(mapping.tensor(z), lines.tensor(v), lines.tensor(u)), outputs=compose.outputs)
-    lines_text = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
-    lines_text += _io_lines(joined, batched=max_batch_size > 0)
-    steps_io = [
+    steps = [
         (models["mapping"], [(z, z)], [(w_out, "styles")]),
         (models["lines"], [(v, v), (u, u), (w_lines, "styles")], [(row_out, "row_lines"), (column_out, "column_lines")]),
         (models["compose"], [(row_in, "row_lines"), (column_in, "column_lines"), (w_compose, "styles")], [(rgb, rgb)]),
     ]
-    steps = []
-    for model, inputs, outputs in steps_io:
-        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(val)} }}" for k, val in inputs]
-        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(val)} }}" for k, val in outputs]
-        steps.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
-    lines_text.append("ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}")
+    return _ensemble_text(name, joined, steps, metadata, max_batch_size)
+
+
+def _ensemble_text(name: str, joined: EngineSpec, steps: list[Step], metadata: EngineMetadata, max_batch_size: int) -> str:
+    """``config.pbtxt`` of an ensemble: the joined interface, then one scheduling step per model."""
+    text = [f"name: {_quote(name)}", 'platform: "ensemble"', f"max_batch_size: {max_batch_size}"]
+    text += _io_lines(joined, batched=max_batch_size > 0)
+    blocks = []
+    for model, inputs, outputs in steps:
+        maps = [f"      input_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in inputs]
+        maps += [f"      output_map {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in outputs]
+        blocks.append(f"    {{\n      model_name: {_quote(model)}\n      model_version: -1\n" + "\n".join(maps) + "\n    }")
+    text.append("ensemble_scheduling {\n  step [\n" + ",\n".join(blocks) + "\n  ]\n}")
     props = dict(metadata.to_strings())
-    props["cips_deploy.role"] = "grid_ensemble"
-    lines_text += _parameter_lines(props)
-    return "\n".join(lines_text) + "\n"
+    props["cips_deploy.role"] = joined.role
+    text += _parameter_lines(props)
+    return "\n".join(text) + "\n"
 
 
 def write_triton_model(
