@@ -46,6 +46,14 @@ def registry():
 
 
 @pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A tiny CIPS model saved as our safetensors checkpoint (seed 0)."""
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    cips_deploy.create("tiny", seed=0).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
 def tiny() -> cips_deploy.Generator:
     return cips_deploy.create("tiny", seed=0)
 

@@ -46,10 +46,8 @@ def _invoke(args, cwd):
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.safetensors"
-    cips_deploy.create("tiny", seed=0).save(path)
-    return path
+def model(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.mark.parametrize(

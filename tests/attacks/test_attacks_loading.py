@@ -17,10 +17,8 @@ from ..helpers.attack_tools import refused, rewrite_checkpoint, sparse_safetenso
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    cips_deploy.create("tiny", seed=0).save(path)
-    return path
+def checkpoint(tiny_checkpoint):
+    return tiny_checkpoint
 
 
 @pytest.mark.parametrize(
