@@ -78,6 +78,9 @@ class Distributed:
 
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
+            # Every rank reaches the end before any tears the group down: a rank that left
+            # early closed its gloo connections under the other's feet, which aborted it at exit.
+            dist.barrier()
             dist.destroy_process_group()
 
 
