@@ -80,7 +80,9 @@ def export(
     """Export CHECKPOINT (ours, an official CIPS .pt or CREPS .pkl; for --engine trt also an exported .onnx).
 
     The engine takes coords [B, N, 2] and w [B, S] and returns rgb [B, N, 3]; the mapping
-    network z -> w is written beside it as <name>.mapping.onnx.
+    network z -> w is written beside it as <name>.mapping.onnx. A line-factored model (CREPS)
+    also gets its grid engines, <name>.lines.onnx and <name>.compose.onnx, which render grids
+    with each row and column computed once (docs/line-engines.md).
     """
     from cips_deploy.exporters.onnx_export import DEFAULT_OPSET
     from cips_deploy.exporters.quantize import QualityError
