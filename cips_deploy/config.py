@@ -81,21 +81,9 @@ class GeneratorConfig:
             raise CipsError(f"A generator needs at least one block of positive width, not widths={self.widths}.")
         if self.line_rank < 1:
             raise CipsError(f"The bi-line rank must be a positive integer, not {self.line_rank}.")
-        if self.arch == "creps":
-            self._check_creps()
+        from .generator import family_class  # the family states its own rules (imported late: it imports this module)
 
-    def _check_creps(self) -> None:
-        if self.size < 8 or self.size & (self.size - 1):
-            raise CipsError(f"A CREPS generator's size must be a power of two of at least 8, not {self.size}.")
-        blocks = int(math.log2(self.size)) - 1
-        if len(self.widths) != blocks:
-            raise CipsError(f"A CREPS generator of size {self.size} has {blocks} block widths (4 .. {self.size}), not {len(self.widths)}.")
-        if self.widths[0] % 2:
-            raise CipsError(f"A CREPS input layer needs an even width, not {self.widths[0]}.")
-        if self.line_rank != 8:
-            raise CipsError(f"The official CREPS rank is 8 slots per axis, not {self.line_rank}.")
-        if self.biline_channels < 4 or self.num_fp16_res < 0 or self.n_mlp < 1:
-            raise CipsError("A CREPS generator needs biline_channels >= 4, num_fp16_res >= 0 and at least one mapping layer.")
+        family_class(self.arch).check_config(self)
 
     @property
     def has_embedding(self) -> bool:

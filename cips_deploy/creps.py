@@ -301,6 +301,21 @@ class CrepsGenerator(Generator):
     :meth:`synthesize_ws`, per-layer styles ``ws [B, num_ws, S]`` (style mixing).
     """
 
+    @classmethod
+    def check_config(cls, c: GeneratorConfig) -> None:
+        """The official architecture's constraints: power-of-two size, one width per block, rank 8."""
+        if c.size < 8 or c.size & (c.size - 1):
+            raise CipsError(f"A CREPS generator's size must be a power of two of at least 8, not {c.size}.")
+        blocks = int(math.log2(c.size)) - 1
+        if len(c.widths) != blocks:
+            raise CipsError(f"A CREPS generator of size {c.size} has {blocks} block widths (4 .. {c.size}), not {len(c.widths)}.")
+        if c.widths[0] % 2:
+            raise CipsError(f"A CREPS input layer needs an even width, not {c.widths[0]}.")
+        if c.line_rank != 8:
+            raise CipsError(f"The official CREPS rank is 8 slots per axis, not {c.line_rank}.")
+        if c.biline_channels < 4 or c.num_fp16_res < 0 or c.n_mlp < 1:
+            raise CipsError("A CREPS generator needs biline_channels >= 4, num_fp16_res >= 0 and at least one mapping layer.")
+
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
         self.mapping = CrepsMapping(config.style_dim, config.n_mlp, config.lr_mlp)

@@ -154,6 +154,10 @@ class Generator(nn.Module, metaclass=ABCMeta):
         return {}
 
     @classmethod
+    def check_config(cls, config: GeneratorConfig) -> None:
+        """Refuse, in one sentence, a config this family cannot build (beyond the common checks)."""
+
+    @classmethod
     def seed_latent(cls, seed: int, style_dim: int) -> Tensor:
         """z [1, style_dim] for a seed: ``torch.Generator().manual_seed(seed)`` (this project's convention)."""
         return torch.randn(1, style_dim, generator=torch.Generator().manual_seed(seed))
