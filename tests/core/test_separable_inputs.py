@@ -71,3 +71,25 @@ def test_float32_synthesis_keeps_its_own_input_stage_and_bf16_takes_the_separabl
         hook.remove()
     assert torch.equal(seen[0], float32_features(generator, points[0])[None])
     assert torch.equal(seen[1], input_features(generator.fourier, generator.embedding, points[0], torch.bfloat16)[None])
+
+
+def test_scratch_buffers_are_per_thread_and_per_mode(generator):
+    """The block path's reused scratch buffers: threads never share them, and buffers made
+    under inference mode are not written outside it (nor the other way round)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    points = grid_coords(32, 40)[0]
+    chunks = [points[i : i + 160] for i in range(0, points.shape[0], 160)]
+    with torch.inference_mode():
+        expected = [input_features(generator.fourier, generator.embedding, chunk, torch.bfloat16) for chunk in chunks]
+
+    def compute(chunk):
+        with torch.inference_mode():
+            return [input_features(generator.fourier, generator.embedding, chunk, torch.bfloat16) for _ in range(3)]
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for want, got in zip(expected, pool.map(compute, chunks)):
+            assert all(torch.equal(result, want) for result in got)
+    with torch.no_grad():  # after inference mode: ordinary tensors, the same bits
+        again = input_features(generator.fourier, generator.embedding, chunks[0], torch.bfloat16)
+    assert torch.equal(again, expected[0])
