@@ -210,9 +210,8 @@ class CipsGenerator(Generator):
             if self.embedding is not None:
                 x = torch.cat([x, self.embedding(coords)], dim=-1)
         else:  # per distinct row and column, straight into dtype (cips_deploy.separable_inputs)
-            x = torch.stack([
-                separable_input_features(self.fourier, self.embedding, points, dtype) for points in coords
-            ])
+            parts = [separable_input_features(self.fourier, self.embedding, points, dtype) for points in coords]
+            x = parts[0][None] if len(parts) == 1 else torch.stack(parts)  # [B, N, F (+ F)]; B = 1: no copy
         x = self.first(x, w, noise)
         if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
             for block in self.blocks:
