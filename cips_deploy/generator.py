@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .config import GeneratorConfig
 from .errors import CipsError
 from .layers import CoordinateEmbedding, FourierFeatures, MappingNetwork, ResidualBlock, StyledLayer, ToRGB
+from .separable_inputs import input_features as separable_input_features
 
 
 class SkipBlock(nn.Module):
@@ -204,15 +205,17 @@ class CipsGenerator(Generator):
 
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
         """The layers' products in ``dtype``; always float32: the input features (sines and
-        bilinear reads), every folded weight (rounded once to ``dtype``), the colour sum and
-        the returned rgb."""
+        bilinear reads; in low precision computed per distinct row and column, then rounded),
+        every folded weight (rounded once to ``dtype``), the colour sum and the returned rgb."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise CipsError(f"A CIPS generator synthesizes in float32, bfloat16 or float16, not {dtype}.")
-        x = self.fourier(coords)
-        if self.embedding is not None:
-            x = torch.cat([x, self.embedding(coords)], dim=-1)
-        if x.dtype != dtype:
-            x = x.to(dtype)
+        if dtype == torch.float32:
+            x = self.fourier(coords)
+            if self.embedding is not None:
+                x = torch.cat([x, self.embedding(coords)], dim=-1)
+        else:  # per distinct row and column, straight into dtype (cips_deploy.separable_inputs)
+            parts = [separable_input_features(self.fourier, self.embedding, points, dtype) for points in coords]
+            x = parts[0][None] if len(parts) == 1 else torch.stack(parts)  # [B, N, F (+ F)]; B = 1: no copy
         x = self.first(x, w, noise)
         if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
             for block in self.blocks:
