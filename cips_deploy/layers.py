@@ -141,15 +141,7 @@ class CoordinateEmbedding(nn.Module):
         w01 = ((x - x0) * (y1 - y)).unsqueeze(-1)
         w10 = ((x1 - x) * (y - y0)).unsqueeze(-1)
         w11 = ((x - x0) * (y - y0)).unsqueeze(-1)
-        if self.cylinder:
-            # Wrap in floating point (exact for integers below 2**24): u = -1 and u = +1
-            # then read the same texels.
-            x0 = x0 - size * torch.floor(x0 / size)
-            x1 = x1 - size * torch.floor(x1 / size)
-        else:
-            # At the right and bottom edges the far neighbour has weight 0; clamp its index.
-            x1 = x1.clamp(max=size - 1)
-        y1 = y1.clamp(max=size - 1)
+        x0, x1, y1 = neighbour_texels(x0, x1, y1, size, self.cylinder)
 
         def read(row: Tensor, column: Tensor) -> Tensor:
             index = (row * size + column).long()
@@ -331,3 +323,16 @@ class ResidualBlock(nn.Module):
         else:  # low precision: the equalized weight (bias-free) rounded once to x's dtype
             skip = F.linear(x, (self.skip.weight * self.skip.scale).to(x.dtype))
         return (out + skip) / SQRT2
+
+
+def neighbour_texels(x0: Tensor, x1: Tensor, y1: Tensor, size: int, cylinder: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """The texel columns x0, x1 and the far row y1 of a bilinear read, in range (float, integer-valued)."""
+    if cylinder:
+        # Wrap in floating point (exact for integers below 2**24): u = -1 and u = +1
+        # then read the same texels.
+        x0 = x0 - size * torch.floor(x0 / size)
+        x1 = x1 - size * torch.floor(x1 / size)
+    else:
+        # At the right and bottom edges the far neighbour has weight 0; clamp its index.
+        x1 = x1.clamp(max=size - 1)
+    return x0, x1, y1.clamp(max=size - 1)

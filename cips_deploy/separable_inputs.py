@@ -28,7 +28,7 @@ import threading
 import torch
 from torch import Tensor
 
-from cips_deploy.layers import CoordinateEmbedding, FourierFeatures
+from cips_deploy.layers import CoordinateEmbedding, FourierFeatures, neighbour_texels
 
 # A chunk is composed as a block of its distinct rows x columns while that block is at most
 # this many times its number of points (grid chunks: about 1; scattered points: about N).
@@ -60,12 +60,7 @@ def _texels(embedding: CoordinateEmbedding, u: Tensor, v: Tensor) -> tuple[Tenso
     x0, y0 = torch.floor(x), torch.floor(y)
     x1, y1 = x0 + 1, y0 + 1
     wx0, wx1, wy0, wy1 = x1 - x, x - x0, y1 - y, y - y0
-    if embedding.cylinder:
-        x0 = x0 - size * torch.floor(x0 / size)
-        x1 = x1 - size * torch.floor(x1 / size)
-    else:
-        x1 = x1.clamp(max=size - 1)
-    y1 = y1.clamp(max=size - 1)
+    x0, x1, y1 = neighbour_texels(x0, x1, y1, size, embedding.cylinder)
     return x0.long(), x1.long(), wx0[:, None], wx1[:, None], y0.long(), y1.long(), wy0[:, None], wy1[:, None]
 
 
