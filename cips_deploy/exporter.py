@@ -22,13 +22,14 @@ one sentence; a third-party exporter calls it first.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
 
 from .errors import CipsError
 
 
-class Exporter:
+class Exporter(ABC):
     """Base class of exporters; plugins subclass it and register an instance."""
 
     name: ClassVar[str] = ""
@@ -36,9 +37,9 @@ class Exporter:
     families: ClassVar[tuple[str, ...]] = ()  # empty: every family
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
+    @abstractmethod
     def export(self, source: Path, *, output: Path | None, overwrite: bool, precision: str, **options: Any) -> Any:
         """Write the engine for ``source``; see the module docstring for the result."""
-        raise NotImplementedError
 
     def check_request(self, arch: str, precision: str) -> None:
         """Refuse a family or precision this exporter does not declare, in one sentence."""
