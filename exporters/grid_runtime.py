@@ -94,21 +94,15 @@ class GridRenderer(LineCache):
     """``synthesize(coords [B, N, 2], w [B, S]) -> rgb [B, N, 3]`` through grid engines.
 
     ``max_bytes`` bounds the line tables, ``point_batch`` (a multiple of ``pad``) the
-    per-point engine's batches; ``coords`` must hold the same points in every sample.
+    per-point engine's batches; ``coords`` must hold the same points in every sample. A chunk
+    whose block of distinct rows x columns is much larger than the chunk (a rotated or foveated
+    grid) goes to the per-point engine: the compose engine only composes whole blocks.
     """
+
+    gathers = False
 
     def __init__(self, engines: GridEngines, config: GeneratorConfig, *, max_bytes: int, pad: int, point_batch: int) -> None:
         super().__init__(_EngineFamily(engines, family_facts(config)), max_bytes=max_bytes, pad=pad, point_batch=point_batch)
-
-    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
-        # A chunk whose block of distinct rows x columns is much larger than the chunk (a
-        # rotated or foveated grid) would compose mostly pixels nobody asked for: the line
-        # cache gathers those point by point, which the per-point engine does in one go.
-        points = coords[0]
-        rows, columns = torch.unique(points[:, 1]).numel(), torch.unique(points[:, 0]).numel()
-        if rows * columns > 3 * points.shape[0]:
-            return self.per_point(coords, w)
-        return super().synthesize(coords, w)
 
 
 def same_points(coords: Tensor) -> bool:

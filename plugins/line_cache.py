@@ -54,6 +54,10 @@ class LineCache:
         """Bytes the cached lines occupy now (allocated capacity)."""
         return sum(table.nbytes for table in self.axes.values())
 
+    # Whether the generator composes gathered points (compose_points); engines that only
+    # compose blocks send such chunks through the per-point path instead.
+    gathers = True
+
     def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
         """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3].
 
@@ -65,6 +69,8 @@ class LineCache:
         u_values, column_of_point = torch.unique(points[:, 0], return_inverse=True)
         if v_values.numel() + u_values.numel() > 1.5 * points.shape[0]:
             return self.per_point(coords, w)
+        if not self.gathers and v_values.numel() * u_values.numel() > 3 * points.shape[0]:
+            return self.per_point(coords, w)  # a block would be mostly unasked pixels, and this cache cannot gather
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
             self.ws = self.generator.layer_styles(self.w)
