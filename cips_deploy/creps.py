@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from cips_deploy.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.generator import Generator
-from cips_deploy.layers import FUSE_BF16_CPU, EqualLinear
+from cips_deploy.layers import FUSE_BF16_CPU, EqualLinear, building_on_meta, initial_normal
 
 RANK = 8  # slots per axis: hard-wired in the official SynthesisInput
 BANDWIDTH = 10.0  # std of the random input frequencies at initialisation
@@ -126,7 +126,7 @@ class ModulatedFC(nn.Module):
     def __init__(self, in_features: int, out_features: int, style_dim: int, *, demodulate: bool, clamp: float | None) -> None:
         super().__init__()
         self.affine = EqualLinear(style_dim, in_features, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.weight = nn.Parameter(initial_normal(out_features, in_features))
         self.bias = nn.Parameter(torch.zeros(out_features))
         self.demodulate = demodulate
         self.clamp = clamp
@@ -195,10 +195,11 @@ class SynthesisInput(nn.Module):
     def __init__(self, channels: int, style_dim: int, size: int, cylinder: bool) -> None:
         super().__init__()
         self.channels = channels
-        freqs = torch.randn(1, channels // 2 * RANK) * BANDWIDTH
-        self.register_buffer("freqs", torch.round(freqs) if cylinder else freqs)
-        self.register_buffer("coords", torch.linspace(0, 1, size).reshape(1, -1, 1, 1).repeat(1, 1, 2, 1))
-        self.weight = nn.Parameter(torch.randn(1, channels, 1, 2 * RANK))
+        freqs = initial_normal(1, channels // 2 * RANK, std=BANDWIDTH)
+        self.register_buffer("freqs", freqs.round() if cylinder and not building_on_meta() else freqs)
+        grid = torch.empty(size) if building_on_meta() else torch.linspace(0, 1, size)
+        self.register_buffer("coords", grid.reshape(1, -1, 1, 1).expand(1, size, 2, 1).contiguous())
+        self.weight = nn.Parameter(initial_normal(1, channels, 1, 2 * RANK))
         self.affine = EqualLinear(style_dim, channels * 2 * RANK, bias_init=1.0)
 
     def forward(self, axis: int, t: Tensor, w: Tensor, folds: dict | None = None) -> Tensor:

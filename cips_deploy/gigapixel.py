@@ -23,42 +23,40 @@ cells are never rendered or written again, and a torn last journal line (a SIGKI
 appending) only costs that cell. Cells are deterministic, so the finished output is bitwise
 identical to that of an uninterrupted render.
 
-Workers. ``workers=N`` renders cells in N local processes (spawned, each with its own
-backend and ``torch.set_num_threads``), and the parent stores them as they come. Every cell
-is computed exactly as in a serial render, so the output is bitwise identical.
+Workers. ``workers=N`` renders cells in this process and N - 1 spawned ones, each with its
+own backend and ``torch.set_num_threads`` (:mod:`cips_deploy.cell_workers`); this process
+stores them as they come. Every cell is computed exactly as in a serial render, so the
+output is bitwise identical. A worker that dies ends the render with a sentence, the
+finished cells kept for ``resume``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from ._version import __version__
 from .atomic import atomic_path, check_destination
 from .backend import Backend
 from .checkpoint import file_sha256
-from .chunking import ChunkRequest, checked_spans
+from .cell_workers import WorkerLost, render_cells
+from .cells import CellRenderer, Job
+from .chunk_loop import Progress
 from .errors import CipsError
 from .generator import Generator
-from .plugin_manager import Registered, Registry, get_registry
-from .backend_use import backend_in_use
-from .chunk_loop import Progress, synthesize
-from .plugin_calls import call, guarded_iter
 from .limits import check_in_memory
+from .plugin_calls import call
+from .plugin_manager import Registered, Registry, get_registry
 from .render_request import check_chunk_settings, check_seed, check_size
-from .render_setup import prepare
 from .sinks import TILE, ArraySink, OutputFormat, Sink, format_for, remove_tree
 from .topology import resolve_parameters
 
@@ -84,26 +82,6 @@ FIELD_NAMES = {
     "truncation": "truncation",
     "cell": "cell size",
 }
-
-
-@dataclass(frozen=True)
-class Job:
-    """What decides a cell's pixels, picklable so that worker processes can rebuild it."""
-
-    model: Any  # a Generator or a checkpoint path (each worker builds its own backend)
-    topology: str
-    params: dict[str, Any]
-    height: int
-    width: int
-    seed: int
-    truncation: float
-    blend_seed: int | None
-    chunker: str
-    chunk_size: int | None
-    memory_budget: float | None
-    backend: str
-    device: str
-    backend_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -178,23 +156,18 @@ def render_to_file(
         memory_budget, backend, device, backend_options or {}, blend_seed, workers, threads, topology_params,
     )
     # The renderer of this process is built before any file is touched, so that a model,
-    # topology or backend problem leaves nothing behind; with workers it only checks (each
-    # worker builds its own).
+    # topology or backend problem leaves nothing behind (with workers it renders cells too).
     local = CellRenderer(job, registry, runner=model if isinstance(model, Backend) else None)
-    if workers > 1:
-        local.close()
-        local = None
     try:
         fingerprint = model_fingerprint(model)
     except BaseException:
-        if local is not None:
-            local.close()
+        local.close()
         raise
     fields = {
         "format": sink_format.name,
         "version": __version__,
         "model": fingerprint,
-        "backend": local.backend_entry.name if local is not None else backend,
+        "backend": local.backend_entry.name,
         "backend_options": {name: str(value) for name, value in sorted(job.backend_options.items())},
         "device": device,
         "topology": topology,
@@ -228,7 +201,7 @@ def render_to_file(
             finished = 0
             if progress is not None:
                 progress(0, total)
-            for index, pixels, points in _render_cells(job, local, cells, pending, workers, threads, progress, total):
+            for index, pixels, points in render_cells(job, local, cells, pending, workers, threads, progress, total):
                 top, _, left, _ = cells[index]
                 sink.write(top, left, pixels)
                 journal.append(index, _checksum(pixels))
@@ -236,6 +209,13 @@ def render_to_file(
                 if progress is not None:
                     progress(finished, total)
             paths = sink.finish()
+        except WorkerLost as error:
+            sink.close()
+            journal.close()
+            kept = f"the {journal.count + len(done):,} finished cells are kept in {partial}" if journal.count + len(done) else "no cell was finished"
+            if created and not journal.count:
+                remove_tree(partial)
+            raise CipsError(f"{error}; {kept}, and the same command with --resume continues.") from None
         except BaseException:
             sink.close()
             journal.close()
@@ -245,8 +225,7 @@ def render_to_file(
         journal.close()
         remove_tree(partial)
     finally:
-        if local is not None:
-            local.close()
+        local.close()
     return StreamedRendering(paths, sink_format.name, len(cells), len(done), total, workers)
 
 
@@ -283,176 +262,22 @@ def render_to_array(
         backend_options or {}, blend_seed, workers, threads, topology_params,
     )
     local = CellRenderer(job, registry, runner=model if isinstance(model, Backend) else None)
-    if workers > 1:
-        local.close()
-        local = None
     try:
         cells = cell_grid(height, width)
         sink = ArraySink(height, width)
         total, finished = height * width, 0
         if progress is not None:
             progress(0, total)
-        for index, pixels, points in _render_cells(job, local, cells, list(range(len(cells))), workers, threads, progress, total):
+        for index, pixels, points in render_cells(job, local, cells, list(range(len(cells))), workers, threads, progress, total):
             sink.write(cells[index][0], cells[index][2], pixels)
             finished += points
             if progress is not None:
                 progress(finished, total)
+    except WorkerLost as error:
+        raise CipsError(f"{error}, so the image was not made.") from None
     finally:
-        if local is not None:
-            local.close()
+        local.close()
     return sink.image
-
-
-# --------------------------------------------------------------------------- cells
-
-
-class CellRenderer:
-    """Renders cells of one :class:`Job` with one backend: in the parent for a serial render,
-    one per worker process otherwise."""
-
-    def __init__(self, job: Job, registry: Registry, runner: Backend | None = None) -> None:
-        self.job = job
-        self.topology = registry.get("topology", job.topology)
-        self.chunker = registry.get("chunker", job.chunker)
-        self._backend = contextlib.ExitStack()  # closes the backend if it was built here
-        runner, self.backend_entry = self._backend.enter_context(
-            backend_in_use(registry, job.model if runner is None else runner, job.backend, job.device, dict(job.backend_options))
-        )
-        self.runner = runner
-        try:
-            self.layout, self.w, self.w_blend = prepare(
-                runner, self.backend_entry, self.topology, job.height, job.width, job.params, job.seed, job.truncation,
-                job.blend_seed,
-            )
-            if not getattr(self.layout, "pixel_grid", False):
-                raise CipsError(
-                    f"The {job.topology} topology cannot stream its output (its image needs every sample at once); "
-                    "render it in memory, as a PNG."
-                )
-            if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
-                raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
-            self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
-            self.preferred_budget = call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
-        except BaseException:
-            self.close()
-            raise
-
-    def render(self, cell: tuple[int, int, int, int], progress: Progress | None = None) -> np.ndarray:
-        """The pixels of one cell ``(top, bottom, left, right)``: uint8 ``[bottom - top, right - left, 3]``."""
-        top, bottom, left, right = cell
-        rows, columns = bottom - top, right - left
-        n_points = rows * columns
-        points = call(self.topology, "points", self.layout.rectangle_points, top, bottom, left, right)
-        if len(points) != n_points:
-            raise CipsError(f"{self.topology.label} returned {len(points)} points for a {rows} x {columns} rectangle.")
-        buffer = _CellBuffer(points, n_points)
-        request = ChunkRequest(
-            n_points=n_points,
-            chunk_size=self.job.chunk_size,
-            memory_budget=self.job.memory_budget,
-            bytes_per_point=self.bytes_per_point,
-            row_boundaries=np.arange(rows + 1, dtype=np.int64) * columns,
-            preferred_memory_budget=self.preferred_budget,
-        )
-        spans = call(self.chunker, "spans", self.chunker.item.spans, request)
-        spans = checked_spans(guarded_iter(spans, self.chunker), n_points, self.chunker.label)
-        with torch.inference_mode():
-            synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
-        rgb = torch.from_numpy(buffer.rgb)
-        pixels = call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
-        if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape != (rows, columns, 3):
-            raise CipsError(f"{self.topology.label} assembled a rectangle that is not uint8 [{rows}, {columns}, 3].")
-        return pixels
-
-    def close(self) -> None:
-        self._backend.close()
-        self.runner = None
-
-
-class _CellBuffer:
-    """The layout interface the chunk loop needs, over one cell: its points ``[n, 2]`` and
-    a float32 ``[n, 3]`` buffer for their colours."""
-
-    def __init__(self, points: Tensor | np.ndarray, n_points: int) -> None:
-        self._points = points
-        self.rgb = np.empty((n_points, 3), dtype=np.float32)
-
-    def points(self, start: int, stop: int) -> Tensor | np.ndarray:
-        return self._points[start:stop]
-
-    def accept(self, start: int, rgb: Tensor) -> None:
-        self.rgb[start : start + len(rgb)] = rgb.detach().float().cpu().numpy()
-
-
-def _render_cells(
-    job: Job,
-    local: CellRenderer | None,
-    cells: list[tuple[int, int, int, int]],
-    pending: list[int],
-    workers: int,
-    threads: int | None,
-    progress: Progress | None,
-    total: int,
-) -> Iterator[tuple[int, np.ndarray, int]]:
-    """``(cell index, pixels, points)`` for every pending cell: serially, or from a pool of
-    spawned workers in the order they finish."""
-    if not pending:
-        return
-    if workers == 1:
-        previous = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        try:
-            done = 0
-            for index in pending:
-                top, bottom, left, right = cells[index]
-                points = (bottom - top) * (right - left)
-                report = None
-                if progress is not None:  # within a cell, per chunk
-                    report = lambda stop, _n, base=done: progress(base + stop, total)  # noqa: E731
-                yield index, local.render(cells[index], report), points
-                done += points
-        finally:
-            torch.set_num_threads(previous)
-        return
-    per_worker = threads or max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # fork after torch's threads start can deadlock
-    # The initializer only keeps the job (one that raised would make the pool respawn workers
-    # forever); the first task builds the worker's renderer, so its errors reach the parent.
-    with context.Pool(min(workers, len(pending)), initializer=_worker_start, initargs=(job, per_worker)) as pool:
-        tasks = [(index, cells[index]) for index in pending]
-        for index, pixels in pool.imap_unordered(_worker_render, tasks):
-            top, bottom, left, right = cells[index]
-            yield index, pixels, (bottom - top) * (right - left)
-
-
-_worker: CellRenderer | None = None
-_worker_job: tuple[Job, int] | None = None
-_worker_parent: int | None = None
-
-
-def _worker_start(job: Job, threads: int) -> None:
-    global _worker_job, _worker_parent
-    _worker_job = (job, threads)
-    _worker_parent = os.getppid()
-
-
-def _stop_if_orphaned(done: int, total: int) -> None:
-    """Called after every chunk: a worker whose parent was killed (SIGKILL leaves no one to
-    stop the pool) exits now instead of finishing a cell that nobody will store."""
-    if os.getppid() != _worker_parent:
-        os._exit(1)
-
-
-def _worker_render(task: tuple[int, tuple[int, int, int, int]]) -> tuple[int, np.ndarray]:
-    """In a worker process: build this process's renderer on the first task, render one cell."""
-    global _worker
-    index, cell = task
-    if _worker is None:
-        job, threads = _worker_job
-        torch.set_num_threads(threads)
-        _worker = CellRenderer(job, get_registry())
-    return index, _worker.render(cell, _stop_if_orphaned)
 
 
 # --------------------------------------------------------------------------- the partial render

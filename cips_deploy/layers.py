@@ -22,6 +22,24 @@ from torch import Tensor, nn
 SQRT2 = math.sqrt(2.0)
 
 
+def building_on_meta() -> bool:
+    """True while a model is built under ``torch.device("meta")`` (shapes only).
+
+    :func:`cips_deploy.limits.check_model_size` builds every model so before loading it.
+    There ``randn``, arithmetic and most factories run Python references that import sympy
+    and dynamo, about a second of every process's start (the CLI's and each worker's), so
+    initialisers skip their values on meta.
+    """
+    return torch.get_default_device().type == "meta"
+
+
+def initial_normal(*shape: int, std: float = 1.0) -> Tensor:
+    """``torch.randn(*shape) * std``, the initial value of a weight (only its shape on meta)."""
+    if building_on_meta():
+        return torch.empty(*shape)
+    return torch.randn(*shape) * std if std != 1.0 else torch.randn(*shape)
+
+
 def scaled_leaky_relu(x: Tensor) -> Tensor:
     """Leaky ReLU(0.2) times sqrt(2), which keeps the activations' second moment at 1."""
     return F.leaky_relu(x, negative_slope=0.2) * SQRT2
@@ -50,7 +68,7 @@ class EqualLinear(nn.Module):
         activate: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features) / lr_mul)
+        self.weight = nn.Parameter(initial_normal(out_features, in_features, std=1 / lr_mul))
         self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_features)
         self.lr_mul = lr_mul
@@ -120,7 +138,7 @@ class CoordinateEmbedding(nn.Module):
 
     def __init__(self, hidden: int, size: int, cylinder: bool = False) -> None:
         super().__init__()
-        self.grid = nn.Parameter(torch.randn(size, size, hidden))
+        self.grid = nn.Parameter(initial_normal(size, size, hidden))
         self.cylinder = cylinder
 
     def forward(self, coords: Tensor) -> Tensor:
@@ -167,7 +185,7 @@ class ModulatedLinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, style_dim: int, *, demodulate: bool = True) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.weight = nn.Parameter(initial_normal(out_features, in_features))
         self.affine = EqualLinear(style_dim, in_features, bias_init=1.0)
         self.scale = 1 / math.sqrt(in_features)
         self.demodulate = demodulate

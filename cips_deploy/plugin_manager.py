@@ -17,6 +17,8 @@ import importlib
 import importlib.metadata
 import sys
 import re
+import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -205,6 +207,7 @@ def register_commands(cli: click.Group, registry: Registry | None = None) -> Non
             with _plugin_code():
                 implementation.function(cli=cli)
         except BaseException as error:  # a plugin's bug (or its sys.exit) must not take the command line down
+            _reraise_user_interrupt(error)
             registry.problem(plugin, _failure(plugin, "register_commands", error))
         for name, command in before.items():
             if cli.commands.get(name) is not command:
@@ -227,6 +230,7 @@ def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
         with _plugin_code():
             plugin = load()
     except BaseException as error:  # SystemExit and KeyboardInterrupt at import too: it is the plugin's, not the user's
+        _reraise_user_interrupt(error)
         registry.problem(name, f"Plugin {name!r} failed to import ({describe_error(error)}); it was skipped.")
         return
     try:
@@ -255,6 +259,7 @@ def _collect(registry: Registry, hook_name: str) -> None:
             with _plugin_code():
                 implementation.function(register=received.append)
         except BaseException as error:
+            _reraise_user_interrupt(error)
             registry.problem(plugin, _failure(plugin, hook_name, error))
             continue
         for item in received:
@@ -276,9 +281,33 @@ def _collect(registry: Registry, hook_name: str) -> None:
 
 @contextlib.contextmanager
 def _plugin_code():
-    """Run plugin code with its prints sent to stderr: stdout carries results (``--json``)."""
-    with contextlib.redirect_stdout(sys.stderr):
-        yield
+    """Run plugin code with its prints sent to stderr: stdout carries results (``--json``).
+
+    A plugin's own ``raise KeyboardInterrupt`` is its failure and is contained; the user's
+    Ctrl-C meanwhile arrives as :class:`UserInterrupt`, which is never contained.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous = signal.signal(signal.SIGINT, _user_interrupt)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+class UserInterrupt(KeyboardInterrupt):
+    """Ctrl-C while plugin code ran."""
+
+
+def _user_interrupt(signum: int, frame: Any) -> None:
+    raise UserInterrupt()
+
+
+def _reraise_user_interrupt(error: BaseException) -> None:
+    if isinstance(error, UserInterrupt):
+        raise error
 
 
 def owner_of(registry: Registry, kind: str, item: Any) -> Registered | None:

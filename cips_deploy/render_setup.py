@@ -1,7 +1,7 @@
 """The setup every render shares: the layout of the request and the styles it is drawn with.
 
 The in-memory renderer (:func:`cips_deploy.render.render_detailed`) and the streamed one
-(:class:`cips_deploy.gigapixel.CellRenderer`) both start here, so a model, a topology and
+(:class:`cips_deploy.cells.CellRenderer`) both start here, so a model, a topology and
 a seed give the same points and styles whichever writes the image.
 """
 

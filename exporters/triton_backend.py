@@ -9,9 +9,13 @@ model's configuration and refuses, in one sentence, a server that cannot be reac
 does not serve the model, or whose model's metadata (``parameters`` written by
 ``export --triton-repo``) says it comes from other weights. ``map`` runs on the server's
 ``<model>_mapping`` model; ``run_many`` sends chunks as requests, keeping ``inflight``
-chunks per URL in flight (spread over the URLs in turn) and yielding the colours in chunk
-order. A timeout, a refused chunk or a server that dies mid-render ends the render with one
-sentence and no image.
+chunks per server in flight, each to the server with the fewest unanswered, and yields the
+colours in chunk order.
+
+Several servers: one that stops answering or times out mid-render is dropped with a
+warning and its unanswered chunks go to the others (every server was checked to serve the
+same weights, so the pixels do not change); the render ends, with one sentence and no
+image, only when none is left, or when a server refuses a chunk (another would too).
 
 Options (strings from the command line): ``url`` (``host:port``, or several joined by
 commas; default 127.0.0.1:8001 for gRPC, 127.0.0.1:8000 for HTTP), ``model`` (the served
@@ -26,8 +30,10 @@ comes back, exactly the engine I/O of :mod:`.spec`.
 from __future__ import annotations
 
 import itertools
+import logging
 import re
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -44,9 +50,10 @@ from cips_deploy.topology import Parameter
 from .metadata import EngineMetadata, read_onnx_metadata
 from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
 from .triton import MAPPING_SUFFIX, model_name
-from .triton_client import Connection, connect
+from .triton_client import Connection, ServerLost, connect
 
 PROTOCOLS = {"grpc": 8001, "http": 8000}
+log = logging.getLogger(__name__)
 MAX_INFLIGHT = 64
 _URL = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$")
 
@@ -55,7 +62,7 @@ class TritonBackend(Backend):
     name = "triton"
     description = "Triton Inference Servers (cips-deploy serve, or NVIDIA's container): chunks over gRPC or HTTP, several in flight."
     options = (
-        Parameter("url", str, None, "host:port of the server, or several separated by commas (used in turn)"),
+        Parameter("url", str, None, "host:port of the server, or several separated by commas (chunks spread over them)"),
         Parameter("model", str, None, "the served synthesis model's name (default: the one named after the checkpoint)"),
         Parameter("protocol", str, "grpc", "grpc or http", choices=("grpc", "http")),
         Parameter("inflight", int, 4, "chunks in flight per server", minimum=1, maximum=1024),
@@ -94,12 +101,19 @@ class TritonBackend(Backend):
         self.config = self.metadata.config
         self._spec = synthesis_spec(self.config, self.metadata.spatial_style)
         self._mapping_spec = mapping_spec(self.config)
-        self._next = itertools.count()  # round-robin over the URLs
+        self._live = list(self._connections)  # servers still answering; a lost one is dropped
+        self._turn = itertools.count()  # breaks ties between equally busy servers in turn
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S] on the server's mapping model, truncated here towards w_avg."""
+        """z [B, S] -> w [B, S] on a server's mapping model, truncated here towards w_avg."""
         (z_name,), w_names = self._mapping_spec.input_names, self._mapping_spec.output_names  # z -> w
-        (w,) = self._connections[0].infer(self.model + MAPPING_SUFFIX, {z_name: _numpy(z)}, w_names)
+        while True:
+            connection = self._live[0]
+            try:
+                (w,) = connection.infer(self.model + MAPPING_SUFFIX, {z_name: _numpy(z)}, w_names)
+                break
+            except ServerLost as error:
+                self._drop(connection, error)
         w = torch.from_numpy(np.array(w))  # a copy: the client's arrays are read-only views
         if truncation != 1.0:
             w = self.metadata.w_avg_tensor().lerp(w, truncation)
@@ -109,35 +123,70 @@ class TritonBackend(Backend):
         return next(iter(self.run_many([(coords, w)])))
 
     def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
-        """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per URL pending at once."""
-        window = self.inflight * len(self._connections)
-        pending: deque[tuple[Connection, Any, int]] = deque()
+        """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per live server pending at once."""
+        pending: deque[_Request] = deque()
         source = iter(batches)
         exhausted = False
         try:
             while True:
-                while not exhausted and len(pending) < window:
+                while not exhausted and len(pending) < self.inflight * len(self._live):
                     try:
                         coords, w = next(source)
                     except StopIteration:
                         exhausted = True
                         break
-                    connection = self._connections[next(self._next) % len(self._connections)]
                     # Padded like the local backends (a multiple of 64 points), so that a served
                     # chunk runs the same kernels as the same chunk run locally: equal colours.
                     n_points = coords.shape[1]
                     coords = pad_rows(coords.float(), PAD_POINTS)
                     w = pad_rows(w.float(), PAD_POINTS) if w.dim() == 3 else w
-                    request = connection.submit(self.model, self._inputs(coords, w), self._spec.output_names)
-                    pending.append((connection, request, n_points))
+                    request = _Request(self._inputs(coords, w), n_points)
+                    self._send(request, pending)
+                    pending.append(request)
                 if not pending:
                     return
-                connection, handle, n_points = pending.popleft()
-                (rgb,) = connection.collect(handle)
-                yield torch.from_numpy(np.array(rgb[:, :n_points]))  # a writable copy of the response buffer
+                first = pending[0]
+                try:
+                    (rgb,) = first.connection.collect(first.handle)
+                except ServerLost as error:
+                    lost = first.connection
+                    self._drop(lost, error)
+                    for request in pending:  # the lost server's unanswered chunks, to the others
+                        if request.connection is lost:
+                            self._send(request, pending)
+                    continue
+                pending.popleft()
+                yield torch.from_numpy(np.array(rgb[:, : first.n_points]))  # a writable copy of the response buffer
         finally:
-            for connection, handle, _ in pending:
-                connection.cancel(handle)
+            for request in pending:
+                request.connection.cancel(request.handle)
+
+    def _send(self, request: "_Request", pending: deque["_Request"]) -> None:
+        """Submit ``request`` to the live server with the fewest unanswered requests."""
+        while True:
+            busy = {id(connection): 0 for connection in self._live}
+            for other in pending:
+                if other is not request and id(other.connection) in busy:
+                    busy[id(other.connection)] += 1
+            turn = next(self._turn)
+            order = self._live[turn % len(self._live):] + self._live[: turn % len(self._live)]
+            connection = min(order, key=lambda each: busy[id(each)])
+            try:
+                request.handle = connection.submit(self.model, request.inputs, self._spec.output_names)
+                request.connection = connection
+                return
+            except ServerLost as error:
+                self._drop(connection, error)
+
+    def _drop(self, connection: Connection, error: ServerLost) -> None:
+        """Stop using a server that stopped answering; the error itself when none is left."""
+        if connection in self._live:
+            self._live.remove(connection)
+        if not self._live:
+            raise error
+        others = len(self._live)
+        log.warning("%s; its chunks go to the other server%s (%s).", str(error).rstrip("."), "s" if others > 1 else "",
+                    ", ".join(each.url for each in self._live))
 
     def preferred_memory_budget(self) -> float:
         """The server holds the activations; 64 MB keeps a request a few MB of coordinates and colours."""
@@ -179,6 +228,16 @@ class TritonBackend(Backend):
                 raise CipsError(f"{where} has inputs and outputs other than this cips-deploy expects; export it again.")
         assert found is not None
         return found
+
+
+@dataclass(eq=False)
+class _Request:
+    """One chunk on its way: its input tensors (kept until answered, to send again elsewhere)."""
+
+    inputs: dict[str, np.ndarray]
+    n_points: int  # before padding
+    connection: Connection | None = None
+    handle: Any = None
 
 
 def parse_urls(text: str) -> list[str]:

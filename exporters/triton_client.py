@@ -22,6 +22,11 @@ from cips_deploy.errors import CipsError
 from .metadata import EngineMetadata
 
 
+class ServerLost(CipsError):
+    """The server stopped answering or timed out: a chunk may go to another server (a refused
+    request is a plain :class:`CipsError`: another server would refuse it too)."""
+
+
 def _first_line(error: BaseException) -> str:
     message = error.message() if callable(getattr(error, "message", None)) else str(error)
     text = (message or "").strip().splitlines()
@@ -80,9 +85,9 @@ class Connection:
         text = _first_line(error)
         lowered = (text + " " + str(getattr(error, "status", lambda: "")() or "")).lower()
         if "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
-            return CipsError(f"The Triton server at {self.url} did not answer {during} within {self.timeout:g} s (raise --backend-option timeout=SECONDS).")
+            return ServerLost(f"The Triton server at {self.url} did not answer {during} within {self.timeout:g} s (raise --backend-option timeout=SECONDS).")
         if any(word in lowered for word in ("unavailable", "connection", "refused", "reset", "broken pipe", "socket closed", "failed to connect", "eof")):
-            return CipsError(f"The Triton server at {self.url} stopped answering {during} ({text}).")
+            return ServerLost(f"The Triton server at {self.url} stopped answering {during} ({text}).")
         return CipsError(f"The Triton server at {self.url} refused {during}: {text}.")
 
 
@@ -129,7 +134,7 @@ class _GrpcConnection(Connection):
         try:
             return handle.result(timeout=self.timeout + 10.0)
         except concurrent.futures.TimeoutError:
-            raise CipsError(f"The Triton server at {self.url} did not answer a chunk within {self.timeout:g} s.") from None
+            raise ServerLost(f"The Triton server at {self.url} did not answer a chunk within {self.timeout:g} s.") from None
         except Exception as error:
             raise self._failure(error, "a chunk") from None
 

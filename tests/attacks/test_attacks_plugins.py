@@ -5,7 +5,10 @@ sys.exit or KeyboardInterrupt at import is contained; its prints never reach std
 from __future__ import annotations
 
 import json
+import os
+import signal
 import textwrap
+import time
 import warnings
 
 import click
@@ -99,6 +102,20 @@ def test_system_exit_and_keyboard_interrupt_in_hooks_are_contained():
     problems = registry.plugins["exits"].problems
     assert any("SystemExit: 3" in p for p in problems) and any("KeyboardInterrupt" in p for p in problems)
     assert "flat" in registry.topologies
+
+
+class _InterruptedByTheUser:
+    @hookimpl
+    def register_topologies(self, register):
+        os.kill(os.getpid(), signal.SIGINT)  # the user's Ctrl-C arrives while plugin code runs
+        time.sleep(5)
+
+
+def test_the_users_ctrl_c_during_plugin_code_is_not_contained():
+    """A plugin's own KeyboardInterrupt is its failure (above); a real SIGINT is the user's and stops the command."""
+    with pytest.raises(KeyboardInterrupt):
+        _registry(("interrupted", _InterruptedByTheUser()))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
 def test_plugin_prints_go_to_stderr(capsys):

@@ -240,3 +240,18 @@ def test_sniffing_tells_pickles_zips_and_foreign_bytes_apart(tmp_path):
     assert sniff_format(tmp_path / "legacy.pt") == "torch-legacy"
     for name in ("junk.bin", "text.txt", "empty"):
         assert sniff_format(tmp_path / name) is None
+
+
+@pytest.mark.parametrize("arch", ["skip", "res", "creps"])
+def test_loading_a_checkpoint_builds_its_size_check_without_torchs_symbolic_machinery(tmp_path, arch):
+    # The size check builds the model on the meta device; a weight initialiser that computes
+    # there pulls in sympy and dynamo, a second of every process's start (CLI and workers).
+    path = tmp_path / f"{arch}.safetensors"
+    cips_deploy.create("tiny", arch=arch, coordinate_space="cylinder", seed=2).save(path)
+    program = (
+        "import sys, cips_deploy.checkpoint as c; c.load(sys.argv[1]); "
+        "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", program, str(path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

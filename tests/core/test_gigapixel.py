@@ -391,6 +391,54 @@ def test_two_workers_give_the_serial_file(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def spawned_workers(parent: int) -> list[int]:
+    """The pids of ``parent``'s worker processes (multiprocessing's spawned children)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_a_killed_worker_ends_the_render_with_a_sentence_and_resume_finishes_it(tmp_path):
+    """SIGKILL of one worker process (as the OOM killer would): no hang, one sentence, the finished cells kept."""
+    args = ["render", "-t", "cylinder", "--height", "2560", "--width", "1024", "--seed", "6"]
+    reference = tmp_path / "ref.tif"
+    assert cli(*args, "-o", str(reference)).returncode == 0
+    output = tmp_path / "out.tif"
+    journal = partial_path(output) / "journal"
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    process = subprocess.Popen([*COMMAND, *args, "-o", str(output), "--workers", "2"], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, killed = time.monotonic() + 240, []
+        while time.monotonic() < deadline and process.poll() is None and not killed:
+            workers = spawned_workers(process.pid)
+            if workers and journal.exists() and journal.read_bytes().count(b"\n") >= 1:
+                os.kill(workers[0], signal.SIGKILL)
+                killed.append(workers[0])
+            time.sleep(0.01)
+        stdout, stderr = process.communicate(timeout=240)  # a hang fails here
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert killed, "the render finished before a worker could be killed"
+    assert process.returncode == 1, stderr
+    assert stderr.count("\n") == 1 and "A worker process ended before finishing its cell" in stderr, stderr
+    assert f"finished cells are kept in {partial_path(output)}, and the same command with --resume continues" in stderr
+    assert journal.read_bytes().count(b"\n") >= 1 and not output.exists()
+    resumed = cli(*args, "-o", str(output), "--workers", "2", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert output.read_bytes() == reference.read_bytes()
+
+
 RSS_SCRIPT = r'''
 import sys
 sys.path.insert(0, sys.argv[4])  # tests/helpers/, for the coordinates backend

@@ -146,6 +146,57 @@ def test_two_concurrent_renders_and_two_urls(server, checkpoint, local):
     assert np.array_equal(results["a"], expected) and np.array_equal(results["b"], expected)
 
 
+def served_chunks(server) -> int:
+    """How many synthesis requests ``server`` has answered (its inference statistics)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        stats = client.get_inference_statistics("pano", as_json=True)
+    finally:
+        client.close()
+    return int(stats["model_stats"][0]["inference_stats"]["success"].get("count", 0))
+
+
+def test_chunks_spread_over_two_servers_and_survive_losing_one(repository, checkpoint, local, tmp_path, monkeypatch, caplog):
+    """Two real servers share a streamed render; one killed mid-render hands its chunks to the other."""
+    triton_server = _server_or_skip()
+    ports = free_ports(4)
+    first = triton_server.LocalServer(repository, http_port=ports[0], grpc_port=ports[1])
+    second = triton_server.LocalServer(repository, http_port=ports[2], grpc_port=ports[3])
+    settings = dict(topology="cylinder", height=64, width=256, seed=4, chunk_size=512)  # 32 chunks
+    expected = render_detailed(local, "cylinder", 64, 256, seed=4, chunk_size=512).image
+    from cips_deploy.gigapixel import render_to_file
+
+    tifffile = pytest.importorskip("tifffile")
+    with first, second:
+        urls = {"url": f"{first.grpc_url},{second.grpc_url}", "inflight": "2"}
+        shared = tmp_path / "shared.tif"
+        render_to_file(checkpoint, shared, backend="triton", backend_options=urls, **settings)
+        assert np.array_equal(tifffile.imread(shared), expected)
+        counts = [served_chunks(server) for server in (first, second)]
+        assert sum(counts) == 32 and min(counts) >= 8, counts  # each server rendered its share
+
+        original = TritonBackend.run_many
+
+        def losing_run_many(self, batches):
+            for index, rgb in enumerate(original(self, batches)):
+                if index == 2:  # chunks are in flight on both servers: the second one dies now
+                    os.killpg(second.process.pid, signal.SIGKILL)
+                    second.process.wait()
+                yield rgb
+
+        monkeypatch.setattr(TritonBackend, "run_many", losing_run_many)
+        survived = tmp_path / "survived.tif"
+        with caplog.at_level("WARNING", logger="cips_deploy.exporters.triton_backend"):
+            render_to_file(checkpoint, survived, backend="triton", backend_options=urls, **settings)
+        assert np.array_equal(tifffile.imread(survived), expected)
+        warnings = [record.getMessage() for record in caplog.records]
+        assert len(warnings) == 1 and f"The Triton server at {second.grpc_url} stopped answering" in warnings[0]
+        assert f"its chunks go to the other server ({first.grpc_url})" in warnings[0]
+        assert served_chunks(first) > counts[0] + 16  # the first server rendered the rest, the lost chunks included
+
+
 def test_wrong_model_and_unreachable_server(server, checkpoint, tmp_path):
     with pytest.raises(CipsError, match=r"serves no model 'nope' \(it serves: pano, pano_ensemble, pano_mapping\)"):
         TritonBackend(checkpoint, url=server.grpc_url, model="nope")
