@@ -195,8 +195,10 @@ class SynthesisInput(nn.Module):
     def __init__(self, channels: int, style_dim: int, size: int, cylinder: bool) -> None:
         super().__init__()
         self.channels = channels
-        freqs = initial_normal(1, channels // 2 * RANK, std=BANDWIDTH)
-        self.register_buffer("freqs", freqs.round() if cylinder and not building_on_meta() else freqs)
+        freqs = initial_normal(1, channels // 2 * RANK)
+        if not building_on_meta():  # see building_on_meta
+            freqs = torch.round(freqs * BANDWIDTH) if cylinder else freqs * BANDWIDTH
+        self.register_buffer("freqs", freqs)
         grid = torch.empty(size) if building_on_meta() else torch.linspace(0, 1, size)
         self.register_buffer("coords", grid.reshape(1, -1, 1, 1).expand(1, size, 2, 1).contiguous())
         self.weight = nn.Parameter(initial_normal(1, channels, 1, 2 * RANK))

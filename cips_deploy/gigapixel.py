@@ -209,18 +209,16 @@ def render_to_file(
                 if progress is not None:
                     progress(finished, total)
             paths = sink.finish()
-        except WorkerLost as error:
-            sink.close()
-            journal.close()
-            kept = f"the {journal.count + len(done):,} finished cells are kept in {partial}" if journal.count + len(done) else "no cell was finished"
-            if created and not journal.count:
-                remove_tree(partial)
-            raise CipsError(f"{error}; {kept}, and the same command with --resume continues.") from None
-        except BaseException:
+        except BaseException as error:
             sink.close()
             journal.close()
             if created and not journal.count:
                 remove_tree(partial)  # nothing finished: leave nothing behind
+            if isinstance(error, WorkerLost):
+                kept = journal.count + len(done)
+                if not kept:
+                    raise CipsError(f"{error}; no cell was finished.") from None
+                raise CipsError(f"{error}; the {kept:,} finished cells are kept in {partial}, and the same command with --resume continues.") from None
             raise
         journal.close()
         remove_tree(partial)

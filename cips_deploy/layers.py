@@ -33,11 +33,11 @@ def building_on_meta() -> bool:
     return torch.get_default_device().type == "meta"
 
 
-def initial_normal(*shape: int, std: float = 1.0) -> Tensor:
-    """``torch.randn(*shape) * std``, the initial value of a weight (only its shape on meta)."""
+def initial_normal(*shape: int, divisor: float = 1.0) -> Tensor:
+    """``torch.randn(*shape) / divisor``, the initial value of a weight (only its shape on meta)."""
     if building_on_meta():
         return torch.empty(*shape)
-    return torch.randn(*shape) * std if std != 1.0 else torch.randn(*shape)
+    return torch.randn(*shape) / divisor
 
 
 def scaled_leaky_relu(x: Tensor) -> Tensor:
@@ -68,7 +68,7 @@ class EqualLinear(nn.Module):
         activate: bool = False,
     ) -> None:
         super().__init__()
-        self.weight = nn.Parameter(initial_normal(out_features, in_features, std=1 / lr_mul))
+        self.weight = nn.Parameter(initial_normal(out_features, in_features, divisor=lr_mul))
         self.bias = nn.Parameter(torch.full((out_features,), float(bias_init))) if bias else None
         self.scale = lr_mul / math.sqrt(in_features)
         self.lr_mul = lr_mul
