@@ -76,7 +76,6 @@ class CellRenderer:
             if (getattr(self.layout, "height", None), getattr(self.layout, "width", None)) != (job.height, job.width):
                 raise CipsError(f"{self.topology.label} returned a layout of another size than {job.height} x {job.width}.")
             self.bytes_per_point = runner.bytes_per_point(per_point_style=self.w_blend is not None)
-            self.preferred_budget = call(self.backend_entry, "preferred_memory_budget", runner.preferred_memory_budget)
         except BaseException:
             self.close()
             raise
@@ -96,7 +95,8 @@ class CellRenderer:
             memory_budget=self.job.memory_budget,
             bytes_per_point=self.bytes_per_point,
             row_boundaries=np.arange(rows + 1, dtype=np.int64) * columns,
-            preferred_memory_budget=self.preferred_budget,
+            # Asked per cell: a backend's choice may follow the thread count, which workers set.
+            preferred_memory_budget=call(self.backend_entry, "preferred_memory_budget", self.runner.preferred_memory_budget),
         )
         spans = call(self.chunker, "spans", self.chunker.item.spans, request)
         spans = checked_spans(guarded_iter(spans, self.chunker), n_points, self.chunker.label)

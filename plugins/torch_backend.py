@@ -46,11 +46,12 @@ PRECISIONS = DTYPES  # name -> dtype, cips_deploy.precision
 # MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
 # budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
 LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}
-# A small model's chunk gains nothing beyond this many points on a CPU (the per-chunk work is
-# amortised) and loses once its activations leave the caches: the 64-wide demo model renders
-# a 256 x 4096 cell 1.3x faster in 8,192-point chunks than in the 29,852 that 32 MB would
-# give it (BENCHMARKS.md). Wide models reach 32 MB first (paper256: 3,245 points).
-CPU_CHUNK_POINTS = 8192
+# A small model's chunk gains nothing beyond this many points per CPU thread (the per-chunk
+# work is amortised) and loses once a thread's share of the activations leaves the caches:
+# the 64-wide demo model runs 1.28x faster in 8,192-point chunks on one thread, and 1.29x
+# in 16,384-point chunks on two, than in the 29,852 that 32 MB would give it (BENCHMARKS.md).
+# Wide models reach 32 MB first (paper256: 3,245 points).
+CPU_CHUNK_POINTS_PER_THREAD = 8192
 
 
 def parse_precision(value: Any, device: torch.device) -> str:
@@ -168,13 +169,15 @@ class TorchBackend(Backend):
         """32 MB on a CPU, where chunks whose activations stay in the caches run fastest
         (paper256 at 256x256 on 2 cores: 96% of the matmul peak at 2,048 points per chunk,
         62% at 65,536; BENCHMARKS.md; bf16 is flat from 1,024 to 8,192 points and slower
-        beyond, so the same budget suits it), and at most ``CPU_CHUNK_POINTS`` points of a
-        per-point family; 2 GB on a GPU, which wants large batches."""
+        beyond, so the same budget suits it), and at most ``CPU_CHUNK_POINTS_PER_THREAD``
+        points per torch thread for a per-point family (read at each call: a worker process
+        changes its thread count); 2 GB on a GPU, which wants large batches."""
         if self.device.type == "cuda":
             return 2048.0
         if self.generator.line_factored:
             return 32.0
-        return min(32.0, CPU_CHUNK_POINTS * self.bytes_per_point() / 2**20)
+        points = CPU_CHUNK_POINTS_PER_THREAD * torch.get_num_threads()
+        return min(32.0, points * self.bytes_per_point() / 2**20)
 
     def close(self) -> None:
         """Give the caller's generator back on the device it came on, and free device memory."""

@@ -7,6 +7,7 @@ derived from (run seed, step, rank), so a resumed run repeats an uninterrupted o
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import errno
 import fcntl
@@ -18,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import click
 import torch
@@ -178,9 +179,14 @@ class Trainer:
     # ------------------------------------------------------------- the run
 
     def run(self) -> None:
+        """Train to ``options.steps``; SIGINT or SIGTERM finish the step, save and stop. The
+        caller's signal handlers are back afterwards (a notebook's Ctrl-C keeps working)."""
+        with self._stop_on_signals():
+            self._run()
+
+    def _run(self) -> None:
         o = self.options
         log_path = self.out / "log.jsonl"
-        self._install_signal_handlers()
         if self.dist.is_main and self.data.skipped:
             click.echo(f"Skipped {len(self.data.skipped)} unreadable file(s), e.g. {self.data.skipped[0]}.", err=True)
         started, step_at_start = time.perf_counter(), self.step
@@ -221,15 +227,20 @@ class Trainer:
             click.echo(f"Trained to step {self.step} ({rate:.1f} images/s); the generator is {self.out / 'generator.safetensors'}.", err=True)
         self.dist.close()
 
-    def _install_signal_handlers(self) -> None:
+    @contextlib.contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
         def request_stop(signum, frame):  # finish the step, save, then exit with 128 + signum
             if self.stop_requested:
                 raise KeyboardInterrupt
             self.stop_requested = True
             self.stop_signal = signum
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
+        previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     # ------------------------------------------------------------ persistence
 

@@ -319,6 +319,14 @@ def cli(*args: str, timeout: float = 240, **popen) -> subprocess.CompletedProces
     )
 
 
+def reference_then_started(tmp_path: Path, args: list[str], *extra: str, **popen) -> tuple[Path, Path, subprocess.Popen]:
+    """``args`` rendered to ref.tif, then the same render started into out.tif (to be interrupted)."""
+    reference, output = tmp_path / "ref.tif", tmp_path / "out.tif"
+    assert cli(*args, "-o", str(reference)).returncode == 0
+    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return reference, output, subprocess.Popen([*COMMAND, *args, "-o", str(output), *extra], env=environment, **popen)
+
+
 def test_cli_writes_each_streaming_format_and_refuses_a_huge_png(tmp_path):
     from click.testing import CliRunner
 
@@ -344,13 +352,8 @@ def test_cli_writes_each_streaming_format_and_refuses_a_huge_png(tmp_path):
 def test_sigkill_half_way_then_resume_gives_the_identical_file(tmp_path):
     """A real SIGKILL of the command line, then ``--resume``: bitwise the uninterrupted file."""
     args = ["render", "-t", "cylinder", "--height", "1280", "--width", "1024", "--seed", "9"]
-    reference = tmp_path / "ref.tif"
-    assert cli(*args, "-o", str(reference)).returncode == 0
-    output = tmp_path / "out.tif"
+    reference, output, process = reference_then_started(tmp_path, args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = partial_path(output) / "journal"
-    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    process = subprocess.Popen([*COMMAND, *args, "-o", str(output)], env=environment,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
@@ -409,13 +412,10 @@ def spawned_workers(parent: int) -> list[int]:
 def test_a_killed_worker_ends_the_render_with_a_sentence_and_resume_finishes_it(tmp_path):
     """SIGKILL of one worker process (as the OOM killer would): no hang, one sentence, the finished cells kept."""
     args = ["render", "-t", "cylinder", "--height", "2560", "--width", "1024", "--seed", "6"]
-    reference = tmp_path / "ref.tif"
-    assert cli(*args, "-o", str(reference)).returncode == 0
-    output = tmp_path / "out.tif"
+    reference, output, process = reference_then_started(
+        tmp_path, args, "--workers", "2", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     journal = partial_path(output) / "journal"
-    environment = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    process = subprocess.Popen([*COMMAND, *args, "-o", str(output), "--workers", "2"], env=environment,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline, killed = time.monotonic() + 240, []
         while time.monotonic() < deadline and process.poll() is None and not killed:
