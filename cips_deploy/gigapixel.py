@@ -144,7 +144,7 @@ def render_to_file(
     destination:   the output file; its extension picks the format unless ``output_format`` names one.
     resume:        continue the interrupted render in ``<destination>.partial`` (see the module text);
                    without it an existing partial render is refused, never overwritten.
-    workers:       local processes rendering cells (``model`` must then be a Generator or a path).
+    workers:       processes rendering cells, this one included (``model`` must then be a Generator or a path).
     threads:       torch threads per worker (default: the CPU count divided among the workers;
                    a serial render keeps the caller's setting).
     progress:      ``progress(points_done, points_total)`` over the points this run renders.
