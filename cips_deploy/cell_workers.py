@@ -69,13 +69,12 @@ def render_cells(
         torch.set_num_threads(threads)
     try:
         if helpers:
-            yield from _with_helpers(job, local, cells, pending, helpers, threads or previous, progress, total)
+            yield from _with_helpers(job, local, cells, pending, helpers, threads, progress, total)
         else:
             done = 0
             for index in pending:
-                points = _points(cells[index])
-                yield index, local.render(cells[index], _within(progress, done, total)), points
-                done += points
+                yield index, local.render(cells[index], _within(progress, done, total)), _points(cells[index])
+                done += _points(cells[index])
     finally:
         torch.set_num_threads(previous)
 

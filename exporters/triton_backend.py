@@ -32,7 +32,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -102,7 +102,7 @@ class TritonBackend(Backend):
         self._spec = synthesis_spec(self.config, self.metadata.spatial_style)
         self._mapping_spec = mapping_spec(self.config)
         self._live = list(self._connections)  # servers still answering; a lost one is dropped
-        self._turn = itertools.count()  # breaks ties between equally busy servers in turn
+        self._turn = itertools.count()
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
         """z [B, S] -> w [B, S] on a server's mapping model, truncated here towards w_avg."""
@@ -164,13 +164,9 @@ class TritonBackend(Backend):
     def _send(self, request: "_Request", pending: deque["_Request"]) -> None:
         """Submit ``request`` to the live server with the fewest unanswered requests."""
         while True:
-            busy = {id(connection): 0 for connection in self._live}
-            for other in pending:
-                if other is not request and id(other.connection) in busy:
-                    busy[id(other.connection)] += 1
-            turn = next(self._turn)
-            order = self._live[turn % len(self._live):] + self._live[: turn % len(self._live)]
-            connection = min(order, key=lambda each: busy[id(each)])
+            busy = Counter(id(other.connection) for other in pending if other is not request)
+            turn = next(self._turn) % len(self._live)  # ties go round in turn
+            connection = min(self._live[turn:] + self._live[:turn], key=lambda each: busy[id(each)])
             try:
                 request.handle = connection.submit(self.model, request.inputs, self._spec.output_names)
                 request.connection = connection
