@@ -1,4 +1,4 @@
-"""Interleaved A/B of the fused bf16 layers (``cips_deploy.layers.FUSE_BF16_CPU``) in one process.
+"""Interleaved A/B of the fused bf16 layers (``cips_deploy.families.layers.FUSE_BF16_CPU``) in one process.
 
 paper256 (random weights, seed 0), 256 x 256, the torch backend in bf16, ``--chunk`` points
 per call; each round measures the bf16 2048^3 peak, then one image fused and one unfused.
@@ -16,9 +16,9 @@ import time
 import torch
 
 import cips_deploy
-import cips_deploy.layers as layers
-from cips_deploy.bench import matmul_peak_gflops
-from cips_deploy.coords import grid_coords
+import cips_deploy.families.layers as layers
+from cips_deploy.measure.bench import matmul_peak_gflops
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.plugins.torch_backend import TorchBackend
 
 

@@ -2,7 +2,7 @@
 
 Renders a flat image with the ``tiny`` preset under several chunkings, each in its own
 subprocess (peak RSS is a per-process high-water mark), and prints for each: the chunk in
-points, the chunk's predicted working memory (``cips_deploy.footprint``), the process's
+points, the chunk's predicted working memory (``cips_deploy.contracts.footprint``), the process's
 resident memory before the render (Python, torch, the model), its peak during the render,
 the difference, and the size of the uint8 output image, which any render must hold.
 
@@ -51,7 +51,7 @@ def child(side: int, chunker: str, chunk_size: int | None, memory_budget: float 
     import torch
 
     import cips_deploy
-    from cips_deploy.footprint import render_bytes_per_point
+    from cips_deploy.contracts.footprint import render_bytes_per_point
     from cips_deploy.plugins.chunkers import DEFAULT_BUDGET_MB
 
     if threads:
@@ -118,7 +118,7 @@ def print_row(row: dict, header: bool) -> None:
     titles = ["image", "chunker", "chunk points", "chunk MB*", "before MB", "peak MB", "peak-before", "image MB", "s"]
     if header:
         print("  ".join(f"{title:>{width}}" for title, (_, width) in zip(titles, columns)))
-        print("  * predicted working memory of one chunk (cips_deploy.footprint)")
+        print("  * predicted working memory of one chunk (cips_deploy.contracts.footprint)")
     print("  ".join(f"{row[key]:>{width},}" if isinstance(row[key], int) else f"{row[key]!s:>{width}}" for key, width in columns), flush=True)
 
 

@@ -10,7 +10,7 @@ and its peak during it. Two ways of rendering:
   ``cips-deploy render`` does;
 - ``whole``: every point in one backend call, as an implementation without chunking runs;
   this is where the families' activation memory differs. Cases whose predicted footprint
-  (``cips_deploy.footprint``) exceeds ``--max-gb`` are not run, and the prediction is shown.
+  (``cips_deploy.contracts.footprint``) exceeds ``--max-gb`` are not run, and the prediction is shown.
 
     python benchmarks/cips_vs_creps.py                       # 256, 1024, 2048 (about 10 minutes on 2 cores)
     python benchmarks/cips_vs_creps.py --side 256 --side 512 # quicker
@@ -37,7 +37,7 @@ def worker(arch: str, side: int, whole: bool) -> dict:
 
     import cips_deploy
     from cips_deploy.plugins.torch_backend import TorchBackend
-    from cips_deploy.render import render_detailed
+    from cips_deploy.runtime.render import render_detailed
 
     backend = TorchBackend(cips_deploy.create("paper256", arch=arch, seed=0))
     render_detailed(backend, "flat", 64, 64, seed=1)  # warm-up: kernels, allocator, plugin registry
@@ -63,8 +63,8 @@ def _rss_mb() -> float:
 
 def predicted_gb(arch: str, side: int) -> float:
     """Working memory of one whole-image call, from the model's footprint (per-point bound)."""
-    from cips_deploy.config import preset_config
-    from cips_deploy.footprint import render_bytes_per_point
+    from cips_deploy.contracts.config import preset_config
+    from cips_deploy.contracts.footprint import render_bytes_per_point
 
     return render_bytes_per_point(preset_config("paper256", arch=arch)) * side * side / 2**30
 

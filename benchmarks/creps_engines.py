@@ -48,7 +48,7 @@ def limit_threads(threads: int) -> None:
 
 def measure(kind: str, size: int, engine: Path) -> dict:
     """One render of size x size, seed 0; seconds of the render alone (backend built before)."""
-    from cips_deploy.render import render
+    from cips_deploy.runtime.render import render
 
     if kind == "torch":
         from cips_deploy.plugins.torch_backend import TorchBackend

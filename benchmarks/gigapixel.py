@@ -30,8 +30,8 @@ TESTS = Path(__file__).resolve().parents[1] / "tests" / "helpers"  # the coordin
 
 RUNNER = '''
 import sys
-from cips_deploy.plugin_manager import get_registry, load_registry
-import cips_deploy.plugin_manager as manager
+from cips_deploy.runtime.plugin_manager import get_registry, load_registry
+import cips_deploy.runtime.plugin_manager as manager
 import coordinates_backend  # tests/helpers/coordinates_backend.py
 manager._default_registry = load_registry(extra_plugins=[("coordinates", coordinates_backend)])
 from cips_deploy.cli import main

@@ -106,7 +106,7 @@ def int8_peak_gops(size: int = 2048, repeats: int = 5) -> float:
 
 def measure_peak(kind: str) -> float:
     """GFLOP/s (GOP/s for int8) of the 2048^3 product that bounds a path of this kind."""
-    from cips_deploy.bench import matmul_peak_gflops
+    from cips_deploy.measure.bench import matmul_peak_gflops
 
     return int8_peak_gops() if kind == "int8" else matmul_peak_gflops(dtype=kind)
 
@@ -128,7 +128,7 @@ def make_engines(generator, folder: Path, name: str) -> dict[str, Path]:
 
 
 def open_backend(backend: str, options: dict, generator, engine: Path | None):
-    from cips_deploy.plugin_manager import get_registry
+    from cips_deploy.runtime.plugin_manager import get_registry
 
     backend_class = get_registry().get("backend", backend).item
     return backend_class(engine if engine is not None else generator, **options)
@@ -159,7 +159,7 @@ def quality(generator, engines: dict[str, Path], paths) -> dict[str, dict]:
 def run_speed_case(spec: dict) -> dict:
     """One timed case (in a fresh process)."""
     import cips_deploy
-    from cips_deploy.coords import grid_coords
+    from cips_deploy.runtime.coords import grid_coords
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -206,8 +206,8 @@ def main() -> None:
         return
 
     import cips_deploy
-    from cips_deploy.bench import machine_facts, matmul_peak_gflops
-    from cips_deploy.checkpoint import DEMO_MODEL
+    from cips_deploy.measure.bench import machine_facts, matmul_peak_gflops
+    from cips_deploy.models import DEMO_MODEL
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -26,9 +26,9 @@ import time
 import torch
 
 import cips_deploy
-from cips_deploy.bench import matmul_peak_gflops
-from cips_deploy.coords import grid_coords
-from cips_deploy.layers import ModulatedLinear
+from cips_deploy.measure.bench import matmul_peak_gflops
+from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.families.layers import ModulatedLinear
 from cips_deploy.plugins.torch_backend import TorchBackend
 
 

@@ -28,7 +28,7 @@ from cips_deploy.exporters.backends import OnnxRuntimeBackend
 from cips_deploy.exporters.pipeline import export_checkpoint
 from cips_deploy.exporters.triton_backend import TritonBackend
 from cips_deploy.exporters.triton_server import LocalServer
-from cips_deploy.render import render_detailed
+from cips_deploy.runtime.render import render_detailed
 
 
 def free_ports(count: int) -> list[int]:

@@ -4,67 +4,61 @@ The Python API in five calls::
 
     import cips_deploy
     generator = cips_deploy.load("churches_g_ema.pt")          # or create("tiny", seed=0)
-    w = generator.map(torch.randn(1, generator.config.style_dim), truncation=0.7)
+    w = generator.map(cips_deploy.seed_latent(3, generator.config), truncation=0.7)
     rgb = generator.synthesize(cips_deploy.grid_coords(256, 256), w)    # [1, 65536, 3]
     image = cips_deploy.to_pil(rgb, 256, 256)[0]
 
-Any topology, any size, chunk by chunk (uint8 [H, W, 3])::
+Any topology, any size, chunk by chunk (uint8 [H, W, 3]), from a model or an engine::
 
-    panorama = cips_deploy.render(generator, "cylinder", height=256, width=1024, seed=3)
+    panorama = cips_deploy.render("model.onnx", "cylinder", height=256, width=1024, seed=3)
+
+Importing the package imports no framework: each name is loaded on first use, so the
+torch-free runtime (``pip install cips-deploy``) gets the renderer and the engines, and
+``load``/``create``/``Generator`` need the ``build`` extra (torch).
 """
 
 from __future__ import annotations
 
-import torch
+import importlib
+from typing import Any
 
-from ._version import __version__
-from .checkpoint import load
-from .config import PRESETS, GeneratorConfig, preset_config
-from .coords import grid_coords
-from .errors import CipsError
-from .generator import Generator
-from .hookspecs import hookimpl, hookspec
-from .limits import check_model_size
-from .images import rgb_to_uint8, to_pil
-from .render import render, render_pil
+from cips_deploy import _compat
+from cips_deploy._version import __version__
+from cips_deploy.contracts.hookspecs import hookimpl, hookspec
+from cips_deploy.errors import CipsError
 
-__all__ = [
-    "CipsError",
-    "Generator",
-    "GeneratorConfig",
-    "PRESETS",
-    "__version__",
-    "create",
-    "grid_coords",
-    "hookimpl",
-    "hookspec",
-    "load",
-    "render",
-    "render_pil",
-    "rgb_to_uint8",
-    "to_pil",
-]
+# Public name -> the module that defines it (imported on first use).
+_LAZY = {
+    "GeneratorConfig": "cips_deploy.contracts.config",
+    "PRESETS": "cips_deploy.contracts.config",
+    "preset_config": "cips_deploy.contracts.config",
+    "grid_coords": "cips_deploy.runtime.coords",
+    "seed_latent": "cips_deploy.runtime.seeds",
+    "rgb_to_uint8": "cips_deploy.runtime.images",
+    "to_pil": "cips_deploy.runtime.images",
+    "render": "cips_deploy.runtime.render",
+    "render_pil": "cips_deploy.runtime.render",
+    "load": "cips_deploy.families.checkpoint",
+    "create": "cips_deploy.families.create",
+    "Generator": "cips_deploy.families.generator",
+    "check_model_size": "cips_deploy.families.model_size",
+}
+
+__all__ = ["CipsError", "__version__", "hookimpl", "hookspec", *sorted(_LAZY)]
+
+_compat.install()
 
 
-def create(
-    preset: str = "tiny",
-    arch: str = "skip",
-    coordinate_space: str = "plane",
-    seed: int = 0,
-    device: str | torch.device = "cpu",
-    **overrides,
-) -> Generator:
-    """A generator with random weights, initialised as the official code does.
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cips_deploy' has no attribute {name!r}")
+    module = _LAZY[name]
+    if module.startswith("cips_deploy.families"):
+        _compat.require_build_extra(name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
 
-    ``overrides`` change the preset's recipe (``size``, ``hidden``, ``style_dim``,
-    ``n_mlp``, ``channel_multiplier``, ``channel_max``) or set ``widths`` outright.
-    The same seed gives the same weights.
-    """
-    config = preset_config(preset, arch=arch, coordinate_space=coordinate_space, **overrides)
-    check_model_size(config)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        generator = Generator(config)
-    generator.w_avg.copy_(generator.mean_w())
-    generator.provenance = {"source": "random initialisation", "preset": preset, "seed": seed}
-    return generator.to(device).eval()
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -2,7 +2,7 @@
 
 Registered through the same hook a third-party plugin uses (``register_backends``); the
 ``onnx`` and ``trt`` exporters are :mod:`.engines`. The backends follow
-:class:`cips_deploy.backend.Backend`: built as
+:class:`cips_deploy.contracts.backend.Backend`: built as
 ``Backend(model, device=..., **options)``, they take and return host float32 tensors,
 coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3].
 
@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cips_deploy.backend import Backend
-from cips_deploy.checkpoint import file_sha256, load
+from cips_deploy.contracts.backend import Backend
+from cips_deploy.families.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.topology import Parameter
+from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.topology import Parameter
 
-from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
+from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
 from cips_deploy.plugins.torch_backend import LINE_CACHE_MB, PAD_POINTS, pad_rows
 
 from .cache import cached_generator_onnx, cached_onnx

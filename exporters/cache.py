@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Callable
 
 from cips_deploy._version import __version__
-from cips_deploy.checkpoint import file_sha256, load
+from cips_deploy.families.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
-from cips_deploy.limits import regular_file
+from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.limits import regular_file
 
 from . import integrity
 from .metadata import EngineMetadata, read_onnx_metadata, weights_sha256

@@ -2,7 +2,7 @@
 
 Registered through ``register_commands`` like a third party's command; ``--engine`` offers
 every exporter registered through ``register_exporters`` (:mod:`.engines` registers ``onnx``
-and ``trt``) and the command dispatches to the chosen one (:class:`cips_deploy.exporter.Exporter`).
+and ``trt``) and the command dispatches to the chosen one (:class:`cips_deploy.contracts.exporter.Exporter`).
 """
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import click
 
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.plugin_manager import get_registry
-from cips_deploy.precision import PRECISIONS
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.runtime.plugin_manager import get_registry
+from cips_deploy.contracts.precision import PRECISIONS
 
 
 class EngineChoice(click.Choice):

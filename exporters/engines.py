@@ -1,7 +1,7 @@
 """The built-in engines of ``cips-deploy export``: ``onnx`` and ``trt``, as a plugin.
 
 Registered through ``register_exporters`` exactly as a third party's engine is
-(:class:`cips_deploy.exporter.Exporter`); both run :func:`.pipeline.export_checkpoint`,
+(:class:`cips_deploy.contracts.exporter.Exporter`); both run :func:`.pipeline.export_checkpoint`,
 which checks every option of the request before doing expensive work.
 """
 
@@ -10,10 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cips_deploy.config import ARCHITECTURES
-from cips_deploy.exporter import Exporter
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.precision import PRECISIONS
+from cips_deploy.contracts.config import ARCHITECTURES
+from cips_deploy.contracts.exporter import Exporter
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.precision import PRECISIONS
 
 
 class _PipelineExporter(Exporter):

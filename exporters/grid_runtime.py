@@ -19,8 +19,8 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from cips_deploy.config import GeneratorConfig
-from cips_deploy.generator import Generator
+from cips_deploy.contracts.config import GeneratorConfig
+from cips_deploy.families.generator import Generator
 from cips_deploy.plugins.line_cache import LineCache
 
 # Compose blocks are padded to a multiple of this many columns (repeating the last one), so

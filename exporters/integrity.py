@@ -18,7 +18,7 @@ import hashlib
 from pathlib import Path
 
 from cips_deploy.errors import CipsError
-from cips_deploy.limits import regular_file
+from cips_deploy.contracts.limits import regular_file
 
 KEY = "cips_deploy.content_sha256"
 

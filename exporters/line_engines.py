@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 from .spec import COMPOSE, LINES, EngineSpec, compose_spec, lines_spec
 

@@ -7,7 +7,7 @@ a sidecar JSON beside the plan. The keys (all prefixed ``cips_deploy.``):
 ``format``                  ``cips-deploy/engine``
 ``format_version``          ``1``; a reader refuses other versions
 ``role``                    ``synthesis`` or ``mapping``
-``config``                  the :class:`~cips_deploy.config.GeneratorConfig` as JSON
+``config``                  the :class:`~cips_deploy.contracts.config.GeneratorConfig` as JSON
 ``coordinate_space``        ``plane`` or ``cylinder``
 ``style_dim``               S, the width of z and w
 ``spatial_style``           ``true`` when ``w`` is ``[B, N, S]``
@@ -33,10 +33,10 @@ from typing import Any
 import torch
 
 from cips_deploy._version import __version__
-from cips_deploy.config import GeneratorConfig
+from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
-from cips_deploy.limits import parse_json
-from cips_deploy.generator import Generator
+from cips_deploy.contracts.limits import parse_json
+from cips_deploy.families.generator import Generator
 
 from .spec import EngineSpec
 

@@ -28,10 +28,10 @@ import torch
 from torch import Tensor, nn
 
 from cips_deploy._version import __version__
-from cips_deploy.atomic import check_destination, staged
+from cips_deploy.runtime.atomic import check_destination, staged
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
-from cips_deploy.layers import ModulatedLinear
+from cips_deploy.families.generator import Generator
+from cips_deploy.families.layers import ModulatedLinear
 
 from . import integrity
 from .graph_passes import remove_redundant_casts

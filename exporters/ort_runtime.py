@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 from . import integrity
 from .metadata import EngineMetadata, read_onnx_metadata

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import onnx
 
-from cips_deploy.atomic import EXPORT_LABEL, check_destination, staged
-from cips_deploy.checkpoint import file_sha256, load
+from cips_deploy.runtime.atomic import EXPORT_LABEL, check_destination, staged
+from cips_deploy.families.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata, read_onnx_metadata

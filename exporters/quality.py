@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cips_deploy.coords import grid_coords
-from cips_deploy.generator import Generator
+from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.families.generator import Generator
 
 DEFAULT_SEEDS = (0, 1, 2, 3)
 CHUNK_POINTS = 8192  # points per engine call: bounds the working memory of the comparison

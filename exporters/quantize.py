@@ -23,7 +23,7 @@ inside the graph.
 The quality report (:mod:`.quality`) compares the result with the fp32 engine on rendered
 images; below ``min_psnr`` the function raises :class:`CipsError` and the caller writes
 nothing. The report and the mode are stored in the engine's metadata
-(``cips_deploy.precision``, ``cips_deploy.quality``).
+(``cips_deploy.contracts.precision``, ``cips_deploy.quality``).
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from cips_deploy.coords import grid_coords
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 from . import integrity
 from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from cips_deploy.config import GeneratorConfig
+from cips_deploy.contracts.config import GeneratorConfig
 
 # Names of the dynamic dimensions, as they appear in the ONNX graph and Triton's config.
 BATCH = "batch"

@@ -27,10 +27,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cips_deploy.atomic import atomic_path
+from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
-from cips_deploy.precision import PRECISIONS
+from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.precision import PRECISIONS
 
 from .metadata import EngineMetadata
 from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_spec, synthesis_spec

@@ -36,7 +36,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cips_deploy.atomic import replace_folder, staging_folder
+from cips_deploy.runtime.atomic import replace_folder, staging_folder
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata
@@ -308,7 +308,7 @@ def _write_model_folder(repo: Path, entry: ModelEntry) -> Path:
 
 def _write_folder(repo: Path, name: str, config_text: str, placements: list[tuple[Path, str]]) -> Path:
     """Stage ``repo/.<name>.<pid>.*.partial/{config.pbtxt, 1/...}`` and rename it into place
-    (:mod:`cips_deploy.atomic`, the one staging module: a killed run's stage is swept by the next)."""
+    (:mod:`cips_deploy.runtime.atomic`, the one staging module: a killed run's stage is swept by the next)."""
     stage = staging_folder(repo, name)
     try:
         version = stage / VERSION

@@ -41,11 +41,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cips_deploy.backend import Backend
+from cips_deploy.contracts.backend import Backend
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 from cips_deploy.plugins.torch_backend import PAD_POINTS, pad_rows
-from cips_deploy.topology import Parameter
+from cips_deploy.contracts.topology import Parameter
 
 from .metadata import EngineMetadata, read_onnx_metadata
 from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec

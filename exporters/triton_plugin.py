@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
+from cips_deploy.contracts.hookspecs import hookimpl
 
 from .triton_backend import TritonBackend
 
@@ -43,7 +43,7 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
       cips-deploy serve model.safetensors --grpc-port 8001 &
       cips-deploy render --checkpoint model.safetensors --backend triton --backend-option url=127.0.0.1:8001
     """
-    from cips_deploy.checkpoint import DEMO_MODEL
+    from cips_deploy.models import DEMO_MODEL
 
     from .triton_server import LocalServer, new_workspace
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cips_deploy.coords import grid_coords
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 from .spec import COMPOSE, LINES, MAPPING, EngineSpec, interface_mismatches
 

@@ -1,7 +1,7 @@
 """Built-in plugins, installed as ``cips_deploy.plugins``.
 
 Each module here is a plugin registered through the same hooks a third-party package uses
-(see :mod:`cips_deploy.hookspecs` and :mod:`cips_deploy.plugin_manager`):
+(see :mod:`cips_deploy.contracts.hookspecs` and :mod:`cips_deploy.runtime.plugin_manager`):
 
 - ``flat``, ``cylinder``, ``foveated``, ``rotated``: coordinate topologies;
 - ``chunkers``: the ``fixed``, ``rows`` and ``memory`` chunking strategies;

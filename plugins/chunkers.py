@@ -10,9 +10,9 @@ from __future__ import annotations
 import math
 from typing import Iterator
 
-from cips_deploy.chunking import Chunker, ChunkRequest
+from cips_deploy.contracts.chunking import Chunker, ChunkRequest
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
+from cips_deploy.contracts.hookspecs import hookimpl
 
 DEFAULT_POINTS = 65_536
 DEFAULT_ROWS = 64

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from cips_deploy.coords import panorama_u
+from cips_deploy.runtime.coords import panorama_u
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
 
 
 class Cylinder(Topology):
@@ -28,7 +28,7 @@ class Cylinder(Topology):
     )
     coordinate_spaces = ("cylinder",)
     # Its width covers the full 360 degrees: cips-deploy tags the PNG as a panorama (GPano XMP)
-    # and `render --viewer` can show it (see cips_deploy.render_files).
+    # and `render --viewer` can show it (see cips_deploy.media.render_files).
     panorama = True
 
     def unsupported_space(self, coordinate_space: str) -> str:

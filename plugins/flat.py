@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
 
 VIEWPORT = (
     Parameter("u_min", float, -1.0, "u of the leftmost column (-1 is the training image's left edge)"),

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.images import rgb_to_uint8
-from cips_deploy.topology import Layout, Parameter, Topology, TopologyRequest
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.runtime.images import rgb_to_uint8
+from cips_deploy.contracts.topology import Layout, Parameter, Topology, TopologyRequest
 
 from .flat import VIEWPORT, check_viewport
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 
 class LineCache:

@@ -26,10 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from cips_deploy.backend import Backend
+from cips_deploy.contracts.backend import Backend
 from cips_deploy.errors import CipsError, first_line
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.topology import Parameter
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.topology import Parameter
 
 
 def _numpy(tensor: Tensor) -> np.ndarray:

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cips_deploy.atomic import _current_umask
+from cips_deploy.runtime.atomic import _current_umask
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.sinks import TILE, OutputFormat, Sink, replace_atomically
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.sinks import TILE, OutputFormat, Sink, replace_atomically
 
 from .dzi_viewer import viewer_page
 
@@ -36,7 +36,7 @@ TILE_BYTES = TILE * TILE * 3
 
 class PngFormat(OutputFormat):
     name = "png"
-    description = "PNG, assembled in memory (the default; up to cips_deploy.limits.MAX_IN_MEMORY_PIXELS)."
+    description = "PNG, assembled in memory (the default; up to cips_deploy.contracts.limits.MAX_IN_MEMORY_PIXELS)."
     extensions = (".png",)
     streaming = False
 

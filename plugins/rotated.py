@@ -13,8 +13,8 @@ import math
 
 import torch
 
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
 
 
 def rotation(angle_degrees: float) -> tuple[float, float]:

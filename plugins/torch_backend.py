@@ -31,18 +31,18 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cips_deploy.backend import Backend
-from cips_deploy.checkpoint import load
+from cips_deploy.contracts.backend import Backend
+from cips_deploy.families.checkpoint import load
 from cips_deploy.errors import CipsError
-from cips_deploy.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
-from cips_deploy.generator import Generator
-from cips_deploy.hookspecs import hookimpl
+from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
+from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.plugins.line_cache import LineCache
-from cips_deploy.precision import DTYPES
-from cips_deploy.topology import Parameter
+from cips_deploy.contracts.precision import DTYPES
+from cips_deploy.contracts.topology import Parameter
 
 PAD_POINTS = 64
-PRECISIONS = DTYPES  # name -> dtype, cips_deploy.precision
+PRECISIONS = DTYPES  # name -> dtype, cips_deploy.contracts.precision
 # MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
 # budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
 LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}

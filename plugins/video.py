@@ -1,7 +1,7 @@
 """The ``video`` command: latent walks, zooms and 360-degree pans as animated WebP or MP4.
 
 Registered through the ``register_commands`` hook like any third-party command; the
-animation itself is :mod:`cips_deploy.video`.
+animation itself is :mod:`cips_deploy.media.video`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 import click
 
-from cips_deploy.command_options import model_options, synthesis_options
-from cips_deploy.config import PRESETS
+from cips_deploy.cli.options import model_options, synthesis_options
+from cips_deploy.contracts.config import PRESETS
 from cips_deploy.errors import CipsError
-from cips_deploy.hookspecs import hookimpl
-from cips_deploy.video import MODES
+from cips_deploy.contracts.hookspecs import hookimpl
+from cips_deploy.media.video import MODES
 
 DEFAULT_FPS = 24.0
 
@@ -65,10 +65,10 @@ def run_video(
     # registry, which the command line package itself loads while it is being imported.
     from cips_deploy.cli.backend_flags import merge_backend_flags
     from cips_deploy.cli.render import ChunkProgress, choose_model, parse_assignments, parse_seeds
-    from cips_deploy.plugin_manager import get_registry
-    from cips_deploy.provenance import model_identity, render_provenance
-    from cips_deploy.render import check_size, make_backend
-    from cips_deploy.video import Animation, check_animation, check_video_output, render_frames, write_video
+    from cips_deploy.runtime.plugin_manager import get_registry
+    from cips_deploy.media.provenance import model_identity, render_provenance
+    from cips_deploy.runtime.render import check_size, make_backend
+    from cips_deploy.media.video import Animation, check_animation, check_video_output, render_frames, write_video
 
     if mode not in MODES:  # checked here, not by click.Choice, to answer in one sentence
         raise CipsError(f"Unknown animation mode {mode!r}; choose one of {', '.join(MODES)}.")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import cips_deploy
-from cips_deploy.plugin_manager import load_registry
+from cips_deploy.runtime.plugin_manager import load_registry
 
 OFFICIAL_FIXTURES = Path(
     os.environ.get("CIPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from cips_deploy.config import ARCHITECTURES
-from cips_deploy.hookspecs import hookimpl
+from cips_deploy.contracts.config import ARCHITECTURES
+from cips_deploy.contracts.hookspecs import hookimpl
 
 
 @click.command()

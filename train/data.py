@@ -21,7 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.limits import regular_file
+from cips_deploy.contracts.limits import regular_file
 
 MAX_IMAGE_BYTES = 256 << 20  # one image file; larger ones are skipped (and counted)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif"}

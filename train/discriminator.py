@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cips_deploy.layers import EqualLinear, scaled_leaky_relu
+from cips_deploy.families.layers import EqualLinear, scaled_leaky_relu
 
 
 class EqualConv2d(nn.Module):

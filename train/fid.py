@@ -11,8 +11,8 @@ import dataclasses
 import torch
 
 from cips_deploy.errors import describe_error
-from cips_deploy.generator import Generator
-from cips_deploy.images import rgb_to_uint8
+from cips_deploy.families.generator import Generator
+from cips_deploy.runtime.images import rgb_to_uint8
 from cips_deploy.train.data import ImageDataset
 from cips_deploy.train.views import ViewSampler
 

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cips_deploy import create
-from cips_deploy.atomic import atomic_path, sweep_leftovers
+from cips_deploy.runtime.atomic import atomic_path, sweep_leftovers
 from cips_deploy.errors import CipsError, Interrupted, first_line
-from cips_deploy.limits import check_zip_declared_size, parse_json, regular_file
-from cips_deploy.generator import Generator
+from cips_deploy.contracts.limits import check_zip_declared_size, parse_json, regular_file
+from cips_deploy.families.generator import Generator
 from cips_deploy.train.data import load_images
 from cips_deploy.train.discriminator import Discriminator
 from cips_deploy.train.distributed import Distributed, init_distributed

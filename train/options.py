@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from cips_deploy.config import ARCHITECTURES, preset_config
+from cips_deploy.contracts.config import ARCHITECTURES, preset_config
 from cips_deploy.errors import CipsError
 
 

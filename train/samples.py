@@ -8,9 +8,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from cips_deploy.atomic import atomic_path
-from cips_deploy.generator import Generator
-from cips_deploy.images import rgb_to_uint8
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.families.generator import Generator
+from cips_deploy.runtime.images import rgb_to_uint8
 from cips_deploy.train.views import ViewSampler
 
 SAMPLE_SEED = 20210621  # fixed, so that grids of one run are comparable over time

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cips_deploy.coords import grid_coords, grid_from_axes, panorama_u
+from cips_deploy.runtime.coords import grid_coords, grid_from_axes, panorama_u
 
 
 @dataclass(frozen=True)

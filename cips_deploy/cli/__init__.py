@@ -13,8 +13,8 @@ import warnings
 
 import click
 
-from .._version import __version__
-from ..errors import CipsError, CipsWarning
+from cips_deploy._version import __version__
+from cips_deploy.errors import CipsError, CipsWarning
 
 
 class CipsGroup(click.Group):
@@ -46,10 +46,10 @@ def cli() -> None:
     """Deploy coordinate-based image generators (CIPS and its family)."""
 
 
-from . import bench, checkpoints  # noqa: E402,F401  (each module registers its commands)
-from . import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
-from . import scale_consistency  # noqa: E402,F401  (registers scale-consistency)
-from . import backend_flags  # noqa: E402
+from cips_deploy.cli import bench, checkpoints  # noqa: E402,F401  (each module registers its commands)
+from cips_deploy.cli import plugins, render  # noqa: E402,F401  (registers plugins, topologies and render)
+from cips_deploy.cli import scale_consistency  # noqa: E402,F401  (registers scale-consistency)
+from cips_deploy.cli import backend_flags  # noqa: E402
 
 _registry = plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
 backend_flags.add_flags_to_marked_commands(cli, _registry)  # --precision and every other backend option

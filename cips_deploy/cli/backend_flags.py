@@ -4,7 +4,7 @@ Every option a registered backend declares (``Backend.options``) becomes a flag 
 commands that construct backends (``render``, ``video``: marked by :func:`with_backend_flags`): ``--precision`` is the torch backend's
 ``precision`` option, and a plugin's backend gets flags the same way. Backends that declare
 an option of the same name share its flag; the chosen backend checks the value
-(:func:`cips_deploy.backend.resolve_options`), and a flag the chosen backend does not
+(:func:`cips_deploy.contracts.backend.resolve_options`), and a flag the chosen backend does not
 declare is refused in one sentence. ``--backend-option NAME=VALUE`` reaches every option too.
 """
 
@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from ..errors import CipsError
-from ..plugin_manager import Registry
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.plugin_manager import Registry
 
 
 _METAVARS = {str: "TEXT", int: "INTEGER", float: "FLOAT", bool: "BOOLEAN"}

@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 import torch
 
-from ..config import ARCHITECTURES
-from ..bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
-from ..errors import CipsError
-from ..plugin_manager import get_registry
-from . import cli
+from cips_deploy.contracts.config import ARCHITECTURES
+from cips_deploy.measure.bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.plugin_manager import get_registry
+from cips_deploy.cli import cli
 
 
 def declared_precisions(backend: str) -> tuple[str, ...]:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from ..checkpoint import load
-from ..config import ARCHITECTURE_NAMES
-from . import cli
+from cips_deploy.families.checkpoint import load
+from cips_deploy.contracts.config import ARCHITECTURE_NAMES
+from cips_deploy.cli import cli
 
 
 @cli.command()

@@ -13,10 +13,10 @@ from typing import Any
 
 import click
 
-from ..atomic import atomic_path
-from ..errors import CipsError
-from ..gigapixel import cell_grid, partial_path, render_to_array, render_to_file
-from ..plugin_manager import Registry
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.gigapixel import cell_grid, partial_path, render_to_array, render_to_file
+from cips_deploy.runtime.plugin_manager import Registry
 
 
 def stream_render(
@@ -40,7 +40,7 @@ def stream_render(
     partial = partial_path(output)
     resuming = resume and partial.is_dir()
     # Imported here: the render module imports this one lazily, and ChunkProgress lives there.
-    from .render import ChunkProgress
+    from cips_deploy.cli.render import ChunkProgress
 
     progress = ChunkProgress("resuming" if resuming else "rendering", enabled=not quiet and sys.stderr.isatty())
     try:
@@ -73,7 +73,7 @@ def in_memory_with_workers(
     registry: Registry,
 ) -> None:
     """Each seed rendered by ``workers`` processes into memory, the grid saved by the format."""
-    from .render import ChunkProgress, tile
+    from cips_deploy.cli.render import ChunkProgress, tile
 
     images = []
     for seed in seeds:

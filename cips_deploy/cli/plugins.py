@@ -7,10 +7,10 @@ import warnings
 
 import click
 
-from .._version import __version__
-from ..plugin_manager import PluginWarning, Registry, get_registry, register_commands
-from ..topology import describe_parameter, parameters_as_dicts
-from . import cli
+from cips_deploy._version import __version__
+from cips_deploy.runtime.plugin_manager import PluginWarning, Registry, get_registry, register_commands
+from cips_deploy.contracts.topology import describe_parameter, parameters_as_dicts
+from cips_deploy.cli import cli
 
 
 def load_plugins_for_cli(group: click.Group) -> Registry:

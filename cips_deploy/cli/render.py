@@ -12,17 +12,17 @@ from typing import Any
 import click
 import numpy as np
 
-from ..atomic import atomic_path
-from ..checkpoint import DEMO_MODEL
-from ..errors import CipsError
-from ..limits import check_in_memory, check_memory
-from ..plugin_manager import get_registry
-from ..render import Rendering, make_backend, render_detailed
-from ..render_files import RenderFiles
-from ..sinks import format_for
-from . import cli
-from .backend_flags import merge_backend_flags, with_backend_flags
-from ..command_options import model_options, synthesis_options
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.models import DEMO_MODEL
+from cips_deploy.errors import CipsError
+from cips_deploy.contracts.limits import check_in_memory, check_memory
+from cips_deploy.runtime.plugin_manager import get_registry
+from cips_deploy.runtime.render import Rendering, make_backend, render_detailed
+from cips_deploy.media.render_files import RenderFiles
+from cips_deploy.contracts.sinks import format_for
+from cips_deploy.cli import cli
+from cips_deploy.cli.backend_flags import merge_backend_flags, with_backend_flags
+from cips_deploy.cli.options import model_options, synthesis_options
 
 MAX_SEEDS = 256
 MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
@@ -101,11 +101,11 @@ def render_command(
     model = choose_model(checkpoint, preset, arch, coordinate_space, model_seed)
     # Flags such as --precision are backend options (cli/backend_flags.py).
     options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
-    if chosen.streaming or resume or workers != 1:  # gigapixel: tiles streamed to disk (cips_deploy.gigapixel)
+    if chosen.streaming or resume or workers != 1:  # gigapixel: tiles streamed to disk (cips_deploy.runtime.gigapixel)
         if outdir is not None or viewer is not None:
             raise CipsError("--outdir and --viewer go with in-memory renders, not with streamed outputs, --resume or --workers.")
         check_output(output, force, chosen.extensions)
-        from .gigapixel import stream_render
+        from cips_deploy.cli.gigapixel import stream_render
 
         stream_render(
             model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
@@ -181,7 +181,7 @@ def choose_model(checkpoint: Path | None, preset: str | None, arch: str, coordin
         if not DEMO_MODEL.exists():
             raise CipsError(f"No --checkpoint given and the bundled demo model {DEMO_MODEL} is missing; reinstall cips-deploy.")
         return DEMO_MODEL
-    from .. import create
+    from cips_deploy import create
 
     return create(preset, arch=arch, coordinate_space=coordinate_space, seed=model_seed)
 

@@ -3,7 +3,7 @@
 The CREPS paper's scale-consistency protocol: render each latent at s x s and at
 (f*s) x (f*s), box-filter the large render down to s x s and compare it with the small
 one (PSNR, SSIM; LPIPS where its weights are already on the machine). The measuring is
-:func:`cips_deploy.metrics.scale_consistency`; this module only parses, prints and writes.
+:func:`cips_deploy.measure.metrics.scale_consistency`; this module only parses, prints and writes.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ from typing import Any
 
 import click
 
-from ..atomic import atomic_path, check_destination
-from ..config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
-from ..errors import CipsError
-from ..metrics import check_protocol, json_number, scale_consistency
-from ..plugin_manager import get_registry
-from ..render import make_backend
-from . import cli
-from .render import ChunkProgress, choose_model
+from cips_deploy.runtime.atomic import atomic_path, check_destination
+from cips_deploy.contracts.config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
+from cips_deploy.errors import CipsError
+from cips_deploy.measure.metrics import check_protocol, json_number, scale_consistency
+from cips_deploy.runtime.plugin_manager import get_registry
+from cips_deploy.runtime.render import make_backend
+from cips_deploy.cli import cli
+from cips_deploy.cli.render import ChunkProgress, choose_model
 
 INF_NOTE = 'PSNR is the string "inf" where the downsampled large render equals the small render exactly.'
 

@@ -24,11 +24,11 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageSequence
 
 import cips_deploy
-from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.cli import cli
-from cips_deploy.metrics import box_downsample, pixel_centre_viewport, psnr
-from cips_deploy.plugin_manager import get_registry
-from cips_deploy.topology import TopologyRequest, resolve_parameters
+from cips_deploy.measure.metrics import box_downsample, pixel_centre_viewport, psnr
+from cips_deploy.runtime.plugin_manager import get_registry
+from cips_deploy.contracts.topology import TopologyRequest, resolve_parameters
 
 HERE = Path(__file__).resolve().parent
 CHROMIUM_FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run"]

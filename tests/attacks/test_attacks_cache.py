@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 import cips_deploy
-from cips_deploy.checkpoint import file_sha256
+from cips_deploy.families.checkpoint import file_sha256
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters.cache import cache_entry, cached_generator_onnx, cached_onnx
 from cips_deploy.exporters.metadata import weights_sha256

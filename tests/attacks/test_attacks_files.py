@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.atomic import sweep_leftovers
+from cips_deploy.runtime.atomic import sweep_leftovers
 from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
 

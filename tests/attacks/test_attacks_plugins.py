@@ -17,10 +17,10 @@ import torch
 
 import cips_deploy
 from cips_deploy import hookimpl
-from cips_deploy.backend import Backend
+from cips_deploy.contracts.backend import Backend
 from cips_deploy.errors import CipsError
-from cips_deploy.plugin_manager import PluginWarning, load_registry, register_commands
-from cips_deploy.render import render_detailed
+from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry, register_commands
+from cips_deploy.runtime.render import render_detailed
 
 from ..helpers.attack_tools import fake_distribution, run_cli
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import cips_deploy.limits as limits
+import cips_deploy.contracts.limits as limits
 import cips_deploy.train.data as data
 from cips_deploy.errors import CipsError
 from cips_deploy.train.data import load_images

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cips_deploy
-from cips_deploy.config import GeneratorConfig
+from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
-from cips_deploy.limits import check_model_size
+from cips_deploy.families.model_size import check_model_size
 
 MEMORY_BOUND = 512 << 20  # bytes one load may add to the process's resident memory
 FUZZ = settings(

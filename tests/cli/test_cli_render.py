@@ -148,7 +148,7 @@ def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):
 
 
 def test_the_bundled_demo_model_is_the_default_and_renders_a_seamless_panorama(tmp_path):
-    from cips_deploy.checkpoint import DEMO_MODEL
+    from cips_deploy.models import DEMO_MODEL
 
     output = tmp_path / "pano.png"
     result = CliRunner().invoke(cli, ["render", "--topology", "cylinder", "--height", "32", "-o", str(output)])

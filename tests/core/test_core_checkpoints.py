@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 
 import cips_deploy
 from cips_deploy import CipsError
-from cips_deploy.checkpoint import read_metadata
+from cips_deploy.families.checkpoint import read_metadata
 
 
 def outputs(generator: cips_deploy.Generator) -> torch.Tensor:
@@ -212,7 +212,7 @@ def test_every_checkpoint_we_write_loads_again_whatever_its_first_byte(tmp_path,
             break
     else:
         pytest.fail(f"no padding gave first byte {first_byte:#x}")
-    from cips_deploy.checkpoint import sniff_format
+    from cips_deploy.families.checkpoint import sniff_format
 
     assert sniff_format(path) == "safetensors"
     loaded = cips_deploy.load(path)
@@ -223,7 +223,7 @@ def test_every_checkpoint_we_write_loads_again_whatever_its_first_byte(tmp_path,
 def test_sniffing_tells_pickles_zips_and_foreign_bytes_apart(tmp_path):
     import pickle
 
-    from cips_deploy.checkpoint import sniff_format
+    from cips_deploy.families.checkpoint import sniff_format
 
     cases = {
         "plain.pkl": pickle.dumps({"a": 1}, protocol=4),
@@ -249,7 +249,7 @@ def test_loading_a_checkpoint_builds_its_size_check_without_torchs_symbolic_mach
     path = tmp_path / f"{arch}.safetensors"
     cips_deploy.create("tiny", arch=arch, coordinate_space="cylinder", seed=2).save(path)
     program = (
-        "import sys, cips_deploy.checkpoint as c; c.load(sys.argv[1]); "
+        "import sys, cips_deploy.families.checkpoint as c; c.load(sys.argv[1]); "
         "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", program, str(path)], capture_output=True, text=True, timeout=300)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import cips_deploy
 from cips_deploy import CipsError
-from cips_deploy.layers import CoordinateEmbedding
+from cips_deploy.families.layers import CoordinateEmbedding
 
 
 def random_points(batch: int, count: int, spread: float = 1.3, seed: int = 0) -> torch.Tensor:

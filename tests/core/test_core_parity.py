@@ -8,9 +8,9 @@ import pytest
 import torch
 
 import cips_deploy
-from cips_deploy.coords import planar_to_points
-from cips_deploy.generator import Generator
-from cips_deploy.official import generator_from_official_state_dict
+from cips_deploy.runtime.coords import planar_to_points
+from cips_deploy.families.generator import Generator
+from cips_deploy.families.official import generator_from_official_state_dict
 
 from ..conftest import OFFICIAL_FIXTURES
 

@@ -9,15 +9,15 @@ from click.testing import CliRunner
 
 import cips_deploy
 from cips_deploy.cli import cli
-from cips_deploy.config import creps_config, preset_config
-from cips_deploy.coords import grid_coords
-from cips_deploy.creps import CrepsGenerator
+from cips_deploy.contracts.config import creps_config, preset_config
+from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.families.creps import CrepsGenerator
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import OnnxEngine, export_onnx
-from cips_deploy.footprint import render_bytes_per_point
+from cips_deploy.contracts.footprint import render_bytes_per_point
 from cips_deploy.plugins.line_cache import LineCache
 from cips_deploy.plugins.torch_backend import TorchBackend
-from cips_deploy.render import render, render_detailed
+from cips_deploy.runtime.render import render, render_detailed
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_the_grid_fast_path_is_the_per_point_path_and_meets_each_line_once(creps
 
 def test_the_cache_folds_each_layer_once_per_style(creps, monkeypatch):
     """Folded weights are per-style work: chunks after the first reuse them (the same bits)."""
-    from cips_deploy.creps import ModulatedFC
+    from cips_deploy.families.creps import ModulatedFC
 
     folded, fold = [], ModulatedFC.fold
     monkeypatch.setattr(ModulatedFC, "fold", lambda self, w, dtype: folded.append(id(self)) or fold(self, w, dtype))

@@ -15,11 +15,11 @@ from click.testing import CliRunner
 
 import cips_deploy
 from cips_deploy.cli import cli
-from cips_deploy.config import creps_config
-from cips_deploy.coords import grid_from_axes
-from cips_deploy.creps import CrepsGenerator, to_unit
+from cips_deploy.contracts.config import creps_config
+from cips_deploy.runtime.coords import grid_from_axes
+from cips_deploy.families.creps import CrepsGenerator, to_unit
 from cips_deploy.errors import CipsError
-from cips_deploy.official_creps import SourceWarning, config_kwargs, read_snapshot, to_official
+from cips_deploy.families.official_creps import SourceWarning, config_kwargs, read_snapshot, to_official
 
 SNAPSHOTS = ["creps_r16_snapshot", "creps_r32_fp16_snapshot"]
 MALICIOUS = ["global", "module_src", "storage_blob"]
@@ -309,7 +309,7 @@ def test_exported_engine_reproduces_the_official_outputs(official_creps_dir, tmp
     ],
 )
 def test_init_kwargs_must_agree_with_the_tensors(official_creps_dir, monkeypatch, change, message):
-    import cips_deploy.official_creps as official_creps
+    import cips_deploy.families.official_creps as official_creps
 
     real = official_creps.read_snapshot(official_creps_dir / "creps_r16_snapshot.pkl")
     altered = official_creps.Snapshot(real.state_dict, {**real.init_kwargs, **change}, real.source_sha256, True)

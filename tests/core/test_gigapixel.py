@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 import cips_deploy
-from cips_deploy import gigapixel
+from cips_deploy.runtime import gigapixel
 from cips_deploy.errors import CipsError
-from cips_deploy.gigapixel import partial_path, render_to_file
+from cips_deploy.runtime.gigapixel import partial_path, render_to_file
 from cips_deploy.plugins.outputs import TILE, halve, pyramid_levels
-from cips_deploy.render import render
+from cips_deploy.runtime.render import render
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -109,7 +109,7 @@ def test_halve_rounds_and_repeats_odd_edges():
 
 
 def test_cells_into_memory_give_the_render(tiny, registry, small_cells):
-    from cips_deploy.gigapixel import render_to_array
+    from cips_deploy.runtime.gigapixel import render_to_array
 
     expected = render(tiny, "rotated", 300, 600, seed=2, angle=10.0, registry=registry)
     np.testing.assert_array_equal(render_to_array(tiny, topology="rotated", height=300, width=600, seed=2, angle=10.0, registry=registry), expected)
@@ -125,7 +125,7 @@ def test_foveated_cannot_stream_and_says_so(tmp_path, tiny, registry):
 
 def test_third_party_point_layout_streams(tmp_path, tiny, registry, small_cells):
     """A plugin's PointLayout (no assemble) streams through the same API as the built-ins."""
-    from cips_deploy.topology import PointLayout, Topology
+    from cips_deploy.contracts.topology import PointLayout, Topology
 
     class Checker(Topology):
         name = "checker"
@@ -137,7 +137,7 @@ def test_third_party_point_layout_streams(tmp_path, tiny, registry, small_cells)
             points[1::2] = points[1::2, ::-1]
             return PointLayout(points.astype(np.float64), request.height, request.width)
 
-    registry.items["topology"]["checker"] = cips_deploy.plugin_manager.Registered("topology", "checker", Checker(), "test")
+    registry.items["topology"]["checker"] = cips_deploy.runtime.plugin_manager.Registered("topology", "checker", Checker(), "test")
     try:
         expected = render(tiny, "checker", 270, 530, registry=registry)
         render_to_file(tiny, tmp_path / "c.tif", topology="checker", height=270, width=530, registry=registry)
@@ -298,7 +298,7 @@ def test_the_bigtiff_refuses_more_than_the_free_disk(tmp_path, tiny, registry, m
 
 
 def test_in_memory_limit_counts_the_topologys_working_memory(tiny, registry, monkeypatch):
-    import cips_deploy.limits as limits
+    import cips_deploy.contracts.limits as limits
 
     monkeypatch.setattr(limits, "available_memory", lambda: 1 << 30)
     render(tiny, "flat", 8, 8, registry=registry)  # fine
@@ -443,8 +443,8 @@ RSS_SCRIPT = r'''
 import sys
 sys.path.insert(0, sys.argv[4])  # tests/helpers/, for the coordinates backend
 import coordinates_backend
-from cips_deploy.gigapixel import render_to_file
-from cips_deploy.plugin_manager import load_registry
+from cips_deploy.runtime.gigapixel import render_to_file
+from cips_deploy.runtime.plugin_manager import load_registry
 
 
 def status(field):
@@ -516,8 +516,8 @@ def test_a_third_party_output_format_streams_through_the_same_hook(tmp_path, tin
     """A plugin's format (raw RGB bytes, ``.rgb``) registered with register_outputs gets cells,
     resume and verification exactly like the built-ins."""
     from cips_deploy import hookimpl
-    from cips_deploy.plugin_manager import load_registry
-    from cips_deploy.sinks import OutputFormat, Sink
+    from cips_deploy.runtime.plugin_manager import load_registry
+    from cips_deploy.contracts.sinks import OutputFormat, Sink
 
     class RawSink(Sink):
         def __init__(self, partial, destination, height, width):
@@ -563,7 +563,7 @@ def test_a_third_party_output_format_streams_through_the_same_hook(tmp_path, tin
 
 def test_a_malformed_output_format_is_refused_at_registration():
     from cips_deploy import hookimpl
-    from cips_deploy.plugin_manager import PluginWarning, load_registry
+    from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry
 
     class NoDot:
         name, description, extensions, streaming = "nodot", "Extensions without a dot.", ("tif",), True
@@ -588,9 +588,11 @@ def test_a_malformed_output_format_is_refused_at_registration():
 def test_a_third_party_in_memory_format_is_written_by_the_render_command(tmp_path, tiny, monkeypatch):
     from click.testing import CliRunner
 
-    from cips_deploy import hookimpl, plugin_manager
+    from cips_deploy import hookimpl
+
+    from cips_deploy.runtime import plugin_manager
     from cips_deploy.cli import cli as group
-    from cips_deploy.sinks import OutputFormat
+    from cips_deploy.contracts.sinks import OutputFormat
 
     class Npy(OutputFormat):
         name, description, extensions, streaming = "npy", "A NumPy array file.", (".npy",), False

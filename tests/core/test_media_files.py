@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.checkpoint import DEMO_MODEL, file_sha256
+from cips_deploy.families.checkpoint import file_sha256
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.cli import cli
 from cips_deploy.cli.render import tile
-from cips_deploy.provenance import gpano_tags, model_identity, parse_gpano, read_png_metadata, xmp_packet
+from cips_deploy.media.provenance import gpano_tags, model_identity, parse_gpano, read_png_metadata, xmp_packet
 
 
 def pixels(path) -> np.ndarray:
@@ -130,7 +131,7 @@ def test_model_identity_of_generators_follows_the_weights():
 
 
 def test_non_latin_model_names_survive(tmp_path):
-    from cips_deploy.provenance import save_png
+    from cips_deploy.media.provenance import save_png
 
     path = tmp_path / "x.png"
     save_png(np.zeros((2, 2, 3), np.uint8), path, {"model": "modèle-日本.safetensors"})

@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.errors import CipsError
-from cips_deploy.provenance import read_png_metadata
-from cips_deploy.viewer import viewer_html, write_viewer
+from cips_deploy.media.provenance import read_png_metadata
+from cips_deploy.media.viewer import viewer_html, write_viewer
 
 CHROMIUM = os.environ.get("CIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run"]

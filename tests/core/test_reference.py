@@ -7,8 +7,8 @@ import torch
 
 import cips_deploy
 from cips_deploy import CipsError
-from cips_deploy.coords import planar_to_points
-from cips_deploy.reference import reference_synthesize
+from cips_deploy.runtime.coords import planar_to_points
+from cips_deploy.families.reference import reference_synthesize
 
 
 def test_reference_path_reproduces_the_official_fixtures(official_dir):

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import cips_deploy
-from cips_deploy.chunking import ChunkRequest
+from cips_deploy.contracts.chunking import ChunkRequest
 from cips_deploy.errors import CipsError
-from cips_deploy.footprint import render_bytes_per_point
+from cips_deploy.contracts.footprint import render_bytes_per_point
 from cips_deploy.plugins.chunkers import MemoryChunker, RowsChunker
 from cips_deploy.plugins.torch_backend import TorchBackend
-from cips_deploy.render import render, render_detailed, render_pil
+from cips_deploy.runtime.render import render, render_detailed, render_pil
 
 from ..helpers.seams import pooled_seam_ratio
 

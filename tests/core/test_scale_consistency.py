@@ -1,4 +1,4 @@
-"""``cips-deploy scale-consistency`` and the metrics under it (cips_deploy.metrics).
+"""``cips-deploy scale-consistency`` and the metrics under it (cips_deploy.measure.metrics).
 
 PSNR and SSIM are our own numpy code, so they are checked against what can be computed by
 hand (closed forms, a direct loop over windows) and, where scikit-image happens to be
@@ -20,11 +20,11 @@ import torch
 from click.testing import CliRunner
 
 import cips_deploy
-from cips_deploy import metrics
-from cips_deploy.backend import Backend
+from cips_deploy.measure import metrics
+from cips_deploy.contracts.backend import Backend
 from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
-from cips_deploy.metrics import box_downsample, pixel_centre_viewport, psnr, scale_consistency, ssim
+from cips_deploy.measure.metrics import box_downsample, pixel_centre_viewport, psnr, scale_consistency, ssim
 
 TINY = ["--preset", "tiny"]
 C1, C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2

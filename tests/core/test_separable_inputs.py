@@ -1,4 +1,4 @@
-"""The low-precision input stage computed per row and column (cips_deploy.separable_inputs).
+"""The low-precision input stage computed per row and column (cips_deploy.families.separable_inputs).
 
 It must give every point the same bits whichever chunk (grid block, partial rows, scattered
 points) it is computed in, stay within bfloat16 rounding of the float32 input stage, and
@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import cips_deploy
-from cips_deploy.coords import grid_coords
-from cips_deploy.separable_inputs import input_features
+from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.families.separable_inputs import input_features
 
 
 def float32_features(generator, points: torch.Tensor) -> torch.Tensor:

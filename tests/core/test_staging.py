@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import cips_deploy
-from cips_deploy.atomic import replace_folder, staging_folder
+from cips_deploy.runtime.atomic import replace_folder, staging_folder
 from cips_deploy.exporters.pipeline import export_checkpoint
 
 

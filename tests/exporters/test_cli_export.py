@@ -12,7 +12,7 @@ from click.testing import CliRunner
 import cips_deploy
 from cips_deploy.cli import cli
 from cips_deploy.exporters import read_onnx_metadata
-from cips_deploy.checkpoint import file_sha256
+from cips_deploy.families.checkpoint import file_sha256
 
 
 
@@ -107,7 +107,7 @@ def test_existing_output_and_wrong_suffix(checkpoint, tmp_path):
 
 def test_failed_validation_leaves_no_file(checkpoint, tmp_path, monkeypatch):
     # Make torch disagree with the exported graph: validation must catch it and write nothing.
-    from cips_deploy.generator import Generator
+    from cips_deploy.families.generator import Generator
 
     original = Generator.synthesize
 

@@ -20,7 +20,7 @@ from cips_deploy.exporters.metadata import read_onnx_metadata
 from cips_deploy.exporters.ort_grid import OnnxGridEngines
 from cips_deploy.exporters.trt_ops import tensorrt_problems
 from cips_deploy.exporters.spec import compose_spec, interface_mismatches, lines_spec
-from cips_deploy.render import render
+from cips_deploy.runtime.render import render
 
 
 @pytest.fixture(autouse=True)
@@ -103,7 +103,7 @@ def test_onnxruntime_renders_grids_through_the_grid_engines(creps, tmp_path):
     backend = OnnxRuntimeBackend(checkpoint)
     assert backend._grid is not None
     # Chunks are sized for composing, not for the per-point path.
-    assert backend.bytes_per_point() < cips_deploy.footprint.render_bytes_per_point(creps.config)
+    assert backend.bytes_per_point() < cips_deploy.contracts.footprint.render_bytes_per_point(creps.config)
     torch_image = render(checkpoint, height=40, width=72, seed=3, backend="torch")
     image = render(backend, height=40, width=72, seed=3, chunk_size=500)
     assert {axis: table.count for axis, table in backend._grid.axes.items()} == {"row": 40, "column": 72}  # each line once

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 import cips_deploy
-from cips_deploy.checkpoint import file_sha256
-from cips_deploy.config import preset_config
-from cips_deploy.coords import grid_coords, planar_to_points
+from cips_deploy.families.checkpoint import file_sha256
+from cips_deploy.contracts.config import preset_config
+from cips_deploy.runtime.coords import grid_coords, planar_to_points
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import (
     OnnxEngine,
@@ -27,7 +27,7 @@ from cips_deploy.exporters import (
 from cips_deploy.exporters.cache import cached_onnx
 from cips_deploy.exporters.onnx_export import EXTERNAL_DATA_THRESHOLD, estimated_weight_bytes
 from cips_deploy.exporters.trt_ops import TENSORRT10_ONNX_OPS, tensorrt_problems
-from cips_deploy.generator import Generator
+from cips_deploy.families.generator import Generator
 
 
 def run(path: Path, coords: torch.Tensor, w: torch.Tensor) -> np.ndarray:

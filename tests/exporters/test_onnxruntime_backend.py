@@ -13,7 +13,7 @@ import cips_deploy
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import export_onnx
 from cips_deploy.exporters.backends import OnnxRuntimeBackend, TensorRTBackend
-from cips_deploy.plugin_manager import load_registry
+from cips_deploy.runtime.plugin_manager import load_registry
 
 
 
@@ -92,7 +92,7 @@ def test_engine_must_come_from_the_checkpoint(tmp_path, checkpoint, official_dir
     # An engine exported from the official .pt matches the same weights converted to safetensors...
     official = cips_deploy.load(official_dir / "cipsres_s8_g_ema.pt")
     engine = export_onnx(official, tmp_path / "official.onnx", validate_export=False,
-                         source_sha256=cips_deploy.checkpoint.file_sha256(official_dir / "cipsres_s8_g_ema.pt")).synthesis
+                         source_sha256=cips_deploy.families.checkpoint.file_sha256(official_dir / "cipsres_s8_g_ema.pt")).synthesis
     converted = tmp_path / "converted.safetensors"
     official.save(converted)
     assert OnnxRuntimeBackend(converted, engine=engine).config == official.config

@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 import cips_deploy
-from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.cli import cli
-from cips_deploy.coords import grid_coords
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.exporters import export_onnx
 from cips_deploy.exporters.backends import OnnxRuntimeBackend
 from cips_deploy.exporters.graph_passes import _elem_types, remove_redundant_casts

@@ -161,7 +161,7 @@ def test_fp32_engine_matches_torch_and_chunks_within_its_profile(tiny, built):
 
     checkpoint, plan, summary = built
     assert sidecar_path(plan).is_file() and (plan.parent / "timing.cache").stat().st_size > 0
-    engine = TensorRTEngine(plan, checkpoint_sha256=cips_deploy.checkpoint.file_sha256(checkpoint))
+    engine = TensorRTEngine(plan, checkpoint_sha256=cips_deploy.families.checkpoint.file_sha256(checkpoint))
     assert (engine.max_batch, engine.max_points) == (2, 1000)
     coords = (torch.rand(3, 2345, 2) * 2.4 - 1.2).cuda()  # more samples and points than one call takes
     w = tiny.map(torch.randn(3, 64)).detach()

@@ -27,7 +27,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.exporters.backends import OnnxRuntimeBackend
 from cips_deploy.exporters.pipeline import export_checkpoint
 from cips_deploy.exporters.triton_backend import TritonBackend
-from cips_deploy.render import render_detailed
+from cips_deploy.runtime.render import render_detailed
 
 pytestmark = pytest.mark.slow
 
@@ -166,7 +166,7 @@ def test_chunks_spread_over_two_servers_and_survive_losing_one(repository, check
     second = triton_server.LocalServer(repository, http_port=ports[2], grpc_port=ports[3])
     settings = dict(topology="cylinder", height=64, width=256, seed=4, chunk_size=512)  # 32 chunks
     expected = render_detailed(local, "cylinder", 64, 256, seed=4, chunk_size=512).image
-    from cips_deploy.gigapixel import render_to_file
+    from cips_deploy.runtime.gigapixel import render_to_file
 
     tifffile = pytest.importorskip("tifffile")
     with first, second:

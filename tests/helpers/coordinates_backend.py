@@ -10,9 +10,9 @@ a real model would take hours to render. A plugin module: register it with
 import torch
 
 from cips_deploy import hookimpl
-from cips_deploy.backend import Backend
-from cips_deploy.config import GeneratorConfig
-from cips_deploy.topology import Parameter
+from cips_deploy.contracts.backend import Backend
+from cips_deploy.contracts.config import GeneratorConfig
+from cips_deploy.contracts.topology import Parameter
 
 
 class Coordinates(Backend):

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 import cips_deploy
 from cips_deploy import CipsError, hookimpl
-from cips_deploy.backend import Backend, resolve_options
+from cips_deploy.contracts.backend import Backend, resolve_options
 from cips_deploy.cli.backend_flags import add_backend_flags, merge_backend_flags
-from cips_deploy.plugin_manager import load_registry
-from cips_deploy.topology import Parameter
+from cips_deploy.runtime.plugin_manager import load_registry
+from cips_deploy.contracts.topology import Parameter
 
 
 class EchoBackend(Backend):

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from cips_deploy.checkpoint import DEMO_MODEL
-from cips_deploy.gigapixel import render_to_file
+from cips_deploy.models import DEMO_MODEL
+from cips_deploy.runtime.gigapixel import render_to_file
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run", "--disable-gpu"]

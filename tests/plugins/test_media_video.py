@@ -13,8 +13,8 @@ from PIL import Image, ImageSequence
 import cips_deploy
 from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
-from cips_deploy.render import latent, make_backend, render
-from cips_deploy.video import Animation, check_animation, frame_parameters, read_webp_provenance, render_frames, walk_styles, write_video
+from cips_deploy.runtime.render import latent, make_backend, render
+from cips_deploy.media.video import Animation, check_animation, frame_parameters, read_webp_provenance, render_frames, walk_styles, write_video
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_video_command_bad_input_is_one_line(tmp_path, arguments, message):
 
 
 def test_video_is_registered_by_a_builtin_plugin(registry):
-    from cips_deploy.plugin_manager import BUILTIN_PLUGINS
+    from cips_deploy.runtime.plugin_manager import BUILTIN_PLUGINS
 
     assert "cips_deploy.plugins.video" in BUILTIN_PLUGINS
     assert "register_commands" in registry.plugins["cips_deploy.plugins.video"].hooks
@@ -190,7 +190,7 @@ def test_video_is_registered_by_a_builtin_plugin(registry):
 
 
 def test_render_takes_a_ready_style_and_checks_it(tiny):
-    from cips_deploy.render import render_detailed
+    from cips_deploy.runtime.render import render_detailed
 
     w = tiny.map(latent(9, tiny.config))
     assert np.array_equal(render_detailed(tiny, "flat", 8, 8, style=w).image, render(tiny, "flat", 8, 8, seed=9))

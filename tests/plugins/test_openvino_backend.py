@@ -15,13 +15,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.cli import cli
-from cips_deploy.coords import grid_coords
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import export_onnx
 from cips_deploy.exporters.backends import OnnxRuntimeBackend
-from cips_deploy.plugin_manager import get_registry
+from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.plugins.openvino_backend import BF16_CAVEAT, OpenVinoBackend
 
 

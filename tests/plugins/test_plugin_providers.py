@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cips_deploy import hookimpl, plugin_manager
+from cips_deploy import hookimpl
+
+from cips_deploy.runtime import plugin_manager
 from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
-from cips_deploy.exporter import Exporter
-from cips_deploy.plugin_manager import PluginWarning, load_registry
+from cips_deploy.contracts.exporter import Exporter
+from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry
 
 
 def invoke(*args):

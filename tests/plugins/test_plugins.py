@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 import cips_deploy
-from cips_deploy import hookimpl, hookspecs
+from cips_deploy import hookimpl
+from cips_deploy.contracts import hookspecs
 from cips_deploy.errors import CipsError
-from cips_deploy.plugin_manager import PluginWarning, load_registry, register_commands
+from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry, register_commands
 from cips_deploy.plugins.flat import Flat
-from cips_deploy.render import render, render_detailed
+from cips_deploy.runtime.render import render, render_detailed
 
 from ..helpers.plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, forget_plugin_modules, pip_install
 

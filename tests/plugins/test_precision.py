@@ -17,11 +17,11 @@ import torch
 from click.testing import CliRunner
 
 import cips_deploy
-from cips_deploy import layers
-from cips_deploy.bench import BenchCase, matmul_peak_gflops, run_case
-from cips_deploy.checkpoint import DEMO_MODEL
+from cips_deploy.families import layers
+from cips_deploy.measure.bench import BenchCase, matmul_peak_gflops, run_case
+from cips_deploy.models import DEMO_MODEL
 from cips_deploy.cli import cli
-from cips_deploy.coords import grid_coords
+from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.plugins.torch_backend import TorchBackend
 
@@ -159,7 +159,7 @@ def test_synthesize_in_bf16_with_gradients_off_and_on(tiny):
 
 
 def test_fused_bf16_layers_equal_the_unfused_ones_to_bf16_accuracy(tiny_skip):
-    from cips_deploy.layers import StyledLayer
+    from cips_deploy.families.layers import StyledLayer
 
     if not layers.FUSE_BF16_CPU:
         pytest.skip("this torch has no oneDNN fused linear")

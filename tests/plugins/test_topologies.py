@@ -8,8 +8,8 @@ import torch
 
 import cips_deploy
 from cips_deploy.errors import CipsError
-from cips_deploy.render import render, render_detailed
-from cips_deploy.topology import Parameter, TopologyRequest, resolve_parameters
+from cips_deploy.runtime.render import render, render_detailed
+from cips_deploy.contracts.topology import Parameter, TopologyRequest, resolve_parameters
 
 from ..helpers.seams import pooled_seam_ratio
 

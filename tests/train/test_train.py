@@ -19,7 +19,7 @@ from PIL import Image
 import cips_deploy
 from cips_deploy import CipsError
 from cips_deploy.cli import cli
-from cips_deploy.creps import CrepsGenerator
+from cips_deploy.families.creps import CrepsGenerator
 from cips_deploy.train import TrainOptions, train
 from cips_deploy.train.loop import run_summary
 

@@ -5,8 +5,8 @@ import numpy as np
 import torch
 
 from cips_deploy import hookimpl
-from cips_deploy.chunking import Chunker
-from cips_deploy.topology import PointLayout, Topology
+from cips_deploy.contracts.chunking import Chunker
+from cips_deploy.contracts.topology import PointLayout, Topology
 
 
 def grid_points(height, width):

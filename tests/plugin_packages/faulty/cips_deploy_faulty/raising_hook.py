@@ -2,7 +2,7 @@
 survive), while its register_chunkers works."""
 
 from cips_deploy import hookimpl
-from cips_deploy.chunking import Chunker
+from cips_deploy.contracts.chunking import Chunker
 from cips_deploy.plugins.flat import Flat
 
 

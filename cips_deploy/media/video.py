@@ -1,0 +1,335 @@
+"""Animations: latent walks, zooms, 360-degree pans and animated topology parameters.
+
+    animation = Animation(mode="walk", seeds=[0, 1, 2, 3], frames=96)
+    for frame in render_frames(backend, animation, height=256, width=256):  # uint8 [H, W, 3]
+        ...
+
+Every frame is one ordinary render (:func:`cips_deploy.runtime.render.render_detailed`: topology ->
+chunker -> backend -> image), so frames are chunked like any render and, on the CPU torch
+backend, bitwise the same for any chunking. What changes from frame to frame:
+
+- the style. Each seed gives a style w = map(z(seed), truncation); frame k of N sits at
+  position ``x = k * n / N`` along the closed loop through the n seeds' styles and gets the
+  centripetal-free (uniform) Catmull-Rom spline through them, interpolated in W. Frame N would
+  be frame 0 again, so the clip loops without a jump and without a pause at the seeds
+  (a piecewise-linear walk would kink there). One seed keeps one style.
+- the camera, by mode: ``walk`` none; ``zoom`` shrinks the viewport (the fixed u/v
+  parameters, default [-1, 1]^2) geometrically towards a centre by a total ``zoom`` factor
+  (frame 0 the start view, frame N-1 the end view); ``pan`` turns a ``fov``-degree window once around a cylinder-space model
+  (frame k looks at ``360 k / N`` degrees, so it loops).
+- any topology parameter given as ``NAME=START:END``: linear from frame 0 to frame N-1.
+
+Writers: animated WebP through Pillow (no extra dependency), MP4 (H.264) through the
+optional ``video`` extra (imageio-ffmpeg, which bundles an ffmpeg binary).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.plugin_manager import Registry, get_registry
+from cips_deploy.media.provenance import xmp_packet
+from cips_deploy.runtime.render import latent, render_detailed
+from cips_deploy.contracts.topology import resolve_parameters
+
+MODES = ("walk", "zoom", "pan")
+MAX_FRAMES = 10_000
+# Animated WebP is assembled in memory by Pillow (it needs every frame before encoding).
+MAX_WEBP_BYTES = 1 << 30
+VIEWPORT = ("u_min", "u_max", "v_min", "v_max")
+FORMATS = (".webp", ".mp4")
+
+
+@dataclass(frozen=True)
+class Animation:
+    """What moves in a clip (see the module text).
+
+    mode:      walk, zoom or pan.
+    seeds:     the styles to walk through (one seed: a fixed style).
+    frames:    number of frames, at least 2.
+    topology:  the topology every frame renders (pan and zoom need u/v viewport parameters).
+    params:    fixed topology parameters (values as the topology takes them, strings allowed).
+    ramps:     animated ones, name -> (start, end), linear over the frames.
+    zoom:      zoom mode: total magnification (2 zooms in 2x; 0.5 zooms out).
+    centre:    zoom mode: (u, v) the zoom closes in on.
+    fov:       pan mode: horizontal field of view in degrees.
+    """
+
+    mode: str = "walk"
+    seeds: tuple[int, ...] = (0, 1)
+    frames: int = 48
+    topology: str = "flat"
+    params: dict[str, Any] = field(default_factory=dict)
+    ramps: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+    zoom: float = 4.0
+    centre: tuple[float, float] = (0.0, 0.0)
+    fov: float = 90.0
+
+
+def check_animation(animation: Animation, coordinate_space: str, registry: Registry | None = None) -> None:
+    """Refuse, in one sentence, an animation that cannot be rendered (before any frame is)."""
+    registry = registry or get_registry()
+    if animation.mode not in MODES:
+        raise CipsError(f"Unknown animation mode {animation.mode!r}; choose one of {', '.join(MODES)}.")
+    frames = animation.frames
+    if not isinstance(frames, (int, np.integer)) or isinstance(frames, bool) or frames < 2:
+        raise CipsError(f"An animation needs at least 2 frames, not {frames!r}.")
+    if frames > MAX_FRAMES:
+        raise CipsError(f"{frames:,} frames is more than the limit of {MAX_FRAMES:,}.")
+    if not animation.seeds:
+        raise CipsError("An animation needs at least one seed.")
+    if animation.mode == "walk" and len(animation.seeds) < 2:
+        raise CipsError("A latent walk needs at least two seeds, e.g. --seeds 0-3.")
+    entry = registry.get("topology", animation.topology)
+    topology = entry.item
+    if animation.mode == "pan" and coordinate_space != "cylinder":
+        raise CipsError(
+            f"The pan mode turns around a cylinder-space model, but this model's coordinate space is {coordinate_space}; "
+            "use --mode walk or --mode zoom."
+        )
+    if coordinate_space not in topology.coordinate_spaces:
+        raise CipsError(topology.unsupported_space(coordinate_space))
+    controlled = mode_parameters(animation)
+    declared = {parameter.name for parameter in topology.parameters}
+    missing = [name for name in controlled if name not in declared]
+    if missing:
+        raise CipsError(
+            f"The {animation.mode} mode moves the viewport ({', '.join(missing)}), which the {topology.name} topology "
+            "does not have; use --topology flat."
+        )
+    # A zoom starts from the viewport given as fixed parameters; a pan sets its u range itself.
+    given = set(animation.ramps) if animation.mode == "zoom" else set(animation.params) | set(animation.ramps)
+    clash = sorted(set(controlled) & given)
+    if clash:
+        raise CipsError(f"The {animation.mode} mode sets {', '.join(clash)} itself; do not give {'it' if len(clash) == 1 else 'them'} as --param.")
+    both = sorted(set(animation.params) & set(animation.ramps))
+    if both:
+        raise CipsError(f"The topology parameter {both[0]} is given both fixed and animated.")
+    if animation.mode == "zoom":
+        if not (isinstance(animation.zoom, (int, float)) and math.isfinite(animation.zoom) and animation.zoom > 0 and animation.zoom != 1):
+            raise CipsError(f"The zoom must be a positive factor other than 1 (2 zooms in 2x, 0.5 out), not {animation.zoom!r}.")
+        if not all(math.isfinite(value) for value in animation.centre):
+            raise CipsError(f"The zoom centre must be finite, not {animation.centre!r}.")
+    if animation.mode == "pan" and not (isinstance(animation.fov, (int, float)) and 0 < animation.fov <= 360):
+        raise CipsError(f"The pan's field of view must be more than 0 and at most 360 degrees, not {animation.fov!r}.")
+    # Both ends of every ramp (and every fixed value) must be values the topology accepts;
+    # this also names unknown parameters with the topology's list.
+    for end in (0, 1):
+        resolve_parameters(topology, {**animation.params, **{name: pair[end] for name, pair in animation.ramps.items()}})
+    for name, (start, end) in animation.ramps.items():
+        kind = next(parameter.type for parameter in topology.parameters if parameter.name == name)
+        if kind not in (int, float):
+            raise CipsError(f"The {topology.name} topology's parameter {name} is not a number, so it cannot be animated.")
+
+
+def mode_parameters(animation: Animation) -> tuple[str, ...]:
+    """The topology parameters a mode drives itself."""
+    return {"walk": (), "zoom": VIEWPORT, "pan": ("u_min", "u_max")}[animation.mode]
+
+
+def frame_parameters(animation: Animation, index: int, registry: Registry | None = None) -> dict[str, Any]:
+    """Topology parameters of frame ``index`` (0 .. frames - 1), fixed ones included."""
+    registry = registry or get_registry()
+    topology = registry.get("topology", animation.topology).item
+    fixed = resolve_parameters(topology, animation.params)  # converted, defaults filled in
+    params = dict(animation.params)
+    progress = index / (animation.frames - 1)  # 0 at the first frame, 1 at the last
+    for name, (start, end) in animation.ramps.items():
+        parameter = next(p for p in topology.parameters if p.name == name)
+        low = parameter.convert(start, topology.name)
+        high = parameter.convert(end, topology.name)
+        value = low + (high - low) * progress
+        params[name] = int(round(value)) if parameter.type is int else float(value)
+    if animation.mode == "zoom":
+        # Geometric: each frame magnifies by the same ratio, which reads as a steady zoom.
+        scale = animation.zoom ** (-progress)
+        cu, cv = animation.centre
+        params["u_min"] = cu + (fixed["u_min"] - cu) * scale
+        params["u_max"] = cu + (fixed["u_max"] - cu) * scale
+        params["v_min"] = cv + (fixed["v_min"] - cv) * scale
+        params["v_max"] = cv + (fixed["v_max"] - cv) * scale
+    elif animation.mode == "pan":
+        # u is an angle of period 2 on a cylinder-space model: 360 degrees = 2 units of u.
+        centre = 2.0 * index / animation.frames
+        half = animation.fov / 360.0
+        params["u_min"], params["u_max"] = centre - half, centre + half
+    return params
+
+
+def walk_styles(keys: Tensor, frames: int) -> Iterator[Tensor]:
+    """Styles [1, S] of a closed uniform Catmull-Rom loop through ``keys`` [n, S], ``frames`` of them.
+
+    Frame k sits at x = k n / frames: it passes through key i at x = i and is C1 everywhere,
+    including where the loop closes; one key gives that key for every frame.
+    """
+    n = keys.shape[0]
+    for index in range(frames):
+        if n == 1:
+            yield keys[0:1].clone()
+            continue
+        x = index * n / frames
+        i = int(math.floor(x))
+        t = x - i
+        p0, p1, p2, p3 = (keys[(i + offset) % n] for offset in (-1, 0, 1, 2))
+        t2, t3 = t * t, t * t * t
+        style = 0.5 * (
+            (2.0 * p1) + (-p0 + p2) * t + (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3) * t2 + (-p0 + 3.0 * p1 - 3.0 * p2 + p3) * t3
+        )
+        yield style[None].to(torch.float32)
+
+
+def render_frames(
+    runner: Any,
+    animation: Animation,
+    height: int,
+    width: int,
+    *,
+    truncation: float = 1.0,
+    registry: Registry | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **render_options: Any,
+) -> Iterator[np.ndarray]:
+    """The clip's frames, uint8 [height, width, 3] each, rendered one after another.
+
+    runner: a constructed Backend (reused for every frame). ``render_options`` go to every
+    :func:`render_detailed` call (chunker, chunk_size, memory_budget).
+    """
+    registry = registry or get_registry()
+    check_animation(animation, runner.config.coordinate_space, registry)
+    with torch.inference_mode():
+        keys = torch.cat([runner.map(latent(seed, runner.config), truncation) for seed in animation.seeds])  # [n, S]
+    styles = walk_styles(keys, animation.frames) if len(animation.seeds) > 1 else None
+    if progress is not None:
+        progress(0, animation.frames)
+    for index in range(animation.frames):
+        style = next(styles) if styles is not None else None
+        rendering = render_detailed(
+            runner, animation.topology, height, width, seed=animation.seeds[0], truncation=truncation,
+            style=style, registry=registry, **render_options, **frame_parameters(animation, index, registry),
+        )
+        yield rendering.image
+        if progress is not None:
+            progress(index + 1, animation.frames)
+
+
+# --------------------------------------------------------------------------- writers
+
+
+def check_video_output(path: Path, frames: int, height: int, width: int, fps: float) -> None:
+    """The output's format is one we write, its frame timing is valid, and it fits: before rendering."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        raise CipsError(f"The video {path} must be a .webp (animated WebP) or .mp4 file.")
+    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise CipsError(f"The frame rate must be a positive number of frames per second, not {fps!r}.")
+    if suffix == ".webp":
+        if round(1000.0 / fps) < 1:
+            raise CipsError(f"At {fps:g} frames per second a WebP frame lasts under 1 ms, which WebP cannot store; use at most 1000.")
+        if round(1000.0 / fps) > 0xFFFFFF:
+            raise CipsError(f"At {fps:g} frames per second a WebP frame lasts longer than WebP can store.")
+        needed = frames * height * width * 3
+        if needed > MAX_WEBP_BYTES:
+            raise CipsError(
+                f"An animated WebP of {frames:,} frames of {height} x {width} is assembled in memory ({needed / 2**30:.1f} GiB, "
+                f"limit {MAX_WEBP_BYTES / 2**30:.0f} GiB); write .mp4 (streamed) or fewer or smaller frames."
+            )
+    if suffix == ".mp4":
+        load_ffmpeg()
+        if height % 2 or width % 2:
+            raise CipsError(f"MP4 (H.264, yuv420p) needs an even width and height, not {height} x {width}.")
+
+
+def load_ffmpeg() -> Any:
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise CipsError("MP4 output needs the video extra: pip install 'cips-deploy[video]' (or write .webp).") from None
+    return imageio_ffmpeg
+
+
+def write_video(
+    frames: Iterable[np.ndarray],
+    path: str | Path,
+    *,
+    height: int,
+    width: int,
+    fps: float,
+    provenance: dict[str, str] | None = None,
+    quality: int = 80,
+    lossless: bool = False,
+) -> int:
+    """Write frames (uint8 [H, W, 3]) as a looping animated WebP or an MP4, atomically; returns the count.
+
+    WebP carries the provenance in an XMP packet, MP4 as its ``comment`` metadata (JSON).
+    """
+    path = Path(path)
+    with atomic_path(path) as temporary:
+        if path.suffix.lower() == ".webp":
+            pictures = [Image.fromarray(frame, mode="RGB") for frame in frames]
+            if len(pictures) < 2:
+                raise CipsError("An animated WebP needs at least 2 frames.")
+            pictures[0].save(
+                temporary, format="WEBP", save_all=True, append_images=pictures[1:], duration=round(1000.0 / fps),
+                loop=0, quality=quality, lossless=lossless, method=4, xmp=provenance_xmp(provenance).encode("utf-8"),
+            )
+            return len(pictures)
+        ffmpeg = load_ffmpeg()
+        comment = json.dumps(provenance or {}, sort_keys=True)
+        writer = ffmpeg.write_frames(
+            str(temporary), (width, height), fps=fps, codec="libx264", macro_block_size=2, quality=7,
+            output_params=["-f", "mp4", "-metadata", f"comment={comment}"],
+        )
+        writer.send(None)  # start ffmpeg
+        count = 0
+        try:
+            for frame in frames:
+                writer.send(np.ascontiguousarray(frame))
+                count += 1
+        finally:
+            writer.close()
+        return count
+
+
+CIPS_NS = "urn:cips-deploy:provenance:1"
+
+
+def provenance_xmp(provenance: dict[str, str] | None) -> str:
+    """An XMP packet with the provenance as ``cips:`` properties (for WebP, which has no text chunks)."""
+    from xml.sax.saxutils import escape
+
+    packet = xmp_packet({})
+    body = "".join(f"   <cips:{key.replace('_', '-')}>{escape(value)}</cips:{key.replace('_', '-')}>\n" for key, value in (provenance or {}).items())
+    return packet.replace(
+        'xmlns:GPano="http://ns.google.com/photos/1.0/panorama/">\n',
+        f'xmlns:GPano="http://ns.google.com/photos/1.0/panorama/" xmlns:cips="{CIPS_NS}">\n{body}',
+    )
+
+
+def read_webp_provenance(path: str | Path) -> dict[str, str]:
+    """The provenance of a WebP written by :func:`write_video`."""
+    import xml.etree.ElementTree as ET
+
+    with Image.open(path) as image:
+        xmp = image.info.get("xmp", b"")
+    text = xmp.decode("utf-8") if isinstance(xmp, bytes) else str(xmp)
+    start, end = text.find("<x:xmpmeta"), text.rfind("</x:xmpmeta>")
+    if start < 0 or end < 0:
+        return {}
+    root = ET.fromstring(text[start : end + len("</x:xmpmeta>")])
+    prefix = "{" + CIPS_NS + "}"
+    return {
+        element.tag[len(prefix):].replace("-", "_"): element.text or ""
+        for element in root.iter()
+        if isinstance(element.tag, str) and element.tag.startswith(prefix)
+    }

@@ -1,0 +1,88 @@
+"""Checks of a render request and of what plugins hand back, each a one-sentence CipsError.
+
+The renderers (:mod:`cips_deploy.runtime.render`, :mod:`cips_deploy.runtime.gigapixel`) and the commands
+call these before allocating anything: sizes, seeds, a caller's style, chunk settings; and
+after a topology answers: its point count and its assembled image.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.plugin_manager import Registered
+
+MAX_SIDE = 1 << 20
+MAX_SEED = (1 << 63) - 1
+
+
+def check_size(height: Any, width: Any) -> None:
+    """Positive integer sides no longer than MAX_SIDE."""
+    for name, value in (("height", height), ("width", width)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+            raise CipsError(f"The image {name} must be a positive whole number of pixels, not {value!r}.")
+        if value > MAX_SIDE:
+            raise CipsError(f"The image {name} of {value:,} pixels exceeds the limit of {MAX_SIDE:,}.")
+
+
+def check_seed(seed: Any, what: str) -> None:
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise CipsError(f"The {what} must be a whole number from 0 to 2**63 - 1, not {seed!r}.")
+
+
+def check_truncation(truncation: Any) -> None:
+    if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not math.isfinite(truncation):
+        raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
+
+
+def check_style(style: Any, style_dim: int) -> Tensor:
+    """A caller's style as float32 [1, style_dim] on the host, or a CipsError."""
+    if not isinstance(style, Tensor) or tuple(style.shape) != (1, style_dim) or not style.is_floating_point():
+        raise CipsError(f"A style must be a float tensor of shape [1, {style_dim}], not {getattr(style, 'shape', type(style).__name__)}.")
+    if not bool(torch.isfinite(style).all()):
+        raise CipsError("A style has NaN or infinite values.")
+    return style.detach().to("cpu", torch.float32)
+
+
+def check_chunk_settings(chunker: Registered, chunk_size: Any, memory_budget: Any) -> None:
+    """The chunk settings are valid numbers and are ones the chosen chunker reads."""
+    settings = tuple(getattr(chunker.item, "settings", ()))
+    if chunk_size is not None:
+        if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+            raise CipsError(f"The chunk size must be a positive whole number, not {chunk_size!r}.")
+        if "chunk_size" not in settings:
+            raise CipsError(f"The {chunker.name} chunker takes no chunk size; use --chunker fixed or rows with --chunk-size.")
+    if memory_budget is not None:
+        if not isinstance(memory_budget, (int, float)) or isinstance(memory_budget, bool) or not (
+            math.isfinite(memory_budget) and memory_budget > 0
+        ):
+            raise CipsError(f"The memory budget must be a positive number of MB, not {memory_budget!r}.")
+        if "memory_budget" not in settings:
+            raise CipsError(f"The {chunker.name} chunker takes no memory budget; use --chunker memory with --memory-budget.")
+
+
+def checked_count(layout: Any, entry: Registered) -> int:
+    """The layout's ``n_points``, a non-negative whole number, or a CipsError naming the topology."""
+    count = getattr(layout, "n_points", None)
+    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
+        raise CipsError(f"{entry.label} returned a layout without a valid n_points (got {count!r}).")
+    return int(count)
+
+
+def checked_image(image: Any, height: int, width: int, entry: Registered) -> np.ndarray:
+    """The assembled image as uint8 [height, width, 3], or a CipsError naming the topology."""
+    if isinstance(image, Tensor):
+        image = image.cpu().numpy()
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (height, width, 3):
+        shape = getattr(image, "shape", None)
+        dtype = getattr(image, "dtype", type(image).__name__)
+        raise CipsError(
+            f"{entry.label} assembled an image of shape {list(shape) if shape is not None else None} and type {dtype}; "
+            f"expected uint8 [{height}, {width}, 3]."
+        )
+    return image
