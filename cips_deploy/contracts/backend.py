@@ -4,7 +4,8 @@ A backend class is registered through ``register_backends`` and constructed by t
 as ``BackendClass(model, device=..., **options)``, where ``model`` is a
 :class:`~cips_deploy.families.generator.Generator` or a path to a model file the backend reads
 (a checkpoint for ``torch``; an engine for runtimes that other plugins add). It exposes the
-model's :class:`~cips_deploy.contracts.config.GeneratorConfig` and two calls on host (CPU) tensors:
+model's :class:`~cips_deploy.contracts.config.GeneratorConfig` and two calls on host numpy
+arrays (float32, C-contiguous):
 
 - ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
 - ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
@@ -27,7 +28,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Iterable, Iterator
 
-from torch import Tensor
+import numpy as np
 
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
@@ -42,6 +43,13 @@ class Backend(ABC):
     description: ClassVar[str] = ""
     # The keyword options __init__ takes besides ``device``; defaults as in its signature.
     options: ClassVar[tuple[Parameter, ...]] = ()
+    # What map and run take and return: "numpy" arrays (this contract), or "torch" tensors for
+    # backends written against the old contract (cips_deploy.backend.Backend); the runtime
+    # converts at its boundary without copies.
+    arrays: ClassVar[str] = "numpy"
+    # Model files this backend opens by itself (".onnx"): given such a file and no backend,
+    # the renderer picks the backend that names its suffix.
+    model_suffixes: ClassVar[tuple[str, ...]] = ()
 
     config: GeneratorConfig
 
@@ -50,14 +58,14 @@ class Backend(ABC):
         ...
 
     @abstractmethod
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
         """z [B, Z] -> w [B, S] on the host, truncated towards the model's average w."""
 
     @abstractmethod
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2] and w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
 
-    def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+    def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
         """rgb for each ``(coords, w)`` of ``batches``, in order; the default calls :meth:`run` one by one."""
         for coords, w in batches:
             yield self.run(coords, w)
@@ -90,7 +98,7 @@ def resolve_options(backend: type[Backend], given: dict[str, Any]) -> dict[str, 
         for name, value in given.items()
     }
 
-def run_chunks(backend: Any, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+def run_chunks(backend: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
     """``backend.run_many(batches)``, or ``run`` one by one for a backend class without it."""
     run_many = getattr(backend, "run_many", None)
     if run_many is not None:

@@ -25,6 +25,7 @@ from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.models import DEMO_MODEL  # noqa: F401  (its home before the models package)
+from cips_deploy.runtime.hashing import file_sha256  # noqa: F401  (its home before the runtime package)
 from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.limits import MAX_HEADER_BYTES, check_memory, check_zip_declared_size, parse_json, regular_file
 from cips_deploy.families.model_size import check_model_size
@@ -224,16 +225,6 @@ def sniff_format(path: Path) -> str | None:
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
         return "pickle"
     return None
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in blocks (checkpoints can be gigabytes)."""
-    digest = hashlib.sha256()
-    path = regular_file(path)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _first_line(error: BaseException) -> str:
