@@ -13,6 +13,7 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import torch
 
 import cips_deploy
@@ -31,22 +32,23 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     generator = cips_deploy.create("paper256", seed=0).eval()
     backend = TorchBackend(generator, precision="bf16")
-    coords = grid_coords(256, 256)
-    w = generator.map(torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(0)))
+    coords = grid_coords(256, 256)  # numpy, as the runtime hands it to backends
+    w = backend.map(torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(0)).numpy())
 
-    def render() -> torch.Tensor:
-        return torch.cat([backend.run(coords[:, s : s + args.chunk], w) for s in range(0, 65536, args.chunk)], 1)
+    def render() -> np.ndarray:
+        return np.concatenate([backend.run(coords[:, s : s + args.chunk], w) for s in range(0, 65536, args.chunk)], 1)
 
     available = layers.FUSE_BF16_CPU
     if not available:
-        raise SystemExit("This torch has no oneDNN fused linear: nothing to compare.")
+        raise SystemExit("No oneDNN fused bf16 linear here (it needs this torch's mkldnn and a CPU with bf16 "
+                         "instructions, AVX512-BF16 or AMX): nothing to compare.")
     times: dict[bool, list[float]] = {True: [], False: []}
     peaks = []
     try:
         layers.FUSE_BF16_CPU = True
         fused = render()
         layers.FUSE_BF16_CPU = False
-        print(f"fused against unfused: max |difference| {(fused - render()).abs().max().item():.3g}")
+        print(f"fused against unfused: max |difference| {np.abs(fused - render()).max():.3g}")
         for _ in range(args.images):
             peaks.append(matmul_peak_gflops(dtype="bf16"))
             for mode in (True, False):

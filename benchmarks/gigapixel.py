@@ -61,7 +61,8 @@ def main() -> None:
                        "space=cylinder", *command]
             environment["PYTHONPATH"] = str(TESTS) + os.pathsep + environment.get("PYTHONPATH", "")
         else:
-            program = [sys.executable, "-c", "from cips_deploy.cli import main; main()", "render", *command]
+            # The torch backend by name: without it, render takes the demo's ONNX engine (its default since 0.2).
+            program = [sys.executable, "-c", "from cips_deploy.cli import main; main()", "render", "--backend", "torch", *command]
         start = time.perf_counter()
         result = subprocess.run(program, capture_output=True, text=True, env=environment)
         seconds = time.perf_counter() - start

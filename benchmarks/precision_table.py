@@ -51,7 +51,6 @@ import torch
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 OFFICIAL = FIXTURES / "official-cips" / "cipsskip_s8.pt"
-CREPS_DEMO = Path(__file__).resolve().parents[1] / "docs" / "pictures" / "creps-demo.safetensors"  # docs/creps.md
 OFFICIAL_CREPS = [FIXTURES / "official-creps" / name for name in ("creps_r16_snapshot.pkl", "creps_r32_fp16_snapshot.pkl")]
 # (label, backend, option dict, engine file key or None, peak key)
 PATHS = [
@@ -139,15 +138,16 @@ def quality(generator, engines: dict[str, Path], paths) -> dict[str, dict]:
     from cips_deploy.exporters.quality import CHUNK_POINTS, psnr_and_max_error, quality_inputs
 
     coords, ws = quality_inputs(generator)
+    coords, ws = np.asarray(coords, np.float32), [np.asarray(w, np.float32) for w in ws]  # backends take numpy
 
     def render(backend, w):
-        return torch.cat([backend.run(coords[:, s : s + CHUNK_POINTS], w) for s in range(0, coords.shape[1], CHUNK_POINTS)], 1)
+        return np.concatenate([backend.run(coords[:, s : s + CHUNK_POINTS], w) for s in range(0, coords.shape[1], CHUNK_POINTS)], 1)
 
     results = {}
     reference = None
     for label, backend_name, options, engine_key, _ in paths:
         backend = open_backend(backend_name, options, generator, engines[engine_key] if engine_key else None)
-        images = [render(backend, w).numpy() for w in ws]
+        images = [render(backend, w) for w in ws]
         backend.close()
         if reference is None:
             reference = images  # torch fp32 comes first
@@ -167,8 +167,8 @@ def run_speed_case(spec: dict) -> dict:
     engine = Path(spec["engine"]) if spec["engine"] else None
     backend = open_backend(spec["backend"], spec["options"], generator, engine)
     side, chunk = 256, spec["chunk"]
-    coords = grid_coords(side, side)
-    z = torch.randn(spec["repeats"] + 1, 1, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
+    coords = grid_coords(side, side)  # numpy, as the runtime hands it to backends
+    z = torch.randn(spec["repeats"] + 1, 1, generator.config.style_dim, generator=torch.Generator().manual_seed(0)).numpy()
     before = measure_peak(spec["peak"])
     times = []
     for run in range(spec["repeats"] + 1):
@@ -207,7 +207,7 @@ def main() -> None:
 
     import cips_deploy
     from cips_deploy.measure.bench import machine_facts, matmul_peak_gflops
-    from cips_deploy.models import DEMO_MODEL
+    from cips_deploy.models import CREPS_DEMO_MODEL, DEMO_MODEL
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,8 +237,8 @@ def main() -> None:
             print(f"  {label:<26} {result['pixels_per_second']:>9,.0f} px/s  {100 * result['fraction_of_peak']:4.0f}% of {peak} "
                   f"({result['case_peak']:.1f} in the case's process)", file=sys.stderr)
         if not args.skip_quality and args.arch == "creps":  # the CREPS demo, the official CREPS fixtures (imported)
-            if CREPS_DEMO.is_file():
-                models["creps demo"] = cips_deploy.load(CREPS_DEMO).eval()
+            if CREPS_DEMO_MODEL.is_file():  # the bundled CREPS demo (docs/creps.md)
+                models["creps demo"] = cips_deploy.load(CREPS_DEMO_MODEL).eval()
             for path in OFFICIAL_CREPS:
                 if path.is_file():
                     models[f"official {path.stem.removesuffix('_snapshot')}"] = cips_deploy.load(path).eval()

@@ -59,18 +59,18 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     generator = cips_deploy.create("paper256", seed=0).eval()
     backend = TorchBackend(generator, precision="bf16")
-    coords = grid_coords(256, 256)
+    coords = grid_coords(256, 256)  # numpy, as the runtime hands it to backends
     flops_image = generator.flops_per_point() * 65536
 
     def render(w):
         for start in range(0, 65536, args.chunk):
             backend.run(coords[:, start : start + args.chunk], w)
 
-    render(generator.map(torch.randn(1, generator.config.style_dim)))  # warm-up
+    render(backend.map(torch.randn(1, generator.config.style_dim).numpy()))  # warm-up
     peaks, images, products = [], [], []
     for index in range(args.images):  # interleaved: peak, image, products
         peaks.append(matmul_peak_gflops(dtype="bf16"))
-        w = generator.map(torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(index)))
+        w = backend.map(torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(index)).numpy())
         started = time.perf_counter()
         render(w)
         images.append(time.perf_counter() - started)
@@ -87,7 +87,7 @@ def main() -> None:
     print(f"products alone: {product_seconds:.3f} s/image, {product_gflops:.1f} GFLOP/s = {100 * product_gflops / peak:.0f}% "
           f"of the peak; {100 * product_seconds / image:.0f}% of the render's time")
 
-    w = generator.map(torch.randn(1, generator.config.style_dim))
+    w = backend.map(torch.randn(1, generator.config.style_dim).numpy())
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
         render(w)
     print(profile.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))

@@ -26,11 +26,12 @@ from cips_deploy import _compat
 from cips_deploy._version import __version__
 from cips_deploy.contracts.hookspecs import hookimpl, hookspec
 from cips_deploy.errors import CipsError
+from cips_deploy.runtime import plugin_manager as _plugin_manager  # noqa: F401  (families are found through it)
 
 # Public name -> the module that defines it (imported on first use).
 _LAZY = {
     "GeneratorConfig": "cips_deploy.contracts.config",
-    "PRESETS": "cips_deploy.contracts.config",
+    "PRESETS": "cips_deploy.families.cips_spec",
     "preset_config": "cips_deploy.contracts.config",
     "grid_coords": "cips_deploy.runtime.coords",
     "seed_latent": "cips_deploy.runtime.seeds",

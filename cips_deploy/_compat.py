@@ -1,6 +1,6 @@
 """Import paths of earlier versions, and the one sentence for a missing extra.
 
-Until 0.x the package was one flat folder; its modules now live in the layer they belong
+Until 0.1 the package was one flat folder; its modules now live in the layer they belong
 to (docs/architecture.md). Plugins written against the old paths keep working: importing
 ``cips_deploy.topology`` gives the module ``cips_deploy.contracts.topology`` itself (same
 classes, same ``isinstance``), through the finder below. ``cips_deploy.backend`` is the one
@@ -32,7 +32,7 @@ MOVED = {
     "cips_deploy.plugin_manager": "cips_deploy.runtime.plugin_manager",
     "cips_deploy.gigapixel": "cips_deploy.runtime.gigapixel",
     "cips_deploy.video": "cips_deploy.media.video",
-    "cips_deploy.viewer": "cips_deploy.media.viewer",
+    "cips_deploy.viewer": "cips_deploy.media.viewers",
     "cips_deploy.provenance": "cips_deploy.media.provenance",
     "cips_deploy.generator": "cips_deploy.families.generator",
     "cips_deploy.layers": "cips_deploy.families.layers",

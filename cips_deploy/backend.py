@@ -1,4 +1,4 @@
-"""The backend contract as plugins before 0.9 knew it: ``run`` takes and returns torch tensors.
+"""The backend contract as plugins of 0.1 knew it: ``run`` takes and returns torch tensors.
 
 The runtime hands backends numpy arrays (:mod:`cips_deploy.contracts.backend`). A backend
 that subclasses *this* ``Backend`` (the old import path) declares ``arrays = "torch"``, so

@@ -2,43 +2,46 @@
 
 Registered through the same hook a third-party plugin uses (``register_backends``); the
 ``onnx`` and ``trt`` exporters are :mod:`.engines`. The backends follow
-:class:`cips_deploy.contracts.backend.Backend`: built as
-``Backend(model, device=..., **options)``, they take and return host float32 tensors,
-coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3].
+:class:`cips_deploy.contracts.backend.Backend`: built as ``Backend(model, device=..., **options)``,
+they take and return host float32 numpy arrays, coords [B, N, 2], w [B, S] or [B, N, S] ->
+rgb [B, N, 3].
 
-``onnxruntime``: ``model`` is an exported ``.onnx`` engine, a checkpoint (exported once
-into the cache of :mod:`.cache`, keyed by its hash) or a Generator (cached by the hash of
-its weights). Options: ``providers`` (``auto``, ``tensorrt``, ``cuda``, ``cpu`` or a comma
-list), ``engine`` (an ``.onnx`` file to use for the checkpoint ``model``; refused unless it
-was exported from it), ``opset``.
+``onnxruntime`` (numpy + onnxruntime: the torch-free runtime): ``model`` is an exported
+``.onnx`` engine (``model_suffixes``: a ``.onnx`` file given with no backend named picks this
+backend), a checkpoint (exported once into the cache of :mod:`.cache`, keyed by its hash) or
+a Generator (cached by the hash of its weights). Exporting needs the ``build`` extra (torch);
+without it a checkpoint is refused in one sentence. Options: ``providers`` (``auto``,
+``tensorrt``, ``cuda``, ``cpu`` or a comma list), ``engine`` (an ``.onnx`` file to use for the
+checkpoint ``model``; refused unless it was exported from it), ``opset``.
 
 ``tensorrt``: ``model`` is a ``.plan`` built by ``cips-deploy export --engine trt``, or a
-checkpoint together with the option ``engine=<plan>`` (refused unless built from it).
+checkpoint together with the option ``engine=<plan>`` (refused unless built from it). Its
+runtime (:mod:`.tensorrt`) works on torch CUDA tensors and is imported only when this
+backend is constructed.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
 
+from cips_deploy._compat import require_build_extra
 from cips_deploy.contracts.backend import Backend
-from cips_deploy.families.checkpoint import file_sha256, load
-from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import Parameter
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.hashing import file_sha256
 
-from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
-from cips_deploy.plugins.torch_backend import LINE_CACHE_MB, PAD_POINTS, pad_rows
-
-from .cache import cached_generator_onnx, cached_onnx
-from .grid_runtime import GridRenderer, family_facts, same_points
+from .engine_files import spatial_path_for
+from .grid_runtime import GridRenderer, compose_floats_per_point
+from .host_arrays import LINE_CACHE_MB, PAD_POINTS, host_float32, pad_rows, same_points
 from .metadata import EngineMetadata
-from .onnx_export import DEFAULT_OPSET, SUPPORTED_OPSETS
 from .ort_runtime import OnnxEngine, choose_providers
+from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS
 
 
 def _reject_unknown(backend: str, options: dict[str, Any]) -> None:
@@ -46,37 +49,65 @@ def _reject_unknown(backend: str, options: dict[str, Any]) -> None:
         raise CipsError(f"The {backend} backend has no option {sorted(options)[0]!r}.")
 
 
+def _is_path(model: Any) -> bool:
+    return isinstance(model, (str, os.PathLike))
+
+
 def _is_engine_file(model: Any, suffix: str) -> bool:
-    return isinstance(model, (str, Path)) and Path(model).suffix == suffix
+    return _is_path(model) and Path(model).suffix == suffix
+
+
+def _device_index(device: str) -> tuple[str, int]:
+    """("cpu" | "cuda", index) of a device string such as ``cpu``, ``cuda`` or ``cuda:1``."""
+    kind, _, index = str(device).strip().partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()):
+        raise CipsError(f"Unknown device {device!r}; use cpu, cuda or cuda:N.")
+    return kind, int(index or 0)
 
 
 def check_engine_source(metadata: EngineMetadata, model: Any, engine: Path) -> None:
     """Refuse ``engine`` unless it was exported from ``model`` (a Generator or a checkpoint).
 
-    The checkpoint's hash is compared first; only when it differs (say, the engine came
-    from the official .pt and this is its .safetensors conversion) are the weights compared.
+    The checkpoint's hash is compared first (no torch needed); only when it differs (say, the
+    engine came from the official .pt and this is its .safetensors conversion) is the
+    checkpoint loaded and its weights compared, which needs the ``build`` extra.
     """
-    if isinstance(model, Generator):
+    if not _is_path(model):  # a Generator: torch is there
         metadata.check_matches(source=str(engine), generator=model)
         return
     checkpoint = Path(model)
     if metadata.source_sha256 and metadata.source_sha256 == file_sha256(checkpoint):
         return
+    require_build_extra(f"Comparing an engine's weights with {checkpoint.name}")
+    from cips_deploy.families.checkpoint import load
+
     metadata.check_matches(source=str(engine), generator=load(checkpoint))
 
 
-def exported_engine(source: Generator | str | Path, *, spatial_style: bool = False, opset: int = DEFAULT_OPSET) -> Path:
+def exported_engine(source: Any, *, spatial_style: bool = False, opset: int = DEFAULT_OPSET) -> Path:
     """The cached, validated ONNX export of a checkpoint or an in-memory Generator (any
-    runtime that reads ONNX can run it: onnxruntime here, OpenVINO in its plugin)."""
-    if isinstance(source, Generator):
+    runtime that reads ONNX can run it: onnxruntime here, OpenVINO in its plugin).
+
+    Exporting traces the PyTorch model: without the ``build`` extra, one sentence says so."""
+    what = f"Rendering the checkpoint {Path(source).name} through an ONNX engine" if _is_path(source) else "Exporting a model"
+    require_build_extra(what)
+    from .cache import cached_generator_onnx, cached_onnx
+
+    if not _is_path(source):
         # In-memory weights have no file hash: the cache is keyed by the weights themselves.
         return cached_generator_onnx(source, opset=opset, spatial_style=spatial_style)
     return cached_onnx(source, opset=opset, spatial_style=spatial_style)
 
 
+def grid_bytes_per_point(config) -> int:
+    """Bytes per point of a chunk composed from cached lines (grid engines): the composition's."""
+    return BYTES_PER_FLOAT * (compose_floats_per_point(config) + RENDERER_FLOATS_PER_POINT)
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     description = "ONNX Runtime on exported .onnx engines (fp32, fp16, int8), or checkpoints exported on the fly (TensorRT EP, CUDA EP, CPU)."
+    model_suffixes = (".onnx",)
     options = (
         Parameter("providers", str, None, "execution providers, best first: auto, or a comma-separated list of tensorrt, cuda, cpu"),
         Parameter("engine", str, None, "an exported .onnx engine of the model to run instead of exporting it"),
@@ -95,8 +126,8 @@ class OnnxRuntimeBackend(Backend):
     ) -> None:
         _reject_unknown(self.name, options)
         choose_providers(providers)  # an impossible provider fails now, before any export
-        parsed = torch.device(device)
-        self._device_id = parsed.index or 0 if parsed.type == "cuda" else 0
+        kind, index = _device_index(device)
+        self._device_id = index if kind == "cuda" else 0
         self._providers = providers
         self._opset = int(opset)  # options from the command line arrive as strings
         self._source = model
@@ -116,31 +147,32 @@ class OnnxRuntimeBackend(Backend):
         self.config = opened.metadata.config
         self._grid = self._grid_renderer(opened, verify="required" if engine is not None else "if-recorded")
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        return next(iter(self._engines.values())).map(z.float().cpu(), truncation)
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z [B, Z] float32 -> w [B, S] float32, truncated towards the engine's w_avg."""
+        return next(iter(self._engines.values())).map(host_float32(z), truncation)
 
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3], chunk-invariant.
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3] (host float32), chunk-invariant.
 
         As the torch backend does, N is padded to a multiple of PAD_POINTS (repeating the
         last point): onnxruntime's CPU matrix products take another kernel for very short
         batches, which moved a pixel by one level at chunk size 1.
         """
         n_points = coords.shape[1]
-        coords = pad_rows(coords.float().cpu(), PAD_POINTS)
-        w = w.float().cpu()
-        if w.dim() == 3:
+        coords = pad_rows(host_float32(coords), PAD_POINTS)
+        w = host_float32(w)
+        if w.ndim == 3:
             w = pad_rows(w, PAD_POINTS)
         elif self._grid is not None and same_points(coords):
             # Line-factored model: lines once per image, composition per chunk (the torch fast path's scheme).
             return self._grid.synthesize(coords, w)[:, :n_points]
-        return self._engine(spatial=w.dim() == 3).synthesize(coords, w)[:, :n_points]
+        return self._engine(spatial=w.ndim == 3).synthesize(coords, w)[:, :n_points]
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """With grid engines a chunk composes from cached lines: a point costs the composition."""
         if self._grid is None or per_point_style:
             return super().bytes_per_point(per_point_style)
-        return BYTES_PER_FLOAT * (family_facts(self.config).compose_floats_per_point() + RENDERER_FLOATS_PER_POINT)
+        return grid_bytes_per_point(self.config)
 
     def close(self) -> None:
         self._engines.clear()
@@ -156,19 +188,29 @@ class OnnxRuntimeBackend(Backend):
         # Scattered chunks (sized for composing) run the per-point engine in batches that fit the budget.
         per_point = render_bytes_per_point(self.config)
         point_batch = max(1, int(self.preferred_memory_budget() * 2**20 / per_point) // PAD_POINTS) * PAD_POINTS
-        on_gpu = opened.on_gpu
-        return GridRenderer(
-            engines, self.config, max_bytes=int(LINE_CACHE_MB["cuda" if on_gpu else "cpu"] * 2**20),
-            pad=PAD_POINTS, point_batch=point_batch,
-        )
+        budget = LINE_CACHE_MB["cuda" if opened.on_gpu else "cpu"]
+        return GridRenderer(engines, self.config, max_bytes=int(budget * 2**20), pad=PAD_POINTS, point_batch=point_batch)
 
     def _engine(self, spatial: bool) -> OnnxEngine:
         if spatial not in self._engines:
-            if not self._exportable:
-                kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
-                raise CipsError(f"This engine was not exported for {kind}; export it again to match.")
-            self._engines[spatial] = self._open(self._export(spatial_style=spatial))
+            if self._exportable:
+                self._engines[spatial] = self._open(self._export(spatial_style=spatial))
+            else:
+                self._engines[spatial] = self._engine_beside(spatial)
         return self._engines[spatial]
+
+    def _engine_beside(self, spatial: bool) -> OnnxEngine:
+        """An engine file's per-point-style twin, ``model.spatial.onnx`` beside it (same weights)."""
+        opened = next(iter(self._engines.values()))
+        twin = spatial_path_for(opened.path)
+        if spatial and not opened.spatial_style and twin.is_file():
+            engine = self._open(twin)
+            if engine.spatial_style and engine.metadata.weights_sha256 == opened.metadata.weights_sha256:
+                return engine
+            raise CipsError(f"{twin} is not the per-point-style engine of {opened.path.name}; export it again with --spatial-style.")
+        kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
+        hint = f" (with --spatial-style, as {twin.name} beside it)" if spatial else ""
+        raise CipsError(f"This engine was not exported for {kind}; export it again to match{hint}.")
 
     def _export(self, spatial_style: bool) -> Path:
         return exported_engine(self._source, spatial_style=spatial_style, opset=self._opset)
@@ -179,13 +221,14 @@ class OnnxRuntimeBackend(Backend):
 
 
 class TensorRTBackend(Backend):
+    """TensorRT plans; host numpy arrays in and out, torch CUDA tensors inside (:mod:`.tensorrt`)."""
+
     name = "tensorrt"
     description = "TensorRT plans built by `cips-deploy export --engine trt` (NVIDIA GPU, tensorrt package)."
+    model_suffixes = (".plan",)
     options = (Parameter("engine", str, None, "a .plan built from the model, when the model given is its checkpoint"),)
 
     def __init__(self, model: Any, *, device: str = "cuda", engine: str | Path | None = None, **options: Any) -> None:
-        from .tensorrt import TensorRTEngine
-
         _reject_unknown(self.name, options)
         plan = Path(engine) if engine is not None else Path(model) if _is_engine_file(model, ".plan") else None
         if plan is None:
@@ -193,39 +236,47 @@ class TensorRTBackend(Backend):
                 "The tensorrt backend runs a .plan engine: build one with `cips-deploy export CHECKPOINT --engine trt` "
                 "and pass it as the model (or as engine=...)."
             )
-        parsed = torch.device(device)
-        gpu = parsed if parsed.type == "cuda" else None  # the renderer's default "cpu" means "the current GPU" here
+        kind, _ = _device_index(device)
+        # The TensorRT runtime binds torch CUDA tensors: torch is imported here, and only here.
+        require_build_extra("The tensorrt backend (its CUDA buffers are torch tensors)")
+        import torch
+
+        from .tensorrt import TensorRTEngine
+        from .trt_grid import TensorRTGridEngines
+
+        self._torch = torch
+        gpu = torch.device(device) if kind == "cuda" else None  # the renderer's default "cpu" means "the current GPU" here
         self._engine = TensorRTEngine(plan, device=gpu)
         if engine is not None:
             check_engine_source(self._engine.metadata, model, plan)
         self.config = self._engine.metadata.config
         self.max_batch, self.max_points = self._engine.max_batch, self._engine.max_points
         self._grid = None
-        from .trt_grid import TensorRTGridEngines
-
         grid = TensorRTGridEngines.open(self._engine)
-        if grid is not None:  # line-factored: grids through the lines and compose plans, lines kept on the GPU
+        if grid is not None:  # line-factored: grids through the lines and compose plans
             point_batch = max(PAD_POINTS, self.max_points // PAD_POINTS * PAD_POINTS)
             self._grid = GridRenderer(grid, self.config, max_bytes=int(LINE_CACHE_MB["cuda"] * 2**20),
                                       pad=PAD_POINTS, point_batch=point_batch)
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        return self._engine.map(z.float().cpu(), truncation)
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z [B, Z] float32 -> w [B, S] float32 (the mapping engine runs on the host)."""
+        return self._engine.map(self._torch.from_numpy(host_float32(z)), truncation).numpy()
 
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
-        if self._grid is not None and w.dim() == 2 and same_points(coords):
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+        coords, w = host_float32(coords), host_float32(w)
+        if self._grid is not None and w.ndim == 2 and same_points(coords):
             n_points = coords.shape[1]
-            device = self._engine.device
-            coords = pad_rows(coords.to(device, torch.float32), PAD_POINTS)
-            return self._grid.synthesize(coords, w.to(device, torch.float32))[:, :n_points].cpu()
-        rgb = self._engine.synthesize(coords, w)  # chunked to the plan's profile on the GPU
-        return rgb.cpu()  # waits for the engine's stream
+            return self._grid.synthesize(pad_rows(coords, PAD_POINTS), w)[:, :n_points]
+        torch = self._torch
+        rgb = self._engine.synthesize(torch.from_numpy(coords), torch.from_numpy(w))  # chunked to the plan's profile
+        return rgb.cpu().numpy()  # waits for the engine's stream
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """With grid plans a chunk composes from cached lines: a point costs the composition."""
         if self._grid is None or per_point_style:
             return super().bytes_per_point(per_point_style)
-        return BYTES_PER_FLOAT * (family_facts(self.config).compose_floats_per_point() + RENDERER_FLOATS_PER_POINT)
+        return grid_bytes_per_point(self.config)
 
     def close(self) -> None:
         self._engine = None

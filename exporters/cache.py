@@ -8,6 +8,9 @@ trace a different graph). Location: ``$CIPS_DEPLOY_CACHE``, else
 
 Every use verifies the entry's content hash (:mod:`.integrity`) and its metadata; an entry
 that fails is removed and exported again, never used and never a hard error.
+
+Exporting traces the PyTorch model (the ``build`` extra): torch, onnx and the families are
+imported only when an entry has to be written, so the paths and checks here load without them.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from cips_deploy._version import __version__
-from cips_deploy.families.checkpoint import file_sha256, load
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.limits import regular_file
+from cips_deploy.runtime.hashing import file_sha256
 
 from . import integrity
+from .engine_files import ROLES as GRID_ROLES
+from .engine_files import line_engine_path, mapping_path_for
 from .metadata import EngineMetadata, read_onnx_metadata, weights_sha256
-from .line_engines import ROLES as GRID_ROLES
-from .line_engines import line_engine_path
-from .onnx_export import DEFAULT_OPSET, export_onnx, mapping_path_for
+from .spec import DEFAULT_OPSET
+
+if TYPE_CHECKING:
+    from cips_deploy.families.generator import Generator
 
 
 def cache_root() -> Path:
@@ -55,12 +60,14 @@ def cached_onnx(checkpoint: str | Path, *, opset: int = DEFAULT_OPSET, spatial_s
     path = cache_entry(digest, opset=opset, spatial_style=spatial_style)
     if _usable(path, lambda meta: meta.source_sha256 == digest and meta.spatial_style == spatial_style):
         return path
+    from cips_deploy.families.checkpoint import load
+
     generator = load(checkpoint)
     _export_into(path, generator, opset, spatial_style, source_file=checkpoint.name, source_sha256=digest)
     return path
 
 
-def cached_generator_onnx(generator: Generator, *, opset: int = DEFAULT_OPSET, spatial_style: bool = False) -> Path:
+def cached_generator_onnx(generator: "Generator", *, opset: int = DEFAULT_OPSET, spatial_style: bool = False) -> Path:
     """The cached ONNX engine of an in-memory generator (a ``--preset`` model), keyed by its weights.
 
     Verified exactly as :func:`cached_onnx` does, against the weights' hash and config.
@@ -93,7 +100,9 @@ def _usable(path: Path, matches: Callable[[EngineMetadata], bool]) -> bool:
     return False
 
 
-def _export_into(path: Path, generator: Generator, opset: int, spatial_style: bool, **source) -> None:
+def _export_into(path: Path, generator: "Generator", opset: int, spatial_style: bool, **source) -> None:
+    from .onnx_export import export_onnx
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:

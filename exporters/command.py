@@ -84,11 +84,15 @@ def export(
     also gets its grid engines, <name>.lines.onnx and <name>.compose.onnx, which render grids
     with each row and column computed once (docs/line-engines.md).
     """
-    from cips_deploy.exporters.onnx_export import DEFAULT_OPSET
+    from cips_deploy._compat import require_build_extra
+    from cips_deploy.exporters.spec import DEFAULT_OPSET
+
+    exporter = get_registry().get("exporter", engine).item
+    if engine in ("onnx", "trt"):  # the built-in engines trace PyTorch models (a plugin's may not)
+        require_build_extra("Exporting an engine")
     from cips_deploy.exporters.quantize import QualityError
     from cips_deploy.exporters.validate import ValidationError
 
-    exporter = get_registry().get("exporter", engine).item
     try:
         summary = exporter.export(
             checkpoint,

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cips_deploy.contracts.config import ARCHITECTURES
 from cips_deploy.contracts.exporter import Exporter
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.precision import PRECISIONS
@@ -19,9 +18,12 @@ from cips_deploy.contracts.precision import PRECISIONS
 class _PipelineExporter(Exporter):
     """An engine that :func:`.pipeline.export_checkpoint` builds (it checks precision itself)."""
 
-    families = ARCHITECTURES
+    families = ()  # every installed family
 
     def export(self, source: Path, *, output: Path | None, overwrite: bool, precision: str, **options: Any):
+        from cips_deploy._compat import require_build_extra
+
+        require_build_extra("Exporting an engine")  # tracing needs the PyTorch model
         from .pipeline import export_checkpoint  # onnx and the exporters load only when exporting
 
         return export_checkpoint(source, engine=self.name, output=output, overwrite=overwrite, precision=precision, **options)

@@ -10,6 +10,13 @@ metadata, or weights overwritten in place, no longer matches.
 
 This detects damage and substitution, not forgery: whoever can rewrite the file can also
 rewrite the hash (just as they could rewrite the checkpoint). docs/security.md says so.
+
+Two implementations of one definition. The exporter hashes an in-memory ``onnx.ModelProto``
+(:func:`content_sha256`; the ``build`` extra has ``onnx``); the runtime hashes the file's
+bytes without ``onnx`` or protobuf (:func:`file_content_sha256`, through
+:mod:`.onnx_proto`), so the torch-free install verifies engines too. An initializer is hashed
+in its canonical form: weights inline, no data location; so an engine hashes alike whether
+its weights are inline or in an external data file.
 """
 
 from __future__ import annotations
@@ -19,6 +26,8 @@ from pathlib import Path
 
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.limits import regular_file
+
+from . import onnx_proto
 
 KEY = "cips_deploy.content_sha256"
 
@@ -30,23 +39,59 @@ def content_sha256(model) -> str:
     length-prefixed, so that no two different sequences of parts hash alike.
     """
     digest = hashlib.sha256()
-
-    def part(kind: bytes, data: bytes) -> None:
-        digest.update(kind + len(data).to_bytes(8, "little"))
-        digest.update(data)
-
     for opset in model.opset_import:
-        part(b"opset", opset.SerializeToString(deterministic=True))
+        _part(digest, b"opset", opset.SerializeToString(deterministic=True))
     graph = model.graph
     for value in graph.input:
-        part(b"input", value.SerializeToString(deterministic=True))
+        _part(digest, b"input", value.SerializeToString(deterministic=True))
     for value in graph.output:
-        part(b"output", value.SerializeToString(deterministic=True))
+        _part(digest, b"output", value.SerializeToString(deterministic=True))
     for node in graph.node:
-        part(b"node", node.SerializeToString(deterministic=True))
+        _part(digest, b"node", node.SerializeToString(deterministic=True))
     for tensor in graph.initializer:
-        part(b"init", tensor.SerializeToString(deterministic=True))
+        _part(digest, b"init", _canonical_tensor(tensor).SerializeToString(deterministic=True))
     return digest.hexdigest()
+
+
+def file_content_sha256(path: Path) -> tuple[str | None, str]:
+    """(recorded hash or None, recomputed hash) of the ONNX file at ``path``, read without
+    ``onnx``: the same value :func:`content_sha256` gives for ``onnx.load(path)``.
+
+    Raises :class:`.onnx_proto.ProtoError` for bytes that are not a well-formed model."""
+    with onnx_proto.open_model(path) as mapped:
+        data = mapped.data
+        recorded = onnx_proto.metadata_props(data).get(KEY)
+        parts = onnx_proto.compute_parts(data, path.parent)
+        try:
+            digest = hashlib.sha256()
+            for kind, pieces in parts.ordered():
+                _part(digest, kind, *pieces)
+            pieces = None  # views into the maps: gone before they close
+            return recorded, digest.hexdigest()
+        finally:
+            parts.close()
+
+
+def _part(digest, kind: bytes, *pieces) -> None:
+    """Each part (the concatenation of ``pieces``) length-prefixed, so that no two different
+    sequences of parts hash alike."""
+    digest.update(kind + sum(len(piece) for piece in pieces).to_bytes(8, "little"))
+    for piece in pieces:
+        digest.update(piece)
+
+
+def _canonical_tensor(tensor):
+    """``tensor`` with no data location: the form :mod:`.onnx_proto` rebuilds from a file
+    (``onnx.load`` sets ``data_location = DEFAULT`` on tensors it read from external data)."""
+    if not tensor.HasField("data_location") and not len(tensor.external_data):
+        return tensor
+    if tensor.data_location == tensor.EXTERNAL:
+        raise ValueError(f"the weights of {tensor.name!r} are not loaded: hash a model loaded with its external data")
+    canonical = type(tensor)()
+    canonical.CopyFrom(tensor)
+    canonical.ClearField("data_location")
+    del canonical.external_data[:]
+    return canonical
 
 
 def stamp(model) -> None:
@@ -61,23 +106,21 @@ def verify(path: str | Path, *, required: bool = True) -> None:
     """Recompute the content hash of the engine at ``path`` and compare it with the recorded one.
 
     ``required``: an engine without a recorded hash (exported by an earlier version) is
-    refused; otherwise it is accepted as it is. Loads the whole model, external data included.
+    refused; otherwise it is accepted as it is. Reads the whole model (memory-mapped),
+    external data included; needs neither ``onnx`` nor torch.
     """
-    import onnx
-
     path = regular_file(path, "engine")
     try:
-        model = onnx.load(str(path))
+        recorded, computed = file_content_sha256(path)
     except MemoryError:
         raise CipsError(f"{path} does not fit in this machine's memory.") from None
-    except Exception as error:  # protobuf's DecodeError, a missing external data file, ...
-        raise CipsError(f"{path} is not a readable ONNX model ({type(error).__name__}).") from None
-    recorded = next((prop.value for prop in model.metadata_props if prop.key == KEY), None)
+    except onnx_proto.ProtoError as error:  # malformed bytes, a missing external data file, ...
+        raise CipsError(f"{path} is not a readable ONNX model ({error}).") from None
     if recorded is None:
         if required:
             raise CipsError(f"{path} carries no content hash (an earlier cips-deploy exported it); export it again.")
         return
-    if content_sha256(model) != recorded:
+    if computed != recorded:
         raise CipsError(
             f"{path} was modified after export: its graph or weights no longer match its content hash; export it again."
         )

@@ -24,14 +24,8 @@ from torch import Tensor, nn
 
 from cips_deploy.families.generator import Generator
 
+from .engine_files import ROLES, line_engine_path  # noqa: F401  (imported from here by callers)
 from .spec import COMPOSE, LINES, EngineSpec, compose_spec, lines_spec
-
-ROLES = (LINES, COMPOSE)
-
-
-def line_engine_path(path: Path, role: str) -> Path:
-    """``model.onnx`` -> ``model.lines.onnx`` / ``model.compose.onnx`` (also for ``.plan``)."""
-    return path.with_name(f"{path.stem}.{role}{path.suffix}")
 
 
 def has_grid_engines(generator: Generator, spatial_style: bool) -> bool:
@@ -142,7 +136,8 @@ def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *,
     ``line_features``, and lines -> compose against the per-point ``synthesize`` on the grid."""
     import onnxruntime as ort
 
-    from .validate import CaseResult, _compare
+    from .cases import CaseResult
+    from .cases import compare as _compare
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -20,6 +20,12 @@ a sidecar JSON beside the plan. The keys (all prefixed ``cips_deploy.``):
 ``package_version``         cips-deploy version that exported it
 ``opset``                   ONNX opset of the graph
 ==========================  =================================================================
+
+Reading needs neither torch nor ``onnx``: :func:`read_onnx_metadata` takes the props
+straight from the file (:mod:`.onnx_proto`, the weights are skipped), and ``w_avg`` comes
+back as a numpy array (:meth:`EngineMetadata.truncate` is the truncation in W). Building
+metadata from a Generator (:func:`build_metadata`, :func:`weights_sha256`) is export work:
+it imports torch there.
 """
 
 from __future__ import annotations
@@ -28,17 +34,21 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+import numpy as np
 
 from cips_deploy._version import __version__
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
-from cips_deploy.contracts.limits import parse_json
-from cips_deploy.families.generator import Generator
+from cips_deploy.contracts.limits import parse_json, regular_file
 
-from .spec import EngineSpec
+from . import onnx_proto
+
+if TYPE_CHECKING:
+    from cips_deploy.families.generator import Generator
+
+    from .spec import EngineSpec
 
 PREFIX = "cips_deploy."
 FORMAT = "cips-deploy/engine"
@@ -51,6 +61,8 @@ def weights_sha256(generator: Generator) -> str:
     It identifies the weights regardless of the file they were loaded from, so an
     official ``.pt`` and its ``.safetensors`` conversion give the same value.
     """
+    import torch  # a Generator is given: torch is there
+
     digest = hashlib.sha256()
     for name, tensor in sorted(generator.state_dict().items()):
         data = tensor.detach().to("cpu", torch.float32).contiguous()
@@ -83,8 +95,21 @@ class EngineMetadata:
     def style_dim(self) -> int:
         return self.config.style_dim
 
-    def w_avg_tensor(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        """w_avg as float32 [S]."""
+    def w_avg_array(self) -> np.ndarray:
+        """w_avg as float32 [S] (exact: the JSON holds float32 values)."""
+        return np.asarray(self.w_avg, dtype=np.float32)
+
+    def truncate(self, w: np.ndarray, truncation: float) -> np.ndarray:
+        """w [B, S] float32 moved towards w_avg in W: ``w_avg + (w - w_avg) * truncation`` (psi = 1: w itself)."""
+        if truncation == 1.0:
+            return w
+        w_avg = self.w_avg_array()
+        return (w_avg + (w - w_avg) * np.float32(truncation)).astype(np.float32, copy=False)
+
+    def w_avg_tensor(self, device: Any = "cpu"):
+        """w_avg as a float32 torch tensor [S] (for the TensorRT runtime, which works on torch CUDA tensors)."""
+        import torch
+
         return torch.tensor(self.w_avg, dtype=torch.float32, device=device)
 
     def to_strings(self) -> dict[str, str]:
@@ -188,6 +213,8 @@ def build_metadata(
     weights_digest: str | None = None,
 ) -> EngineMetadata:
     """The metadata of an engine exported from ``generator`` with I/O ``spec``."""
+    import torch  # a Generator is given: torch is there
+
     return EngineMetadata(
         role=spec.role,
         config=generator.config,
@@ -204,15 +231,18 @@ def build_metadata(
 
 
 def read_onnx_metadata(path: str | Path) -> EngineMetadata:
-    """The metadata of an ONNX engine, read without loading its weights."""
-    import onnx
+    """The metadata of an ONNX engine, read without loading its weights (nor onnx, nor torch)."""
+    return EngineMetadata.from_strings(read_onnx_props(path), source=str(path))
 
+
+def read_onnx_props(path: str | Path) -> dict[str, str]:
+    """Every ``metadata_props`` entry of the ONNX file at ``path``; one sentence if it is not one."""
     path = Path(path)
     if not path.is_file():
         raise CipsError(f"No such engine: {path}.")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as error:  # protobuf raises DecodeError, onnx various; all mean "not ONNX"
-        raise CipsError(f"{path} is not an ONNX model ({type(error).__name__}).") from None
-    props = {prop.key: prop.value for prop in model.metadata_props}
-    return EngineMetadata.from_strings(props, source=str(path))
+    path = regular_file(path, "engine")
+    with onnx_proto.open_model(path) as mapped:
+        try:
+            return onnx_proto.metadata_props(mapped.data)
+        except onnx_proto.ProtoError as error:
+            raise CipsError(f"{path} is not an ONNX model ({error}).") from None

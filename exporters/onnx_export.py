@@ -33,19 +33,14 @@ from cips_deploy.errors import CipsError
 from cips_deploy.families.generator import Generator
 from cips_deploy.families.layers import ModulatedLinear
 
-from . import integrity
+from . import integrity, onnx_proto
+from .engine_files import mapping_path_for  # noqa: F401  (its home before engine_files; callers import it here)
 from .graph_passes import remove_redundant_casts
 from .line_engines import ROLES as GRID_ROLES
 from .line_engines import grid_modules, grid_specs, has_grid_engines, line_engine_path
 from .metadata import EngineMetadata, build_metadata, weights_sha256
-from .spec import EngineSpec, example_inputs, mapping_spec, synthesis_spec
+from .spec import DEFAULT_OPSET, SUPPORTED_OPSETS, EngineSpec, example_inputs, mapping_spec, synthesis_spec
 from .validate import ATOL, ValidationError, ValidationReport, validate
-
-# Opsets the exporter writes. 13 is the first in which every op of the graph has its
-# current form (ReduceSum and Unsqueeze take axes as inputs); 20 is the newest the
-# TorchScript exporter writes, and TensorRT 10's ONNX parser and onnxruntime read all of them.
-SUPPORTED_OPSETS = range(13, 21)
-DEFAULT_OPSET = 17
 
 # Protobuf refuses messages of 2 GiB or more. The graph itself, names and metadata take a
 # few megabytes at most, so weights beyond this go to an external data file.
@@ -95,11 +90,6 @@ def check_opset(opset: int) -> None:
             f"ONNX opset {opset} is not supported; choose one from {SUPPORTED_OPSETS.start} "
             f"to {SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})."
         )
-
-
-def mapping_path_for(path: Path) -> Path:
-    """``model.onnx`` -> ``model.mapping.onnx`` (also for ``model.plan``)."""
-    return path.with_name(f"{path.stem}.mapping.onnx")
 
 
 def estimated_weight_bytes(generator: Generator, spatial_style: bool = False) -> int:
@@ -289,13 +279,5 @@ def _doc_string(spec: EngineSpec) -> str:
 
 
 def external_data_location(path: Path) -> str | None:
-    """The external data file an existing ONNX model refers to, if any."""
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # not ONNX (any decoding error): then it refers to nothing
-        return None
-    for tensor in model.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                return entry.value
-    return None
+    """The external data file an existing ONNX model refers to, if any (read without onnx)."""
+    return onnx_proto.external_data_of(path)

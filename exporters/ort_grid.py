@@ -1,8 +1,9 @@
-"""A line-factored model's line and compose engines on onnxruntime (:mod:`.grid_runtime`).
+"""A line-factored model's line and compose engines on onnxruntime (:mod:`.grid_runtime`), numpy only.
 
 ``OnnxGridEngines.open(engine)`` finds ``model.lines.onnx`` and ``model.compose.onnx`` beside
 an opened per-point engine ``model.onnx``, verifies them as the per-point engine was verified,
-refuses files of other weights, and runs them on the same execution providers.
+refuses files of other weights, and runs them on the same execution providers. Every call
+takes and returns host float32 numpy arrays.
 """
 
 from __future__ import annotations
@@ -10,22 +11,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.errors import CipsError
 
 from . import integrity
-from .line_engines import ROLES, line_engine_path
+from .engine_files import grid_engine_files
+from .host_arrays import host_float32
 from .metadata import read_onnx_metadata
-from .ort_runtime import OnnxEngine, _check_session_names, _provider_options
-from .spec import COMPOSE, LINES, compose_spec, lines_spec
+from .ort_runtime import OnnxEngine, _check_session_names, _provider_options, session_options
+from .spec import COMPOSE, LINES, grid_spec
 
-
-def grid_engine_files(path: Path) -> dict[str, Path] | None:
-    """{role: file} when both grid engines lie beside ``path``, else None."""
-    files = {role: line_engine_path(Path(path), role) for role in ROLES}
-    return files if all(file.is_file() for file in files.values()) else None
+__all__ = ["OnnxGridEngines", "grid_engine_files"]
 
 
 class OnnxGridEngines:
@@ -36,8 +32,7 @@ class OnnxGridEngines:
 
         self.engine = engine
         main = engine.metadata
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options()
         pairs = _provider_options(list(engine.providers), engine.device_id)
         self.sessions, self.specs = {}, {}
         for role, file in files.items():
@@ -47,13 +42,13 @@ class OnnxGridEngines:
             meta.check_role(role, source=str(file))
             if meta.weights_sha256 != main.weights_sha256 or meta.config != main.config:
                 raise CipsError(f"{file} belongs to a different model than {engine.path}; export them together again.")
-            features = int(meta.io["outputs"][0]["shape"][2]) if role == LINES else int(meta.io["inputs"][0]["shape"][2])
-            spec = (lines_spec if role == LINES else compose_spec)(main.config, features)
+            spec = grid_spec(role, meta)
             session = ort.InferenceSession(
                 str(file), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]
             )
             _check_session_names(session, spec.input_names, spec.output_names, file)
             self.sessions[role], self.specs[role] = session, spec
+        self.features = int(self.specs[LINES].outputs[0].shape[2])  # F: floats of one line value
 
     @classmethod
     def open(cls, engine: OnnxEngine, *, verify: str = "if-recorded") -> "OnnxGridEngines | None":
@@ -63,21 +58,18 @@ class OnnxGridEngines:
             return None
         return cls(engine, files, verify=verify)
 
-    def lines(self, v: Tensor, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    def lines(self, v: np.ndarray, u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """v [B, H], u [B, W], w [B, S] -> row_lines [B, H, F], column_lines [B, W, F]."""
-        rows, columns = self.sessions[LINES].run(self.specs[LINES].output_names, {"v": _numpy(v), "u": _numpy(u), "w": _numpy(w)})
-        return torch.from_numpy(rows), torch.from_numpy(columns)
+        inputs = {"v": host_float32(v), "u": host_float32(u), "w": host_float32(w)}
+        rows, columns = self.sessions[LINES].run(self.specs[LINES].output_names, inputs)
+        return rows, columns
 
-    def compose(self, rows: Tensor, columns: Tensor, w: Tensor) -> Tensor:
+    def compose(self, rows: np.ndarray, columns: np.ndarray, w: np.ndarray) -> np.ndarray:
         """row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3]."""
-        inputs = {"row_lines": _numpy(rows), "column_lines": _numpy(columns), "w": _numpy(w)}
+        inputs = {"row_lines": host_float32(rows), "column_lines": host_float32(columns), "w": host_float32(w)}
         (rgb,) = self.sessions[COMPOSE].run(self.specs[COMPOSE].output_names, inputs)
-        return torch.from_numpy(rgb)
+        return rgb
 
-    def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
+    def per_point(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2], w [B, S] -> rgb [B, N, 3] through the per-point engine."""
         return self.engine.synthesize(coords, w)
-
-
-def _numpy(tensor: Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()

@@ -1,27 +1,33 @@
-"""Run exported engines with onnxruntime.
+"""Run exported engines with onnxruntime, on numpy arrays: no torch, no onnx.
 
 :class:`OnnxEngine` opens ``model.onnx`` (and ``model.mapping.onnx`` beside it, when there)
-and runs coordinate batches: coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3] as
-torch tensors. Execution providers are chosen automatically (TensorRT EP, then CUDA EP,
-then CPU: the first that this onnxruntime build has) or by name.
+and runs coordinate batches: coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3], host
+float32 numpy arrays. Execution providers are chosen automatically (TensorRT EP, then CUDA
+EP, then CPU: the first that this onnxruntime build has) or by name.
+
+One path keeps torch: given torch CUDA tensors while running on a GPU provider,
+:meth:`OnnxEngine.synthesize` binds them in place (I/O binding, no host round trip) and
+returns a torch CUDA tensor. It is taken only for such inputs, so torch is imported only
+where the caller already has it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
 
 from . import integrity
+from .engine_files import mapping_path_for
+from .host_arrays import host_float32, is_torch_cuda
 from .metadata import EngineMetadata, read_onnx_metadata
-from .onnx_export import mapping_path_for
 from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
+
+if TYPE_CHECKING:
+    from cips_deploy.families.generator import Generator
 
 # Short names accepted on the command line, in the automatic order of preference.
 PROVIDERS = {
@@ -85,7 +91,7 @@ class OnnxEngine:
         *,
         providers: str | Sequence[str] | None = None,
         device_id: int = 0,
-        generator: Generator | None = None,
+        generator: "Generator | None" = None,
         checkpoint_sha256: str | None = None,
         verify: str = "if-recorded",
     ) -> None:
@@ -102,8 +108,7 @@ class OnnxEngine:
         if generator is not None or checkpoint_sha256 is not None:
             self.metadata.check_matches(source=str(self.path), generator=generator, checkpoint_sha256=checkpoint_sha256)
         chosen = choose_providers(providers)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
+        options = session_options()
         pairs = _provider_options(chosen, device_id)
         self.session = ort.InferenceSession(
             str(self.path), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]
@@ -136,29 +141,31 @@ class OnnxEngine:
     def on_gpu(self) -> bool:
         return self.providers[0] in GPU_PROVIDERS
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S] through the mapping engine, truncated towards w_avg in W."""
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z [B, S] float32 -> w [B, S] float32 through the mapping engine, truncated towards w_avg in W."""
         if self.mapping_session is None:
             raise CipsError(f"{self.path} has no mapping engine beside it ({mapping_path_for(self.path).name}).")
-        (w,) = self.mapping_session.run(self.mapping_spec.output_names, {self.mapping_spec.input_names[0]: _numpy(z)})
-        w = torch.from_numpy(w).to(z.device)
-        if truncation != 1.0:
-            w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
-        return w
+        z = host_float32(z)
+        (w,) = self.mapping_session.run(self.mapping_spec.output_names, {self.mapping_spec.input_names[0]: z})
+        return self.metadata.truncate(w, truncation)
 
-    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2], w [B, S] (or [B, N, S]) -> rgb [B, N, 3] on coords' device."""
+    def synthesize(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], w [B, S] (or [B, N, S]) float32 -> rgb [B, N, 3] float32 on the host
+        (torch CUDA tensors in on a GPU provider: a torch CUDA tensor out, see the module text)."""
         self._check_shapes(coords, w)
-        if coords.is_cuda and self.on_gpu:
+        if self.on_gpu and is_torch_cuda(coords):
             return self._run_on_device(coords, w)
-        inputs = dict(zip(self.spec.input_names, (_numpy(coords), _numpy(w))))
+        inputs = dict(zip(self.spec.input_names, (host_float32(coords), host_float32(w))))
         (rgb,) = self.session.run(self.spec.output_names, inputs)
-        return torch.from_numpy(rgb).to(coords.device)
+        return rgb
 
     __call__ = synthesize
 
-    def _run_on_device(self, coords: Tensor, w: Tensor) -> Tensor:
+    def _run_on_device(self, coords: Any, w: Any) -> Any:
         """Bind torch CUDA tensors directly (no host round trip) through an I/O binding."""
+        import torch  # the caller gave torch CUDA tensors: torch is there
+
+        w = w.to(coords.device) if hasattr(w, "to") else torch.from_numpy(host_float32(w)).to(coords.device)
         coords = coords.float().contiguous()
         w = w.float().contiguous()
         rgb = torch.empty(coords.shape[0], coords.shape[1], 3, device=coords.device)
@@ -172,9 +179,9 @@ class OnnxEngine:
         self.session.run_with_iobinding(binding)
         return rgb
 
-    def _check_shapes(self, coords: Tensor, w: Tensor) -> None:
+    def _check_shapes(self, coords: Any, w: Any) -> None:
         style = self.metadata.style_dim
-        if coords.dim() != 3 or coords.shape[-1] != 2:
+        if len(coords.shape) != 3 or coords.shape[-1] != 2:
             raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
         expected = [coords.shape[0], coords.shape[1], style] if self.spatial_style else [coords.shape[0], style]
         if list(w.shape) != expected:
@@ -192,5 +199,10 @@ def _check_session_names(session, inputs: list[str], outputs: list[str], path: P
         )
 
 
-def _numpy(tensor: Tensor) -> np.ndarray:
-    return tensor.detach().to("cpu", torch.float32).contiguous().numpy()
+def session_options():
+    """onnxruntime session options of every engine session: warnings and errors only."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return options

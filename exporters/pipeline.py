@@ -212,7 +212,7 @@ def export_checkpoint(
 
 def _triton_grid(grid: dict[str, Path], metadata: dict[str, EngineMetadata]) -> dict | None:
     """{role: (files, spec, metadata)} of the grid engines for the Triton writer (a plan with its sidecar)."""
-    from .trt_grid import grid_spec
+    from .spec import grid_spec
 
     result = {}
     for role, file in grid.items():

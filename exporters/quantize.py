@@ -135,7 +135,7 @@ class _Calibration:
 
     def __init__(self, generator: Generator, spatial_style: bool = False) -> None:
         side = max(generator.config.size, 64)
-        on_grid = grid_coords(side, side)[0]
+        on_grid = torch.from_numpy(grid_coords(side, side))[0]  # numpy in the runtime; torch for the model
         rng = torch.Generator().manual_seed(1)
         off_grid = torch.rand(CALIBRATION_CHUNK, 2, generator=rng) * 2 - 1  # between the pixels
         points = torch.cat([on_grid, off_grid])

@@ -17,9 +17,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from cips_deploy.contracts.config import GeneratorConfig
+
+# Opsets the exporter writes (docs/export.md, "Opset"). 13 is the first in which every op of
+# the graph has its current form (ReduceSum and Unsqueeze take axes as inputs); 20 is the
+# newest the TorchScript exporter writes, and TensorRT 10's ONNX parser and onnxruntime read
+# all of them. Declared here, torch-free, because the runtimes' options name them too.
+SUPPORTED_OPSETS = range(13, 21)
+DEFAULT_OPSET = 17
 
 # Names of the dynamic dimensions, as they appear in the ONNX graph and Triton's config.
 BATCH = "batch"
@@ -148,6 +153,14 @@ def compose_spec(config: GeneratorConfig, features: int) -> EngineSpec:
     )
 
 
+def grid_spec(role: str, metadata: Any) -> EngineSpec:
+    """The spec of a grid engine (``lines`` or ``compose``) from its metadata: F read from
+    the engine's recorded I/O (``metadata.io``), the config from ``metadata.config``."""
+    io = metadata.io
+    features = int(io["outputs"][0]["shape"][2]) if role == LINES else int(io["inputs"][0]["shape"][2])
+    return (lines_spec if role == LINES else compose_spec)(metadata.config, features)
+
+
 # ONNX TensorProto element types of the dtypes a spec may name.
 _ONNX_ELEMENT_TYPES = {"float32": 1, "float16": 10, "int64": 7}
 
@@ -180,9 +193,12 @@ def interface_mismatches(graph: Any, spec: EngineSpec) -> list[str]:
     return problems
 
 
-def example_inputs(spec: EngineSpec, batch: int = 2, points: int = 37, device: str | torch.device = "cpu"):
-    """Tracing inputs for ``spec``: sizes that are not 1 and not powers of two, so that no
-    dimension can be specialised to a constant by accident. A tuple in ``spec.inputs`` order."""
+def example_inputs(spec: EngineSpec, batch: int = 2, points: int = 37, device: Any = "cpu"):
+    """Tracing inputs for ``spec`` (torch tensors: export work): sizes that are not 1 and not
+    powers of two, so that no dimension can be specialised to a constant by accident. A tuple
+    in ``spec.inputs`` order."""
+    import torch
+
     generator = torch.Generator().manual_seed(0)
     tensors = []
     for tensor in spec.inputs:

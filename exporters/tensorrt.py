@@ -14,6 +14,13 @@ Precision: ``fp32`` clears TensorRT's default TF32 flag, so fp32 means fp32 (and
 with torch within 1e-4). ``fp16``/``bf16`` allow reduced-precision kernels for the MLP but
 pin the coordinate path (Fourier features and the embedding read, whose texel index reaches
 size**2 and is not representable in fp16) to fp32.
+
+Why torch. The plan runs on device buffers, and this runtime uses torch CUDA tensors for
+them (allocation, its own CUDA stream, host copies, ordering with the caller's stream via
+``wait_stream``) rather than a second CUDA binding (cuda-python, pycuda) that would have to be
+installed beside TensorRT. So it stays a ``build``-extra module: the ``tensorrt`` backend
+(:mod:`.backends`) imports it only when it is constructed, and takes and returns host numpy
+arrays at the contract's boundary; the torch-free runtime never imports it.
 """
 
 from __future__ import annotations
@@ -22,15 +29,17 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.precision import PRECISIONS
+
+if TYPE_CHECKING:
+    from cips_deploy.families.generator import Generator
 
 from .metadata import EngineMetadata
 from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_spec, synthesis_spec
@@ -222,7 +231,7 @@ def check_sidecar(
     tensorrt_version: str,
     gpu: dict[str, str],
     plan_bytes: bytes | None = None,
-    generator: Generator | None = None,
+    generator: "Generator | None" = None,
     checkpoint_sha256: str | None = None,
     role: str = SYNTHESIS,
 ) -> EngineMetadata:
@@ -263,7 +272,7 @@ class TensorRTEngine:
         plan: str | Path,
         *,
         device: int | str | torch.device | None = None,
-        generator: Generator | None = None,
+        generator: "Generator | None" = None,
         checkpoint_sha256: str | None = None,
     ) -> None:
         trt = import_tensorrt()
@@ -319,7 +328,7 @@ class TensorRTEngine:
         if self._mapping is None:
             import onnxruntime as ort
 
-            from .onnx_export import mapping_path_for
+            from .engine_files import mapping_path_for
 
             path = mapping_path_for(self.plan)
             if not path.is_file():

@@ -251,6 +251,63 @@ def write_triton_model(
     return written
 
 
+def write_engine_repository(
+    repo: str | Path,
+    engine: str | Path,
+    *,
+    name: str | None = None,
+    backend: str | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
+    """The repository entries of an exported ONNX engine and the engines beside it (mapping,
+    and a line-factored model's grid engines), as ``export --triton-repo`` writes them.
+
+    Reads and verifies the files as the onnxruntime backend does (content hash when
+    recorded, roles, same weights), without torch or onnx: ``cips-deploy serve model.onnx``
+    works in the base install. ``name`` defaults to the engine's file name."""
+    from . import integrity
+    from .engine_files import grid_engine_files, mapping_path_for
+    from .metadata import read_onnx_metadata
+    from .onnx_proto import external_data_of
+    from .spec import MAPPING, SYNTHESIS, grid_spec, mapping_spec, synthesis_spec
+
+    engine = Path(engine)
+    name = model_name(name, default_from=engine.stem)
+    integrity.verify(engine, required=False)
+    metadata = read_onnx_metadata(engine)
+    metadata.check_role(SYNTHESIS, source=str(engine))
+    location = external_data_of(engine)
+    files = [engine, engine.parent / location] if location else [engine]
+    mapping_file = mapping_path_for(engine)
+    mapping_metadata = None
+    if mapping_file.is_file():
+        integrity.verify(mapping_file, required=False)
+        mapping_metadata = read_onnx_metadata(mapping_file)
+        mapping_metadata.check_role(MAPPING, source=str(mapping_file))
+        _check_same_model(mapping_metadata, metadata, mapping_file, engine)
+    grid = {}
+    for role, file in (grid_engine_files(engine) or {}).items():
+        if metadata.spatial_style:
+            break
+        integrity.verify(file, required=False)
+        grid_metadata = read_onnx_metadata(file)
+        grid_metadata.check_role(role, source=str(file))
+        _check_same_model(grid_metadata, metadata, file, engine)
+        grid[role] = ([file], grid_spec(role, grid_metadata), grid_metadata)
+    has_mapping = mapping_metadata is not None
+    return write_triton_model(
+        repo, name, engine="onnx", model_files=files, spec=synthesis_spec(metadata.config, metadata.spatial_style),
+        metadata=metadata, mapping_file=mapping_file if has_mapping else None,
+        mapping_spec=mapping_spec(metadata.config) if has_mapping else None, mapping_metadata=mapping_metadata,
+        backend=backend, overwrite=overwrite, grid=grid or None,
+    )
+
+
+def _check_same_model(metadata: EngineMetadata, main: EngineMetadata, file: Path, engine: Path) -> None:
+    if metadata.weights_sha256 != main.weights_sha256 or metadata.config != main.config:
+        raise CipsError(f"{file} belongs to a different model than {engine}; export them together again.")
+
+
 def check_backend(engine: str, backend: str | None) -> str:
     """The Triton backend for ``engine`` (``onnx``/``trt``); a combination that cannot work is refused."""
     if backend is None:

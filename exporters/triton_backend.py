@@ -24,7 +24,9 @@ name; default: the checkpoint's file name made into a Triton name, as ``export``
 ``timeout`` (seconds per request, default 120).
 
 Tensors: coords [1, n, 2] and w [1, S] (or [1, n, S]) float32 go out, rgb [1, n, 3] float32
-comes back, exactly the engine I/O of :mod:`.spec`.
+comes back, exactly the engine I/O of :mod:`.spec`. Host numpy arrays on both sides: the
+backend needs numpy and tritonclient only (a checkpoint ``source`` whose hash differs from
+the served model's is loaded to compare weights, which needs the ``build`` extra).
 """
 
 from __future__ import annotations
@@ -38,15 +40,12 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.contracts.backend import Backend
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
-from cips_deploy.plugins.torch_backend import PAD_POINTS, pad_rows
 from cips_deploy.contracts.topology import Parameter
 
+from .host_arrays import PAD_POINTS, host_float32, pad_rows
 from .metadata import EngineMetadata, read_onnx_metadata
 from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
 from .triton import MAPPING_SUFFIX, model_name
@@ -104,25 +103,24 @@ class TritonBackend(Backend):
         self._live = list(self._connections)  # servers still answering; a lost one is dropped
         self._turn = itertools.count()
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S] on a server's mapping model, truncated here towards w_avg."""
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z [B, S] -> w [B, S] (host float32) on a server's mapping model, truncated here towards w_avg."""
         (z_name,), w_names = self._mapping_spec.input_names, self._mapping_spec.output_names  # z -> w
         while True:
             connection = self._live[0]
             try:
-                (w,) = connection.infer(self.model + MAPPING_SUFFIX, {z_name: _numpy(z)}, w_names)
+                (w,) = connection.infer(self.model + MAPPING_SUFFIX, {z_name: host_float32(z)}, w_names)
                 break
             except ServerLost as error:
                 self._drop(connection, error)
-        w = torch.from_numpy(np.array(w))  # a copy: the client's arrays are read-only views
-        if truncation != 1.0:
-            w = self.metadata.w_avg_tensor().lerp(w, truncation)
-        return w
+        w = np.array(w, dtype=np.float32)  # a copy: the client's arrays are read-only views
+        return self.metadata.truncate(w, truncation)
 
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3], host float32."""
         return next(iter(self.run_many([(coords, w)])))
 
-    def run_many(self, batches: Iterable[tuple[Tensor, Tensor]]) -> Iterator[Tensor]:
+    def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
         """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per live server pending at once."""
         pending: deque[_Request] = deque()
         source = iter(batches)
@@ -138,8 +136,9 @@ class TritonBackend(Backend):
                     # Padded like the local backends (a multiple of 64 points), so that a served
                     # chunk runs the same kernels as the same chunk run locally: equal colours.
                     n_points = coords.shape[1]
-                    coords = pad_rows(coords.float(), PAD_POINTS)
-                    w = pad_rows(w.float(), PAD_POINTS) if w.dim() == 3 else w
+                    coords, w = host_float32(coords), host_float32(w)
+                    coords = pad_rows(coords, PAD_POINTS)
+                    w = pad_rows(w, PAD_POINTS) if w.ndim == 3 else w
                     request = _Request(self._inputs(coords, w), n_points)
                     self._send(request, pending)
                     pending.append(request)
@@ -156,7 +155,7 @@ class TritonBackend(Backend):
                             self._send(request, pending)
                     continue
                 pending.popleft()
-                yield torch.from_numpy(np.array(rgb[:, : first.n_points]))  # a writable copy of the response buffer
+                yield np.array(rgb[:, : first.n_points], dtype=np.float32)  # a writable copy of the response buffer
         finally:
             for request in pending:
                 request.connection.cancel(request.handle)
@@ -195,15 +194,15 @@ class TritonBackend(Backend):
 
     # ----------------------------------------------------------------------- internals
 
-    def _inputs(self, coords: Tensor, w: Tensor) -> dict[str, np.ndarray]:
-        if coords.dim() != 3 or coords.shape[-1] != 2:
+    def _inputs(self, coords: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+        if coords.ndim != 3 or coords.shape[-1] != 2:
             raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
-        spatial = w.dim() == 3
+        spatial = w.ndim == 3
         if spatial != self.metadata.spatial_style:
             kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
             raise CipsError(f"The served model {self.model!r} was not exported for {kind}; export it again to match.")
         names = self._spec.input_names  # coords, w
-        return {names[0]: _numpy(coords), names[1]: _numpy(w)}
+        return {names[0]: coords, names[1]: w}
 
     def _check_models(self, source: Any) -> EngineMetadata:
         """Every URL serves the synthesis and mapping models of ``source``'s weights."""
@@ -260,7 +259,7 @@ def _served_name(source: Any, model: str | None) -> str:
 
 def _check_source(metadata: EngineMetadata, source: Any, where: str) -> None:
     """Refuse a served model that was not exported from ``source``."""
-    if isinstance(source, Generator):
+    if not isinstance(source, (str, Path)):  # a Generator: torch is there
         metadata.check_matches(source=where, generator=source)
         return
     path = Path(source)
@@ -297,6 +296,3 @@ def _positive_seconds(value: Any) -> float:
         raise CipsError(f"The triton backend's timeout must be 0 to 86400 seconds, not {value!r}.")
     return seconds
 
-
-def _numpy(tensor: Tensor) -> np.ndarray:
-    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())

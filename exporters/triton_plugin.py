@@ -1,8 +1,10 @@
 """Triton serving as a plugin: the ``triton`` render backend and the ``serve`` command.
 
 Registered through ``register_backends`` and ``register_commands``, the hooks a third
-party uses. Nothing heavy is imported here: tritonclient, onnx and the server module load
-only when the backend is built or the command runs, so every other command starts as fast.
+party uses. Nothing heavy is imported here: tritonclient and the server module load only
+when the backend is built or the command runs, so every other command starts as fast.
+Serving an exported engine (``.onnx``, the bundled demo's by default) needs no torch; serving
+a checkpoint exports it first, which needs the ``build`` extra.
 """
 
 from __future__ import annotations
@@ -33,9 +35,10 @@ class _Stopped(BaseException):
 def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None, startup_timeout: float) -> None:
     """Serve a checkpoint or a Triton model repository on a local Triton server (127.0.0.1 only).
 
-    SOURCE is a checkpoint (exported into a temporary repository with the Python backend;
-    default: the bundled demo panorama model) or a repository folder from `export
-    --triton-repo`. The server is the CPU one bundled in nvidia-pytriton (the `serve` extra)
+    SOURCE is an exported engine (.onnx, with the engines `export` wrote beside it; default:
+    the bundled demo panorama's), a checkpoint (exported first; needs the build extra), both
+    put into a temporary repository with the Python backend, or a repository folder from
+    `export --triton-repo`. The server is the CPU one bundled in nvidia-pytriton (the `serve` extra)
     or a tritonserver on PATH. Ctrl-C or SIGTERM stops it and removes everything it made.
 
     \b
@@ -43,13 +46,14 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
       cips-deploy serve model.safetensors --grpc-port 8001 &
       cips-deploy render --checkpoint model.safetensors --backend triton --backend-option url=127.0.0.1:8001
     """
-    from cips_deploy.models import DEMO_MODEL
+    from cips_deploy.models import DEMO_ENGINE, DEMO_MODEL
 
     from .triton_server import LocalServer, new_workspace
 
     if not 0 < startup_timeout <= 3600:
         raise CipsError(f"--startup-timeout must be 0 to 3600 seconds, not {startup_timeout!r}.")
-    source = DEMO_MODEL if source is None else source
+    if source is None:
+        source = DEMO_ENGINE if DEMO_ENGINE.is_file() else DEMO_MODEL
     if source.is_dir() and name is not None:
         raise CipsError("--name names the model exported from a checkpoint; a repository's models keep their names.")
     if not source.exists():
@@ -61,7 +65,15 @@ def serve(source: Path | None, http_port: int, grpc_port: int, name: str | None,
     try:
         workspace = new_workspace()
         repo = source
-        if not source.is_dir():
+        if source.suffix == ".onnx" and not source.is_dir():
+            from .triton import write_engine_repository
+
+            repo = workspace / "repository"
+            write_engine_repository(repo, source, name=name, backend="python")
+        elif not source.is_dir():
+            from cips_deploy._compat import require_build_extra
+
+            require_build_extra(f"Serving the checkpoint {source.name} (it is exported first)")
             from .pipeline import export_checkpoint
 
             repo = workspace / "repository"

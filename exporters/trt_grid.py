@@ -13,6 +13,14 @@ profile (:class:`GridProfile`), because their dynamic axes mean different things
 
 Everything that decides *what* is built is plain Python and tested everywhere; building and
 running need ``tensorrt`` and a GPU (tests skip without them).
+
+Why torch. TensorRT runs on device buffers, and this module (like :mod:`.tensorrt`) uses
+torch CUDA tensors for them: allocation, streams and the copies to and from the host, without
+another CUDA binding to install. It is imported only when the ``tensorrt`` backend is
+constructed or a plan is built, never by the torch-free runtime. The grid renderer
+(:mod:`.grid_runtime`) works on host numpy arrays: :class:`TensorRTGridEngines` copies the
+lines of new values to the host (H + W values of F floats per image) and a chunk's block of
+lines back, which is small beside the composition itself.
 """
 
 from __future__ import annotations
@@ -22,14 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
 
-from .line_engines import line_engine_path
+from .engine_files import line_engine_path
 from .metadata import EngineMetadata, read_onnx_metadata
-from .spec import BATCH, COLUMNS, COMPOSE, LINES, ROWS, EngineSpec, compose_spec, lines_spec
+from .spec import BATCH, COLUMNS, COMPOSE, LINES, ROWS, EngineSpec, grid_spec
 
 LINE_VALUES = 64  # values per line-engine call (the line cache's group)
 MAX_COLUMNS = 4096  # widest compose block per call; wider blocks are tiled
@@ -63,13 +72,6 @@ class GridProfile:
             high = tensor.concrete(**{BATCH: self.max_batch, ROWS: self.max_rows, COLUMNS: self.max_columns})
             result[tensor.name] = (low, high, high)
         return result
-
-
-def grid_spec(role: str, metadata: EngineMetadata) -> EngineSpec:
-    """The spec of a grid engine, F read from the engine's recorded I/O."""
-    io = metadata.io
-    features = int(io["outputs"][0]["shape"][2]) if role == LINES else int(io["inputs"][0]["shape"][2])
-    return (lines_spec if role == LINES else compose_spec)(metadata.config, features)
 
 
 def build_grid_plans(
@@ -161,7 +163,23 @@ class TensorRTGridEngines:
             return None
         return cls(synthesis, files)
 
-    def lines(self, v: Tensor, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    def lines(self, v: np.ndarray, u: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """v [B, H], u [B, W], w [B, S] -> row_lines [B, H, F], column_lines [B, W, F] (host float32)."""
+        rows, columns = self.device_lines(*(self._on_device(array) for array in (v, u, w)))
+        return rows.cpu().numpy(), columns.cpu().numpy()
+
+    def compose(self, rows: np.ndarray, columns: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3] (host float32)."""
+        return self.device_compose(*(self._on_device(array) for array in (rows, columns, w))).cpu().numpy()
+
+    def per_point(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], w [B, S] -> rgb [B, N, 3] (host float32) through the synthesis plan."""
+        return self.synthesis.synthesize(self._on_device(coords), self._on_device(w)).cpu().numpy()
+
+    def _on_device(self, array: np.ndarray) -> Tensor:
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def device_lines(self, v: Tensor, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         """v [B, H], u [B, W], w [B, S] -> row_lines [B, H, F], column_lines [B, W, F] on the GPU."""
         plan = self.plans[LINES]
         v, u, w = (t.to(self.device, torch.float32).contiguous() for t in (v, u, w))
@@ -181,8 +199,8 @@ class TensorRTGridEngines:
                 rows[b0:b1, r0:r1], columns[b0:b1, c0:c1] = out_rows, out_columns
         return rows, columns
 
-    def compose(self, rows: Tensor, columns: Tensor, w: Tensor) -> Tensor:
-        """row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3], tiled to the profile."""
+    def device_compose(self, rows: Tensor, columns: Tensor, w: Tensor) -> Tensor:
+        """row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3] on the GPU, tiled to the profile."""
         plan = self.plans[COMPOSE]
         rows, columns, w = (t.to(self.device, torch.float32).contiguous() for t in (rows, columns, w))
         batch, height, width = rows.shape[0], rows.shape[1], columns.shape[1]
@@ -197,6 +215,3 @@ class TensorRTGridEngines:
                     plan.run([rows[b0:b1, r0:r1].contiguous(), columns[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out])
                     rgb[b0:b1, r0:r1, c0:c1] = out.reshape(b1 - b0, r1 - r0, c1 - c0, 3)
         return rgb.reshape(batch, height * width, 3)
-
-    def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
-        return self.synthesis.synthesize(coords, w)

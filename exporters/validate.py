@@ -12,13 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.families.generator import Generator
 
+from .cases import CaseResult, compare as _compare  # noqa: F401  (CaseResult: imported from here too)
 from .spec import COMPOSE, LINES, MAPPING, EngineSpec, interface_mismatches
 
 ATOL = 1e-4
@@ -30,19 +30,6 @@ class ValidationError(CipsError):
     def __init__(self, message: str, report: "ValidationReport") -> None:
         super().__init__(message)
         self.report = report
-
-
-@dataclass(frozen=True)
-class CaseResult:
-    engine: str
-    case: str
-    shapes: str
-    max_abs: float
-    atol: float
-
-    @property
-    def ok(self) -> bool:
-        return bool(np.isfinite(self.max_abs)) and self.max_abs <= self.atol
 
 
 @dataclass
@@ -81,7 +68,7 @@ def synthesis_cases(generator: Generator, spatial_style: bool, seed: int = 0) ->
     def uniform(batch: int, points: int, low: float, high: float) -> torch.Tensor:
         return torch.rand(batch, points, 2, generator=rng) * (high - low) + low
 
-    on_grid = grid_coords(size, size)
+    on_grid = torch.from_numpy(grid_coords(size, size))  # numpy in the runtime; torch for the model
     if on_grid.shape[1] > 2304:  # a random subset of the training grid keeps big models quick
         keep = torch.randperm(on_grid.shape[1], generator=rng)[:2000].sort().values
         on_grid = on_grid[:, keep]
@@ -166,11 +153,3 @@ def _torch_reference(generator: Generator, spec: EngineSpec, inputs: tuple[torch
     if spec.role == MAPPING:
         return generator.mapping(*inputs).cpu()
     return generator.synthesize(*inputs).cpu()
-
-
-def _compare(engine: str, case: str, shapes: str, expected: torch.Tensor, got: np.ndarray, atol: float) -> CaseResult:
-    if tuple(got.shape) != tuple(expected.shape):
-        return CaseResult(engine, case, f"{shapes} -> {list(got.shape)}", float("inf"), atol)
-    difference = np.abs(got.astype(np.float64) - expected.numpy().astype(np.float64))
-    max_abs = float(difference.max()) if difference.size else 0.0
-    return CaseResult(engine, case, shapes, max_abs, atol)

@@ -10,12 +10,10 @@ exactly 2/W apart, like every other pair, so the image wraps around without a se
 
 from __future__ import annotations
 
-import torch
-
-from cips_deploy.runtime.coords import panorama_u
-from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.coords import linspace, panorama_u
 
 
 class Cylinder(Topology):
@@ -41,7 +39,7 @@ class Cylinder(Topology):
         p = request.params
         if p["v_min"] == p["v_max"]:
             raise CipsError(f"The cylinder topology's v_min and v_max are both {p['v_min']:g}; the viewport is empty.")
-        v = torch.linspace(p["v_min"], p["v_max"], request.height)
+        v = linspace(p["v_min"], p["v_max"], request.height)  # [H]
         return GridLayout(panorama_u(request.width, p["heading"]), v)
 
 

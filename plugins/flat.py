@@ -9,11 +9,10 @@ crop, translate or zoom; ranges beyond [-1, 1] extrapolate.
 
 from __future__ import annotations
 
-import torch
-
-from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.coords import linspace
 
 VIEWPORT = (
     Parameter("u_min", float, -1.0, "u of the leftmost column (-1 is the training image's left edge)"),
@@ -39,8 +38,8 @@ class Flat(Topology):
     def layout(self, request: TopologyRequest) -> GridLayout:
         p = request.params
         check_viewport(self.name, p)
-        u = torch.linspace(p["u_min"], p["u_max"], request.width)  # [W]
-        v = torch.linspace(p["v_min"], p["v_max"], request.height)  # [H]
+        u = linspace(p["u_min"], p["u_max"], request.width)  # [W]: torch.linspace's float32 bits
+        v = linspace(p["v_min"], p["v_max"], request.height)  # [H]
         return GridLayout(u, v)
 
 

@@ -26,13 +26,12 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
-from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
-from cips_deploy.runtime.images import rgb_to_uint8
 from cips_deploy.contracts.topology import Layout, Parameter, Topology, TopologyRequest
+from cips_deploy.errors import CipsError
+from cips_deploy.runtime.coords import linspace
+from cips_deploy.runtime.images import rgb_to_uint8
 
 from .flat import VIEWPORT, check_viewport
 
@@ -78,25 +77,25 @@ def interpolate_axis(values: np.ndarray, nodes: np.ndarray, length: int, axis: i
 class FoveatedLayout(Layout):
     """Evaluated pixels in row-major order; colours reconstructed to the full image at the end."""
 
-    def __init__(self, u: Tensor, v: Tensor, levels: np.ndarray) -> None:
+    def __init__(self, u: np.ndarray, v: np.ndarray, levels: np.ndarray) -> None:
         self.height, self.width = levels.shape
-        self.u, self.v = u, v  # [W], [H] float32: the flat grid's tables
+        self.u, self.v = u, v  # float32 [W], [H]: the flat grid's tables
         self.levels = levels  # [H, W]
         column_on = on_lattice(self.width, levels)  # [H, W]: column is a node of its level
         row_on = on_lattice(self.height, levels.T).T  # [H, W]: row is a node of its level
         self.mask = column_on & row_on
         rows, columns = np.nonzero(self.mask)  # row-major, so rows come in order
-        self.rows = torch.from_numpy(rows)
-        self.columns = torch.from_numpy(columns)
+        self.rows, self.columns = rows, columns  # int64 [n_points] each
         self.n_points = len(rows)
         self._colours = np.zeros((self.n_points, 3), dtype=np.float32)
         self._row_counts = self.mask.sum(axis=1)
 
-    def points(self, start: int, stop: int) -> Tensor:
-        return torch.stack([self.u[self.columns[start:stop]], self.v[self.rows[start:stop]]], dim=-1)
+    def points(self, start: int, stop: int) -> np.ndarray:
+        """float32 ``[stop - start, 2]``: the flat grid's (u, v) of the evaluated pixels."""
+        return np.stack([self.u[self.columns[start:stop]], self.v[self.rows[start:stop]]], axis=-1)
 
-    def accept(self, start: int, rgb: Tensor) -> None:
-        self._colours[start : start + len(rgb)] = rgb.numpy()
+    def accept(self, start: int, rgb: np.ndarray) -> None:
+        self._colours[start : start + len(rgb)] = rgb
 
     def row_boundaries(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self._row_counts)]).astype(np.int64)
@@ -116,7 +115,7 @@ class FoveatedLayout(Layout):
         return current
 
     def image(self) -> np.ndarray:
-        return rgb_to_uint8(torch.from_numpy(self.reconstruct()))
+        return rgb_to_uint8(self.reconstruct())
 
     def report(self) -> dict[str, Any]:
         pixels = self.height * self.width
@@ -151,8 +150,8 @@ class Foveated(Topology):
         gaze = (p["gaze_x"] * (width - 1), p["gaze_y"] * (height - 1))
         radius = p["radius"] * min(height, width)
         levels = sample_levels(height, width, gaze, radius, p["falloff"], int(math.log2(stride)))
-        u = torch.linspace(p["u_min"], p["u_max"], width)  # the flat grid's tables: same points
-        v = torch.linspace(p["v_min"], p["v_max"], height)
+        u = linspace(p["u_min"], p["u_max"], width)  # the flat grid's tables: same points
+        v = linspace(p["v_min"], p["v_max"], height)
         return FoveatedLayout(u, v, levels)
 
 

@@ -3,8 +3,9 @@
 ``model`` is an exported ``.onnx`` synthesis engine (its ``.mapping.onnx`` beside it, as
 ``cips-deploy export`` writes them), or a checkpoint / Generator, which is exported once
 into the onnxruntime backend's export cache (:func:`cips_deploy.exporters.backends.exported_engine`)
-and run from there. I/O is the engine contract: host float32 tensors, coords [B, N, 2],
-w [B, S] or [B, N, S] -> rgb [B, N, 3]; OpenVINO takes the dynamic B and N as they are.
+and run from there (exporting needs the ``build`` extra: torch). I/O is the engine contract:
+host float32 numpy arrays, coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3]; OpenVINO
+takes the dynamic B and N as they are. Running an engine needs numpy and OpenVINO only.
 
 Precision. On CPUs with AVX512-BF16 or AMX, OpenVINO's default ``INFERENCE_PRECISION_HINT``
 is bf16 for the whole graph, coordinate stage included, which ruins our output (max abs
@@ -23,20 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.contracts.backend import Backend
 from cips_deploy.errors import CipsError, first_line
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import Parameter
-
-
-def _numpy(tensor: Tensor) -> np.ndarray:
-    """Host float32 numpy view of a tensor (as the onnxruntime engine feeds its sessions)."""
-    from cips_deploy.exporters.ort_runtime import _numpy as host_float32
-
-    return host_float32(tensor)
+from cips_deploy.exporters.host_arrays import host_float32
 
 # OpenVINO's names for the precisions we allow, from the names users type.
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
@@ -70,15 +63,17 @@ class OpenVinoBackend(Backend):
             raise CipsError(f"The openvino backend has no option {sorted(options)[0]!r} (its options: precision, threads, opset).")
         self.precision = _check_precision(precision)
         threads, opset = _integer("threads", threads, 0, None), _integer("opset", opset, 13, 20)
-        if torch.device(device).type != "cpu":
+        if str(device).strip().partition(":")[0] != "cpu":
             raise CipsError(f"The openvino backend runs on the CPU here, not on {device!r}.")
         ov = import_openvino()
+        from cips_deploy.exporters import integrity
         from cips_deploy.exporters.backends import exported_engine
+        from cips_deploy.exporters.engine_files import mapping_path_for
         from cips_deploy.exporters.metadata import read_onnx_metadata
-        from cips_deploy.exporters.onnx_export import mapping_path_for
 
         if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
             path = Path(model)
+            integrity.verify(path, required=False)  # as onnxruntime does: an engine given as it is
         else:
             path = exported_engine(model, opset=opset)
         self.metadata = read_onnx_metadata(path)
@@ -96,6 +91,7 @@ class OpenVinoBackend(Backend):
             mapping = mapping_path_for(path)
             self._mapping = None
             if mapping.is_file():
+                integrity.verify(mapping, required=False)
                 mapping_meta = read_onnx_metadata(mapping)
                 if mapping_meta.weights_sha256 != self.metadata.weights_sha256:
                     raise CipsError(f"{mapping} belongs to a different model than {path}; export them together again.")
@@ -104,22 +100,20 @@ class OpenVinoBackend(Backend):
             first = first_line(error) or type(error).__name__
             raise CipsError(f"OpenVINO cannot compile {path.name}: {first}") from None
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S] through the mapping engine, truncated towards w_avg."""
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z [B, S] -> w [B, S] (host float32) through the mapping engine, truncated towards w_avg."""
         if self._mapping is None:
             raise CipsError(f"{self.path} has no mapping engine beside it; export the checkpoint again.")
-        w = torch.from_numpy(self._infer(self._mapping, {"z": _numpy(z)}, "w"))
-        if truncation != 1.0:
-            w = self.metadata.w_avg_tensor().lerp(w, truncation)
-        return w
+        w = self._infer(self._mapping, {"z": host_float32(z)}, "w")
+        return self.metadata.truncate(w, truncation)
 
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
         expected = 3 if self.metadata.spatial_style else 2
-        if w.dim() != expected:
+        if len(w.shape) != expected:
             kind = "per-point styles w [B, N, S]" if self.metadata.spatial_style else "one style per sample w [B, S]"
             raise CipsError(f"{self.path.name} takes {kind}, not w of shape {list(w.shape)}.")
-        return torch.from_numpy(self._infer(self._synthesis, {"coords": _numpy(coords), "w": _numpy(w)}, "rgb"))
+        return self._infer(self._synthesis, {"coords": host_float32(coords), "w": host_float32(w)}, "rgb")
 
     @staticmethod
     def _infer(request, inputs: dict[str, np.ndarray], output: str) -> np.ndarray:

@@ -29,7 +29,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.sinks import TILE, OutputFormat, Sink, replace_atomically
 
-from .dzi_viewer import viewer_page
+from cips_deploy.media.viewers import deep_zoom_page
 
 TILE_BYTES = TILE * TILE * 3
 
@@ -245,7 +245,7 @@ class DziSink(Sink):
             encoding="utf-8",
         )
         page = self.partial / f"{name}.html"
-        page.write_text(viewer_page(name, self.height, self.width, TILE, self.top_level), encoding="utf-8")
+        page.write_text(deep_zoom_page(name, self.height, self.width, TILE, self.top_level), encoding="utf-8")
         written = []
         # The tile folder moves last: killed before that, the partial folder still holds every
         # tile and --resume completes it again.

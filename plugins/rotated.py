@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 
-import torch
-
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import GridLayout, Parameter, Topology, TopologyRequest
+from cips_deploy.runtime.coords import linspace
 
 
 def rotation(angle_degrees: float) -> tuple[float, float]:
@@ -41,8 +40,8 @@ class Rotated(Topology):
         # Square pixels: the longer side spans [-1, 1]; a square image is the flat grid.
         longest = max(request.height, request.width)
         half_u, half_v = request.width / longest, request.height / longest
-        u = torch.linspace(-half_u, half_u, request.width)  # [W]
-        v = torch.linspace(-half_v, half_v, request.height)  # [H]
+        u = linspace(-half_u, half_u, request.width)  # [W]
+        v = linspace(-half_v, half_v, request.height)  # [H]
         cos, sin = rotation(p["angle"])
         s = p["scale"]
         matrix = (s * cos, -s * sin, s * sin, s * cos)

@@ -1,5 +1,10 @@
 """The ``torch`` backend: synthesis with the PyTorch generator, on CPU or a CUDA device.
 
+Like every backend it takes and returns host numpy float32 arrays (the runtime's contract,
+:mod:`cips_deploy.contracts.backend`): they become tensors with ``torch.from_numpy`` (no copy)
+and come back with ``.numpy()``; inside, ``map`` and ``run`` compute under
+``torch.inference_mode()``.
+
 Chunk invariance. CPU matrix-product libraries pick a different kernel for very short
 batches (MKL: fewer than about 12 rows), and a different kernel can round differently.
 So every batch is padded (by repeating its last point) to a multiple of ``PAD_POINTS``
@@ -28,6 +33,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -38,11 +44,12 @@ from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER
 from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.plugins.line_cache import LineCache
-from cips_deploy.contracts.precision import DTYPES
 from cips_deploy.contracts.topology import Parameter
 
 PAD_POINTS = 64
-PRECISIONS = DTYPES  # name -> dtype, cips_deploy.contracts.precision
+# The torch dtype of each precision that cips_deploy.contracts.precision names (the contract
+# itself holds names only, so that it needs no torch).
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
 # budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
 LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}
@@ -56,9 +63,9 @@ CPU_CHUNK_POINTS_PER_THREAD = 8192
 
 def parse_precision(value: Any, device: torch.device) -> str:
     """The precision option (a string from the command line, or a torch dtype) -> fp32, bf16 or fp16."""
-    names = {dtype: name for name, dtype in PRECISIONS.items()}
+    names = {dtype: name for name, dtype in DTYPES.items()}
     name = names.get(value) if isinstance(value, torch.dtype) else str(value).strip().lower()
-    if name not in PRECISIONS:
+    if name not in DTYPES:
         raise CipsError(f"The torch backend's precision is fp32, bf16 or fp16 (CUDA only), not {value!r}.")
     if name == "fp16" and device.type != "cuda":
         raise CipsError("Precision fp16 needs a CUDA device (CPUs have no fast fp16 matrix product); use bf16 on a CPU.")
@@ -83,6 +90,21 @@ def torch_device(name: str) -> torch.device:
     return device
 
 
+def as_tensor(array: Any, device: torch.device) -> Tensor:
+    """A host array (numpy; a tensor passes too) as float32 on ``device``: on the CPU the
+    array's own memory (``torch.from_numpy``), which synthesis only reads."""
+    if not isinstance(array, Tensor):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        # from_numpy warns about read-only arrays (a caller's broadcast view): copy those.
+        array = torch.from_numpy(array if array.flags.writeable else array.copy())
+    return array.to(device, torch.float32)
+
+
+def as_array(tensor: Tensor) -> np.ndarray:
+    """A result on any device, any float dtype, as C-contiguous host float32 numpy."""
+    return np.ascontiguousarray(tensor.detach().float().cpu().numpy())
+
+
 def pad_rows(tensor: Tensor, multiple: int) -> Tensor:
     """[B, N, C] -> [B, N', C] with N' the next multiple of ``multiple``, repeating row N-1."""
     missing = -tensor.shape[1] % multiple
@@ -103,7 +125,7 @@ class TorchBackend(Backend):
         Parameter(
             "precision", str, "fp32",
             "fp32; bf16 (about 2x faster products on CPUs with AVX512-BF16; images differ by a few levels); fp16 (CUDA only)",
-            choices=tuple(PRECISIONS),
+            choices=tuple(DTYPES),
         ),
     )
 
@@ -112,10 +134,10 @@ class TorchBackend(Backend):
             raise CipsError(f"The torch backend has no option(s) {', '.join(sorted(options))}.")
         self.device = torch_device(device)
         self.precision = parse_precision(precision, self.device)
-        self.dtype = PRECISIONS[self.precision]
+        self.dtype = DTYPES[self.precision]
         generator = model if isinstance(model, Generator) else load(model)
         if self.dtype not in generator.supported_dtypes():
-            names = ", ".join(name for name, dtype in PRECISIONS.items() if dtype in generator.supported_dtypes())
+            names = ", ".join(name for name, dtype in DTYPES.items() if dtype in generator.supported_dtypes())
             raise CipsError(f"This {generator.config.arch} model runs in {names} on the torch backend, not {self.precision}.")
         # Synthesis does not depend on train/eval mode (no dropout, no batch statistics, noise
         # only on request), so the caller's module is used as it is; only its device may change.
@@ -135,16 +157,17 @@ class TorchBackend(Backend):
             )
 
     @torch.inference_mode()
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, Z] -> w [B, S] (host float32)."""
-        return self.generator.map(z.to(self.device, torch.float32), truncation=truncation).float().cpu()
+    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
+        """z float32 ``[B, Z]`` -> w float32 ``[B, S]``, host numpy."""
+        w = self.generator.map(as_tensor(z, self.device), truncation=truncation)
+        return as_array(w)
 
     @torch.inference_mode()
-    def run(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+    def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """coords float32 ``[B, N, 2]``, w float32 ``[B, S]`` or ``[B, N, S]`` (host numpy) -> rgb float32 ``[B, N, 3]``."""
         n_points = coords.shape[1]
-        coords = pad_rows(coords.to(self.device, torch.float32), PAD_POINTS)
-        w = w.to(self.device, torch.float32)
+        coords = pad_rows(as_tensor(coords, self.device), PAD_POINTS)
+        w = as_tensor(w, self.device)
         if w.dim() == 3:  # one style per point: pad it alongside its points
             w = pad_rows(w, PAD_POINTS)
         if self.lines is not None and w.dim() == 2 and _same_points(coords):
@@ -155,7 +178,7 @@ class TorchBackend(Backend):
             rgb = self.generator.synthesize(coords, w)  # the float32 path, exactly as before
         else:
             rgb = self.generator.synthesize(coords, w, dtype=self.dtype)
-        return rgb[:, :n_points].float().cpu()
+        return as_array(rgb[:, :n_points])
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """Line-factored generators: a chunk composes from cached lines (and runs the per-point

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -9,6 +10,18 @@ import pytest
 
 import cips_deploy
 from cips_deploy.runtime.plugin_manager import load_registry
+
+# The base install (no torch) runs only the tests marked ``runtime`` (.ci/run): a module with
+# none of them is not even imported there, since its torch imports would be collection errors.
+# A module with runtime tests must import without torch (torch-only tests import it inside).
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
+    if HAS_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    return "pytest.mark.runtime" not in collection_path.read_text() or None
+
 
 OFFICIAL_FIXTURES = Path(
     os.environ.get("CIPS_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "official-cips")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from cips_deploy.contracts.config import ARCHITECTURES
+from cips_deploy.contracts.command_options import ARCHITECTURE
 from cips_deploy.contracts.hookspecs import hookimpl
 
 
@@ -17,7 +17,7 @@ from cips_deploy.contracts.hookspecs import hookimpl
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory (checkpoints, log, samples).")
 @click.option("--preset", default="tiny", show_default=True, help="Generator preset: tiny, small, paper256, paper1024.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="skip, res, ne (CIPS) or creps.")
+@click.option("--arch", type=ARCHITECTURE, default="skip", show_default=True, help="skip, res, ne (CIPS) or creps.")
 @click.option("--resolution", type=int, help="Training resolution (default: the preset's size).")
 @click.option("--batch", type=int, default=16, show_default=True, help="Total batch over all processes.")
 @click.option("--steps", type=int, default=1000, show_default=True, help="Generator steps to train to.")

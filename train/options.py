@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from cips_deploy.contracts.config import ARCHITECTURES, preset_config
+from cips_deploy.contracts.config import preset_config
+from cips_deploy.contracts.families import family_of
 from cips_deploy.errors import CipsError
 
 
@@ -48,8 +49,7 @@ class TrainOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.arch not in ARCHITECTURES:
-            raise CipsError(f"Unknown architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+        family_of(self.arch)  # an unknown architecture: one sentence naming the installed ones
         preset = preset_config(self.preset, arch=self.arch)  # an unknown preset is one sentence
         if self.resolution is None:
             object.__setattr__(self, "resolution", preset.size)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cips_deploy.runtime.coords import grid_coords, grid_from_axes, panorama_u
+from cips_deploy.runtime.coords import grid_coords, grid_from_axes, linspace, panorama_u
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class ViewSampler:
 
     def sample(self, images: list[Tensor], batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
         R, P = self.resolution, self.patch
-        full = grid_coords(R, R)[0].reshape(R, R, 2)  # [R, R, 2], u in [-1, 1]
+        full = torch.from_numpy(grid_coords(R, R)[0].reshape(R, R, 2))  # [R, R, 2], u in [-1, 1]
         reals, coords = [], []
         for index in torch.randint(len(images), (batch,), generator=generator).tolist():
             image = images[index]  # [3, R, W >= R]
@@ -64,7 +64,7 @@ class ViewSampler:
         """
         R = self.resolution
         if not self.cylinder:
-            return grid_coords(R, R), R, R
+            return torch.from_numpy(grid_coords(R, R)), R, R
         width = round(R * 2 / self.span)  # pixels in a whole turn at the training density
-        coords = grid_from_axes(panorama_u(width), torch.linspace(-1, 1, R))  # the cylinder topology's columns
+        coords = torch.from_numpy(grid_from_axes(panorama_u(width), linspace(-1.0, 1.0, R)))  # the cylinder topology's columns
         return coords, R, width

@@ -7,13 +7,11 @@ import json
 from pathlib import Path
 
 import click
-import torch
 
-from cips_deploy.contracts.config import ARCHITECTURES
-from cips_deploy.measure.bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
+from cips_deploy.contracts.command_options import ARCHITECTURE
 from cips_deploy.errors import CipsError
 from cips_deploy.runtime.plugin_manager import get_registry
-from cips_deploy.cli import cli
+from cips_deploy.cli.group import cli
 
 
 def declared_precisions(backend: str) -> tuple[str, ...]:
@@ -30,7 +28,7 @@ def declared_precisions(backend: str) -> tuple[str, ...]:
 @cli.command()
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
 @click.option("--preset", default="paper256", show_default=True, help="Random-weight model when no CHECKPOINT is given.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
+@click.option("--arch", type=ARCHITECTURE, default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--backend", "backends", multiple=True, default=["torch"], show_default=True, help="Repeatable.")
 @click.option("--reference", is_flag=True, help="Also time the official grouped-convolution path.")
 @click.option("--resolution", "resolutions", type=int, multiple=True, default=[256], show_default=True, help="Repeatable.")
@@ -52,6 +50,10 @@ def bench(checkpoint, preset, arch, backends, reference, resolutions, batches, c
     --repeats after --warmup runs. The matrix-product peak is measured for every precision
     the cases use, and each case's %peak is against its own precision's peak.
     """
+    import torch  # the build extra: a missing one is one sentence (cips_deploy.cli.group)
+
+    from cips_deploy.measure.bench import BenchCase, machine_facts, matmul_peak_gflops, run_case_isolated
+
     for name, values in (("resolution", resolutions), ("batch", batches), ("chunk-size", chunks)):
         if min(values) < 1:
             raise CipsError(f"--{name} must be at least 1.")

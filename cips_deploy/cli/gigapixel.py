@@ -39,8 +39,7 @@ def stream_render(
         raise CipsError("A streamed render (.tif, .dzi, --resume or --workers) takes one --seed, not a grid of --seeds.")
     partial = partial_path(output)
     resuming = resume and partial.is_dir()
-    # Imported here: the render module imports this one lazily, and ChunkProgress lives there.
-    from cips_deploy.cli.render import ChunkProgress
+    from cips_deploy.cli.common import ChunkProgress
 
     progress = ChunkProgress("resuming" if resuming else "rendering", enabled=not quiet and sys.stderr.isatty())
     try:
@@ -73,7 +72,7 @@ def in_memory_with_workers(
     registry: Registry,
 ) -> None:
     """Each seed rendered by ``workers`` processes into memory, the grid saved by the format."""
-    from cips_deploy.cli.render import ChunkProgress, tile
+    from cips_deploy.cli.common import ChunkProgress, tile
 
     images = []
     for seed in seeds:

@@ -17,21 +17,21 @@ from typing import Any
 import click
 
 from cips_deploy.runtime.atomic import atomic_path, check_destination
-from cips_deploy.contracts.config import ARCHITECTURES, COORDINATE_SPACES, PRESET_NAMES
+from cips_deploy.contracts.command_options import ARCHITECTURE, PRESET
+from cips_deploy.contracts.config import COORDINATE_SPACES
 from cips_deploy.errors import CipsError
-from cips_deploy.measure.metrics import check_protocol, json_number, scale_consistency
 from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.runtime.render import make_backend
-from cips_deploy.cli import cli
-from cips_deploy.cli.render import ChunkProgress, choose_model
+from cips_deploy.cli.group import cli
+from cips_deploy.cli.common import ChunkProgress, choose_model
 
 INF_NOTE = 'PSNR is the string "inf" where the downsampled large render equals the small render exactly.'
 
 
 @cli.command("scale-consistency")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
-@click.option("--preset", type=click.Choice(PRESET_NAMES), help="Measure a random-weight model of this preset instead of CHECKPOINT.")
-@click.option("--arch", type=click.Choice(ARCHITECTURES), default="skip", show_default=True, help="With --preset: architecture.")
+@click.option("--preset", type=PRESET, help="Measure a random-weight model of this preset instead of CHECKPOINT.")
+@click.option("--arch", type=ARCHITECTURE, default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
 @click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
 @click.option("--size", "size_text", default="256", show_default=True, metavar="INTEGER", help="Side s of the small render (at least 11, the SSIM window).")
@@ -71,6 +71,8 @@ def scale_consistency_command(
       cips-deploy scale-consistency --preset tiny --size 32 --factor 2 --samples 3
     """
     size, factor, samples = whole(size_text, "--size"), whole(factor_text, "--factor"), whole(samples_text, "--samples")
+    from cips_deploy.measure.metrics import check_protocol, scale_consistency  # the build extra (torch)
+
     check_protocol(size, factor, samples, seed)
     if checkpoint is not None and preset is not None:
         raise CipsError("Give either a CHECKPOINT or --preset, not both.")
@@ -116,6 +118,7 @@ def describe_model(checkpoint: Path | None, preset: str | None, arch: str, space
 
 def json_report(result: dict[str, Any], description: str, backend: str, device: str) -> dict[str, Any]:
     """The JSON document: the measurement with infinities as the string "inf"."""
+    from cips_deploy.measure.metrics import json_number
     per_sample = [{key: json_number(value) if key == "psnr" else value for key, value in entry.items()} for entry in result["per_sample"]]
     mean = {key: json_number(value) for key, value in result["mean"].items()}
     report = {"model": description, "backend": backend, "device": device}

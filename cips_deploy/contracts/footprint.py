@@ -13,8 +13,8 @@ in floats, at the worst moment of ``Generator.synthesize`` under inference mode:
 - with one style per point (``w [N, S]``, spatially varying styles): the modulated input
   doubles the input term and w is held alongside its blend: ``2 * in + 3 * out + 2 * S``.
 
-Other families give their own figure (``Generator.activation_floats_per_point``; CREPS:
-:mod:`cips_deploy.families.creps`).
+Each family gives its own figure (:meth:`cips_deploy.contracts.families.Family.activation_floats_per_point`;
+CIPS: :mod:`cips_deploy.families.cips_spec`, CREPS: :mod:`cips_deploy.families.creps_spec`).
 
 The maximum over the stages, plus 9 floats of summed colours, is
 ``activation_floats_per_point``; the renderer adds ``RENDERER_FLOATS_PER_POINT`` for the
@@ -34,27 +34,8 @@ RENDERER_FLOATS_PER_POINT = 16
 
 
 def activation_floats_per_point(config: GeneratorConfig, *, per_point_style: bool = False) -> int:
-    """Peak float32 activations per point of ``Generator.synthesize``: the family's own figure."""
-    from cips_deploy.families.generator import family_class
-
-    return family_class(config.arch).activation_floats_per_point(config, per_point_style)
-
-
-def cips_activation_floats(config: GeneratorConfig, per_point_style: bool = False) -> int:
-    """Peak float32 activations per point of a CIPS generator (see the module text)."""
-    h = config.hidden
-    input_stage = 4 * h + 16 if config.has_embedding else 2 * h + 8
-    first_in = 2 * h if config.has_embedding else h
-    layers = [(first_in, config.widths[0])]
-    in_features = config.widths[0]
-    for width in config.widths:
-        layers += [(in_features, width), (width, width)]
-        in_features = width
-    if per_point_style:
-        worst_layer = max(2 * i + 3 * o for i, o in layers) + 2 * config.style_dim
-    else:
-        worst_layer = max(i + 3 * o for i, o in layers)
-    return max(input_stage, worst_layer) + 9
+    """Peak float32 activations per point of synthesis: the family's own figure."""
+    return config.family.activation_floats_per_point(config, per_point_style)
 
 
 def render_bytes_per_point(config: GeneratorConfig, *, per_point_style: bool = False) -> int:

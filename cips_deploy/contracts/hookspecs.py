@@ -15,6 +15,11 @@ hookimpl = pluggy.HookimplMarker("cips_deploy")
 
 
 @hookspec
+def register_families(register):
+    """Register model families: call register(family) with cips_deploy.contracts.families.Family instances."""
+
+
+@hookspec
 def register_topologies(register):
     """Register coordinate topologies: call register(topology) with Topology instances."""
 

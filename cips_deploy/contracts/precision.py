@@ -1,13 +1,11 @@
-"""The one table of compute precisions: the names users type and the torch dtypes they mean.
+"""The one list of compute precisions: the names users type.
 
 ``--precision`` of the torch backend, ``bench`` cases, ``export --engine trt`` and the
-engines' declarations (:class:`cips_deploy.contracts.exporter.Exporter`) all read it. Runtimes with
-their own vocabulary (OpenVINO's ``f32``) translate from these names in their own module.
+engines' declarations (:class:`cips_deploy.contracts.exporter.Exporter`) all read it. What a
+name means in a runtime's own terms (the torch backend's dtypes, OpenVINO's ``f32``) is
+that runtime's table, in its own module, so that this contract needs no torch.
 """
 
 from __future__ import annotations
 
-import torch
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-PRECISIONS = tuple(DTYPES)  # fp32, bf16, fp16
+PRECISIONS = ("fp32", "bf16", "fp16")

@@ -12,6 +12,11 @@ Two ready-made layouts cover most topologies:
   on demand from a row and a column table; memory stays O(H + W) for the points.
 - :class:`PointLayout`: an explicit ``[N, 2]`` array of points, the simplest thing for a
   plugin author; by default point ``r * W + c`` is pixel ``(r, c)``.
+
+Points and colours cross this contract as numpy float32 arrays. Topologies written for the
+torch runtime (before 0.9) keep working: a :class:`PointLayout` takes torch points, and
+:func:`check_points` takes whatever a layout's ``points`` returns, tensors included,
+duck-typed so that nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -19,15 +24,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 import dataclasses
 import math
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.runtime.images import rgb_to_uint8
+from cips_deploy.runtime.images import host_float32, rgb_to_uint8
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -123,12 +127,12 @@ class Layout(ABC):
     pixel_grid: bool = False
 
     @abstractmethod
-    def points(self, start: int, stop: int) -> Tensor | np.ndarray:
-        """Points ``start:stop`` as float ``[stop - start, 2]`` (u, v)."""
+    def points(self, start: int, stop: int) -> np.ndarray:
+        """Points ``start:stop`` as float32 ``[stop - start, 2]`` (u, v)."""
 
     @abstractmethod
-    def accept(self, start: int, rgb: Tensor) -> None:
-        """Raw colours (about [-1, 1]) ``[n, 3]`` float32 of points ``start:start + n``."""
+    def accept(self, start: int, rgb: np.ndarray) -> None:
+        """Raw colours (about [-1, 1]) float32 ``[n, 3]`` of points ``start:start + n``."""
 
     @abstractmethod
     def image(self) -> np.ndarray:
@@ -145,65 +149,68 @@ class Layout(ABC):
         """Facts worth telling the user about this layout (shown by the CLI)."""
         return {}
 
-    def rectangle_points(self, top: int, bottom: int, left: int, right: int) -> Tensor | np.ndarray:
+    def rectangle_points(self, top: int, bottom: int, left: int, right: int) -> np.ndarray:
         """Points of output rows ``top:bottom`` and columns ``left:right``, row-major,
-        float ``[(bottom - top) * (right - left), 2]``; only for a ``pixel_grid`` layout.
+        ``[(bottom - top) * (right - left), 2]``; only for a ``pixel_grid`` layout.
 
         Built from :meth:`points` one row segment at a time, so a subclass's own ``points``
         is what a streamed render samples (bitwise the same points as an in-memory one).
         """
         if not self.pixel_grid:
             raise CipsError("This layout's pixels are not one point each in row-major order, so it cannot render a rectangle on its own.")
-        pieces = [self.points(row * self.width + left, row * self.width + right) for row in range(top, bottom)]
-        if isinstance(pieces[0], np.ndarray):
-            return np.concatenate(pieces)
-        return torch.cat([torch.as_tensor(piece) for piece in pieces])
+        # A subclass's points may be torch tensors (older plugins): as numpy, dtype kept, so
+        # that check_points still names an integer dtype.
+        pieces = [host_array(self.points(row * self.width + left, row * self.width + right)) for row in range(top, bottom)]
+        return np.concatenate(pieces)
 
-    def rectangle_pixels(self, rgb: Tensor, top: int, bottom: int, left: int, right: int) -> np.ndarray:
-        """Raw colours ``[n, 3]`` of :meth:`rectangle_points` -> uint8 ``[bottom - top, right - left, 3]``."""
+    def rectangle_pixels(self, rgb: np.ndarray, top: int, bottom: int, left: int, right: int) -> np.ndarray:
+        """Raw colours float32 ``[n, 3]`` of :meth:`rectangle_points` -> uint8 ``[bottom - top, right - left, 3]``."""
         return rgb_to_uint8(rgb).reshape(bottom - top, right - left, 3)
 
 
 class GridLayout(Layout):
     """One point per pixel: pixel (r, c) samples (u[c], v[r]), optionally transformed.
 
-    u: [W] and v: [H] float tables. ``matrix`` (m00, m01, m10, m11) and ``offset`` (ou, ov)
-    map a table point p to ``offset + matrix @ p``. Points are generated per chunk from the
-    tables, and colours are written straight into the uint8 image, so a render holds the
-    output image plus one chunk, never an image-sized float array; the image is allocated at
-    the first ``accept``, so a streamed render (which never calls it) holds none.
+    u: [W] and v: [H] float tables (numpy, or torch tensors, converted). ``matrix`` (m00, m01,
+    m10, m11) and ``offset`` (ou, ov) map a table point p to ``offset + matrix @ p``, in
+    float32. Points are generated per chunk from the tables, and colours are written straight
+    into the uint8 image, so a render holds the output image plus one chunk, never an
+    image-sized float array; the image is allocated at the first ``accept``, so a streamed
+    render (which never calls it) holds none.
     """
 
     pixel_grid = True
 
     def __init__(
         self,
-        u: Tensor,
-        v: Tensor,
+        u: Any,
+        v: Any,
         *,
         matrix: tuple[float, float, float, float] | None = None,
         offset: tuple[float, float] = (0.0, 0.0),
     ) -> None:
-        self.u = u.detach().to("cpu", torch.float32).contiguous()
-        self.v = v.detach().to("cpu", torch.float32).contiguous()
+        self.u = np.ascontiguousarray(host_float32(u))  # [W]
+        self.v = np.ascontiguousarray(host_float32(v))  # [H]
         self.height, self.width = len(self.v), len(self.u)
         self.n_points = self.height * self.width
         self.matrix = matrix
         self.offset = offset
         self._pixels: np.ndarray | None = None  # uint8 [n_points, 3], allocated by the first accept
 
-    def points(self, start: int, stop: int) -> Tensor:
-        index = torch.arange(start, stop, dtype=torch.int64)
-        row = torch.div(index, self.width, rounding_mode="floor")
-        u, v = self.u[index - row * self.width], self.v[row]
+    def points(self, start: int, stop: int) -> np.ndarray:
+        row, column = np.divmod(np.arange(start, stop, dtype=np.int64), self.width)
+        u, v = self.u[column], self.v[row]
         if self.matrix is not None:
-            # Separate elementwise products and sums (no matmul, no fused multiply-add), so a
-            # point's value never depends on which chunk it falls in.
-            m00, m01, m10, m11 = self.matrix
-            u, v = (u * m00 + v * m01) + self.offset[0], (u * m10 + v * m11) + self.offset[1]
-        return torch.stack([u, v], dim=-1)
+            # Separate float32 elementwise products and sums (no matmul, no fused multiply-add),
+            # so a point's value never depends on which chunk it falls in.
+            m00, m01, m10, m11 = (np.float32(m) for m in self.matrix)
+            ou, ov = (np.float32(o) for o in self.offset)
+            u, v = (u * m00 + v * m01) + ou, (u * m10 + v * m11) + ov
+        points = np.empty((stop - start, 2), dtype=np.float32)
+        points[:, 0], points[:, 1] = u, v
+        return points
 
-    def accept(self, start: int, rgb: Tensor) -> None:
+    def accept(self, start: int, rgb: np.ndarray) -> None:
         if self._pixels is None:
             self._pixels = np.zeros((self.n_points, 3), dtype=np.uint8)
         self._pixels[start : start + len(rgb)] = rgb_to_uint8(rgb)
@@ -224,18 +231,23 @@ class PointLayout(Layout):
     (r, c). With ``assemble(rgb float32 [N, 3]) -> uint8 [height, width, 3]`` the layout
     keeps every point's raw colour and hands them over at the end. Without ``assemble`` the
     layout is a ``pixel_grid`` and streams; with it, it renders in memory only.
+
+    ``points`` may be numpy or a torch tensor (held as numpy, without a copy for CPU float32);
+    a layout built from torch points hands ``assemble`` a torch tensor of colours, as it
+    did before the runtime moved to numpy, and numpy otherwise.
     """
 
     def __init__(
         self,
-        points: Tensor | np.ndarray,
+        points: Any,
         height: int,
         width: int,
-        assemble: Callable[[Tensor], np.ndarray] | None = None,
+        assemble: Callable[[Any], np.ndarray] | None = None,
     ) -> None:
-        self._points = points
+        self._torch_points = hasattr(points, "detach")
+        self._points = host_array(points)  # dtype kept: check_points names a wrong one
         self.height, self.width = height, width
-        self.n_points = int(points.shape[0]) if getattr(points, "ndim", 0) >= 1 else 0
+        self.n_points = int(self._points.shape[0]) if getattr(self._points, "ndim", 0) >= 1 else 0
         self._assemble = assemble
         self.pixel_grid = assemble is None
         if assemble is None:
@@ -245,12 +257,12 @@ class PointLayout(Layout):
                 )
             self._pixels = np.zeros((self.n_points, 3), dtype=np.uint8)
         else:
-            self._colours = torch.zeros(self.n_points, 3)
+            self._colours = np.zeros((self.n_points, 3), dtype=np.float32)
 
-    def points(self, start: int, stop: int) -> Tensor | np.ndarray:
+    def points(self, start: int, stop: int) -> np.ndarray:
         return self._points[start:stop]
 
-    def accept(self, start: int, rgb: Tensor) -> None:
+    def accept(self, start: int, rgb: np.ndarray) -> None:
         if self._assemble is None:
             self._pixels[start : start + len(rgb)] = rgb_to_uint8(rgb)
         else:
@@ -259,6 +271,8 @@ class PointLayout(Layout):
     def image(self) -> np.ndarray:
         if self._assemble is None:
             return self._pixels.reshape(self.height, self.width, 3)
+        if self._torch_points:  # torch is imported: the points were a tensor
+            return self._assemble(sys.modules["torch"].from_numpy(self._colours))
         return self._assemble(self._colours)
 
     def row_boundaries(self) -> np.ndarray | None:
@@ -314,27 +328,36 @@ def resolve_parameters(topology: Topology, given: dict[str, Any]) -> dict[str, A
     }
 
 
-def check_points(points: Any, expected: int, source: str) -> Tensor:
-    """A plugin's points as float32 ``[expected, 2]``, or a CipsError naming ``source``.
+def host_array(values: Any) -> Any:
+    """A torch tensor as numpy on the host (floating point as float32, other dtypes kept, no
+    copy for a CPU tensor), duck-typed by ``.detach``; anything else as it is."""
+    if not hasattr(values, "detach"):
+        return values
+    values = values.detach().cpu()
+    if values.is_floating_point():
+        values = values.float()  # bfloat16 and float16 have no (or no exact) numpy twin
+    return values.numpy()
 
-    Accepts torch tensors and numpy arrays of any floating dtype; rejects integer or
+
+def check_points(points: Any, expected: int, source: str) -> np.ndarray:
+    """A plugin's points as C-contiguous float32 ``[expected, 2]``, or a CipsError naming ``source``.
+
+    Accepts numpy arrays and torch tensors of any floating dtype; rejects integer or
     boolean dtypes, the wrong shape, and NaN or infinite values.
     """
-    if isinstance(points, np.ndarray):
-        if not np.issubdtype(points.dtype, np.floating):
-            raise CipsError(f"{source} returned points of dtype {points.dtype}; points must be floating point (u, v).")
-        points = torch.from_numpy(np.ascontiguousarray(points))
-    elif not isinstance(points, Tensor):
+    points = host_array(points)
+    if not isinstance(points, np.ndarray):
         raise CipsError(f"{source} returned {type(points).__name__} instead of a tensor or array of points.")
-    if not points.is_floating_point():
+    if not np.issubdtype(points.dtype, np.floating):
         raise CipsError(f"{source} returned points of dtype {points.dtype}; points must be floating point (u, v).")
-    if tuple(points.shape) != (expected, 2):
+    if points.shape != (expected, 2):
         raise CipsError(f"{source} returned points of shape {list(points.shape)}; expected [{expected}, 2] (u, v).")
-    points = points.detach().to("cpu", torch.float32)
-    if not bool(torch.isfinite(points).all()):
-        bad = int((~torch.isfinite(points)).any(dim=1).sum())
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    finite = np.isfinite(points)
+    if not finite.all():
+        bad = int((~finite).any(axis=1).sum())
         raise CipsError(f"{source} returned {bad} point(s) with NaN or infinite coordinates.")
-    return points.contiguous()
+    return points
 
 
 def describe_parameter(parameter: Parameter) -> str:

@@ -10,18 +10,14 @@ pickles) through :mod:`.official_creps`, an allow-list unpickler.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from cips_deploy._version import __version__
-from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.models import DEMO_MODEL  # noqa: F401  (its home before the models package)
@@ -30,22 +26,7 @@ from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.limits import MAX_HEADER_BYTES, check_memory, check_zip_declared_size, parse_json, regular_file
 from cips_deploy.families.model_size import check_model_size
 
-FORMAT = "cips-deploy/generator"
-FORMAT_VERSION = "1"
-
-
-def save_generator(generator: Generator, path: str | Path, *, overwrite: bool = True) -> None:
-    """Write ``generator`` to ``path`` atomically (temporary file, then rename)."""
-    tensors = {name: tensor.detach().to("cpu").contiguous() for name, tensor in generator.state_dict().items()}
-    metadata = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "config": json.dumps(generator.config.to_dict()),
-        "provenance": json.dumps(generator.provenance),
-        "package_version": __version__,
-    }
-    with atomic_path(path, overwrite=overwrite) as temporary:
-        save_file(tensors, str(temporary), metadata=metadata)
+from cips_deploy.families.weights import FORMAT, FORMAT_VERSION, check_finite, load_exact_state_dict, save_generator  # noqa: F401
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
@@ -74,13 +55,6 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Generator:
         raise CipsError(f"{path} is not a checkpoint: it is neither a safetensors file nor a PyTorch file.")
     check_finite(generator, str(path))
     return generator.to(device).eval()
-
-
-def check_finite(generator: Generator, source: str) -> None:
-    """Refuse weights holding NaN or infinities: they would render an all-black image without a word."""
-    for name, tensor in generator.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CipsError(f"{source}: tensor {name!r} holds NaN or infinite values; the model is damaged.")
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
@@ -175,26 +149,6 @@ def _load_safetensors(path: Path) -> Generator:
     load_exact_state_dict(generator, tensors, source=str(path))
     generator.provenance = metadata["provenance"]
     return generator
-
-
-def load_exact_state_dict(generator: Generator, tensors: dict[str, torch.Tensor], *, source: str) -> None:
-    """Assign ``tensors`` to ``generator``, insisting on exactly its names and shapes."""
-    expected = generator.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    if missing:
-        raise CipsError(f"{source} lacks {len(missing)} tensor(s) this generator needs, such as {missing[0]!r}.")
-    if unexpected:
-        raise CipsError(f"{source} has {len(unexpected)} tensor(s) this generator does not use, such as {unexpected[0]!r}.")
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise CipsError(
-                f"{source}: tensor {name!r} has shape {list(tensor.shape)}, "
-                f"but the generator expects {list(expected[name].shape)}."
-            )
-        if not tensor.dtype.is_floating_point:
-            raise CipsError(f"{source}: tensor {name!r} is {tensor.dtype}, not a floating-point tensor.")
-    generator.load_state_dict({name: tensor.float() for name, tensor in tensors.items()}, assign=True)
 
 
 # A legacy (pre-zip) torch.save stream opens with a protocol-2 pickle of this magic number.

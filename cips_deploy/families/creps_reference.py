@@ -13,11 +13,17 @@ Square grids only, as the official code (one coordinate vector for both axes' le
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import torch
 from torch import Tensor
 
-from cips_deploy.families.creps import RANK, CrepsGenerator, ModulatedFC, _bias_act, to_unit
+from cips_deploy.families.creps_layers import ModulatedFC, _bias_act, to_unit
+from cips_deploy.families.creps_spec import RANK
+
+if TYPE_CHECKING:
+    from cips_deploy.families.creps import CrepsGenerator
 from cips_deploy.errors import CipsError
 
 

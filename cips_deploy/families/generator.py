@@ -14,6 +14,7 @@ from abc import ABCMeta, abstractmethod
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -39,15 +40,15 @@ class SkipBlock(nn.Module):
 class Generator(nn.Module, metaclass=ABCMeta):
     """Base class of every generator family: ``(coords [B, N, 2], w) -> rgb [B, N, 3]``.
 
-    ``Generator(config)`` builds the family that ``config.arch`` names: :class:`CipsGenerator`
-    for ``skip``, ``res`` and ``ne``, :class:`~cips_deploy.families.creps.CrepsGenerator` for
-    ``creps``. Every family has a ``mapping`` network (z -> w) and a buffer ``w_avg [S]``,
+    ``Generator(config)`` builds the class of the family registered for ``config.arch``
+    (``register_families``; :class:`CipsGenerator` for CIPS, :class:`~cips_deploy.families.creps.CrepsGenerator`
+    for CREPS). Every family has a ``mapping`` network (z -> w) and a buffer ``w_avg [S]``,
     the average w and the centre of truncation, and implements :meth:`synthesize`.
     """
 
     def __new__(cls, config: GeneratorConfig | None = None, *args: Any, **kwargs: Any) -> "Generator":
         if cls is Generator and config is not None:
-            cls = family_class(config.arch)
+            cls = config.family.generator_class()  # the registered family of config.arch
         return super().__new__(cls)
 
     def __init__(self, config: GeneratorConfig) -> None:
@@ -70,7 +71,10 @@ class Generator(nn.Module, metaclass=ABCMeta):
         return sum(p.numel() for p in self.parameters())
 
     def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S], truncated towards ``w_avg`` (in W, as StyleGAN does)."""
+        """z [B, S] -> w [B, S], truncated towards ``w_avg`` (in W, as StyleGAN does).
+
+        z may be a numpy array (the runtime's seeds, :func:`cips_deploy.seed_latent`)."""
+        z = self._tensor(z)
         self._check_width(z, "z")
         w = self.mapping(z)
         if truncation != 1.0:
@@ -86,6 +90,7 @@ class Generator(nn.Module, metaclass=ABCMeta):
         ``torch.bfloat16`` or ``torch.float16`` runs the layers' products in that precision
         (see :meth:`CipsGenerator._synthesize`); None or ``torch.float32``: float32 throughout.
         """
+        coords, w = self._tensor(coords), self._tensor(w)  # numpy inputs (the runtime's) as tensors, no copy on CPU
         self._check_inputs(coords, w)
         return self._synthesize(coords, w, noise, dtype=torch.float32 if dtype is None else dtype)
 
@@ -105,11 +110,16 @@ class Generator(nn.Module, metaclass=ABCMeta):
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> None:
         """Write the generator as one safetensors file with its config and provenance."""
-        from cips_deploy.families.checkpoint import save_generator
+        from cips_deploy.families.weights import save_generator
 
         save_generator(self, path, overwrite=overwrite)
 
     # ------------------------------------------------------------------- helpers
+
+    def _tensor(self, value: Any) -> Tensor:
+        if isinstance(value, np.ndarray):
+            return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)).to(self.device)
+        return value
 
     def _check_inputs(self, coords: Tensor, w: Tensor) -> None:
         if coords.dim() != 3 or coords.shape[-1] != 2:
@@ -153,22 +163,6 @@ class Generator(nn.Module, metaclass=ABCMeta):
     def info_facts(self) -> dict[str, Any]:
         """Family-specific facts for ``cips-deploy info``."""
         return {}
-
-    @classmethod
-    def check_config(cls, config: GeneratorConfig) -> None:
-        """Refuse, in one sentence, a config this family cannot build (beyond the common checks)."""
-
-    @classmethod
-    def seed_latent(cls, seed: int, style_dim: int) -> Tensor:
-        """z [1, style_dim] for a seed: ``torch.Generator().manual_seed(seed)`` (this project's convention)."""
-        return torch.randn(1, style_dim, generator=torch.Generator().manual_seed(seed))
-
-    @classmethod
-    def activation_floats_per_point(cls, config: GeneratorConfig, per_point_style: bool = False) -> int:
-        """Peak float32 activations per point of :meth:`synthesize` (see :mod:`cips_deploy.contracts.footprint`)."""
-        from cips_deploy.contracts.footprint import cips_activation_floats
-
-        return cips_activation_floats(config, per_point_style)
 
     def extra_repr(self) -> str:
         c = self.config
@@ -236,12 +230,3 @@ class CipsGenerator(Generator):
             elif isinstance(module, ResidualBlock) and module.skip is not None:
                 macs += module.skip.weight.numel()
         return 2 * macs
-
-
-def family_class(arch: str) -> type[Generator]:
-    """The generator class of an architecture name (already validated by the config)."""
-    if arch == "creps":
-        from cips_deploy.families.creps import CrepsGenerator
-
-        return CrepsGenerator
-    return CipsGenerator

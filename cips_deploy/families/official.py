@@ -13,14 +13,14 @@ from __future__ import annotations
 import pickle
 import re
 import warnings
-import zipfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from cips_deploy.families.checkpoint import file_sha256, load_exact_state_dict
+from cips_deploy.families.weights import load_exact_state_dict
+from cips_deploy.runtime.hashing import file_sha256
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError, first_line
 from cips_deploy.families.generator import Generator

@@ -314,8 +314,9 @@ def load_official_creps(path: str | Path):
     The config comes from the pickled init kwargs; the tensors must then have exactly the
     names and shapes that config implies (a mismatch is one sentence naming the tensor).
     """
-    from cips_deploy.families.checkpoint import file_sha256, load_exact_state_dict
-    from cips_deploy.contracts.config import creps_config
+    from cips_deploy.families.weights import load_exact_state_dict
+    from cips_deploy.runtime.hashing import file_sha256
+    from cips_deploy.families.creps_spec import creps_config
     from cips_deploy.families.generator import Generator
 
     path = Path(path)

@@ -10,12 +10,16 @@ kept for two reasons: tests prove that the fast pixel-major path equals it, and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
+if TYPE_CHECKING:
+    from cips_deploy.families.generator import Generator
+
 from cips_deploy.families.layers import SQRT2, ModulatedLinear, ResidualBlock, StyledLayer, ToRGB
 
 

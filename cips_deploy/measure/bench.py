@@ -25,11 +25,11 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from cips_deploy.errors import CipsError
-from cips_deploy.contracts.precision import DTYPES
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,9 @@ class BenchCase:
     precision: str = "fp32"  # the torch backend's option; other backends take fp32 only
 
 
-PRECISION_DTYPES = DTYPES  # cips_deploy.contracts.precision
+# The torch dtype of each precision name (cips_deploy.contracts.precision holds the names
+# only; the torch backend's DTYPES is the same table, which the core may not import).
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def matmul_peak_gflops(
@@ -84,6 +86,7 @@ def load_model(spec: str):
 
 def run_case(case: BenchCase) -> dict[str, Any]:
     """Time one case in this process; returns the measured figures."""
+    from cips_deploy.runtime.backend_arrays import to_backend
     from cips_deploy.runtime.coords import grid_coords
     from cips_deploy.runtime.plugin_manager import get_registry
 
@@ -96,7 +99,7 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     # A new latent for every run, as a user renders new images: nothing computed for one
     # style (CREPS's cached lines) can be reused by the next.
     z = torch.randn(runs, B, generator.config.style_dim, generator=torch.Generator().manual_seed(0))
-    coords = grid_coords(R, R).expand(B, -1, -1).contiguous()  # [B, R*R, 2]
+    coords = torch.from_numpy(grid_coords(R, R)).expand(B, -1, -1).contiguous()  # [B, R*R, 2]
     with torch.inference_mode():
         ws = [generator.map(z[run]) for run in range(runs)]
 
@@ -115,10 +118,13 @@ def run_case(case: BenchCase) -> dict[str, Any]:
         options = {"precision": case.precision} if case.precision != "fp32" else {}
         backend = backend_class(generator, device=case.device, **options)
         chunk = min(case.chunk, pixels)
+        # Backends take host numpy arrays (legacy ones tensors): cut before timing, as a renderer hands them over.
+        parts = [np.ascontiguousarray(coords[:, start : start + chunk].numpy()) for start in range(0, pixels, chunk)]
 
         def render_once(w: Tensor) -> None:
-            for start in range(0, pixels, chunk):
-                backend.run(coords[:, start : start + chunk], w)
+            w = w.numpy()
+            for part in parts:
+                backend.run(*to_backend(backend, part, w))
 
     times = []
     for run, w in enumerate(ws):

@@ -204,7 +204,7 @@ def check_protocol(size: Any, factor: Any, samples: Any, seed: Any) -> None:
         raise CipsError(f"The number of samples must be a whole number from 1 to {MAX_SAMPLES:,}, not {samples!r}.")
     check_seed(seed, "seed")
     if seed + samples - 1 > MAX_SEED:
-        raise CipsError(f"Seeds {seed} to {seed + samples - 1} run past the largest seed, 2**63 - 1.")
+        raise CipsError(f"Seeds {seed} to {seed + samples - 1} run past the largest seed, 2**32 - 1.")
 
 
 def scale_consistency(

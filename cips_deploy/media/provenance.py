@@ -3,7 +3,9 @@
 Every PNG that cips-deploy writes carries, as PNG ``tEXt`` chunks (keys ``cips-deploy.*``),
 the model and its SHA-256, the seed(s), truncation, topology and its parameter values,
 backend and package version, so a picture found on disk months later can be re-rendered
-exactly. ``Software`` (a standard PNG keyword) names the package.
+exactly. ``Software`` (a standard PNG keyword) names the package. A picture rendered from
+an ONNX engine names the engine and its SHA-256, and adds the checkpoint and weights the
+engine's metadata says it was exported from (``engine_*`` keys).
 
 A cylinder panorama additionally carries Google's photo-sphere XMP tags (namespace
 ``GPano``) in an ``iTXt`` chunk with key ``XML:com.adobe.xmp``, which photo viewers
@@ -31,48 +33,97 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import numpy as np
-import torch
 from PIL import Image, PngImagePlugin
 
 from cips_deploy._version import __version__
-from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.errors import CipsError
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.runtime.hashing import file_sha256
 
 PREFIX = "cips-deploy."
 XMP_KEY = "XML:com.adobe.xmp"
 GPANO_NS = "http://ns.google.com/photos/1.0/panorama/"
+ENGINE_SUFFIXES = (".onnx",)  # model files whose own metadata names the checkpoint they came from
 
 
 # --------------------------------------------------------------------------- what a model is
 
 
 def model_identity(model: Any) -> dict[str, str]:
-    """``{"model": name, "model_sha256": hex}`` of a checkpoint path or an in-memory Generator.
+    """``{"model": name, "model_sha256": hex}`` of a model file, an in-memory generator or a backend.
 
-    A file is hashed as stored (the same hash ``sha256sum`` prints); a Generator in memory
-    by its tensors (name, dtype, shape and bytes, in name order) and config, so the same
-    weights give the same hash however they were made.
+    A file is hashed as stored (the same hash ``sha256sum`` prints); an ONNX engine adds
+    what its metadata says it was exported from (:func:`engine_identity`). A generator in
+    memory (anything with a ``config`` and a ``state_dict()``, duck-typed so that this module
+    needs no model family) is hashed by its config and tensors (name, dtype, shape and bytes,
+    in name order), so the same weights give the same hash however they were made; a backend
+    that wraps one (``.generator``) is that generator.
     """
-    from cips_deploy.families.checkpoint import file_sha256
-    from cips_deploy.families.generator import Generator
-
     if isinstance(model, (str, Path)):
         path = Path(model)
-        return {"model": path.name, "model_sha256": file_sha256(path)}
-    generator = model if isinstance(model, Generator) else getattr(model, "generator", None)
-    if not isinstance(generator, Generator):
+        identity = {"model": path.name, "model_sha256": file_sha256(path)}
+        if path.suffix.lower() in ENGINE_SUFFIXES:
+            identity.update(engine_identity(path))
+        return identity
+    generator = model if _is_generator(model) else getattr(model, "generator", None)
+    if not _is_generator(generator):
         return {"model": type(model).__name__, "model_sha256": "unknown"}
+    return {"model": generator_name(generator), "model_sha256": generator_sha256(generator)}
+
+
+def engine_identity(path: Path) -> dict[str, str]:
+    """What an engine's metadata says about its source: ``engine_source`` (the checkpoint's
+    file name), ``engine_source_sha256``, ``engine_weights_sha256`` (the weights, whatever file
+    held them) and ``engine_version`` (the cips-deploy that exported it); empty values left out.
+
+    The engine's own hash is already the model's; these tie it to the checkpoint it came from.
+    A file without cips-deploy metadata (a third-party backend's engine) has none of them.
+    """
+    from cips_deploy.exporters.metadata import read_onnx_metadata  # only for engines: the exporters' module
+
+    try:
+        metadata = read_onnx_metadata(path)
+    except CipsError:  # not a cips-deploy engine: its file hash alone identifies it
+        return {}
+    facts = {
+        "engine_source": metadata.source_file,
+        "engine_source_sha256": metadata.source_sha256,
+        "engine_weights_sha256": metadata.weights_sha256,
+        "engine_version": metadata.package_version,
+    }
+    return {key: str(value) for key, value in facts.items() if value}
+
+
+def _is_generator(model: Any) -> bool:
+    """A generator as this module needs one: a ``config`` with ``to_dict()`` and a ``state_dict()``."""
+    config = getattr(model, "config", None)
+    return callable(getattr(config, "to_dict", None)) and callable(getattr(model, "state_dict", None))
+
+
+def generator_name(generator: Any) -> str:
+    """How provenance names an in-memory generator: its source file, or how it was made."""
+    origin = getattr(generator, "provenance", None) or {}
+    arch = generator.config.arch
+    if origin.get("source") == "random initialisation":
+        return f"random {origin.get('preset', '?')} {arch} (model seed {origin.get('seed', '?')})"
+    return str(origin.get("source") or origin.get("file") or f"in-memory {arch} generator")
+
+
+def generator_sha256(generator: Any) -> str:
+    """SHA-256 of a generator's config (sorted JSON) and its tensors, in name order.
+
+    Each tensor contributes ``name|dtype|shape`` and its raw bytes. The state dict holds
+    torch tensors, so torch is imported here, where it is already loaded by the generator.
+    """
+    import torch
+
     digest = hashlib.sha256(json.dumps(generator.config.to_dict(), sort_keys=True).encode())
     for name, tensor in sorted(generator.state_dict().items()):
         tensor = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{list(tensor.shape)}".encode())
+        # Raw bytes through a uint8 view: bfloat16 and other dtypes numpy lacks hash too.
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    origin = generator.provenance or {}
-    if origin.get("source") == "random initialisation":
-        name = f"random {origin.get('preset', '?')} {generator.config.arch} (model seed {origin.get('seed', '?')})"
-    else:
-        name = str(origin.get("source") or origin.get("file") or f"in-memory {generator.config.arch} generator")
-    return {"model": name, "model_sha256": digest.hexdigest()}
+    return digest.hexdigest()
 
 
 def render_provenance(
@@ -103,12 +154,14 @@ def render_provenance(
 
 
 def _plain(value: Any) -> Any:
-    """numpy / torch scalars and tuples as JSON-ready Python values."""
+    """numpy scalars and arrays, 0-d tensors (``ndim == 0`` and ``item()``) and tuples as JSON-ready Python values."""
     if isinstance(value, dict):
         return {str(key): _plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
-    if isinstance(value, (np.generic, torch.Tensor)):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic) or (getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None))):
         return value.item()
     return value
 

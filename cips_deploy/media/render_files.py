@@ -4,7 +4,7 @@ and the provenance every written picture carries.
     files = RenderFiles(model, "cylinder", {}, registry, outdir=Path("out"), viewer=Path("pano.html"), ...)
     files.check(seeds)                # refuse bad destinations before any render
     for seed in seeds: files.accept(render_detailed(...))   # writes out/seed0003.png at once
-    files.finish(renderings, grid_output)                   # grid PNG and viewer
+    files.finish(renderings, grid, grid_output)             # grid PNG and viewer
 
 Per-seed files are written as each render finishes (atomically, named ``seed%04d.png``),
 so a batch of many seeds never holds more than one image unless a grid is asked for too.
@@ -15,16 +15,20 @@ Like the main output, an existing seed file or viewer is replaced only with ``--
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cips_deploy.runtime.atomic import check_destination
-from cips_deploy.errors import CipsError
-from cips_deploy.runtime.plugin_manager import Registry
-from cips_deploy.media.provenance import gpano_tags, model_identity, render_provenance, save_png, xmp_packet
-from cips_deploy.runtime.render import Rendering
 from cips_deploy.contracts.topology import resolve_parameters
+from cips_deploy.errors import CipsError
+from cips_deploy.media.provenance import gpano_tags, model_identity, render_provenance, save_png, xmp_packet
+from cips_deploy.media.viewers import write_viewer
+from cips_deploy.runtime.atomic import check_destination
+
+if TYPE_CHECKING:  # type hints only: the caller's registry and renders
+    from cips_deploy.runtime.plugin_manager import Registry
+    from cips_deploy.runtime.render import Rendering
+
 
 def seed_file_name(seed: int) -> str:
     """``seed0003.png``: four digits at least, so a folder of seeds sorts in seed order."""
@@ -120,8 +124,6 @@ class RenderFiles:
             single = len(renderings) == 1
             save_png(grid, grid_output, self.provenance(seeds[0] if single else seeds), xmp=self.panorama_xmp() if single else None)
         if self.viewer is not None:
-            from cips_deploy.media.viewer import write_viewer
-
             rendering = renderings[0]
             write_viewer(
                 rendering.image, self.viewer, title=f"cips-deploy panorama, seed {rendering.seed}",

@@ -8,11 +8,12 @@ Every frame is one ordinary render (:func:`cips_deploy.runtime.render.render_det
 chunker -> backend -> image), so frames are chunked like any render and, on the CPU torch
 backend, bitwise the same for any chunking. What changes from frame to frame:
 
-- the style. Each seed gives a style w = map(z(seed), truncation); frame k of N sits at
-  position ``x = k * n / N`` along the closed loop through the n seeds' styles and gets the
-  centripetal-free (uniform) Catmull-Rom spline through them, interpolated in W. Frame N would
-  be frame 0 again, so the clip loops without a jump and without a pause at the seeds
-  (a piecewise-linear walk would kink there). One seed keeps one style.
+- the style. Each seed gives a style w = map(z(seed), truncation) (z by the one seed rule,
+  :func:`cips_deploy.runtime.seeds.seed_latent`); frame k of N sits at position
+  ``x = k * n / N`` along the closed loop through the n seeds' styles and gets the uniform
+  Catmull-Rom spline through them, interpolated in W (numpy float32). Frame N would be frame 0
+  again, so the clip loops without a jump and without a pause at the seeds (a
+  piecewise-linear walk would kink there). One seed keeps one style.
 - the camera, by mode: ``walk`` none; ``zoom`` shrinks the viewport (the fixed u/v
   parameters, default [-1, 1]^2) geometrically towards a centre by a total ``zoom`` factor
   (frame 0 the start view, frame N-1 the end view); ``pan`` turns a ``fov``-degree window once around a cylinder-space model
@@ -21,6 +22,12 @@ backend, bitwise the same for any chunking. What changes from frame to frame:
 
 Writers: animated WebP through Pillow (no extra dependency), MP4 (H.264) through the
 optional ``video`` extra (imageio-ffmpeg, which bundles an ffmpeg binary).
+
+A whole clip in one call, everything the ``video`` command does after parsing its options:
+:func:`make_video`. The command itself (its options, and registering it through the
+``register_commands`` hook as a third-party plugin would) is :mod:`cips_deploy.plugins.video`.
+Importing this module never imports torch: backends take and return numpy arrays
+(:mod:`cips_deploy.contracts.backend`), and styles are numpy float32.
 """
 
 from __future__ import annotations
@@ -32,16 +39,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
-from cips_deploy.runtime.atomic import atomic_path
-from cips_deploy.errors import CipsError
-from cips_deploy.runtime.plugin_manager import Registry, get_registry
-from cips_deploy.media.provenance import xmp_packet
-from cips_deploy.runtime.render import latent, render_detailed
 from cips_deploy.contracts.topology import resolve_parameters
+from cips_deploy.errors import CipsError
+from cips_deploy.media.provenance import model_identity, render_provenance, xmp_packet
+from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.runtime.backend_use import choose_backend
+from cips_deploy.runtime.plugin_manager import Registry, get_registry
+from cips_deploy.runtime.render import check_size, make_backend, render_detailed
+from cips_deploy.runtime.seeds import seed_latent
 
 MODES = ("walk", "zoom", "pan")
 MAX_FRAMES = 10_000
@@ -49,6 +56,7 @@ MAX_FRAMES = 10_000
 MAX_WEBP_BYTES = 1 << 30
 VIEWPORT = ("u_min", "u_max", "v_min", "v_max")
 FORMATS = (".webp", ".mp4")
+DEFAULT_FPS = 24.0
 
 
 @dataclass(frozen=True)
@@ -167,16 +175,41 @@ def frame_parameters(animation: Animation, index: int, registry: Registry | None
     return params
 
 
-def walk_styles(keys: Tensor, frames: int) -> Iterator[Tensor]:
-    """Styles [1, S] of a closed uniform Catmull-Rom loop through ``keys`` [n, S], ``frames`` of them.
+def seed_styles(runner: Any, seeds: Iterable[int], truncation: float) -> np.ndarray:
+    """The seeds' styles, float32 [n, S]: each seed's z [1, Z] mapped on its own.
+
+    One seed at a time, as a single render maps its seed, so that a walk's frame on a seed
+    is bitwise that seed's render (a batched mapping may round differently).
+    """
+    return np.concatenate([map_latent(runner, seed_latent(seed, runner.config), truncation) for seed in seeds])
+
+
+def map_latent(runner: Any, z: np.ndarray, truncation: float) -> np.ndarray:
+    """``runner.map(z [1, Z], truncation)`` as host float32 [1, S], for either flavour of backend.
+
+    Backends of the old contract (``arrays == "torch"``, :mod:`cips_deploy.backend`) take and
+    return torch tensors; torch is imported only for them, and they exist only where it is.
+    """
+    if getattr(runner, "arrays", "numpy") == "torch":
+        import torch
+
+        return runner.map(torch.from_numpy(z), truncation).detach().to("cpu", torch.float32).numpy()
+    return np.asarray(runner.map(z, truncation), dtype=np.float32)
+
+
+def walk_styles(keys: np.ndarray, frames: int) -> Iterator[np.ndarray]:
+    """Styles float32 [1, S] of a closed uniform Catmull-Rom loop through ``keys`` float32 [n, S], ``frames`` of them.
 
     Frame k sits at x = k n / frames: it passes through key i at x = i and is C1 everywhere,
-    including where the loop closes; one key gives that key for every frame.
+    including where the loop closes; one key gives that key for every frame. Every operation
+    is float32 array by Python float, so each style is rounded exactly as the torch version
+    of this function rounded it.
     """
+    keys = np.asarray(keys, dtype=np.float32)
     n = keys.shape[0]
     for index in range(frames):
         if n == 1:
-            yield keys[0:1].clone()
+            yield keys[0:1].copy()
             continue
         x = index * n / frames
         i = int(math.floor(x))
@@ -186,7 +219,7 @@ def walk_styles(keys: Tensor, frames: int) -> Iterator[Tensor]:
         style = 0.5 * (
             (2.0 * p1) + (-p0 + p2) * t + (2.0 * p0 - 5.0 * p1 + 4.0 * p2 - p3) * t2 + (-p0 + 3.0 * p1 - 3.0 * p2 + p3) * t3
         )
-        yield style[None].to(torch.float32)
+        yield style[None].astype(np.float32, copy=False)
 
 
 def render_frames(
@@ -207,13 +240,13 @@ def render_frames(
     """
     registry = registry or get_registry()
     check_animation(animation, runner.config.coordinate_space, registry)
-    with torch.inference_mode():
-        keys = torch.cat([runner.map(latent(seed, runner.config), truncation) for seed in animation.seeds])  # [n, S]
-    styles = walk_styles(keys, animation.frames) if len(animation.seeds) > 1 else None
+    styles = None
+    if len(animation.seeds) > 1:
+        styles = walk_styles(seed_styles(runner, animation.seeds, truncation), animation.frames)  # keys [n, S]
     if progress is not None:
         progress(0, animation.frames)
     for index in range(animation.frames):
-        style = next(styles) if styles is not None else None
+        style = next(styles) if styles is not None else None  # [1, S], or the seed's own style
         rendering = render_detailed(
             runner, animation.topology, height, width, seed=animation.seeds[0], truncation=truncation,
             style=style, registry=registry, **render_options, **frame_parameters(animation, index, registry),
@@ -333,3 +366,149 @@ def read_webp_provenance(path: str | Path) -> dict[str, str]:
         for element in root.iter()
         if isinstance(element.tag, str) and element.tag.startswith(prefix)
     }
+
+
+# --------------------------------------------------------------------------- a whole clip
+
+
+@dataclass(frozen=True)
+class Clip:
+    """What :func:`make_video` wrote: ``frames`` frames of ``height x width`` at ``fps``."""
+
+    path: Path
+    frames: int
+    height: int
+    width: int
+    topology: str
+    mode: str
+    fps: float
+
+
+def make_video(
+    model: Any,
+    output: str | Path,
+    *,
+    mode: str = "walk",
+    seeds: Iterable[int] = (0, 1, 2, 3),
+    frames: int = 48,
+    fps: float | None = None,
+    duration: float | None = None,
+    topology: str | None = None,
+    params: dict[str, Any] | None = None,
+    ramps: dict[str, tuple[Any, Any]] | None = None,
+    height: int = 256,
+    width: int | None = None,
+    zoom: float = 4.0,
+    centre: tuple[float, float] = (0.0, 0.0),
+    fov: float = 90.0,
+    truncation: float = 1.0,
+    chunker: str | None = None,
+    chunk_size: int | None = None,
+    memory_budget: float | None = None,
+    backend: str | None = None,
+    device: str = "cpu",
+    backend_options: dict[str, Any] | None = None,
+    quality: int = 80,
+    lossless: bool = False,
+    registry: Registry | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Clip:
+    """Render and write one clip, everything the ``video`` command does after parsing its options.
+
+    model: a checkpoint or engine path or a Generator, for the backend ``backend`` (None: the
+    one the model file names, :func:`~cips_deploy.runtime.backend_use.choose_backend`), built on
+    ``device`` with ``backend_options`` and closed here. ``topology`` defaults to cylinder
+    for a cylinder-space model's walk, else flat; ``width`` to :func:`default_width`;
+    ``fps`` to 24, or ``frames / duration``. Every check runs before the output's temporary
+    file exists, and the cheap ones before the backend is built.
+    """
+    registry = registry or get_registry()
+    seeds = tuple(seeds)
+    if mode not in MODES:
+        raise CipsError(f"Unknown animation mode {mode!r}; choose one of {', '.join(MODES)}.")
+    if not isinstance(frames, (int, np.integer)) or isinstance(frames, bool) or frames < 2:
+        raise CipsError(f"An animation needs at least 2 frames, not {frames!r}.")
+    rate = frame_rate(fps, duration, frames)
+    if not (isinstance(fov, (int, float)) and math.isfinite(fov) and 0 < fov <= 360):
+        raise CipsError(f"The field of view must be more than 0 and at most 360 degrees, not {fov!r}.")
+    params, ramps = dict(params or {}), dict(ramps or {})
+    output = Path(output)
+    backend = choose_backend(registry, model, backend)  # one name from here on: the provenance says it
+    runner = make_backend(registry, backend, model, device, dict(backend_options or {}))
+    try:
+        space = runner.config.coordinate_space
+        if topology is None:
+            topology = "cylinder" if mode == "walk" and space == "cylinder" else "flat"
+        if width is None:
+            width = default_width(mode, topology, height, fov)
+        check_size(height, width)
+        check_video_output(output, frames, height, width, rate)
+        animation = Animation(
+            mode=mode, seeds=seeds, frames=frames, topology=topology, params=params, ramps=ramps, zoom=zoom,
+            centre=tuple(centre), fov=fov,
+        )
+        check_animation(animation, space, registry)
+        provenance = render_provenance(
+            model_identity(model), seed=list(seeds), truncation=truncation, topology=topology,
+            parameters={**params, **{name: f"{a}:{b}" for name, (a, b) in ramps.items()}}, height=height, width=width,
+            backend=backend, animation=mode, frames=frames, fps=rate,
+            zoom=zoom if mode == "zoom" else None, centre=list(centre) if mode == "zoom" else None,
+            fov=fov if mode == "pan" else None,
+        )
+        clip = render_frames(
+            runner, animation, height, width, truncation=truncation, registry=registry, progress=progress,
+            chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
+        )
+        written = write_video(
+            clip, output, height=height, width=width, fps=rate, provenance=provenance, quality=quality, lossless=lossless
+        )
+    finally:
+        runner.close()
+    return Clip(output, written, height, width, topology, mode, rate)
+
+
+def frame_rate(fps: float | None, duration: float | None, frames: int) -> float:
+    """Frames per second from ``fps`` or ``duration`` in seconds (not both; default 24 fps)."""
+    if fps is not None and duration is not None:
+        raise CipsError("Give either --fps or --duration, not both.")
+    if duration is not None:
+        if not (math.isfinite(duration) and duration > 0):
+            raise CipsError(f"The duration must be a positive number of seconds, not {duration:g}.")
+        return frames / duration
+    rate = DEFAULT_FPS if fps is None else fps
+    if not (math.isfinite(rate) and rate > 0):
+        raise CipsError(f"The frame rate must be a positive number of frames per second, not {rate:g}.")
+    return rate
+
+
+def split_ramps(assignments: dict[str, str]) -> tuple[dict[str, str], dict[str, tuple[str, str]]]:
+    """``{"a": "1", "b": "0:2"}`` -> fixed ``{"a": "1"}`` and animated ``{"b": ("0", "2")}``."""
+    fixed: dict[str, str] = {}
+    ramps: dict[str, tuple[str, str]] = {}
+    for name, value in assignments.items():
+        start, colon, end = value.partition(":")
+        if colon:
+            if not start.strip() or not end.strip():
+                raise CipsError(f"An animated parameter is written NAME=START:END, not {name}={value}.")
+            ramps[name] = (start.strip(), end.strip())
+        else:
+            fixed[name] = value
+    return fixed, ramps
+
+
+def parse_centre(text: str) -> tuple[float, float]:
+    """``"0.2,-0.1"`` -> (0.2, -0.1): the zoom's centre (u, v)."""
+    try:
+        u, v = (float(part) for part in text.split(","))
+    except ValueError:
+        raise CipsError(f"--centre takes two numbers U,V such as 0.2,-0.1, not {text!r}.") from None
+    if not (math.isfinite(u) and math.isfinite(v)):
+        raise CipsError(f"--centre must be finite, not {text!r}.")
+    return u, v
+
+
+def default_width(mode: str, topology: str, height: int, fov: float) -> int:
+    """Square pixels in the training framing: a cylinder's full turn is 4 heights wide."""
+    if mode == "pan":
+        return max(1, round(height * fov / 90.0))
+    return 4 * height if topology == "cylinder" else height

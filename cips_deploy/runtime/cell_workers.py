@@ -7,8 +7,9 @@ With workers, this process renders cells too, with the renderer it has already b
 model loaded, no start-up), while the other processes start: no core waits for an import.
 The others are spawned (``fork`` after torch's OpenMP threads have started can deadlock),
 each building its own backend from the job on its first cell and setting its own torch
-thread count. Cells are handed out two per process at a time, so a process never waits for
-work while this one renders, and a slow one takes fewer. Each cell is computed exactly as in
+thread count (where its backend runs on torch: the runtime never imports torch itself).
+Cells are handed out two per process at a time, so a process never waits for work while
+this one renders, and a slow one takes fewer. Each cell is computed exactly as in
 a serial render, so the image is bitwise the serial one, whoever rendered which cell.
 
 A process that dies (the kernel's OOM killer, a SIGKILL) ends the render with
@@ -23,6 +24,7 @@ import contextlib
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -30,7 +32,6 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Iterator
 
 import numpy as np
-import torch
 
 from cips_deploy.runtime.cells import CellRenderer, Job
 from cips_deploy.runtime.chunk_loop import Progress
@@ -56,17 +57,16 @@ def render_cells(
     total: int = 0,
 ) -> Iterator[tuple[int, np.ndarray, int]]:
     """``(cell index, pixels uint8 [rows, columns, 3], points)`` for every pending cell, in
-    the order they finish. ``threads`` is torch's thread count in each process (default:
-    the caller's setting when serial, the CPU count shared out among the workers otherwise);
+    the order they finish. ``threads`` is torch's thread count in each process where torch
+    is loaded (default: the caller's setting when serial, the CPU count shared out among the
+    workers otherwise);
     ``progress(points_done, total)`` is called per chunk of the cells rendered here."""
     if not pending:
         return
     helpers = min(workers, len(pending)) - 1
     if threads is None and helpers:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    previous = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
+    previous = _set_torch_threads(threads)
     try:
         if helpers:
             yield from _with_helpers(job, local, cells, pending, helpers, threads, progress, total)
@@ -76,7 +76,19 @@ def render_cells(
                 yield index, local.render(cells[index], _within(progress, done, total)), _points(cells[index])
                 done += _points(cells[index])
     finally:
-        torch.set_num_threads(previous)
+        _set_torch_threads(previous)
+
+
+def _set_torch_threads(threads: int | None) -> int | None:
+    """Set torch's thread count (None: leave it) when torch is loaded; return the previous count,
+    or None without torch, whose import this module never causes."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return previous
 
 
 def _with_helpers(
@@ -182,6 +194,8 @@ def _helper_render(cell: Cell) -> np.ndarray:
     global _helper
     if _helper is None:
         job, threads, _, _ = _helper_settings
-        torch.set_num_threads(threads)
-        _helper = CellRenderer(job, get_registry())
+        registry = get_registry()  # imports the plugins: torch too, where the backend runs on it
+        _set_torch_threads(threads)  # before the backend is built, as its chunk budget may read it
+        _helper = CellRenderer(job, registry)
+        _set_torch_threads(threads)  # again, for a backend that imported torch only when built
     return _helper.render(cell, _check_parent)

@@ -17,10 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.contracts.backend import Backend
+from cips_deploy.runtime.backend_arrays import inference_mode
 from cips_deploy.runtime.backend_use import backend_in_use
 from cips_deploy.runtime.chunk_loop import Progress, synthesize
 from cips_deploy.contracts.chunking import ChunkRequest, checked_spans
@@ -45,7 +44,7 @@ class Job:
     chunker: str
     chunk_size: int | None
     memory_budget: float | None
-    backend: str
+    backend: str | None  # the registered backend's name (None only with a constructed backend)
     device: str
     backend_options: dict[str, Any] = field(default_factory=dict)
 
@@ -100,10 +99,9 @@ class CellRenderer:
         )
         spans = call(self.chunker, "spans", self.chunker.item.spans, request)
         spans = checked_spans(guarded_iter(spans, self.chunker), n_points, self.chunker.label)
-        with torch.inference_mode():
+        with inference_mode():
             synthesize(buffer, spans, n_points, self.runner, self.w, self.w_blend, self.topology, self.backend_entry, progress)
-        rgb = torch.from_numpy(buffer.rgb)
-        pixels = call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, rgb, top, bottom, left, right)
+        pixels = call(self.topology, "rectangle_pixels", self.layout.rectangle_pixels, buffer.rgb, top, bottom, left, right)
         if not isinstance(pixels, np.ndarray) or pixels.dtype != np.uint8 or pixels.shape != (rows, columns, 3):
             raise CipsError(f"{self.topology.label} assembled a rectangle that is not uint8 [{rows}, {columns}, 3].")
         return pixels
@@ -117,12 +115,12 @@ class _CellBuffer:
     """The layout interface the chunk loop needs, over one cell: its points ``[n, 2]`` and
     a float32 ``[n, 3]`` buffer for their colours."""
 
-    def __init__(self, points: Tensor | np.ndarray, n_points: int) -> None:
-        self._points = points
+    def __init__(self, points: np.ndarray, n_points: int) -> None:
+        self._points = points  # [n, 2], as the layout's rectangle_points gave them (check_points checks each chunk)
         self.rgb = np.empty((n_points, 3), dtype=np.float32)
 
-    def points(self, start: int, stop: int) -> Tensor | np.ndarray:
+    def points(self, start: int, stop: int) -> np.ndarray:
         return self._points[start:stop]
 
-    def accept(self, start: int, rgb: Tensor) -> None:
-        self.rgb[start : start + len(rgb)] = rgb.detach().float().cpu().numpy()
+    def accept(self, start: int, rgb: np.ndarray) -> None:
+        self.rgb[start : start + len(rgb)] = rgb

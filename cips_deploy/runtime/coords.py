@@ -1,13 +1,66 @@
-"""Coordinate helpers shared by the core, the topologies and the tests.
+"""Coordinate helpers shared by the runtime, the topologies and the tests, on numpy arrays.
 
 A sample point is ``(u, v)``: u grows to the right, v grows downwards, and the training
 image spans [-1, 1] in both (docs/architecture.md, section 2.1). Batches are pixel-major ``[B, N, 2]``.
+
+The official code samples its grid with ``torch.linspace`` in float32, and the parity tests
+compare against its outputs, so :func:`linspace` reproduces that kernel bit for bit.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import Any
+
+import numpy as np
+
+_F32, _F64 = np.float32, np.float64
+
+
+def linspace(start: float, end: float, steps: int) -> np.ndarray:
+    """``torch.linspace(start, end, steps)`` (float32, CPU) bit for bit: float32 ``[steps]``.
+
+    torch's CPU kernel computes ``step = (end - start) / (steps - 1)`` in float32, then
+    ``start + step * i`` for the first half of the indices and ``end - step * (steps - 1 - i)``
+    for the second (so both ends are exact), each a fused multiply-add: the compiler contracts
+    them on every CPU with FMA instructions (AVX2, AVX-512, ARM), the ones torch dispatches to.
+    """
+    steps = int(steps)
+    if steps < 0:
+        raise ValueError(f"linspace needs a non-negative number of steps, not {steps}.")
+    start32, end32 = _F32(start), _F32(end)
+    if steps <= 1:
+        return np.full(steps, start32, dtype=_F32)  # torch fills a single step with start
+    step = (end32 - start32) / _F32(steps - 1)  # float32 operations, as the kernel's
+    index = np.arange(steps, dtype=np.int64)
+    half = steps // 2
+    out = np.empty(steps, dtype=_F32)
+    out[:half] = fma32(np.full(half, step, _F32), index[:half].astype(_F32), start32)
+    out[half:] = fma32(np.full(steps - half, -step, _F32), (steps - 1 - index[half:]).astype(_F32), end32)
+    return out
+
+
+def fma32(a: np.ndarray, b: np.ndarray, c: Any) -> np.ndarray:
+    """``a * b + c`` rounded once to float32 (a fused multiply-add), for float32 arrays a, b and c.
+
+    The product of two float32 values is exact in float64, and the float64 sum s plus its
+    error e (Knuth's TwoSum) is the exact result. Rounding s to float32 is then the correct
+    rounding except when s lies exactly on a midpoint between two float32 values, where e
+    says which way the exact value lies (rounding twice would break the tie to even instead).
+    """
+    product = a.astype(_F64) * b.astype(_F64)
+    c64 = np.broadcast_to(np.asarray(c, dtype=_F32).astype(_F64), product.shape)
+    total = product + c64
+    virtual = total - c64
+    error = (c64 - (total - virtual)) + (product - virtual)
+    rounded = total.astype(_F32)
+    towards = np.where(total > rounded.astype(_F64), _F32(np.inf), _F32(-np.inf))
+    neighbour = np.nextafter(rounded, towards)
+    midpoint = (rounded.astype(_F64) + neighbour.astype(_F64)) / 2  # exact: 25 significant bits
+    tie = (total == midpoint) & (error != 0)
+    if not tie.any():
+        return rounded
+    above = np.where(error > 0, np.maximum(rounded, neighbour), np.minimum(rounded, neighbour))
+    return np.where(tie, above, rounded)
 
 
 def grid_coords(
@@ -16,41 +69,52 @@ def grid_coords(
     *,
     u_range: tuple[float, float] = (-1.0, 1.0),
     v_range: tuple[float, float] = (-1.0, 1.0),
-    device: str | torch.device = "cpu",
-) -> Tensor:
+) -> np.ndarray:
     """The official sampling grid: u = linspace(u_range, width), v = linspace(v_range, height).
 
-    Returns [1, height * width, 2] in row-major order (point ``r * width + c`` is row r,
-    column c), so ``rgb.reshape(B, height, width, 3)`` is the image.
+    Returns float32 ``[1, height * width, 2]`` in row-major order (point ``r * width + c`` is
+    row r, column c), so ``rgb.reshape(B, height, width, 3)`` is the image.
     """
-    u = torch.linspace(u_range[0], u_range[1], width, device=device)
-    v = torch.linspace(v_range[0], v_range[1], height, device=device)
-    return grid_from_axes(u, v)
+    return grid_from_axes(linspace(u_range[0], u_range[1], width), linspace(v_range[0], v_range[1], height))
 
 
-def grid_from_axes(u: Tensor, v: Tensor) -> Tensor:
-    """Column positions u [W] and row positions v [H] -> row-major points [1, H * W, 2]."""
-    vv, uu = torch.meshgrid(v, u, indexing="ij")
-    return torch.stack([uu, vv], dim=-1).reshape(1, -1, 2)
+def grid_from_axes(u: Any, v: Any) -> np.ndarray:
+    """Column positions u ``[W]`` and row positions v ``[H]`` (numpy, or CPU torch tensors)
+    -> row-major points float32 ``[1, H * W, 2]``."""
+    u, v = _float32(u), _float32(v)
+    points = np.empty((len(v), len(u), 2), dtype=_F32)
+    points[..., 0] = u[None, :]
+    points[..., 1] = v[:, None]
+    return points.reshape(1, -1, 2)
 
 
-def panorama_u(width: int, heading_degrees: float = 0.0) -> Tensor:
-    """u of the columns of a seamless 360-degree panorama: [width] float32 in [-1, 1).
+def panorama_u(width: int, heading_degrees: float = 0.0) -> np.ndarray:
+    """u of the columns of a seamless 360-degree panorama: float32 ``[width]`` in [-1, 1).
 
     Column c samples the centre of the c-th of ``width`` equal sectors, u = -1 + (2c + 1) / W,
     not linspace(-1, 1, W), which would put the same meridian (u = -1 = +1) in the first and
     the last column. Computed in float64 so that every column gets its correctly rounded angle.
     """
-    column = torch.arange(width, dtype=torch.float64)
+    column = np.arange(width, dtype=_F64)
     u = -1.0 + (2.0 * column + 1.0) / width + heading_degrees / 180.0
-    return (torch.remainder(u + 1.0, 2.0) - 1.0).float()  # back into [-1, 1): the model wraps anyway
+    return (np.remainder(u + 1.0, 2.0) - 1.0).astype(_F32)  # back into [-1, 1): the model wraps anyway
 
 
-def planar_to_points(maps: Tensor) -> Tensor:
-    """Image-shaped maps [B, C, H, W] -> pixel-major points [B, H*W, C].
+def planar_to_points(maps: Any) -> Any:
+    """Image-shaped maps ``[B, C, H, W]`` -> pixel-major points ``[B, H*W, C]``, of the type given
+    (numpy stays numpy; a torch tensor, as the official code's outputs are, stays a tensor).
 
     For the official coordinate maps (C = 2: channel 0 = x, 1 = y) this gives (u, v) points;
     for official colour output (C = 3) the matching rgb rows.
     """
     batch, channels = maps.shape[:2]
-    return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    if hasattr(maps, "permute"):  # a torch tensor: no torch import needed to reorder it
+        return maps.permute(0, 2, 3, 1).reshape(batch, -1, channels)
+    return np.transpose(maps, (0, 2, 3, 1)).reshape(batch, -1, channels)
+
+
+def _float32(values: Any) -> np.ndarray:
+    """A 1-D table as float32 numpy: a torch tensor through ``.numpy()`` (no copy for CPU float32)."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().float().numpy()
+    return np.asarray(values, dtype=_F32)

@@ -24,7 +24,7 @@ appending) only costs that cell. Cells are deterministic, so the finished output
 identical to that of an uninterrupted render.
 
 Workers. ``workers=N`` renders cells in this process and N - 1 spawned ones, each with its
-own backend and ``torch.set_num_threads`` (:mod:`cips_deploy.runtime.cell_workers`); this process
+own backend and thread count (:mod:`cips_deploy.runtime.cell_workers`); this process
 stores them as they come. Every cell is computed exactly as in a serial render, so the
 output is bitwise identical. A worker that dies ends the render with a sentence, the
 finished cells kept for ``resume``.
@@ -36,23 +36,23 @@ import hashlib
 import json
 import math
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cips_deploy._version import __version__
 from cips_deploy.runtime.atomic import atomic_path, check_destination
+from cips_deploy.runtime.backend_use import choose_backend
 from cips_deploy.contracts.backend import Backend
-from cips_deploy.families.checkpoint import file_sha256
+from cips_deploy.runtime.hashing import file_sha256
 from cips_deploy.runtime.cell_workers import WorkerLost, render_cells
 from cips_deploy.runtime.cells import CellRenderer, Job
 from cips_deploy.runtime.chunk_loop import Progress
 from cips_deploy.errors import CipsError
-from cips_deploy.families.generator import Generator
 from cips_deploy.contracts.limits import check_in_memory
 from cips_deploy.runtime.plugin_calls import call
 from cips_deploy.runtime.plugin_manager import Registered, Registry, get_registry
@@ -126,7 +126,7 @@ def render_to_file(
     chunker: str | None = None,
     chunk_size: int | None = None,
     memory_budget: float | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
@@ -238,7 +238,7 @@ def render_to_array(
     chunker: str | None = None,
     chunk_size: int | None = None,
     memory_budget: float | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
@@ -393,7 +393,7 @@ def _short(value: Any) -> str:
 
 def _prepare(
     registry: Registry, model: Any, destination: Path, output_format: str | None, topology: str, height: int, width: int,
-    seed: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str,
+    seed: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str | None,
     device: str, backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
     topology_params: dict[str, Any],
 ) -> tuple[Job, Registered, OutputFormat]:
@@ -418,7 +418,7 @@ def _prepare(
 
 def _job(
     registry: Registry, model: Any, topology: str, height: int, width: int, seed: int, truncation: float,
-    chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str, device: str,
+    chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str | None, device: str,
     backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
     topology_params: dict[str, Any],
 ) -> Job:
@@ -441,7 +441,7 @@ def _job(
     check_chunk_settings(registry.get("chunker", chunker_name), chunk_size, memory_budget)
     params = resolve_parameters(topology_entry.item, topology_params)
     if not isinstance(model, Backend):
-        registry.get("backend", backend)
+        backend = registry.get("backend", choose_backend(registry, model, backend)).name  # workers build this one
     return Job(
         model if not isinstance(model, Backend) else None, topology, params, int(height), int(width), int(seed),
         float(truncation), blend_seed, chunker_name, chunk_size, memory_budget, backend, device, dict(backend_options),
@@ -453,9 +453,10 @@ def model_fingerprint(model: Any) -> str:
     configuration and tensors; a constructed backend is identified by its generator."""
     if isinstance(model, Backend):
         model = getattr(model, "generator", None)
-        if not isinstance(model, Generator):
+        if not _is_generator(model):
             raise CipsError("A streamed render identifies its model for --resume, which this constructed backend does not expose; give the model or checkpoint.")
-    if isinstance(model, Generator):
+    if _is_generator(model):
+        torch = sys.modules["torch"]  # loaded: a generator is a torch module
         digest = hashlib.sha256(repr(model.config).encode())
         for name, tensor in sorted(model.state_dict().items()):
             digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
@@ -467,3 +468,9 @@ def model_fingerprint(model: Any) -> str:
     except OSError as error:
         raise CipsError(f"Cannot read the checkpoint {path}: {error.strerror or error}.") from None
 
+
+def _is_generator(model: Any) -> bool:
+    """Whether ``model`` is a torch Generator (cips_deploy.families), without importing the
+    families: none can exist unless their module is loaded."""
+    families = sys.modules.get("cips_deploy.families.generator")
+    return families is not None and isinstance(model, families.Generator)

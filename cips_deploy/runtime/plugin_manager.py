@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
+import importlib.util
 import sys
 import re
 import signal
@@ -27,15 +28,20 @@ import click
 import pluggy
 
 from cips_deploy.contracts import hookspecs
+from cips_deploy._compat import BUILD_EXTRA
 from cips_deploy._version import __version__
 from cips_deploy.contracts.backend import Backend
 from cips_deploy.contracts.chunking import Chunker
+from cips_deploy.contracts import families
 from cips_deploy.contracts.config import COORDINATE_SPACES
+from cips_deploy.contracts.families import Family
 from cips_deploy.errors import CipsError, describe_error
 from cips_deploy.contracts.topology import Parameter, Topology
 
 ENTRY_POINT_GROUP = "cips_deploy"
 BUILTIN_PLUGINS = (
+    "cips_deploy.families.cips_spec",
+    "cips_deploy.families.creps_spec",
     "cips_deploy.plugins.flat",
     "cips_deploy.plugins.cylinder",
     "cips_deploy.plugins.foveated",
@@ -51,8 +57,13 @@ BUILTIN_PLUGINS = (
     "cips_deploy.exporters.triton_plugin",
     "cips_deploy.plugins.openvino_backend",
 )
+# Built-in plugins that need the build extra (PyTorch). Where torch is not installed they are
+# left out quietly, not reported broken: the install chose not to have them, and asking for
+# what they provide says which extra brings it (Registry.get).
+NEEDS_BUILD_EXTRA = ("cips_deploy.plugins.torch_backend",)
 # Each register_* hook and the kind of thing it registers.
 REGISTER_HOOKS = {
+    "register_families": "family",
     "register_topologies": "topology",
     "register_chunkers": "chunker",
     "register_backends": "backend",
@@ -76,6 +87,7 @@ class PluginInfo:
     builtin: bool
     hooks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    unavailable: str | None = None  # why a built-in plugin was left out (the extra it needs)
 
     @property
     def broken(self) -> bool:
@@ -105,6 +117,10 @@ class Registry:
         self.plugins: dict[str, PluginInfo] = {}
         self.items: dict[str, dict[str, Registered]] = {kind: {} for kind in REGISTER_HOOKS.values()}
         self.command_owners: dict[str, str] = {}  # command name -> who added it ("cips-deploy" or a plugin)
+
+    @property
+    def families(self) -> dict[str, Registered]:
+        return self.items["family"]
 
     @property
     def topologies(self) -> dict[str, Registered]:
@@ -138,6 +154,9 @@ class Registry:
         choices = ", ".join(sorted(self.items[kind])) or "none"
         broken = sorted(info.name for info in self.plugins.values() if info.broken)
         hint = f"; plugin(s) {', '.join(broken)} failed to load, see `cips-deploy plugins`" if broken else ""
+        missing = sorted(info.name for info in self.plugins.values() if info.unavailable)
+        if missing:
+            hint += f"; built-in plugin(s) {', '.join(missing)} need the build extra: {BUILD_EXTRA}"
         raise CipsError(f"Unknown {kind} {name!r}; available: {choices}{hint}.")
 
     def problem(self, plugin: str, message: str) -> None:
@@ -155,8 +174,12 @@ def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[st
     manager = pluggy.PluginManager("cips_deploy")
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager)
+    torch_installed = importlib.util.find_spec("torch") is not None
     for module_name in BUILTIN_PLUGINS:
         registry.plugins[module_name] = PluginInfo(module_name, "cips-deploy", __version__, builtin=True)
+        if module_name in NEEDS_BUILD_EXTRA and not torch_installed:
+            registry.plugins[module_name].unavailable = f"needs the build extra: {BUILD_EXTRA}"
+            continue
         _register(registry, module_name, lambda name=module_name: importlib.import_module(name))
     if entry_points:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
@@ -176,6 +199,7 @@ def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[st
         _register(registry, name, lambda plugin=plugin: plugin)
     for hook_name in REGISTER_HOOKS:
         _collect(registry, hook_name)
+    families.install(_families_by_arch(registry))
     return registry
 
 
@@ -188,6 +212,10 @@ def get_registry() -> Registry:
     if _default_registry is None:
         _default_registry = load_registry()
     return _default_registry
+
+
+# A family lookup before any registry was loaded (cips_deploy.load of a checkpoint) loads it.
+families.loader = get_registry
 
 
 def register_commands(cli: click.Group, registry: Registry | None = None) -> None:
@@ -324,6 +352,34 @@ def _check_name(item: Any) -> None:
         raise ValueError(f"its name {name!r} is not a word such as 'my-topology'")
 
 
+def _families_by_arch(registry: Registry) -> dict[str, Family]:
+    """Each architecture name -> the family that builds it; the first registration of a name wins."""
+    by_arch: dict[str, Family] = {}
+    for entry in registry.families.values():
+        for arch in entry.item.archs:
+            if arch in by_arch:
+                registry.problem(
+                    entry.plugin,
+                    f"Plugin {entry.plugin!r} registered architecture {arch!r}, which family {by_arch[arch].name!r} "
+                    "already builds; the first one is kept.",
+                )
+                continue
+            by_arch[arch] = entry.item
+    return by_arch
+
+
+def _check_family(item: Any) -> Family:
+    if isinstance(item, type):
+        item = item()
+    if not isinstance(item, Family):
+        raise TypeError("families are cips_deploy.contracts.families.Family instances")
+    _check_name(item)
+    archs = getattr(item, "archs", None)
+    if not isinstance(archs, dict) or not archs or not all(isinstance(a, str) and _NAME.match(a) for a in archs):
+        raise ValueError(f"{item.name!r} declares architectures {archs!r}, not a dict of names to display names")
+    return item
+
+
 def _check_topology(item: Any) -> Topology:
     if isinstance(item, type):
         item = item()
@@ -392,6 +448,7 @@ def _check_output(item: Any) -> Any:
 
 
 _CHECKS = {
+    "family": _check_family,
     "topology": _check_topology,
     "chunker": _check_chunker,
     "backend": _check_backend,

@@ -3,16 +3,18 @@
     image = cips_deploy.render(generator, "cylinder", height=256, width=1024, seed=3)
 
 One render: the topology turns the request into a :class:`~cips_deploy.contracts.topology.Layout`;
-the seed gives z (``torch.Generator().manual_seed(seed)``), the backend maps it to w; the
+the seed gives z (:func:`cips_deploy.runtime.seeds.seed_latent`), the backend maps it to w; the
 chunker cuts the layout's points into spans; for each span the points are fetched and
 checked, the backend turns them into colours and the layout takes them back; the layout
 finally assembles the image. Only one chunk of points, styles and activations exists at a
-time, so memory follows the chunk, not the image (the uint8 image itself excepted).
+time, so memory follows the chunk, not the image (the uint8 image itself excepted). Points,
+styles and colours are numpy arrays: rendering needs torch only for a torch backend.
 
 This module is the entry point; the parts have their own modules: the chunk loop
 (:mod:`.chunk_loop`), request checks (:mod:`.render_request`), plugin-call guarding
-(:mod:`.plugin_calls`), styles and their blending (:mod:`.styles`), constructing and
-closing backends (:mod:`.backend_use`).
+(:mod:`.plugin_calls`), seeds (:mod:`.seeds`), styles and their blending (:mod:`.styles`),
+arrays across the backend boundary (:mod:`.backend_arrays`), constructing and closing
+backends (:mod:`.backend_use`).
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
 
+from cips_deploy.runtime.backend_arrays import inference_mode
 from cips_deploy.runtime.backend_use import backend_in_use, make_backend
 from cips_deploy.runtime.chunk_loop import Progress, synthesize
 from cips_deploy.contracts.chunking import ChunkRequest, checked_spans
@@ -74,11 +75,11 @@ def render_detailed(
     chunker: str | None = None,
     chunk_size: int | None = None,
     memory_budget: float | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
-    style: Tensor | None = None,
+    style: Any = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **topology_params: Any,
@@ -87,16 +88,19 @@ def render_detailed(
 
     model:           a Generator, a checkpoint path, or a constructed Backend (reused, not closed).
     topology:        a registered topology's name; ``topology_params`` are its parameters.
-    seed:            z by the family's convention (``Generator.seed_latent``; CIPS: torch, CREPS: numpy).
+    seed:            z = ``np.random.RandomState(seed).randn(1, Z)`` (:func:`cips_deploy.runtime.seeds.seed_latent`),
+                     0 to 2**32 - 1, the same for every family and backend.
     chunker:         ``fixed``, ``rows``, ``memory`` or a plugin's; default ``fixed`` when
                      ``chunk_size`` is given, else ``memory``.
     chunk_size:      points (``fixed``) or image rows (``rows``) per chunk.
     memory_budget:   MB of working memory per chunk (``memory``).
     backend, device: the backend that runs synthesis, constructed as
-                     ``Backend(model, device=device, **backend_options)``.
+                     ``Backend(model, device=device, **backend_options)``; None: the one the
+                     model file names (``.onnx``: onnxruntime), else torch
+                     (:func:`cips_deploy.runtime.backend_use.choose_backend`).
     blend_seed:      a second seed for spatially varying styles (see the module text).
-    style:           a ready style w [1, S] to render instead of the seed's (a latent walk
-                     interpolates styles); ``seed`` then only names the render.
+    style:           a ready style w ``[1, S]`` (numpy or torch) to render instead of the seed's
+                     (a latent walk interpolates styles); ``seed`` then only names the render.
     progress:        called as ``progress(points_done, points_total)`` after each chunk.
     """
     registry = registry or get_registry()
@@ -116,7 +120,7 @@ def render_detailed(
             runner, backend_entry, topology_entry, height, width, params, seed, truncation, blend_seed, style
         )
         n_points = checked_count(layout, topology_entry)
-        with torch.inference_mode():
+        with inference_mode():  # only when torch is loaded: a torch backend's tensors need no autograd
             chunk_request = ChunkRequest(
                 n_points=n_points,
                 chunk_size=chunk_size,

@@ -11,14 +11,16 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from cips_deploy.errors import CipsError
+from cips_deploy.runtime.images import host_float32
 from cips_deploy.runtime.plugin_manager import Registered
+from cips_deploy.runtime.seeds import MAX_SEED, check_seed
+
+__all__ = ["MAX_SEED", "MAX_SIDE", "check_chunk_settings", "check_seed", "check_size", "check_style",
+           "check_truncation", "checked_count", "checked_image"]
 
 MAX_SIDE = 1 << 20
-MAX_SEED = (1 << 63) - 1
 
 
 def check_size(height: Any, width: Any) -> None:
@@ -30,23 +32,23 @@ def check_size(height: Any, width: Any) -> None:
             raise CipsError(f"The image {name} of {value:,} pixels exceeds the limit of {MAX_SIDE:,}.")
 
 
-def check_seed(seed: Any, what: str) -> None:
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise CipsError(f"The {what} must be a whole number from 0 to 2**63 - 1, not {seed!r}.")
-
-
 def check_truncation(truncation: Any) -> None:
     if not isinstance(truncation, (int, float)) or isinstance(truncation, bool) or not math.isfinite(truncation):
         raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
 
 
-def check_style(style: Any, style_dim: int) -> Tensor:
-    """A caller's style as float32 [1, style_dim] on the host, or a CipsError."""
-    if not isinstance(style, Tensor) or tuple(style.shape) != (1, style_dim) or not style.is_floating_point():
-        raise CipsError(f"A style must be a float tensor of shape [1, {style_dim}], not {getattr(style, 'shape', type(style).__name__)}.")
-    if not bool(torch.isfinite(style).all()):
+def check_style(style: Any, style_dim: int) -> np.ndarray:
+    """A caller's style (numpy, or a torch tensor) as host float32 ``[1, style_dim]``, or a CipsError."""
+    floating = hasattr(style, "detach") and style.is_floating_point() or (
+        isinstance(style, np.ndarray) and np.issubdtype(style.dtype, np.floating)
+    )
+    if not floating or tuple(style.shape) != (1, style_dim):
+        shape = list(style.shape) if hasattr(style, "shape") else type(style).__name__
+        raise CipsError(f"A style must be a float array or tensor of shape [1, {style_dim}], not {shape}.")
+    style = host_float32(style)
+    if not np.isfinite(style).all():
         raise CipsError("A style has NaN or infinite values.")
-    return style.detach().to("cpu", torch.float32)
+    return style
 
 
 def check_chunk_settings(chunker: Registered, chunk_size: Any, memory_budget: Any) -> None:
@@ -76,8 +78,8 @@ def checked_count(layout: Any, entry: Registered) -> int:
 
 def checked_image(image: Any, height: int, width: int, entry: Registered) -> np.ndarray:
     """The assembled image as uint8 [height, width, 3], or a CipsError naming the topology."""
-    if isinstance(image, Tensor):
-        image = image.cpu().numpy()
+    if hasattr(image, "detach"):  # a torch tensor, from a topology written for the torch runtime
+        image = image.detach().cpu().numpy()
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (height, width, 3):
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)

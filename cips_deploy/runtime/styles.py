@@ -8,22 +8,25 @@ panorama stays seamless.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import torch
-from torch import Tensor
+import numpy as np
+
+from cips_deploy.runtime.seeds import seed_latent
 
 
-def latent(seed: int, config: Any) -> Tensor:
-    """z [1, S] for ``seed`` by the family's convention (``Generator.seed_latent``): the same
-    numbers on every machine and every backend."""
-    from cips_deploy.families.generator import family_class
-
-    return family_class(config.arch).seed_latent(seed, config.style_dim)
+def latent(seed: int, config: Any) -> np.ndarray:
+    """z float32 ``[1, Z]`` for ``seed`` (:func:`cips_deploy.runtime.seeds.seed_latent`): the same
+    numbers on every machine, for every family and every backend."""
+    return seed_latent(seed, config)
 
 
-def blend_styles(w: Tensor, w_blend: Tensor, coords: Tensor) -> Tensor:
-    """Per-point styles [1, n, S] from w, w_blend [1, S] and coords [1, n, 2]: periodic in u."""
-    t = (1.0 - torch.cos(math.pi * coords[..., 0:1])) / 2.0  # [1, n, 1]: 0 at u = 0, 1 at u = +-1
+def blend_styles(w: np.ndarray, w_blend: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Per-point styles float32 ``[1, n, S]`` from w, w_blend float32 ``[1, S]`` and coords ``[1, n, 2]``: periodic in u.
+
+    Every operation is elementwise in float32, so a point's style depends on its own u
+    alone, whichever chunk it falls in.
+    """
+    u = np.ascontiguousarray(coords[..., 0:1], dtype=np.float32)  # [1, n, 1]; one memory layout for every chunk
+    t = (np.float32(1.0) - np.cos(np.float32(np.pi) * u)) / np.float32(2.0)  # 0 at u = 0, 1 at u = +-1
     return w[:, None, :] + t * (w_blend - w)[:, None, :]

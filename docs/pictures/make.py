@@ -1,6 +1,6 @@
 """Render every picture of docs/gallery.md again.
 
-    python docs/pictures/make.py            # writes docs/pictures/*.png, *.webp (about a minute on 2 cores)
+    python docs/pictures/make.py            # writes docs/pictures/*.png, *.webp (about 30 s on 2 cores)
     python docs/pictures/make.py --out /tmp/pictures
 
 Each picture is made by a ``cips-deploy`` command (run in-process, exactly as typed in the
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageSequence
 
 import cips_deploy
-from cips_deploy.models import DEMO_MODEL
+from cips_deploy.models import CREPS_DEMO_MODEL, DEMO_ENGINE, DEMO_MODEL
 from cips_deploy.cli import cli
 from cips_deploy.measure.metrics import box_downsample, pixel_centre_viewport, psnr
 from cips_deploy.runtime.plugin_manager import get_registry
@@ -62,8 +62,16 @@ def save(image: np.ndarray, path: Path) -> None:
     print(f"  wrote {path} ({path.stat().st_size / 1024:.0f} KB)")
 
 
+def publish(rendered: Path, out: Path) -> None:
+    """Copy a file a command wrote (into the scratch folder: commands refuse to replace a file
+    without --force, and a failed run leaves the pictures as they were) into ``out``."""
+    shutil.copyfile(rendered, out / rendered.name)
+    print(f"  wrote {out / rendered.name} ({rendered.stat().st_size / 1024:.0f} KB)")
+
+
 def panorama_and_viewer(out: Path, work: Path) -> None:
-    run(f"cips-deploy render --topology cylinder --height 128 --seed 0 -o {out / 'panorama.png'}")
+    run(f"cips-deploy render --topology cylinder --height 128 --seed 0 -o {work / 'panorama.png'}")
+    publish(work / "panorama.png", out)
     run(f"cips-deploy render --topology cylinder --height 256 --seed 0 -o {work / 'large.png'} --viewer {work / 'pano.html'}")
     try:
         from playwright.sync_api import sync_playwright
@@ -149,27 +157,25 @@ def scale_consistency(out: Path) -> None:
     save(np.concatenate(rows, axis=0), out / "scale-consistency.png")
 
 
-CREPS_DEMO = HERE / "creps-demo.safetensors"  # tiny cylinder CREPS trained on china.jpg (docs/creps.md)
-
-
 def demo_comparison(out: Path, work: Path) -> None:
-    """The bundled CIPS demo and the CREPS demo model, the same panorama command, stacked."""
-    if not CREPS_DEMO.is_file():
-        print(f"  skipped the CIPS / CREPS demo comparison: {CREPS_DEMO} is missing")
+    """The bundled CIPS demo and the bundled CREPS demo (a tiny cylinder CREPS trained on
+    china.jpg, docs/creps.md), the same panorama command, stacked."""
+    if not CREPS_DEMO_MODEL.is_file():
+        print(f"  skipped the CIPS / CREPS demo comparison: {CREPS_DEMO_MODEL} is missing")
         return
     rows = []
-    for name, checkpoint in (("CIPSskip demo (bundled)", DEMO_MODEL), ("CREPS demo", CREPS_DEMO)):
+    for name, checkpoint in (("CIPSskip demo (bundled)", DEMO_MODEL), ("CREPS demo (bundled)", CREPS_DEMO_MODEL)):
         target = work / f"{name.split()[0].lower()}.png"
         run(f"cips-deploy render --checkpoint {checkpoint} --topology cylinder --height 64 --seed 0 -o {target}")
         rows.append(captioned([(np.asarray(Image.open(target).convert("RGB")), f"{name}, seed 0")]))
     save(np.concatenate(rows, axis=0), out / "demo-cips-creps.png")
 
 
-def animations(out: Path) -> None:
-    run(f"cips-deploy video --preset tiny --arch creps --seeds 0-3 --frames 32 --height 96 --quality 70 -o {out / 'walk.webp'}")
-    run(f"cips-deploy video --mode pan --seeds 0 --frames 36 --height 96 --quality 70 -o {out / 'pan.webp'}")
+def animations(out: Path, work: Path) -> None:
+    run(f"cips-deploy video --preset tiny --arch creps --seeds 0-3 --frames 32 --height 96 --quality 70 -o {work / 'walk.webp'}")
+    run(f"cips-deploy video --mode pan --seeds 0 --frames 36 --height 96 --quality 70 -o {work / 'pan.webp'}")
     for name in ("walk.webp", "pan.webp"):
-        print(f"  wrote {out / name} ({(out / name).stat().st_size / 1024:.0f} KB)")
+        publish(work / name, out)
 
 
 def main() -> None:
@@ -177,8 +183,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the pictures (default: docs/pictures)")
     out = parser.parse_args().out
     out.mkdir(parents=True, exist_ok=True)
-    if not DEMO_MODEL.exists():
-        sys.exit(f"The bundled demo model {DEMO_MODEL} is missing; reinstall cips-deploy.")
+    for bundled in (DEMO_ENGINE, DEMO_MODEL):  # the commands' default model; the comparison's checkpoint
+        if not bundled.exists():
+            sys.exit(f"The bundled demo model {bundled} is missing; reinstall cips-deploy.")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         panorama_and_viewer(out, work)
@@ -186,7 +193,7 @@ def main() -> None:
         zoom_strip(out, work)
         scale_consistency(out)
         demo_comparison(out, work)
-        animations(out)
+        animations(out, work)
 
 
 if __name__ == "__main__":

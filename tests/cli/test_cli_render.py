@@ -16,7 +16,7 @@ from PIL import Image
 
 import cips_deploy
 from cips_deploy.cli import cli
-from cips_deploy.cli.render import ChunkProgress, parse_seeds
+from cips_deploy.cli.common import ChunkProgress, parse_seeds
 from cips_deploy.errors import CipsError
 
 from ..helpers.plugin_install import EXAMPLE_PLUGIN, FAULTY_PLUGIN, pip_install
@@ -82,6 +82,7 @@ def test_seeds_make_a_grid_of_single_renders(tmp_path):
     assert not grid[12:, 16:].any()
 
 
+@pytest.mark.runtime
 def test_seed_lists():
     assert parse_seeds(None, None) == [0]
     assert parse_seeds(7, None) == [7]
@@ -93,6 +94,7 @@ def test_seed_lists():
         parse_seeds(1, "2")
 
 
+@pytest.mark.runtime
 def test_progress_bar_goes_to_stderr(capsys):
     progress = ChunkProgress("rendering")
     for done in (0, 50, 100):
@@ -162,6 +164,7 @@ def test_the_bundled_demo_model_is_the_default_and_renders_a_seamless_panorama(t
     assert cips_deploy.load(DEMO_MODEL).config.coordinate_space == "cylinder"
 
 
+@pytest.mark.runtime
 def test_topologies_lists_descriptions_parameters_and_spaces():
     result = invoke("topologies")
     for name in ("flat", "cylinder", "foveated", "rotated"):

@@ -121,7 +121,7 @@ def test_create_is_deterministic_per_seed():
 def test_tiny_renders_a_64x64_image(arch, space):
     generator = cips_deploy.create("tiny", arch=arch, coordinate_space=space)
     with torch.no_grad():
-        rgb = generator.synthesize(cips_deploy.grid_coords(64, 64).expand(2, -1, -1), generator.map(torch.randn(2, 64)))
+        rgb = generator.synthesize(torch.from_numpy(cips_deploy.grid_coords(64, 64)).expand(2, -1, -1), generator.map(torch.randn(2, 64)))
     assert rgb.shape == (2, 64 * 64, 3) and torch.isfinite(rgb).all()
     assert rgb.std().item() > 0.01  # not a constant image
     (image,) = cips_deploy.to_pil(rgb[:1], 64, 64)

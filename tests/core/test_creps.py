@@ -9,8 +9,9 @@ from click.testing import CliRunner
 
 import cips_deploy
 from cips_deploy.cli import cli
-from cips_deploy.contracts.config import creps_config, preset_config
-from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.contracts.config import preset_config
+from cips_deploy.families.creps_spec import creps_config
+from cips_deploy.runtime import coords
 from cips_deploy.families.creps import CrepsGenerator
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import OnnxEngine, export_onnx
@@ -18,6 +19,11 @@ from cips_deploy.contracts.footprint import render_bytes_per_point
 from cips_deploy.plugins.line_cache import LineCache
 from cips_deploy.plugins.torch_backend import TorchBackend
 from cips_deploy.runtime.render import render, render_detailed
+
+
+def grid_coords(height: int, width: int) -> torch.Tensor:
+    """The runtime's grid (numpy) as the tensor the torch modules under test take: [1, H*W, 2]."""
+    return torch.from_numpy(coords.grid_coords(height, width))
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +212,7 @@ def test_every_builtin_topology_renders_creps_like_direct_synthesis(space, topol
     assert rendering.image.shape == (24, 32, 3) and rendering.image.std() > 0
     if topology == "flat" and not params:  # the whole image equals one direct per-point synthesis
         with torch.no_grad():
-            w = generator.map(generator.seed_latent(1, generator.config.style_dim))
+            w = generator.map(cips_deploy.seed_latent(1, generator.config))
             direct = cips_deploy.rgb_to_uint8(generator.synthesize(grid_coords(24, 32), w)).reshape(24, 32, 3)
         assert np.array_equal(direct, rendering.image)
 
@@ -228,7 +234,8 @@ def test_onnx_export_validates_like_cips(creps, tmp_path):
     coords = torch.rand(2, 77, 2) * 2.4 - 1.2
     with torch.no_grad():
         expected = creps.synthesize(coords, w.expand(2, -1))
-    torch.testing.assert_close(engine.synthesize(coords, w.expand(2, -1)), expected, rtol=0, atol=1e-4)
+    rgb = engine.synthesize(coords.numpy(), w.expand(2, -1).contiguous().numpy())  # the engines run on numpy
+    torch.testing.assert_close(torch.from_numpy(rgb), expected, rtol=0, atol=1e-4)
     assert engine.metadata.config.arch == "creps"
 
 

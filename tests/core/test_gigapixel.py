@@ -102,6 +102,7 @@ def test_deep_zoom_levels_halve_down_to_one_pixel(tmp_path, tiny, registry, smal
     assert '"files": "pano_files"' in page and "http" not in page.replace("http://schemas", "")
 
 
+@pytest.mark.runtime
 def test_halve_rounds_and_repeats_odd_edges():
     pixels = np.array([[[0], [1], [9]], [[2], [4], [200]], [[255], [255], [7]]], dtype=np.uint8).repeat(3, axis=2)
     half = halve(pixels)[..., 0]
@@ -471,6 +472,7 @@ print(before, status("VmHWM"))
 
 
 @pytest.mark.slow
+@pytest.mark.runtime  # the numpy coordinates backend: the output pipeline alone, no torch
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="measures the peak through Linux's /proc/self/clear_refs")
 def test_a_streamed_render_many_times_larger_than_its_peak_memory(tmp_path):
     height, width = 32768, 32768  # 3 GiB of pixels as an in-memory image; a minute or two
@@ -561,6 +563,7 @@ def test_a_third_party_output_format_streams_through_the_same_hook(tmp_path, tin
     np.testing.assert_array_equal(np.fromfile(output, dtype=np.uint8).reshape(300, 200, 3), expected)
 
 
+@pytest.mark.runtime
 def test_a_malformed_output_format_is_refused_at_registration():
     from cips_deploy import hookimpl
     from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry

@@ -20,10 +20,10 @@ import pytest
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.models import DEMO_MODEL
+from cips_deploy.models import DEMO_ENGINE
 from cips_deploy.errors import CipsError
 from cips_deploy.media.provenance import read_png_metadata
-from cips_deploy.media.viewer import viewer_html, write_viewer
+from cips_deploy.media.viewers import MAX_EMBEDDED_WIDTH, viewer_html, write_viewer
 
 CHROMIUM = os.environ.get("CIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run"]
@@ -32,8 +32,18 @@ VIEW = {"width": 480, "height": 270}
 
 @pytest.fixture(scope="module")
 def panorama() -> np.ndarray:
-    """The demo model's panorama, uint8 [96, 384, 3] (a cylinder: column 383 neighbours column 0)."""
-    return cips_deploy.render(cips_deploy.load(DEMO_MODEL), "cylinder", height=96, width=384, seed=2)
+    """The demo model's panorama, uint8 [96, 384, 3] (a cylinder: column 383 neighbours column 0),
+    rendered from its bundled engine (no torch)."""
+    return cips_deploy.render(DEMO_ENGINE, "cylinder", height=96, width=384, seed=2, backend="onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def periodic() -> np.ndarray:
+    """A smooth panorama that wraps around, uint8 [96, 384, 3], made with numpy alone (no model)."""
+    angle = np.pi * (-1 + (2 * np.arange(384) + 1) / 384)  # the cylinder topology's column centres
+    rows = np.linspace(-1.0, 1.0, 96)[:, None]
+    channels = [np.cos(angle)[None, :] + 0 * rows, np.sin(2 * angle)[None, :] * rows, np.cos(3 * angle)[None, :] * (1 - rows**2)]
+    return np.round(127.5 * (np.stack(channels, axis=-1) + 1)).clip(0, 255).astype(np.uint8)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +134,9 @@ def seam_is_invisible(shot: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- without a browser
 
 
-def test_page_is_self_contained_and_embeds_the_exact_panorama(panorama):
+@pytest.mark.runtime
+def test_page_is_self_contained_and_embeds_the_exact_panorama(periodic):
+    panorama = periodic
     page = viewer_html(panorama, provenance={"seed": "2"})
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
     # No resource from anywhere: no src/href other than the embedded data URL.
@@ -142,7 +154,25 @@ def read_png_metadata_from_bytes(data: bytes) -> dict:
         return {key.split(".", 1)[1]: value for key, value in image.text.items() if key.startswith("cips-deploy.")}
 
 
-def test_viewer_refuses_non_html_and_non_images(tmp_path, panorama):
+@pytest.mark.runtime
+def test_wide_panoramas_are_reduced_by_a_whole_factor_before_embedding():
+    width = MAX_EMBEDDED_WIDTH + 2  # just over the limit: halved
+    image = np.zeros((6, width, 3), np.uint8)
+    image[..., 0], image[..., 1] = 200, np.arange(width) % 2 * 100  # red everywhere; green alternating 0, 100
+    page = viewer_html(image)
+    encoded = re.search(r'data:image/png;base64,([A-Za-z0-9+/=]+)"', page).group(1)
+    embedded = np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))).convert("RGB"))
+    assert embedded.shape == (3, width // 2, 3) and embedded.shape[1] <= MAX_EMBEDDED_WIDTH
+    assert (embedded[..., 0] == 200).all() and (embedded[..., 1] == 50).all()  # neighbouring columns averaged
+    import json as json_module
+
+    meta = json_module.loads(re.search(r'<script id="meta" type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert (meta["width"], meta["height"], meta["embedded_width"], meta["embedded_height"]) == (width, 6, width // 2, 3)
+
+
+@pytest.mark.runtime
+def test_viewer_refuses_non_html_and_non_images(tmp_path, periodic):
+    panorama = periodic
     with pytest.raises(CipsError, match="must be an .html file"):
         write_viewer(panorama, tmp_path / "pano.png")
     with pytest.raises(CipsError, match="uint8"):
@@ -150,13 +180,14 @@ def test_viewer_refuses_non_html_and_non_images(tmp_path, panorama):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.runtime
 def test_render_viewer_needs_a_cylinder_and_one_seed(tmp_path):
     from click.testing import CliRunner
 
     from cips_deploy.cli import cli
 
     runner = CliRunner()
-    flat = runner.invoke(cli, ["render", "--preset", "tiny", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
+    flat = runner.invoke(cli, ["render", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
     assert flat.exit_code == 1 and "--topology cylinder" in flat.output and "Traceback" not in flat.output
     many = runner.invoke(cli, ["render", "-t", "cylinder", "--seeds", "0-1", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
     assert many.exit_code == 1 and "one seed" in many.output
@@ -234,7 +265,9 @@ def test_2d_fallback_by_query_and_without_webgl(tmp_path, panorama, browser_fact
         assert page.errors == []
 
 
-def test_hostile_names_cannot_break_the_page(panorama):
+@pytest.mark.runtime
+def test_hostile_names_cannot_break_the_page(periodic):
+    panorama = periodic
     hostile = {"model": "</script><script>alert(1)</script> @DATA_URL@ <!--"}
     page = viewer_html(panorama, title="<b>@META@</b>", provenance=hostile)
     assert page.count("<script") == 2 and page.count("</script>") == 2  # only the page's own

@@ -10,7 +10,7 @@ import cips_deploy
 from cips_deploy.contracts.chunking import ChunkRequest
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.footprint import render_bytes_per_point
-from cips_deploy.plugins.chunkers import MemoryChunker, RowsChunker
+from cips_deploy.plugins.chunkers import MemoryChunker
 from cips_deploy.plugins.torch_backend import TorchBackend
 from cips_deploy.runtime.render import render, render_detailed, render_pil
 
@@ -75,22 +75,38 @@ def _generator(arch, space):
 def test_short_batches_take_the_same_path_as_long_ones(tiny):
     """The torch backend pads short batches: a 3-point call equals rows of a 500-point call."""
     backend = TorchBackend(tiny)
-    coords = torch.rand(1, 500, 2) * 2 - 1
-    w = backend.map(torch.randn(1, 64))
+    rng = np.random.default_rng(0)
+    coords = (rng.random((1, 500, 2), dtype=np.float32) * 2 - 1).astype(np.float32)
+    w = backend.map(rng.standard_normal((1, 64)).astype(np.float32))
+    assert isinstance(w, np.ndarray) and w.dtype == np.float32 and w.shape == (1, 64)
     whole = backend.run(coords, w)
     for start, stop in [(0, 1), (10, 13), (100, 111), (437, 500)]:
-        assert torch.equal(backend.run(coords[:, start:stop], w), whole[:, start:stop])
-    assert whole.dtype == torch.float32 and whole.shape == (1, 500, 3)
+        assert np.array_equal(backend.run(np.ascontiguousarray(coords[:, start:stop]), w), whole[:, start:stop])
+    assert isinstance(whole, np.ndarray) and whole.dtype == np.float32 and whole.shape == (1, 500, 3)
+
+
+def test_the_torch_backend_computes_what_the_generator_does(tiny):
+    """numpy in, numpy out: the same bits as the generator's own float32 path on tensors."""
+    backend = TorchBackend(tiny)
+    z = cips_deploy.seed_latent(3, tiny.config)
+    coords = cips_deploy.grid_coords(16, 24)
+    with torch.inference_mode():
+        w = tiny.map(torch.from_numpy(z), truncation=0.8)
+        rgb = tiny.synthesize(torch.from_numpy(coords), w)
+    assert np.array_equal(backend.map(z, truncation=0.8), w.numpy())
+    assert np.array_equal(backend.run(coords, w.numpy()), rgb.numpy())
 
 
 # -------------------------------------------------------------------- seeds, styles
 
 
-def test_seed_gives_z_from_a_seeded_torch_generator(tiny):
+def test_seed_gives_z_from_numpys_randomstate_as_stylegan_and_creps_do(tiny):
     image = render(tiny, "flat", 24, 24, seed=11, truncation=0.7)
+    z = np.random.RandomState(11).randn(1, 64).astype(np.float32)
     with torch.inference_mode():
-        w = tiny.map(torch.randn(1, 64, generator=torch.Generator().manual_seed(11)), truncation=0.7)
-        expected = cips_deploy.rgb_to_uint8(tiny.synthesize(cips_deploy.grid_coords(24, 24), w)).reshape(24, 24, 3)
+        w = tiny.map(torch.from_numpy(z), truncation=0.7)
+        coords = torch.from_numpy(cips_deploy.grid_coords(24, 24))
+        expected = cips_deploy.rgb_to_uint8(tiny.synthesize(coords, w)).reshape(24, 24, 3)
     assert np.array_equal(image, expected)
     assert not np.array_equal(image, render(tiny, "flat", 24, 24, seed=12, truncation=0.7))
 
@@ -113,14 +129,20 @@ def test_blend_seed_moves_from_one_style_to_the_other_around_the_cylinder():
 
 def test_blended_panoramas_stay_seamless():
     """The blend weight is periodic in u, so a panorama turned by 180 degrees is still exactly
-    the original rolled by half, and the pooled seam statistic stays within 1.5."""
+    the original rolled by half, and the pooled seam statistic stays within 1.5.
+
+    At the size of the plain panoramas' test (32 x 256). At 128 columns the tiny model's
+    embedding grid (64 cells around the cylinder) puts every other column pair across a cell
+    border: adjacent differences alternate about 0.9 and 1.6 times their median, and the seam
+    is one of the crossing pairs, so its ratio sits near 1.6 with or without blending (the
+    pair at u = 0 alike), which says nothing about a seam."""
     panoramas = []
     for model_seed in range(3):
         generator = cips_deploy.create("tiny", coordinate_space="cylinder", seed=model_seed)
         for seed in range(4):
-            panoramas.append(render(generator, "cylinder", 24, 128, seed=seed, blend_seed=seed + 10))
-        turned = render(generator, "cylinder", 24, 128, seed=3, blend_seed=13, heading=180.0)
-        assert np.abs(np.roll(panoramas[-1], 64, axis=1).astype(int) - turned.astype(int)).mean() < 0.05
+            panoramas.append(render(generator, "cylinder", 32, 256, seed=seed, blend_seed=seed + 10))
+        turned = render(generator, "cylinder", 32, 256, seed=3, blend_seed=13, heading=180.0)
+        assert np.abs(np.roll(panoramas[-1], 128, axis=1).astype(int) - turned.astype(int)).mean() < 0.05
     assert pooled_seam_ratio(panoramas) <= 1.5
 
 
@@ -148,14 +170,6 @@ def test_per_point_styles_cost_more_memory_per_point(tiny):
     assert render_bytes_per_point(tiny.config, per_point_style=True) > render_bytes_per_point(tiny.config)
     paper = cips_deploy.preset_config("paper256")
     assert render_bytes_per_point(paper) > 4 * render_bytes_per_point(tiny.config)
-
-
-def test_rows_chunker_cuts_only_at_row_starts():
-    boundaries = np.array([0, 3, 3, 9, 10, 16])  # the second row has no points
-    spans = list(RowsChunker().spans(ChunkRequest(n_points=16, chunk_size=2, row_boundaries=boundaries)))
-    assert spans == [(0, 3), (3, 10), (10, 16)]
-    with pytest.raises(CipsError, match="rows chunker needs a topology whose points come in image rows"):
-        list(RowsChunker().spans(ChunkRequest(n_points=16, chunk_size=2)))
 
 
 def test_progress_is_reported_after_every_chunk(tiny):
@@ -196,7 +210,7 @@ def test_a_backend_instance_is_used_as_given_and_not_closed(tiny):
     backend = CountingBackend(tiny)
     image = render(backend, "flat", 10, 10, chunk_size=40, seed=1)
     assert np.array_equal(image, render(tiny, "flat", 10, 10, seed=1))
-    assert backend.batches == [(torch.float32, (1, 40, 2), (1, 64))] * 2 + [(torch.float32, (1, 20, 2), (1, 64))]
+    assert backend.batches == [(np.float32, (1, 40, 2), (1, 64))] * 2 + [(np.float32, (1, 20, 2), (1, 64))]
     assert not backend.closed
     render(backend, "flat", 4, 4, blend_seed=3)
     assert backend.batches[-1][2] == (1, 16, 64)  # per-point styles arrive as [B, N, S]

@@ -141,11 +141,11 @@ class RampBackend(Backend):
         self.config = config
 
     def map(self, z, truncation=1.0):
-        return torch.zeros(z.shape[0], self.config.style_dim)
+        return np.zeros((z.shape[0], self.config.style_dim), dtype=np.float32)
 
     def run(self, coords, w):
         u, v = coords[..., 0], coords[..., 1]
-        return torch.stack([0.9 * u, 0.9 * v, 0.45 * (u + v)], dim=-1)
+        return np.stack([0.9 * u, 0.9 * v, 0.45 * (u + v)], axis=-1).astype(np.float32)
 
 
 def test_the_box_filter_sits_on_the_small_renders_pixel_centres(tiny):

@@ -11,8 +11,13 @@ import pytest
 import torch
 
 import cips_deploy
-from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.runtime import coords
 from cips_deploy.families.separable_inputs import input_features
+
+
+def grid_coords(height: int, width: int) -> torch.Tensor:
+    """The runtime's grid (numpy) as the tensor the torch modules under test take: [1, H*W, 2]."""
+    return torch.from_numpy(coords.grid_coords(height, width))
 
 
 def float32_features(generator, points: torch.Tensor) -> torch.Tensor:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 import cips_deploy
 from cips_deploy.runtime.atomic import replace_folder, staging_folder
-from cips_deploy.exporters.pipeline import export_checkpoint
 
 
+@pytest.mark.runtime
 def test_replace_folder_swaps_a_finished_stage_in_and_leaves_nothing_behind(tmp_path):
     destination = tmp_path / "model"
     destination.mkdir()
@@ -20,6 +22,8 @@ def test_replace_folder_swaps_a_finished_stage_in_and_leaves_nothing_behind(tmp_
 
 
 def test_a_forced_triton_export_replaces_the_model_folder(tmp_path):
+    from cips_deploy.exporters.pipeline import export_checkpoint  # the build extra (torch, onnx)
+
     checkpoint = tmp_path / "t.safetensors"
     cips_deploy.create("tiny", seed=1).save(checkpoint)
     repo = tmp_path / "repo"

@@ -87,14 +87,17 @@ def test_cips_exports_have_no_grid_engines(tmp_path):
 def test_engines_compute_the_torch_lines_and_block(creps, exported):
     engine = cips_deploy.exporters.OnnxEngine(exported.synthesis)
     grid = OnnxGridEngines.open(engine)
-    v, u = torch.linspace(-1.2, 1.0, 6)[None].expand(2, -1), torch.linspace(-1, 1.3, 11)[None].expand(2, -1)
-    w = creps.map(torch.randn(2, 64), truncation=0.7)
-    rows, columns = grid.lines(v, u, w)
-    assert rows.shape == (2, 6, creps.line_floats_per_value()) and columns.shape == (2, 11, creps.line_floats_per_value())
-    coords = torch.stack([u[:, None, :].expand(2, 6, 11), v[:, :, None].expand(2, 6, 11)], dim=-1).reshape(2, -1, 2)
+    v = np.repeat(np.linspace(-1.2, 1.0, 6, dtype=np.float32)[None], 2, axis=0)  # [2, 6]
+    u = np.repeat(np.linspace(-1.0, 1.3, 11, dtype=np.float32)[None], 2, axis=0)  # [2, 11]
     with torch.no_grad():
-        expected = creps.synthesize(coords, w)
-    assert (grid.compose(rows, columns, w) - expected).abs().max() <= 1e-4
+        w = creps.map(torch.randn(2, 64), truncation=0.7).numpy()
+    rows, columns = grid.lines(v, u, w)
+    assert isinstance(rows, np.ndarray) and rows.dtype == np.float32
+    assert rows.shape == (2, 6, creps.line_floats_per_value()) and columns.shape == (2, 11, creps.line_floats_per_value())
+    coords = np.stack(np.broadcast_arrays(u[:, None, :], v[:, :, None]), axis=-1).reshape(2, -1, 2)  # row-major (u, v)
+    with torch.no_grad():
+        expected = creps.synthesize(torch.from_numpy(coords), torch.from_numpy(w)).numpy()
+    assert np.abs(grid.compose(rows, columns, w) - expected).max() <= 1e-4
 
 
 def test_onnxruntime_renders_grids_through_the_grid_engines(creps, tmp_path):
@@ -111,10 +114,10 @@ def test_onnxruntime_renders_grids_through_the_grid_engines(creps, tmp_path):
     # Chunking never changes a pixel.
     assert np.array_equal(render(backend, height=40, width=72, seed=3, chunk_size=77), image)
     coords = cips_deploy.grid_coords(40, 72)
-    w = backend.map(torch.randn(1, 64), truncation=0.7)
+    w = backend.map(np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32), truncation=0.7)
     with torch.no_grad():
-        expected = creps.synthesize(coords, w)
-    assert (backend.run(coords, w) - expected).abs().max() <= 1e-4
+        expected = creps.synthesize(torch.from_numpy(coords), torch.from_numpy(w)).numpy()
+    assert np.abs(backend.run(coords, w) - expected).max() <= 1e-4
 
 
 def test_scattered_layouts_take_the_per_point_engine(creps, exported, monkeypatch):

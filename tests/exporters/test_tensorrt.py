@@ -180,7 +180,7 @@ def test_fp16_engine_runs_close_to_torch(tiny, tmp_path):
     tiny.save(checkpoint)
     export_checkpoint(checkpoint, engine="trt", output=tmp_path / "half.plan", precision="fp16", chunk_size=4096)
     engine = TensorRTEngine(tmp_path / "half.plan")
-    coords = cips_deploy.grid_coords(64, 64).cuda()
+    coords = torch.from_numpy(cips_deploy.grid_coords(64, 64)).cuda()
     w = tiny.map(torch.randn(1, 64)).detach()
     with torch.no_grad():
         expected = tiny.synthesize(coords.cpu(), w)

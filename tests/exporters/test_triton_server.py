@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 import cips_deploy
@@ -91,14 +90,15 @@ def test_panorama_equals_the_local_onnxruntime_render(server, checkpoint, local,
     backend = TritonBackend(checkpoint, url=server.grpc_url)
     try:
         # Raw colours, chunk by chunk, with several chunks in flight at once.
-        generator = torch.Generator().manual_seed(0)
-        chunks = [(torch.rand(1, n, 2, generator=generator) * 2 - 1, torch.randn(1, 64, generator=generator))
+        rng = np.random.default_rng(0)
+        chunks = [(rng.uniform(-1, 1, (1, n, 2)).astype(np.float32), rng.standard_normal((1, 64)).astype(np.float32))
                   for n in (500, 500, 500, 123, 1)]
         served = list(backend.run_many(chunks))
         for (coords, w), rgb in zip(chunks, served):
-            assert float((rgb - local.run(coords, w)).abs().max()) <= 1e-6
-        z = torch.randn(3, 64, generator=generator)
-        assert torch.equal(backend.map(z, 0.7), local.map(z, 0.7))
+            assert isinstance(rgb, np.ndarray) and rgb.dtype == np.float32
+            assert float(np.abs(rgb - local.run(coords, w)).max()) <= 1e-6
+        z = rng.standard_normal((3, 64)).astype(np.float32)
+        assert np.array_equal(backend.map(z, 0.7), local.map(z, 0.7))
     finally:
         backend.close()
     # The PNG through the command line, gRPC and HTTP, against the local render.
@@ -302,7 +302,7 @@ def test_serve_stops_cleanly_on_sigterm(checkpoint, tmp_path):
         assert any(temp.iterdir())  # its workspace while it runs
         backend = TritonBackend(checkpoint, url=f"127.0.0.1:{grpc}")
         try:
-            assert backend.run(torch.zeros(1, 5, 2), torch.zeros(1, 64)).shape == (1, 5, 3)
+            assert backend.run(np.zeros((1, 5, 2), np.float32), np.zeros((1, 64), np.float32)).shape == (1, 5, 3)
         finally:
             backend.close()
         process.send_signal(signal.SIGTERM)
@@ -331,19 +331,19 @@ def test_ensemble_maps_and_synthesizes(server, local):
     """The ensemble model (z, coords -> rgb) equals the mapping then synthesis, psi = 1."""
     import tritonclient.grpc as grpcclient
 
-    generator = torch.Generator().manual_seed(4)
-    z, coords = torch.randn(2, 64, generator=generator), torch.rand(2, 300, 2, generator=generator) * 2 - 1
+    rng = np.random.default_rng(4)
+    z, coords = rng.standard_normal((2, 64)).astype(np.float32), rng.uniform(-1, 1, (2, 300, 2)).astype(np.float32)
     client = grpcclient.InferenceServerClient(server.grpc_url)
     try:
         inputs = []
         for name, tensor in (("z", z), ("coords", coords)):
             inputs.append(grpcclient.InferInput(name, list(tensor.shape), "FP32"))
-            inputs[-1].set_data_from_numpy(tensor.numpy())
+            inputs[-1].set_data_from_numpy(tensor)
         rgb = client.infer("pano_ensemble", inputs).as_numpy("rgb")
     finally:
         client.close()
     expected = local.run(coords, local.map(z))
-    assert rgb.shape == (2, 300, 3) and float(np.abs(rgb - expected.numpy()).max()) <= 1e-6
+    assert rgb.shape == (2, 300, 3) and float(np.abs(rgb - expected).max()) <= 1e-6
 
 
 def test_refusals_before_start(checkpoint, repository, tmp_path):
@@ -366,3 +366,24 @@ def test_refusals_before_start(checkpoint, repository, tmp_path):
         triton_server.LocalServer(tmp_path / "missing", http_port=http, grpc_port=grpc).start()
     result = CliRunner().invoke(cli, ["serve", str(repository), "--name", "x"])
     assert result.exit_code == 1 and "a repository's models keep their names" in result.output
+
+
+def test_serving_the_bundled_engine_needs_no_checkpoint(tmp_path):
+    """An exported engine is served as it is (no torch involved in writing the repository), and
+    the triton backend given the engine renders what onnxruntime renders from it locally."""
+    from cips_deploy.exporters.triton import write_engine_repository
+    from cips_deploy.models import DEMO_ENGINE
+
+    triton_server = _server_or_skip()
+    repo = tmp_path / "repo"
+    write_engine_repository(repo, DEMO_ENGINE, backend="python")
+    http, grpc = free_ports(2)
+    expected = render_detailed(DEMO_ENGINE, "cylinder", 16, 64, seed=2, chunk_size=300).image
+    with triton_server.LocalServer(repo, http_port=http, grpc_port=grpc) as running:
+        backend = TritonBackend(DEMO_ENGINE, url=running.grpc_url)
+        try:
+            assert backend.model == "demo-panorama"
+            served = render_detailed(backend, "cylinder", 16, 64, seed=2, chunk_size=300).image
+        finally:
+            backend.close()
+    assert np.array_equal(served, expected)

@@ -10,14 +10,16 @@ from click.testing import CliRunner
 
 import cips_deploy
 from cips_deploy import CipsError, hookimpl
-from cips_deploy.contracts.backend import Backend, resolve_options
+from cips_deploy.backend import Backend as TorchTensorBackend
+from cips_deploy.contracts.backend import resolve_options
 from cips_deploy.cli.backend_flags import add_backend_flags, merge_backend_flags
 from cips_deploy.runtime.plugin_manager import load_registry
 from cips_deploy.contracts.topology import Parameter
 
 
-class EchoBackend(Backend):
-    """A third party's backend: the torch generator, with a gain option."""
+class EchoBackend(TorchTensorBackend):
+    """A third party's backend written for the torch runtime (the legacy contract: tensors in and
+    out): the torch generator, with a gain option."""
 
     name = "echo"
     description = "test backend"
@@ -42,6 +44,7 @@ class EchoPlugin:
         register(EchoBackend)
 
 
+@pytest.mark.runtime
 def test_options_are_checked_and_converted_before_construction():
     assert resolve_options(EchoBackend, {"gain": "0.5"}) == {"gain": 0.5}
     assert resolve_options(EchoBackend, {"gain": 2}) == {"gain": 2}  # Python values pass as they are
@@ -79,12 +82,14 @@ def test_a_plugin_backend_gets_flags_like_the_built_ins(tiny):
     assert plain.std() > 0 and (dark == 128).all()
 
 
+@pytest.mark.runtime
 def test_merging_flags_refuses_contradictions():
     assert merge_backend_flags({"precision": "bf16"}, {"precision": "bf16", "gain": None}) == {"precision": "bf16"}
     with pytest.raises(CipsError, match="--precision fp32 contradicts --backend-option precision=bf16"):
         merge_backend_flags({"precision": "bf16"}, {"precision": "fp32"})
 
 
+@pytest.mark.runtime
 def test_built_in_declarations_match_their_constructors():
     """A declared default that drifted from the constructor's would mislead --help."""
     registry = load_registry(entry_points=False)

@@ -1,33 +1,38 @@
-"""The Deep Zoom viewer page in a real browser: Debian's chromium driven by Playwright.
+"""The Deep Zoom viewer page: its text, and in a real browser (Debian's chromium driven by Playwright).
 
 Never ``playwright install``: the browser is /usr/bin/chromium (``.ci/run`` installs it);
-the test skips, saying why, only where it or Playwright is missing.
+the browser tests skip, saying why, only where it or Playwright is missing.
 """
 
 from __future__ import annotations
 
 import functools
+import html
 import http.server
+import json
+import re
 import shutil
 import threading
 from pathlib import Path
 
 import pytest
 
-from cips_deploy.models import DEMO_MODEL
+from cips_deploy.media.viewers import deep_zoom_page
+from cips_deploy.models import DEMO_ENGINE
 from cips_deploy.runtime.gigapixel import render_to_file
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run", "--disable-gpu"]
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def pyramid(tmp_path_factory, registry) -> Path:
-    """A 512 x 2048 demo panorama as a Deep Zoom pyramid with its viewer page."""
+    """A 512 x 2048 demo panorama (from the bundled engine) as a Deep Zoom pyramid with its viewer page."""
     folder = tmp_path_factory.mktemp("dzi")
-    render_to_file(DEMO_MODEL, folder / "pano.dzi", topology="cylinder", height=512, width=2048, seed=1, registry=registry)
+    render_to_file(
+        DEMO_ENGINE, folder / "pano.dzi", topology="cylinder", height=512, width=2048, seed=1, backend="onnxruntime",
+        registry=registry,
+    )
     return folder
 
 
@@ -83,6 +88,7 @@ def settle(page) -> None:
     page.wait_for_function("window.dziViewer && dziViewer.loaded > 0 && dziViewer.pending === 0", timeout=30_000)
 
 
+@pytest.mark.slow
 def test_the_viewer_loads_tiles_and_zooms_and_pans(browser_context, server):
     page, problems = open_viewer(browser_context, f"{server}/pano.html")
     try:
@@ -114,6 +120,7 @@ def test_the_viewer_loads_tiles_and_zooms_and_pans(browser_context, server):
         page.close()
 
 
+@pytest.mark.slow
 def test_the_viewer_works_opened_from_disk(browser_context, pyramid):
     page, problems = open_viewer(browser_context, (pyramid / "pano.html").as_uri())
     try:
@@ -123,3 +130,22 @@ def test_the_viewer_works_opened_from_disk(browser_context, pyramid):
         assert page.evaluate("dziViewer.failed") == 0 and problems == []
     finally:
         page.close()
+
+
+@pytest.mark.runtime
+def test_the_page_carries_the_pyramid_and_nothing_from_the_network():
+    page = deep_zoom_page("pano", 512, 2048, 256, 11)
+    config = json.loads(re.search(r"const DZI = (\{.*?\});", page).group(1))
+    assert config == {"width": 2048, "height": 512, "tile": 256, "top_level": 11, "files": "pano_files", "format": "png"}
+    assert not re.search(r"""(src|href)\s*=\s*["'](?!data:)""", page)  # tiles are set by the script, relative to the page
+    assert "http://" not in page and "https://" not in page
+
+
+@pytest.mark.runtime
+def test_a_hostile_name_cannot_break_the_page():
+    name = "<!--<script></script><script>alert(1)</script><b>__TITLE__ __CONFIG__"
+    page = deep_zoom_page(name, 300, 400, 256, 9)
+    assert page.count("<script") == 1 and page.count("</script>") == 1  # only the page's own
+    assert f"<title>{html.escape(name)} (400 x 300)</title>" in page
+    config = json.loads(re.search(r"const DZI = (\{.*?\});", page).group(1))
+    assert config["files"] == name + "_files"

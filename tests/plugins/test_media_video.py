@@ -1,32 +1,70 @@
-"""Animations: frames through the normal renderer, looping walks, zooms, pans, writers, CLI."""
+"""Animations: frames through the normal renderer, looping walks, zooms, pans, writers, CLI.
+
+Most tests run twice: on a numpy backend that needs no torch (``runtime``: the torch-free
+install runs them) and on the torch backend of a tiny random generator.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
 from PIL import Image, ImageSequence
 
-import cips_deploy
-from cips_deploy.cli import cli
+from cips_deploy.contracts.backend import Backend
+from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
-from cips_deploy.runtime.render import latent, make_backend, render
-from cips_deploy.media.video import Animation, check_animation, frame_parameters, read_webp_provenance, render_frames, walk_styles, write_video
+from cips_deploy.media.video import (
+    Animation, check_animation, frame_parameters, make_video, read_webp_provenance, render_frames, walk_styles, write_video,
+)
+from cips_deploy.runtime.render import make_backend, render, render_detailed
+from cips_deploy.runtime.seeds import seed_latent
 
 
-@pytest.fixture(scope="module")
-def tiny_cylinder() -> cips_deploy.Generator:
-    return cips_deploy.create("tiny", coordinate_space="cylinder", seed=0)
+class StyledCoordinates(Backend):
+    """A numpy backend whose colours follow each point's coordinates and the style:
+    ``rgb = clip(u w0 + w1 / 2, v w2 + w3 / 2, u v)``, with ``w = truncation * z``.
+
+    Elementwise float32 arithmetic only, so every point's colour is the same in any chunk.
+    """
+
+    name = "styled-coordinates"
+
+    def __init__(self, model=None, *, device="cpu"):
+        self.config = GeneratorConfig(arch="skip", size=32, hidden=8, style_dim=4, widths=(8,), coordinate_space="plane")
+
+    def map(self, z, truncation=1.0):
+        return (z * np.float32(truncation)).astype(np.float32)  # z [B, 4] -> w [B, 4]
+
+    def run(self, coords, w):
+        u, v = coords[..., 0], coords[..., 1]  # [B, N]
+        w = w[:, None, :] if w.ndim == 2 else w  # [B, 1 or N, 4]
+        rgb = np.stack([u * w[..., 0] + w[..., 1] * 0.5, v * w[..., 2] + w[..., 3] * 0.5, u * v], axis=-1)
+        return np.clip(rgb, -1.0, 1.0).astype(np.float32)  # [B, N, 3]
+
+    def bytes_per_point(self, per_point_style=False):
+        return 64
+
+
+@pytest.fixture(params=[pytest.param("numpy", marks=pytest.mark.runtime), "torch"])
+def backend(request, registry):
+    """A constructed backend: the numpy one above, or the torch backend of a tiny generator."""
+    if request.param == "numpy":
+        yield StyledCoordinates()
+        return
+    import cips_deploy
+
+    runner = make_backend(registry, "torch", cips_deploy.create("tiny", seed=0), "cpu", {})
+    yield runner
+    runner.close()
 
 
 @pytest.fixture()
-def backend(tiny, registry):
-    runner = make_backend(registry, "torch", tiny, "cpu", {})
-    yield runner
-    runner.close()
+def numpy_backend():
+    return StyledCoordinates()
 
 
 def frames_of(runner, animation, registry, **options):
@@ -42,21 +80,33 @@ def test_frames_are_bitwise_the_same_for_any_chunking(backend, registry):
     assert not np.array_equal(reference[0], reference[-1])  # it does move
 
 
-def test_a_walk_passes_through_each_seed_and_loops_without_a_jump(tiny, backend, registry):
+def test_a_walk_passes_through_each_seed_and_loops_without_a_jump(backend, registry):
     seeds, frames = (0, 1, 2), 12
-    keys = torch.cat([tiny.map(latent(seed, tiny.config)) for seed in seeds])
-    styles = torch.cat(list(walk_styles(keys, frames)))  # [frames, S]
+    keys = np.concatenate([backend.map(seed_latent(seed, backend.config), 1.0) for seed in seeds])  # [3, S]
+    styles = np.concatenate(list(walk_styles(keys, frames)))  # [frames, S]
+    assert styles.dtype == np.float32 and styles.shape == (frames, backend.config.style_dim)
     for index, seed in enumerate(seeds):  # frame 4 i sits exactly on seed i
-        assert torch.equal(styles[index * frames // len(seeds)], keys[index])
-    steps = (styles.roll(-1, dims=0) - styles).norm(dim=1)  # the last step wraps to frame 0
+        assert np.array_equal(styles[index * frames // len(seeds)], keys[index])
+    steps = np.linalg.norm(np.roll(styles, -1, axis=0) - styles, axis=1)  # the last step wraps to frame 0
     assert steps[-1] <= 1.5 * steps[:-1].max()  # no jump where the loop closes
     assert steps.min() > 0  # and no standing still at the seeds
     # The frame on a seed is that seed's own render.
     animation = Animation(mode="walk", seeds=seeds, frames=frames)
     video = frames_of(backend, animation, registry)
-    assert np.array_equal(video[4], render(tiny, "flat", 24, 20, seed=1))
+    assert np.array_equal(video[4], render(backend, "flat", 24, 20, seed=1))
+    assert not np.array_equal(video[4], video[5])
 
 
+@pytest.mark.runtime
+def test_walk_styles_of_one_key_and_the_seed_rule(numpy_backend):
+    key = numpy_backend.map(seed_latent(7, numpy_backend.config))  # [1, S]
+    styles = list(walk_styles(key, 3))
+    assert all(style.shape == (1, 4) and style.dtype == np.float32 and np.array_equal(style, key) for style in styles)
+    # z is RandomState(seed).randn(1, Z) as float32, the one rule for every family.
+    assert np.array_equal(seed_latent(7, numpy_backend.config), np.random.RandomState(7).randn(1, 4).astype(np.float32))
+
+
+@pytest.mark.runtime
 def test_zoom_and_pan_move_the_viewport(registry):
     zoom = Animation(mode="zoom", seeds=(0,), frames=5, zoom=4.0, centre=(0.5, 0.0))
     first, last = frame_parameters(zoom, 0, registry), frame_parameters(zoom, 4, registry)
@@ -73,13 +123,14 @@ def test_zoom_and_pan_move_the_viewport(registry):
     assert [frame_parameters(ramp, k, registry)["v_min"] for k in range(3)] == [-1.0, -0.5, 0.0]
 
 
-def test_an_animated_parameter_renders_like_the_fixed_one(tiny, backend, registry):
+def test_an_animated_parameter_renders_like_the_fixed_one(backend, registry):
     animation = Animation(mode="walk", seeds=(4, 4), frames=3, ramps={"v_max": ("1", "0.5")})
     frames = frames_of(backend, animation, registry)
-    assert np.array_equal(frames[0], render(tiny, "flat", 24, 20, seed=4))
-    assert np.array_equal(frames[2], render(tiny, "flat", 24, 20, seed=4, v_max=0.5))
+    assert np.array_equal(frames[0], render(backend, "flat", 24, 20, seed=4))
+    assert np.array_equal(frames[2], render(backend, "flat", 24, 20, seed=4, v_max=0.5))
 
 
+@pytest.mark.runtime
 @pytest.mark.parametrize(
     "animation, space, message",
     [
@@ -100,9 +151,10 @@ def test_bad_animations_are_one_sentence(animation, space, message, registry):
         check_animation(animation, space, registry)
 
 
-def test_lossless_webp_holds_exactly_the_frames_and_says_what_it_is(tmp_path, backend, registry):
+@pytest.mark.runtime
+def test_lossless_webp_holds_exactly_the_frames_and_says_what_it_is(tmp_path, numpy_backend, registry):
     animation = Animation(mode="walk", seeds=(0, 1), frames=4)
-    frames = frames_of(backend, animation, registry)
+    frames = frames_of(numpy_backend, animation, registry)
     path = tmp_path / "walk.webp"
     count = write_video(iter(frames), path, height=24, width=20, fps=10, provenance={"seed": "0,1", "model_sha256": "ab"}, lossless=True)
     assert count == 4
@@ -118,9 +170,10 @@ def test_lossless_webp_holds_exactly_the_frames_and_says_what_it_is(tmp_path, ba
     assert sorted(p.name for p in tmp_path.iterdir()) == ["walk.webp"]
 
 
-def test_mp4_through_the_video_extra(tmp_path, backend, registry):
+@pytest.mark.runtime
+def test_mp4_through_the_video_extra(tmp_path, numpy_backend, registry):
     ffmpeg = pytest.importorskip("imageio_ffmpeg", reason="the video extra (imageio-ffmpeg) is not installed")
-    frames = frames_of(backend, Animation(mode="zoom", seeds=(2,), frames=5), registry)
+    frames = frames_of(numpy_backend, Animation(mode="zoom", seeds=(2,), frames=5), registry)
     path = tmp_path / "zoom.mp4"
     assert write_video(iter(frames), path, height=24, width=20, fps=12, provenance={"seed": "2"}) == 5
     reader = ffmpeg.read_frames(str(path))
@@ -134,6 +187,10 @@ def test_mp4_through_the_video_extra(tmp_path, backend, registry):
 
 
 def test_video_command(tmp_path):
+    from click.testing import CliRunner
+
+    from cips_deploy.cli import cli
+
     runner = CliRunner()
     out = tmp_path / "walk.webp"
     result = runner.invoke(cli, ["video", "--preset", "tiny", "--seeds", "0-2", "--frames", "3", "--height", "16", "-o", str(out)])
@@ -146,6 +203,26 @@ def test_video_command(tmp_path):
     pan = runner.invoke(cli, ["video", "--mode", "pan", "--seeds", "1", "--frames", "4", "--height", "16", "-o", str(tmp_path / "pan.webp")])
     assert pan.exit_code == 0, pan.output  # the demo model is a cylinder model
     assert "16x16 (pan, flat)" in pan.output
+
+
+@pytest.mark.runtime
+def test_video_command_renders_the_demo_engine(tmp_path):
+    from click.testing import CliRunner
+
+    from cips_deploy.cli import cli
+    from cips_deploy.models import DEMO_ENGINE
+    from cips_deploy.runtime.hashing import file_sha256
+
+    out = tmp_path / "walk.webp"
+    result = CliRunner().invoke(cli, ["video", "--seeds", "0-1", "--frames", "3", "--height", "8", "--lossless", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "3 frames of 8x32 (walk, cylinder)" in result.output  # a cylinder model's walk: panoramas 4 heights wide
+    facts = read_webp_provenance(out)
+    assert facts["model"] == DEMO_ENGINE.name and facts["model_sha256"] == file_sha256(DEMO_ENGINE)
+    assert facts["engine_source"] and facts["seed"] == "0,1"
+    with Image.open(out) as image:
+        first = np.asarray(image.convert("RGB"))  # frame 0 sits on seed 0: that seed's own render
+    assert np.array_equal(first, render(DEMO_ENGINE, "cylinder", 8, 32, seed=0, backend=facts["backend"]))
 
 
 @pytest.mark.parametrize(
@@ -165,6 +242,10 @@ def test_video_command(tmp_path):
     ],
 )
 def test_video_command_bad_input_is_one_line(tmp_path, arguments, message):
+    from click.testing import CliRunner
+
+    from cips_deploy.cli import cli
+
     name = "clip.webp"
     if arguments[0] == "--output-name":
         name, arguments = arguments[1], []
@@ -177,23 +258,82 @@ def test_video_command_bad_input_is_one_line(tmp_path, arguments, message):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.runtime
 def test_video_is_registered_by_a_builtin_plugin(registry):
-    from cips_deploy.runtime.plugin_manager import BUILTIN_PLUGINS
-
-    assert "cips_deploy.plugins.video" in BUILTIN_PLUGINS
-    assert "register_commands" in registry.plugins["cips_deploy.plugins.video"].hooks
     import inspect
 
+    import click
+
     import cips_deploy.cli as package
+    import cips_deploy.plugins.video as plugin
+    from cips_deploy.runtime.plugin_manager import BUILTIN_PLUGINS, register_commands
 
+    assert "cips_deploy.plugins.video" in BUILTIN_PLUGINS
+    assert registry.plugins["cips_deploy.plugins.video"].hooks == ["register_commands"]
     assert "video" not in inspect.getsource(package)
+    group = click.Group()
+    register_commands(group, registry)
+    assert group.commands["video"] is plugin.video_command
 
 
-def test_render_takes_a_ready_style_and_checks_it(tiny):
-    from cips_deploy.runtime.render import render_detailed
+@pytest.fixture(scope="module")
+def styled_registry():
+    """The built-in plugins and the numpy backend above, registered as a plugin would register it."""
+    from cips_deploy import hookimpl
+    from cips_deploy.runtime.plugin_manager import load_registry
 
-    w = tiny.map(latent(9, tiny.config))
-    assert np.array_equal(render_detailed(tiny, "flat", 8, 8, style=w).image, render(tiny, "flat", 8, 8, seed=9))
-    for bad in (torch.zeros(1, 3), torch.zeros(2, tiny.config.style_dim), torch.full((1, tiny.config.style_dim), math.nan)):
+    plugin = SimpleNamespace(register_backends=hookimpl(lambda register: register(StyledCoordinates)))
+    return load_registry(entry_points=False, extra_plugins=[("styled", plugin)])
+
+
+@pytest.mark.runtime
+def test_make_video_writes_the_frames_and_their_provenance(tmp_path, styled_registry):
+    from cips_deploy.runtime.hashing import file_sha256
+
+    model = tmp_path / "model.bin"  # the fake backend reads nothing; provenance hashes the file
+    model.write_bytes(b"weights")
+    output = tmp_path / "zoom.webp"
+    clip = make_video(
+        model, output, mode="zoom", seeds=(2,), frames=3, height=8, width=10, fps=5.0, centre=(0.25, 0.0),
+        backend="styled-coordinates", registry=styled_registry, lossless=True,
+    )
+    assert (clip.path, clip.frames, clip.height, clip.width, clip.topology, clip.mode, clip.fps) == (output, 3, 8, 10, "flat", "zoom", 5.0)
+    animation = Animation(mode="zoom", seeds=(2,), frames=3, centre=(0.25, 0.0))
+    expected = list(render_frames(StyledCoordinates(), animation, 8, 10, registry=styled_registry))
+    with Image.open(output) as image:
+        decoded = [np.asarray(frame.convert("RGB")) for frame in ImageSequence.Iterator(image)]
+    assert all(np.array_equal(a, b) for a, b in zip(expected, decoded, strict=True))
+    facts = read_webp_provenance(output)
+    assert facts["model"] == "model.bin" and facts["model_sha256"] == file_sha256(model)
+    assert (facts["seed"], facts["animation"], facts["frames"], facts["backend"]) == ("2", "zoom", "3", "styled-coordinates")
+    assert json.loads(facts["centre"]) == [0.25, 0.0] and "fov" not in facts
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.bin", "zoom.webp"]
+
+
+@pytest.mark.runtime
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"mode": "spin"}, "Unknown animation mode 'spin'"),
+        ({"frames": 1}, "at least 2 frames"),
+        ({"fps": 10.0, "duration": 1.0}, "either --fps or --duration"),
+        ({"fov": 0.0}, "field of view"),
+        ({"seeds": (1,)}, "two seeds"),
+        ({"ramps": {"v_min": ("0", "x")}}, "v_min"),
+    ],
+)
+def test_make_video_refuses_bad_requests_before_writing(tmp_path, styled_registry, options, message):
+    arguments = {"seeds": (0, 1), "frames": 3, "height": 8, "backend": "styled-coordinates", "registry": styled_registry, **options}
+    with pytest.raises(CipsError, match=message):
+        make_video(None, tmp_path / "clip.webp", **arguments)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_render_takes_a_ready_style_and_checks_it(backend):
+    style_dim = backend.config.style_dim
+    w = backend.map(seed_latent(9, backend.config), 1.0)  # [1, S]
+    assert np.array_equal(render_detailed(backend, "flat", 8, 8, style=w).image, render(backend, "flat", 8, 8, seed=9))
+    bad_styles = (np.zeros((1, 3), np.float32), np.zeros((2, style_dim), np.float32), np.full((1, style_dim), math.nan, np.float32))
+    for bad in bad_styles:
         with pytest.raises(CipsError, match="style"):
-            render_detailed(tiny, "flat", 8, 8, style=bad)
+            render_detailed(backend, "flat", 8, 8, style=bad)

@@ -52,6 +52,7 @@ def registry(installed):
 # ------------------------------------------------------------------------- built-ins
 
 
+@pytest.mark.runtime
 def test_hookspecs_are_the_register_hooks():
     names = {"register_topologies", "register_chunkers", "register_backends", "register_exporters", "register_outputs", "register_commands"}
     for name in names:
@@ -167,6 +168,7 @@ class _RegistersGarbage:
         register("not a class")
 
 
+@pytest.mark.runtime
 def test_name_clashes_and_garbage_are_refused_without_harm():
     with pytest.warns(PluginWarning):
         registry = load_registry(entry_points=False, extra_plugins=[("again", _RegistersFlatAgain()), ("garbage", _RegistersGarbage())])
@@ -191,6 +193,7 @@ class _CommandHookRaises:
         raise ValueError("no commands today")
 
 
+@pytest.mark.runtime
 def test_register_commands_adds_commands_and_survives_a_raising_plugin():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", PluginWarning)

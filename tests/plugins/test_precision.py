@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -25,7 +26,7 @@ from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.errors import CipsError
 from cips_deploy.plugins.torch_backend import TorchBackend
 
-COORDS = grid_coords(24, 24)
+COORDS = torch.from_numpy(grid_coords(24, 24))  # [1, 576, 2]: tensors for the generator, arrays for the backend
 
 
 @pytest.fixture(autouse=True)
@@ -41,6 +42,13 @@ def styles(generator, seeds=(0, 1, 2, 3)) -> list[torch.Tensor]:
         return [generator.map(torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(s))) for s in seeds]
 
 
+def run(backend: TorchBackend, coords: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The backend on host float32 arrays (its contract), its colours back as a tensor to compare."""
+    rgb = backend.run(np.ascontiguousarray(coords.numpy()), np.ascontiguousarray(w.numpy()))
+    assert isinstance(rgb, np.ndarray) and rgb.dtype == np.float32
+    return torch.from_numpy(rgb)
+
+
 def relative_error(low: torch.Tensor, reference: torch.Tensor) -> float:
     return ((low - reference).norm() / reference.norm()).item()
 
@@ -52,7 +60,7 @@ def test_bf16_is_close_to_fp32_on_tiny(arch):
     generator = cips_deploy.create("tiny", arch=arch, seed=0)
     fp32, bf16 = TorchBackend(generator), TorchBackend(generator, precision="bf16")
     for w in styles(generator):
-        reference, low = fp32.run(COORDS, w), bf16.run(COORDS, w)
+        reference, low = run(fp32, COORDS, w), run(bf16, COORDS, w)
         assert low.dtype == torch.float32 and low.shape == reference.shape
         assert relative_error(low, reference) <= 3e-2
 
@@ -62,10 +70,10 @@ def test_bf16_is_within_1e2_of_fp32_on_the_trained_demo_model():
     # (observed 0.0010-0.0013) and max |difference| 2/127.5, i.e. 2/255 of the 8-bit image
     # (observed 0.0072-0.0097).
     generator = cips_deploy.load(DEMO_MODEL)
-    coords = grid_coords(24, 48, u_range=(-1.0, 1.0))
+    coords = torch.from_numpy(grid_coords(24, 48, u_range=(-1.0, 1.0)))
     fp32, bf16 = TorchBackend(generator), TorchBackend(generator, precision="bf16")
     for w in styles(generator):
-        difference = (bf16.run(coords, w) - fp32.run(coords, w)).abs()
+        difference = (run(bf16, coords, w) - run(fp32, coords, w)).abs()
         assert difference.mean().item() <= 1e-2
         assert difference.max().item() <= 2 / 127.5
 
@@ -73,17 +81,17 @@ def test_bf16_is_within_1e2_of_fp32_on_the_trained_demo_model():
 def test_per_point_styles_in_bf16_are_close_to_fp32(tiny_skip):
     (w,) = styles(tiny_skip, seeds=(5,))
     per_point = w[:, None].expand(1, COORDS.shape[1], -1).contiguous()
-    reference = TorchBackend(tiny_skip).run(COORDS, w)
-    low = TorchBackend(tiny_skip, precision="bf16").run(COORDS, per_point)
+    reference = run(TorchBackend(tiny_skip), COORDS, w)
+    low = run(TorchBackend(tiny_skip, precision="bf16"), COORDS, per_point)
     assert relative_error(low, reference) <= 3e-2
 
 
 def test_bf16_renders_are_bitwise_identical_whatever_the_chunking(tiny_skip):
     backend = TorchBackend(tiny_skip, precision="bf16")
     (w,) = styles(tiny_skip, seeds=(1,))
-    whole = backend.run(COORDS, w)
+    whole = run(backend, COORDS, w)
     for size in (64, 100, 333):
-        parts = torch.cat([backend.run(COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
+        parts = torch.cat([run(backend, COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
         assert torch.equal(parts, whole)
 
 
@@ -95,12 +103,12 @@ def test_creps_bf16_fast_path_is_its_per_point_path_whatever_the_chunking():
     with torch.inference_mode():
         per_point = generator.synthesize(COORDS, w, dtype=torch.bfloat16)
         fp32 = generator.synthesize(COORDS, w)
-    whole = backend.run(COORDS, w)
+    whole = run(backend, COORDS, w)
     assert torch.equal(whole, per_point)
     assert 0 < relative_error(whole, fp32) <= 3e-2  # bfloat16 products, not float32 ones
     for size in (64, 100, 333):
         fresh = TorchBackend(generator, precision="bf16")
-        parts = torch.cat([fresh.run(COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
+        parts = torch.cat([run(fresh, COORDS[:, i : i + size], w) for i in range(0, COORDS.shape[1], size)], dim=1)
         assert torch.equal(parts, whole)
 
 
@@ -108,25 +116,25 @@ def test_rounded_weights_are_reused_only_for_the_same_style_and_parameters(tiny_
     generator = copy.deepcopy(tiny_skip)
     backend = TorchBackend(generator, precision="bf16")
     w0, w1 = styles(generator, seeds=(0, 1))
-    first = backend.run(COORDS, w0)
-    assert torch.equal(backend.run(COORDS, w0), first)
-    other = backend.run(COORDS, w1)
+    first = run(backend, COORDS, w0)
+    assert torch.equal(run(backend, COORDS, w0), first)
+    other = run(backend, COORDS, w1)
     assert not torch.equal(other, first)
-    assert torch.equal(TorchBackend(copy.deepcopy(tiny_skip), precision="bf16").run(COORDS, w1), other)
+    assert torch.equal(run(TorchBackend(copy.deepcopy(tiny_skip), precision="bf16"), COORDS, w1), other)
     with torch.no_grad():  # weights changed in place (a training step, load_state_dict)
         for parameter in generator.parameters():
             parameter.mul_(1.01)
-    changed = backend.run(COORDS, w1)
+    changed = run(backend, COORDS, w1)
     assert not torch.equal(changed, other)
-    assert torch.equal(TorchBackend(copy.deepcopy(generator), precision="bf16").run(COORDS, w1), changed)
+    assert torch.equal(run(TorchBackend(copy.deepcopy(generator), precision="bf16"), COORDS, w1), changed)
 
 
 def test_a_generator_made_under_inference_mode_runs_in_bf16(tiny_skip):
     with torch.inference_mode():
         generator = cips_deploy.create("tiny", seed=0)
     (w,) = styles(tiny_skip, seeds=(4,))
-    expected = TorchBackend(tiny_skip, precision="bf16").run(COORDS, w)
-    assert torch.equal(TorchBackend(generator, precision="bf16").run(COORDS, w), expected)
+    expected = run(TorchBackend(tiny_skip, precision="bf16"), COORDS, w)
+    assert torch.equal(run(TorchBackend(generator, precision="bf16"), COORDS, w), expected)
 
 
 def test_default_precision_is_the_float32_path_bit_for_bit(tiny):
@@ -134,8 +142,8 @@ def test_default_precision_is_the_float32_path_bit_for_bit(tiny):
     with torch.inference_mode():
         plain = tiny.synthesize(COORDS, w)
         assert torch.equal(tiny.synthesize(COORDS, w, dtype=torch.float32), plain)
-    assert torch.equal(TorchBackend(tiny).run(COORDS, w), plain)
-    assert torch.equal(TorchBackend(tiny, precision="fp32").run(COORDS, w), plain)
+    assert torch.equal(run(TorchBackend(tiny), COORDS, w), plain)
+    assert torch.equal(run(TorchBackend(tiny, precision="fp32"), COORDS, w), plain)
     assert TorchBackend(tiny).precision == "fp32"
 
 
@@ -209,7 +217,7 @@ def test_creps_takes_bf16_refuses_other_dtypes_and_keeps_working_in_fp32():
     with torch.inference_mode():
         plain = creps.synthesize(COORDS, w)
         assert torch.equal(creps.synthesize(COORDS, w, dtype=torch.float32), plain)
-    assert torch.equal(TorchBackend(creps, precision="fp32").run(COORDS, w), plain)
+    assert torch.equal(run(TorchBackend(creps, precision="fp32"), COORDS, w), plain)
 
 
 def test_synthesize_refuses_other_dtypes(tiny):
@@ -226,7 +234,7 @@ def test_bench_case_records_its_precision():
 
 
 def test_bench_cli_takes_precisions_and_reports_both_peaks(monkeypatch):
-    import cips_deploy.cli.bench as bench_cli
+    import cips_deploy.measure.bench as bench_cli  # the command imports these from there when it runs
 
     monkeypatch.setattr(bench_cli, "run_case_isolated", run_case)  # in process: no worker start-up
     monkeypatch.setattr(bench_cli, "matmul_peak_gflops", lambda dtype="fp32", device="cpu": {"fp32": 100.0, "bf16": 200.0}[dtype])

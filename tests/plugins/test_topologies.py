@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 import cips_deploy
 from cips_deploy.errors import CipsError
@@ -27,6 +26,7 @@ def layout_of(registry, name, height, width, space="plane", **params):
 # ------------------------------------------------------------------------ parameters
 
 
+@pytest.mark.runtime
 def test_parameters_convert_strings_and_check_bounds():
     count = Parameter("count", int, 2, "how many", minimum=1, maximum=9)
     assert count.convert("7", "demo") == 7
@@ -44,6 +44,7 @@ def test_parameters_convert_strings_and_check_bounds():
         Parameter("on", bool, False, "flag").convert("maybe", "demo")
 
 
+@pytest.mark.runtime
 def test_unknown_parameters_are_refused_with_the_known_ones(registry):
     with pytest.raises(CipsError, match=r"The flat topology has no parameter zoom \(its parameters: u_min, u_max, v_min, v_max\)"):
         resolve_parameters(registry.topologies["flat"].item, {"zoom": 2})
@@ -53,11 +54,15 @@ def test_unknown_parameters_are_refused_with_the_known_ones(registry):
 
 
 def test_flat_is_the_official_grid_at_any_size(tiny):
+    import torch
+
     for height, width in [(64, 64), (37, 150)]:  # the training size and a super-resolved odd one
         image = render(tiny, "flat", height, width, seed=4)
+        z = np.random.RandomState(4).randn(1, 64).astype(np.float32)  # the seed rule of StyleGAN and CREPS
         with torch.inference_mode():
-            w = tiny.map(torch.randn(1, 64, generator=torch.Generator().manual_seed(4)))
-            rgb = tiny.synthesize(cips_deploy.grid_coords(height, width), w)
+            w = tiny.map(torch.from_numpy(z))
+            grid = torch.stack(torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")[::-1], dim=-1)
+            rgb = tiny.synthesize(grid.reshape(1, -1, 2), w)  # the official code's torch grid
         assert np.array_equal(image, cips_deploy.rgb_to_uint8(rgb).reshape(height, width, 3))
 
 
@@ -72,11 +77,12 @@ def test_flat_viewport_crops(tiny):
 # ------------------------------------------------------------------------- cylinder
 
 
+@pytest.mark.runtime
 def test_cylinder_columns_are_sector_centres_so_the_seam_is_an_ordinary_neighbour(registry):
     width = 10
-    u = layout_of(registry, "cylinder", 1, width, "cylinder").points(0, width)[:, 0].double()
-    steps = torch.remainder(torch.diff(torch.cat([u, u[:1]])), 2.0)  # including last -> first
-    assert torch.allclose(steps, torch.full((width,), 2.0 / width, dtype=torch.float64), atol=1e-6)
+    u = layout_of(registry, "cylinder", 1, width, "cylinder").points(0, width)[:, 0].astype(np.float64)
+    steps = np.remainder(np.diff(np.concatenate([u, u[:1]])), 2.0)  # including last -> first
+    assert np.allclose(steps, np.full(width, 2.0 / width), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("arch", ["skip", "res", "ne", "creps"])
@@ -174,6 +180,7 @@ def test_foveated_is_exact_where_it_evaluated(registry, tiny):
     assert not layout.mask.all()
 
 
+@pytest.mark.runtime
 def test_foveated_density_falls_off_with_distance(registry):
     layout = layout_of(registry, "foveated", 512, 512, radius=0.05, max_stride=8)
     levels = layout.levels
@@ -183,15 +190,17 @@ def test_foveated_density_falls_off_with_distance(registry):
     assert layout.n_points < 0.15 * 512 * 512
 
 
+@pytest.mark.runtime
 def test_foveated_reconstruction_reproduces_linear_images_exactly(registry):
     """Between samples the reconstruction is (multi-level) bilinear: a linear ramp comes back whole."""
     layout = layout_of(registry, "foveated", 80, 120, gaze_x=0.8, gaze_y=0.2, radius=0.05)
     points = layout.points(0, layout.n_points)
-    ramp = torch.stack([points[:, 0], 0.5 * points[:, 1], points[:, 0] - points[:, 1]], dim=-1) * 0.9
+    assert points.dtype == np.float32 and points.shape == (layout.n_points, 2)
+    ramp = np.stack([points[:, 0], 0.5 * points[:, 1], points[:, 0] - points[:, 1]], axis=-1) * np.float32(0.9)
     layout.accept(0, ramp)
     full = layout.reconstruct()
-    u = torch.linspace(-1, 1, 120)[None, :].numpy()
-    v = torch.linspace(-1, 1, 80)[:, None].numpy()
+    u = np.linspace(-1, 1, 120)[None, :]
+    v = np.linspace(-1, 1, 80)[:, None]
     expected = np.stack(np.broadcast_arrays(u, 0.5 * v, u - v), axis=-1) * 0.9
     assert np.abs(full - expected).max() < 1e-5
 

@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.errors import CipsError
 from cips_deploy.media.provenance import png_info
+from cips_deploy.runtime.atomic import atomic_path
 
 # Wider panoramas are reduced (box filter, a whole factor) before embedding: WebGL
 # textures are limited to 8192 or 16384 texels per side on common hardware, and a page

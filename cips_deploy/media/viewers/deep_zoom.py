@@ -1,4 +1,4 @@
-"""The self-contained HTML viewer written beside a Deep Zoom pyramid (``out.html``).
+"""The Deep Zoom viewer: the self-contained HTML page written beside a pyramid (``out.html``).
 
 One file, no script or style from the network: the pyramid's geometry is written into the
 page (so it works opened straight from disk, where a page may not fetch ``out.dzi``), and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -155,9 +156,16 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-def viewer_page(name: str, height: int, width: int, tile: int, top_level: int) -> str:
-    """The viewer of the pyramid ``name.dzi`` / ``name_files/`` (the page sits beside them)."""
+def deep_zoom_page(name: str, height: int, width: int, tile: int, top_level: int) -> str:
+    """The viewer page of the pyramid ``name.dzi`` / ``name_files/`` (the page sits beside them).
+
+    height, width: the full image in pixels; tile: the tile side in pixels; top_level: the
+    pyramid's finest level (ceil(log2(max(height, width)))), whose tiles are the image's.
+    """
     config = {"width": width, "height": height, "tile": tile, "top_level": top_level, "files": f"{name}_files", "format": "png"}
-    # json.dumps escapes quotes; "</" is escaped too so a name cannot close the script element.
-    text = json.dumps(config).replace("</", "<\\/")
-    return PAGE.replace("__CONFIG__", text).replace("__TITLE__", html.escape(f"{name} ({width} x {height})"))
+    # JSON inside <script>: no "<" at all (as \u003c, as the panorama viewer does), so neither
+    # "</script" nor "<!--" in a file name can change how the HTML parser reads the script.
+    text = json.dumps(config).replace("<", "\\u003c")
+    values = {"__CONFIG__": text, "__TITLE__": html.escape(f"{name} ({width} x {height})")}
+    # One pass, so that a name holding a placeholder's text is never taken for one.
+    return re.sub("__CONFIG__|__TITLE__", lambda match: values[match.group(0)], PAGE)

@@ -1,0 +1,161 @@
+"""What several commands share: choosing the model, parsing seeds and NAME=VALUE lists,
+checking an output before rendering, tiling a grid of seeds, the progress bar."""
+
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from cips_deploy.errors import CipsError
+from cips_deploy.models import DEMO_ENGINE, DEMO_MODEL
+from cips_deploy.runtime.render import Rendering
+
+MAX_SEEDS = 256
+BACKEND_HELP = (
+    "Synthesis backend (see `cips-deploy plugins`); default: the one the model file names "
+    "(onnxruntime for .onnx, tensorrt for .plan), else torch."
+)
+
+
+def backend_from_the_model(command: click.Command) -> click.Command:
+    """``--backend`` defaults to None: the backend is chosen from the model (an engine says what it is)."""
+    for param in command.params:
+        if param.name == "backend":
+            param.default, param.show_default, param.help = None, False, BACKEND_HELP
+    return command
+
+
+def choose_model(
+    checkpoint: Path | None, preset: str | None, arch: str, coordinate_space: str, model_seed: int, backend: str | None = None
+) -> Any:
+    """A model file (a checkpoint or an exported engine: the backend reads it) or a
+    random-weight Generator of a preset.
+
+    Without either, the bundled demo: its ONNX engine (the torch-free runtime renders it),
+    or its checkpoint when the torch backend is named."""
+    if checkpoint is not None and preset is not None:
+        raise CipsError("Give either --checkpoint or --preset, not both.")
+    if checkpoint is not None:
+        return checkpoint
+    if preset is None:
+        demo = DEMO_MODEL if backend == "torch" else DEMO_ENGINE
+        if not demo.exists():
+            raise CipsError(f"No --checkpoint given and the bundled demo model {demo} is missing; reinstall cips-deploy.")
+        return demo
+    from cips_deploy._compat import require_build_extra
+
+    require_build_extra("--preset (a random-weight PyTorch model)")
+    from cips_deploy import create
+
+    return create(preset, arch=arch, coordinate_space=coordinate_space, seed=model_seed)
+
+
+def parse_seeds(seed: int | None, seeds: str | None, limit: int = MAX_SEEDS, what: str = "a grid") -> list[int]:
+    """[seed] or the seeds of a list such as ``0-3,7`` (at most ``limit``, for ``what``)."""
+    if seed is not None and seeds is not None:
+        raise CipsError("Give either --seed or --seeds, not both.")
+    if seeds is None:
+        return [0 if seed is None else seed]
+    found: list[int] = []
+    for part in seeds.replace(" ", "").split(","):
+        try:
+            if "-" in part[1:]:
+                first, last = part.split("-", 1)
+                low, high = int(first), int(last)
+                if high < low:
+                    raise ValueError
+                found.extend(range(low, min(high, low + limit) + 1))
+            else:
+                found.append(int(part))
+        except ValueError:
+            raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r}.") from None
+    if len(found) > limit:
+        raise CipsError(f"--seeds lists {len(found)} seeds; {what} takes at most {limit:,}.")
+    return found
+
+
+def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
+    """``("a=1", "b=x")`` -> ``{"a": "1", "b": "x"}``; values stay strings for the plugin to convert."""
+    parsed: dict[str, str] = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        if not equals or not name.strip():
+            raise CipsError(f"A {what} is written NAME=VALUE, not {item!r}.")
+        parsed[name.strip()] = value.strip()
+    return parsed
+
+
+def check_output(output: Path, force: bool = False, extensions: tuple[str, ...] = (".png",)) -> None:
+    """Refuse an output we cannot write (or must not replace) before spending time on the render."""
+    if output.is_dir():
+        raise CipsError(f"Cannot write {output}: it is a directory.")
+    if output.exists() and not force:
+        raise CipsError(f"{output} already exists; pass --force to replace it.")
+    if output.suffix.lower() not in extensions:
+        raise CipsError(f"The output {output} must be a {' or '.join(extensions)} file.")
+    folder = output.parent
+    if not folder.is_dir():
+        raise CipsError(f"Cannot write {output}: the folder {folder} does not exist.")
+    try:  # the only reliable test of writability (permissions, read-only mounts, root) is to try
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CipsError(f"Cannot write {output}: {error.strerror or error}.") from None
+
+
+def tile(images: list[np.ndarray]) -> np.ndarray:
+    """One image, or several uint8 [H, W, 3] as a near-square grid, row by row."""
+    if len(images) == 1:
+        return images[0]
+    columns = math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    height, width, _ = images[0].shape
+    grid = np.zeros((rows * height, columns * width, 3), dtype=np.uint8)
+    for index, image in enumerate(images):
+        row, column = divmod(index, columns)
+        grid[row * height : (row + 1) * height, column * width : (column + 1) * width] = image
+    return grid
+
+
+def summary(output: Path, renderings: list[Rendering], height: int, width: int) -> str:
+    first = renderings[0]
+    seeds = ", ".join(str(rendering.seed) for rendering in renderings)
+    points = sum(rendering.points_evaluated for rendering in renderings)
+    chunks = sum(rendering.chunks for rendering in renderings)
+    text = (
+        f"Wrote {output}: {height}x{width} {first.topology} render of seed{'s' if len(renderings) > 1 else ''} {seeds}; "
+        f"evaluated {points:,} points in {chunks:,} chunk{'s' if chunks != 1 else ''}"
+    )
+    pixels = height * width * len(renderings)
+    if points != pixels:
+        text += f" ({points / pixels:.1%} of {pixels:,} pixels)"
+    return text + "."
+
+
+class ChunkProgress:
+    """``render_detailed``'s progress callback as a click progress bar on stderr."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.label, self.enabled = label, enabled
+        self.bar = None
+        self.done = 0
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            self.bar = click.progressbar(length=total, label=self.label, file=sys.stderr, show_pos=True)
+            self.bar.__enter__()
+        self.bar.update(done - self.done)
+        self.done = done
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(None, None, None)
+            self.bar = None
