@@ -45,10 +45,9 @@ BARE_LOOP = """
 import sys
 import numpy as np, onnxruntime as ort
 from PIL import Image
-import cips_deploy.models as models  # only to find the files (imports nothing heavy)
-height, width, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-synthesis = ort.InferenceSession(str(models.DEMO_ENGINE), providers=["CPUExecutionProvider"])
-mapping = ort.InferenceSession(str(models.DEMO_ENGINE.with_suffix(".mapping.onnx")), providers=["CPUExecutionProvider"])
+height, width, out, engine = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
+synthesis = ort.InferenceSession(engine, providers=["CPUExecutionProvider"])
+mapping = ort.InferenceSession(engine[: -len(".onnx")] + ".mapping.onnx", providers=["CPUExecutionProvider"])
 z = np.random.RandomState(0).randn(1, mapping.get_inputs()[0].shape[1]).astype(np.float32)
 (w,) = mapping.run(None, {"z": z})
 column = np.arange(width, dtype=np.float64)
@@ -110,7 +109,9 @@ def main() -> None:
             }
             tif.unlink(missing_ok=True)
         first_python = args.env[0].split("=", 1)[1]
-        bare = measured(first_python, "-c", BARE_LOOP, "256", "1024", str(out / "bare.png"))
+        engine = subprocess.run([first_python, "-c", "import cips_deploy.models as m; print(m.DEMO_ENGINE)"],
+                                capture_output=True, text=True, check=True).stdout.strip()
+        bare = measured(first_python, first_python, "-c", BARE_LOOP, "256", "1024", str(out / "bare.png"), engine)
         rows["bare onnxruntime loop"] = {"render_exit": bare[0], "render_s": bare[1], "render_rss_mb": bare[2]}
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -174,6 +174,13 @@ class OnnxRuntimeBackend(Backend):
             return super().bytes_per_point(per_point_style)
         return grid_bytes_per_point(self.config)
 
+    def preferred_memory_budget(self) -> float:
+        """32 MB of working memory per chunk on a CPU, as the torch backend: the process's peak
+        follows the chunk, and onnxruntime's arena keeps its largest (the quickstart panorama
+        peaked at 464 MB RSS in the default 256 MB chunks; BENCHMARKS.md); 2 GB on a GPU."""
+        on_gpu = any(engine.on_gpu for engine in self._engines.values())
+        return 2048.0 if on_gpu else 32.0
+
     def close(self) -> None:
         self._engines.clear()
         self._grid = None

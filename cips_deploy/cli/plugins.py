@@ -68,7 +68,6 @@ def plugins_command(as_json: bool) -> None:
             "builtin": info.builtin,
             "hooks": info.hooks,
             "problems": info.problems,
-            "unavailable": info.unavailable,
         }
         for info in registry.plugins.values()
     ]
@@ -81,19 +80,17 @@ def plugins_command(as_json: bool) -> None:
         return
     for row in rows:
         origin = f"{row['distribution'] or 'unknown distribution'} {row['version'] or ''}".strip()
-        status = "BROKEN" if row["problems"] else ("not installed" if row.get("unavailable") else ("built-in" if row["builtin"] else "ok"))
+        status = "BROKEN" if row["problems"] else ("built-in" if row["builtin"] else "ok")
         click.echo(f"{row['name']}  [{status}]  {origin}")
         if row["hooks"]:
             click.echo(f"    hooks: {', '.join(row['hooks'])}")
-        elif row["name"] != CORE and not row.get("unavailable"):
+        elif row["name"] != CORE:
             click.echo("    hooks: none")
         for key, names in row["provides"].items():
             if names:
                 click.echo(f"    {key.replace('_', ' ')}{'s' if len(names) > 1 else ''}: {', '.join(names)}")
         for problem in row["problems"]:
             click.echo(f"    problem: {problem}")
-        if row.get("unavailable"):
-            click.echo(f"    {row['unavailable']}")
 
 
 @cli.command("topologies")

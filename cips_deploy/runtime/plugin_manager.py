@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import importlib.util
 import sys
 import re
 import signal
@@ -28,7 +27,6 @@ import click
 import pluggy
 
 from cips_deploy.contracts import hookspecs
-from cips_deploy._compat import BUILD_EXTRA
 from cips_deploy._version import __version__
 from cips_deploy.contracts.backend import Backend
 from cips_deploy.contracts.chunking import Chunker
@@ -57,10 +55,6 @@ BUILTIN_PLUGINS = (
     "cips_deploy.exporters.triton_plugin",
     "cips_deploy.plugins.openvino_backend",
 )
-# Built-in plugins that need the build extra (PyTorch). Where torch is not installed they are
-# left out quietly, not reported broken: the install chose not to have them, and asking for
-# what they provide says which extra brings it (Registry.get).
-NEEDS_BUILD_EXTRA = ("cips_deploy.plugins.torch_backend",)
 # Each register_* hook and the kind of thing it registers.
 REGISTER_HOOKS = {
     "register_families": "family",
@@ -87,7 +81,6 @@ class PluginInfo:
     builtin: bool
     hooks: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    unavailable: str | None = None  # why a built-in plugin was left out (the extra it needs)
 
     @property
     def broken(self) -> bool:
@@ -154,9 +147,6 @@ class Registry:
         choices = ", ".join(sorted(self.items[kind])) or "none"
         broken = sorted(info.name for info in self.plugins.values() if info.broken)
         hint = f"; plugin(s) {', '.join(broken)} failed to load, see `cips-deploy plugins`" if broken else ""
-        missing = sorted(info.name for info in self.plugins.values() if info.unavailable)
-        if missing:
-            hint += f"; built-in plugin(s) {', '.join(missing)} need the build extra: {BUILD_EXTRA}"
         raise CipsError(f"Unknown {kind} {name!r}; available: {choices}{hint}.")
 
     def problem(self, plugin: str, message: str) -> None:
@@ -174,12 +164,8 @@ def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[st
     manager = pluggy.PluginManager("cips_deploy")
     manager.add_hookspecs(hookspecs)
     registry = Registry(manager)
-    torch_installed = importlib.util.find_spec("torch") is not None
     for module_name in BUILTIN_PLUGINS:
         registry.plugins[module_name] = PluginInfo(module_name, "cips-deploy", __version__, builtin=True)
-        if module_name in NEEDS_BUILD_EXTRA and not torch_installed:
-            registry.plugins[module_name].unavailable = f"needs the build extra: {BUILD_EXTRA}"
-            continue
         _register(registry, module_name, lambda name=module_name: importlib.import_module(name))
     if entry_points:
         for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
