@@ -16,17 +16,16 @@ import torch
 from torch import Tensor
 
 from cips_deploy.contracts.backend import Backend
+from cips_deploy.families.dtypes import DTYPES
 from cips_deploy.families.checkpoint import load
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
 from cips_deploy.families.generator import Generator
 from cips_deploy.plugins.line_cache import LineCache
-from cips_deploy.contracts.topology import Parameter
 
 PAD_POINTS = 64
 # The torch dtype of each precision that cips_deploy.contracts.precision names (the contract
 # itself holds names only, so that it needs no torch).
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # MB of cached lines (line-factored generators): the backend's budget is this plus the chunk
 # budget (preferred_memory_budget). paper256 lines take 6 KB per row or column: 2,700^2 fits.
 LINE_CACHE_MB = {"cpu": 32.0, "cuda": 512.0}
@@ -96,15 +95,7 @@ def _same_points(coords: Tensor) -> bool:
 
 
 class TorchRunner(Backend):
-    name = "torch"
-    description = "PyTorch generator (CPU or CUDA); bitwise chunk-invariant on CPU; CREPS lines computed once per row and column."
-    options = (
-        Parameter(
-            "precision", str, "fp32",
-            "fp32; bf16 (about 2x faster products on CPUs with AVX512-BF16; images differ by a few levels); fp16 (CUDA only)",
-            choices=tuple(DTYPES),
-        ),
-    )
+    """The torch backend's work (:class:`~cips_deploy.plugins.torch_backend.TorchBackend` declares its name and options)."""
 
     def __init__(self, model: Generator | str | Path, *, device: str = "cpu", precision: Any = "fp32", **options: Any) -> None:
         if options:

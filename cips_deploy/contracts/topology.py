@@ -14,7 +14,7 @@ Two ready-made layouts cover most topologies:
   plugin author; by default point ``r * W + c`` is pixel ``(r, c)``.
 
 Points and colours cross this contract as numpy float32 arrays. Topologies written for the
-torch runtime (before 0.9) keep working: a :class:`PointLayout` takes torch points, and
+torch runtime (0.1) keep working: a :class:`PointLayout` takes torch points, and
 :func:`check_points` takes whatever a layout's ``points`` returns, tensors included,
 duck-typed so that nothing here imports torch.
 """

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cips_deploy.families.dtypes import DTYPES
 from cips_deploy.errors import CipsError
 
 
@@ -48,9 +49,7 @@ class BenchCase:
     precision: str = "fp32"  # the torch backend's option; other backends take fp32 only
 
 
-# The torch dtype of each precision name (cips_deploy.contracts.precision holds the names
-# only; the torch backend's DTYPES is the same table, which the core may not import).
-PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+PRECISION_DTYPES = DTYPES  # the torch dtype of each precision name (cips_deploy.families.dtypes)
 
 
 def matmul_peak_gflops(

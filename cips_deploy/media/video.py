@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from cips_deploy.runtime.backend_arrays import from_backend, to_backend
 from cips_deploy.contracts.topology import resolve_parameters
 from cips_deploy.errors import CipsError
 from cips_deploy.media.provenance import model_identity, render_provenance, xmp_packet
@@ -190,11 +191,7 @@ def map_latent(runner: Any, z: np.ndarray, truncation: float) -> np.ndarray:
     Backends of the old contract (``arrays == "torch"``, :mod:`cips_deploy.backend`) take and
     return torch tensors; torch is imported only for them, and they exist only where it is.
     """
-    if getattr(runner, "arrays", "numpy") == "torch":
-        import torch
-
-        return runner.map(torch.from_numpy(z), truncation).detach().to("cpu", torch.float32).numpy()
-    return np.asarray(runner.map(z, truncation), dtype=np.float32)
+    return from_backend(runner.map(*to_backend(runner, z), truncation), getattr(runner, "name", "The backend"), "map")
 
 
 def walk_styles(keys: np.ndarray, frames: int) -> Iterator[np.ndarray]:

@@ -2,7 +2,7 @@
 
 Backends take and return host numpy arrays (:mod:`cips_deploy.contracts.backend`). A backend
 class that declares ``arrays = "torch"`` (the legacy :class:`cips_deploy.backend.Backend`, which
-plugins written before 0.9 subclass) gets CPU torch tensors instead: :func:`to_backend` wraps
+plugins written for 0.1 subclass) gets CPU torch tensors instead: :func:`to_backend` wraps
 the arrays with ``torch.from_numpy`` (no copy) and :func:`from_backend` takes colours or styles
 back with ``.detach().cpu().numpy()``, so torch is imported for such a backend only. The
 renderers use these two for both ``map`` and ``run``.
