@@ -33,12 +33,12 @@ class EngineChoice(click.Choice):
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
 @click.option("--engine", type=EngineChoice(), default="onnx", show_default=True,
               help="onnx: a validated ONNX model; trt: a TensorRT plan built from it (needs tensorrt and a GPU); "
-                   "or a plugin's engine (`cips-deploy plugins`).")
+                   "web: a static site whose page renders in the browser; or a plugin's engine (`cips-deploy plugins`).")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Engine file (.onnx or .plan); default <checkpoint name>.onnx/.plan here.")
+              help="Engine file (.onnx or .plan; a folder for web); default <checkpoint name>.onnx/.plan/-site here.")
 @click.option("--opset", type=int, default=None, help="ONNX opset, 13 to 20 (default 17).")
 @click.option("--no-validate", is_flag=True, help="Skip the onnxruntime-against-torch check.")
 @click.option("--spatial-style", is_flag=True, help="Take one style per point: w [B, N, S] instead of [B, S].")
@@ -57,9 +57,12 @@ class EngineChoice(click.Choice):
               help="Triton backend of the repository's model: onnxruntime (default for onnx), tensorrt (trt), or python "
                    "(onnxruntime inside Triton's Python backend, for CPU servers; see docs/serving.md).")
 @click.option("--external-data", is_flag=True, help="Keep weights in a .data file even below protobuf's 2 GB limit.")
+@click.option("--web-runtime", type=click.Path(path_type=Path),
+              help="web: copy onnxruntime-web from this folder (node_modules/onnxruntime-web/dist) into the site; "
+                   "without it the page loads the pinned version from a public CDN.")
 @click.option("--force", is_flag=True, help="Replace existing files.")
 def export(
-    checkpoint: Path,
+    checkpoint: Path | None,
     engine: str,
     output: Path | None,
     opset: int | None,
@@ -76,22 +79,28 @@ def export(
     force: bool,
     quantize: str | None,
     min_psnr: float | None,
+    web_runtime: Path | None,
 ) -> None:
-    """Export CHECKPOINT (ours, an official CIPS .pt or CREPS .pkl; for --engine trt also an exported .onnx).
+    """Export CHECKPOINT (ours, an official CIPS .pt or CREPS .pkl; for --engine trt and web also an exported .onnx).
 
     The engine takes coords [B, N, 2] and w [B, S] and returns rgb [B, N, 3]; the mapping
     network z -> w is written beside it as <name>.mapping.onnx. A line-factored model (CREPS)
     also gets its grid engines, <name>.lines.onnx and <name>.compose.onnx, which render grids
-    with each row and column computed once (docs/line-engines.md).
+    with each row and column computed once (docs/line-engines.md). --engine web writes a static
+    site whose page synthesises the model in the browser (docs/web.md); its default CHECKPOINT
+    is the bundled demo.
     """
     from cips_deploy._compat import require_build_extra
+    from cips_deploy.errors import CipsError
     from cips_deploy.exporters.spec import DEFAULT_OPSET
 
     exporter = get_registry().get("exporter", engine).item
     if engine in ("onnx", "trt"):  # the built-in engines trace PyTorch models (a plugin's may not)
         require_build_extra("Exporting an engine")
-    from cips_deploy.exporters.quantize import QualityError
-    from cips_deploy.exporters.validate import ValidationError
+    if checkpoint is None:
+        checkpoint = getattr(exporter, "default_source", None)
+        if checkpoint is None:
+            raise click.UsageError(f"Give the CHECKPOINT to export (the {engine} engine has no default model).")
 
     try:
         summary = exporter.export(
@@ -111,9 +120,12 @@ def export(
             overwrite=force,
             quantize=quantize,
             min_psnr=min_psnr,
+            web_runtime=web_runtime,
         )
-    except (ValidationError, QualityError) as error:
-        click.echo(error.report.format(), err=True)  # where the engine disagrees; then the one-line error
+    except CipsError as error:
+        report = getattr(error, "report", None)  # a validation or quality report: where the engine disagrees
+        if report is not None:
+            click.echo(report.format(), err=True)
         raise
     for part in ("report", "quality"):  # what a plugin's exporter does not report is absent
         if getattr(summary, part, None) is not None:

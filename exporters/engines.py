@@ -13,6 +13,7 @@ from typing import Any
 from cips_deploy.contracts.exporter import Exporter
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.precision import PRECISIONS
+from cips_deploy.errors import CipsError
 
 
 class _PipelineExporter(Exporter):
@@ -26,6 +27,8 @@ class _PipelineExporter(Exporter):
         require_build_extra("Exporting an engine")  # tracing needs the PyTorch model
         from .pipeline import export_checkpoint  # onnx and the exporters load only when exporting
 
+        if options.pop("web_runtime", None) is not None:
+            raise CipsError(f"--web-runtime is for the web engine, not {self.name}.")
         return export_checkpoint(source, engine=self.name, output=output, overwrite=overwrite, precision=precision, **options)
 
 

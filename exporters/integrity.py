@@ -124,3 +124,20 @@ def verify(path: str | Path, *, required: bool = True) -> None:
         raise CipsError(
             f"{path} was modified after export: its graph or weights no longer match its content hash; export it again."
         )
+
+
+def recorded_hash(path: str | Path) -> str | None:
+    """The content hash recorded in the engine at ``path`` (None for an engine without one)."""
+    with onnx_proto.open_model(regular_file(path, "engine")) as mapped:
+        return onnx_proto.metadata_props(mapped.data).get(KEY)
+
+
+def external_data_files(path: str | Path) -> list[str]:
+    """The external data files the engine at ``path`` keeps weights in (none for most engines)."""
+    path = regular_file(path, "engine")
+    with onnx_proto.open_model(path) as mapped:
+        parts = onnx_proto.compute_parts(mapped.data, path.parent)
+        try:
+            return sorted(str(name) for name in parts.external)
+        finally:
+            parts.close()

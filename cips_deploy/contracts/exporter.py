@@ -9,12 +9,15 @@ to it. It declares:
 - ``families``: the generator architectures it can export (``GeneratorConfig.arch`` names,
   for example ``("skip", "res", "ne", "creps")``); empty means every family;
 - ``precisions``: the ``--precision`` values it takes (``("fp32",)`` at least);
+- ``default_source``: the model exported when the command is given none (None: a model must
+  be given; the ``web`` engine's is the bundled demo engine);
 - ``export(source, *, output, overwrite, precision, **options) -> result``: write the engine.
   ``options`` are the command's other settings under their Python names (``opset``,
   ``validate``, ``spatial_style``, ``quantize``, ...) with the command's defaults; refuse
   what you cannot honour with :class:`cips_deploy.errors.CipsError`, one sentence.
   The result has ``files`` (the paths written) and may have ``report`` and ``quality``
   (objects with ``format()``), ``metadata`` and ``triton_models``, which the command prints.
+  An error may carry a ``report`` (with ``format()``), printed before its sentence.
 
 :meth:`Exporter.check_request` refuses a family or precision outside the declaration in
 one sentence; a third-party exporter calls it first.
@@ -36,6 +39,7 @@ class Exporter(ABC):
     description: ClassVar[str] = ""
     families: ClassVar[tuple[str, ...]] = ()  # empty: every family
     precisions: ClassVar[tuple[str, ...]] = ("fp32",)
+    default_source: Path | None = None
 
     @abstractmethod
     def export(self, source: Path, *, output: Path | None, overwrite: bool, precision: str, **options: Any) -> Any:

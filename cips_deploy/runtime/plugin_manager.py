@@ -53,6 +53,7 @@ BUILTIN_PLUGINS = (
     "cips_deploy.exporters.command",
     "cips_deploy.train.command",
     "cips_deploy.exporters.triton_plugin",
+    "cips_deploy.exporters.web.plugin",
     "cips_deploy.plugins.openvino_backend",
 )
 # Each register_* hook and the kind of thing it registers.

@@ -2,6 +2,7 @@
 
     python docs/pictures/make.py            # writes docs/pictures/*.png, *.webp (about 30 s on 2 cores)
     python docs/pictures/make.py --out /tmp/pictures
+    python docs/pictures/make.py web-page   # only that picture
 
 Each picture is made by a ``cips-deploy`` command (run in-process, exactly as typed in the
 gallery) or, where a figure combines several renders, by the public Python API only
@@ -18,6 +19,7 @@ import shlex
 import shutil
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -171,6 +173,44 @@ def demo_comparison(out: Path, work: Path) -> None:
     save(np.concatenate(rows, axis=0), out / "demo-cips-creps.png")
 
 
+def web_page(out: Path, work: Path, web_runtime: Path) -> None:
+    """The demo's exported site in headless Chromium, zoomed and panned with the mouse."""
+    if not (web_runtime / "ort.wasm.min.mjs").is_file():
+        print(f"  skipped the web page's screenshot: no onnxruntime-web at {web_runtime} (npm install onnxruntime-web)")
+        return
+    from playwright.sync_api import sync_playwright
+
+    from cips_deploy.exporters.web.server import make_server
+
+    run(f"cips-deploy export --engine web -o {work / 'site'} --web-runtime {web_runtime}")
+    server = make_server(work / "site")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=shutil.which("chromium") or "/usr/bin/chromium",
+                                                 headless=True, args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 360})
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/?seed=5&size=1024x256")
+            page.wait_for_function("window.cipsDeploy !== undefined")
+            page.evaluate("window.cipsDeploy.idle()")
+            box = page.locator("#view").bounding_box()
+            x, y = box["x"] + 0.55 * box["width"], box["y"] + 0.5 * box["height"]
+            page.mouse.move(x, y)
+            page.mouse.wheel(0, -190)  # zoom in about the pointer: new pixels, not magnified ones
+            page.evaluate("window.cipsDeploy.idle()")
+            page.mouse.down()
+            page.mouse.move(x - 120, y, steps=6)  # and pan
+            page.mouse.up()
+            page.evaluate("window.cipsDeploy.idle()")
+            print(f"  the view: {page.url.split('?')[1]}")
+            shot = np.asarray(Image.open(io.BytesIO(page.screenshot())).convert("RGB"))
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    save(shot, out / "web-page.png")
+
+
 def animations(out: Path, work: Path) -> None:
     run(f"cips-deploy video --preset tiny --arch creps --seeds 0-3 --frames 32 --height 96 --quality 70 -o {work / 'walk.webp'}")
     run(f"cips-deploy video --mode pan --seeds 0 --frames 36 --height 96 --quality 70 -o {work / 'pan.webp'}")
@@ -181,19 +221,32 @@ def animations(out: Path, work: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the pictures (default: docs/pictures)")
-    out = parser.parse_args().out
+    parser.add_argument("--web-runtime", type=Path, default=HERE.parents[1] / ".ci-npm/node_modules/onnxruntime-web/dist",
+                        help="onnxruntime-web's dist folder, for the web page's screenshot")
+    parser.add_argument("only", nargs="*", help="make only these pictures (functions of this file, such as web-page)")
+    args = parser.parse_args()
+    out = args.out
     out.mkdir(parents=True, exist_ok=True)
     for bundled in (DEMO_ENGINE, DEMO_MODEL):  # the commands' default model; the comparison's checkpoint
         if not bundled.exists():
             sys.exit(f"The bundled demo model {bundled} is missing; reinstall cips-deploy.")
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
-        panorama_and_viewer(out, work)
-        foveated(out, work)
-        zoom_strip(out, work)
-        scale_consistency(out)
-        demo_comparison(out, work)
-        animations(out, work)
+        pictures = {
+            "panorama-and-viewer": lambda: panorama_and_viewer(out, work),
+            "foveated": lambda: foveated(out, work),
+            "zoom-strip": lambda: zoom_strip(out, work),
+            "scale-consistency": lambda: scale_consistency(out),
+            "demo-comparison": lambda: demo_comparison(out, work),
+            "web-page": lambda: web_page(out, work, args.web_runtime),
+            "animations": lambda: animations(out, work),
+        }
+        for name in args.only:
+            if name not in pictures:
+                sys.exit(f"No picture {name!r}; choose from {', '.join(pictures)}.")
+        for name, make in pictures.items():
+            if not args.only or name in args.only:
+                make()
 
 
 if __name__ == "__main__":
