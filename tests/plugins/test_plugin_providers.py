@@ -75,9 +75,9 @@ def engine_registry(monkeypatch):
 
 
 def test_export_offers_and_dispatches_to_a_registered_engine(engine_registry, tmp_path):
-    assert list(engine_registry.exporters) == ["onnx", "trt", "copy"]
+    assert list(engine_registry.exporters) == ["onnx", "trt", "web", "copy"]
     assert "invalid exporter" in engine_registry.plugins["test-engine"].problems[0]
-    assert "[onnx|trt|copy]" in invoke("export", "--help").output
+    assert "[onnx|trt|web|copy]" in invoke("export", "--help").output
     source = tmp_path / "model.bin"
     source.write_bytes(b"weights")
     result = invoke("export", source, "--engine", "copy", "-o", tmp_path / "out.bin", "--precision", "fp16", "--opset", "18")
