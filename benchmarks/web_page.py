@@ -4,8 +4,9 @@ side by side in one run (issue 23).
 For each model (the bundled CIPS and CREPS demos, and paper256 CIPS-skip and CREPS with random
 weights, seed 0, exported here once):
 
-- pixels/s of a ``size x size`` render, seed 0, the median of ``--repeats`` after a warm-up
-  render: in the page (``window.cipsDeploy.render``, timed inside the page) and in Python
+- pixels/s of a ``size x size`` render, the median of ``--repeats`` renders of seeds 10, 11, ...
+  (another seed each time, so that no path reuses the lines a CREPS grid cached for a style)
+  after a warm-up render: in the page (``window.cipsDeploy.render``, timed inside the page) and in Python
   (``cips_deploy.render`` through the onnxruntime backend, timed around the call), each with
   ``--threads`` threads;
 - the page's interactive view at ``--frame`` (1280 x 720): time to the first (coarse) picture
@@ -72,9 +73,9 @@ def python_pixels_per_second(engine: Path, topology: str, size: int, threads: in
         backend = OnnxRuntimeBackend(engine, providers="cpu")
         cips_deploy.render(backend, topology, height=64, width=64, seed=1)  # warm-up
         seconds = []
-        for _ in range(repeats):
+        for repeat in range(repeats):
             start = time.perf_counter()
-            cips_deploy.render(backend, topology, height=size, width=size, seed=0)
+            cips_deploy.render(backend, topology, height=size, width=size, seed=10 + repeat)
             seconds.append(time.perf_counter() - start)
         return size * size / statistics.median(seconds)
     finally:
@@ -98,7 +99,7 @@ def page_measurements(browser, url: str, topology: str, size: int, frame: tuple[
             const times = [];
             for (let i = 0; i < repeats; i++) {
               const start = performance.now();
-              await window.cipsDeploy.render({seed: 0, width: size, height: size, topology});
+              await window.cipsDeploy.render({seed: 10 + i, width: size, height: size, topology});
               times.push(performance.now() - start);
             }
             return times; }""",

@@ -38,7 +38,7 @@ from .. import integrity
 from ..engine_files import grid_engine_files, mapping_path_for
 from ..grid_runtime import GROUP_VALUES
 from ..metadata import EngineMetadata, read_onnx_metadata
-from ..spec import COMPOSE, LINES, MAPPING, SYNTHESIS
+from ..spec import LINES, MAPPING, SYNTHESIS
 
 PAGE = Path(__file__).with_name("page")
 PAGE_FILES = ("index.html", "page.js", "worker.js", "numerics.js")

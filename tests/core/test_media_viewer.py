@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
-import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -25,8 +23,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.media.provenance import read_png_metadata
 from cips_deploy.media.viewers import MAX_EMBEDDED_WIDTH, viewer_html, write_viewer
 
-CHROMIUM = os.environ.get("CIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run"]
+from tests.helpers.browser import CHROMIUM, FLAGS, playwright_api
 VIEW = {"width": 480, "height": 270}
 
 
@@ -49,15 +46,7 @@ def periodic() -> np.ndarray:
 @pytest.fixture(scope="module")
 def browser_factory(tmp_path_factory):
     """Start Chromium (fresh profile each time) with extra flags; yields a function."""
-    # In CI (CI set) .ci/run installs both, so their absence is a failure there, not a skip.
-    missing = pytest.fail if os.environ.get("CI") else pytest.skip
-    try:
-        import playwright.sync_api as playwright_api
-    except ImportError:
-        missing("the playwright package is not installed (it is in the test extra)")
-    if not Path(CHROMIUM).is_file():
-        missing(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it)")
-    manager = playwright_api.sync_playwright().start()
+    manager = playwright_api().sync_playwright().start()
     contexts = []
 
     def launch(*extra: str):
@@ -187,7 +176,7 @@ def test_render_viewer_needs_a_cylinder_and_one_seed(tmp_path):
     from cips_deploy.cli import cli
 
     runner = CliRunner()
-    flat = runner.invoke(cli, ["render", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
+    flat = runner.invoke(cli, ["render", "-t", "flat", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
     assert flat.exit_code == 1 and "--topology cylinder" in flat.output and "Traceback" not in flat.output
     many = runner.invoke(cli, ["render", "-t", "cylinder", "--seeds", "0-1", "--height", "16", "--viewer", str(tmp_path / "v.html"), "-o", str(tmp_path / "a.png")])
     assert many.exit_code == 1 and "one seed" in many.output

@@ -11,7 +11,6 @@ import html
 import http.server
 import json
 import re
-import shutil
 import threading
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from cips_deploy.media.viewers import deep_zoom_page
 from cips_deploy.models import DEMO_ENGINE
 from cips_deploy.runtime.gigapixel import render_to_file
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--enable-unsafe-swiftshader", "--disable-background-networking", "--no-first-run", "--disable-gpu"]
+from tests.helpers.browser import CHROMIUM, FLAGS, playwright_api
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +36,10 @@ def pyramid(tmp_path_factory, registry) -> Path:
 
 @pytest.fixture(scope="module")
 def browser_context(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"chromium is not installed at {CHROMIUM} (apt-get install chromium)")
-    with sync_api.sync_playwright() as playwright:
+    with playwright_api().sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True, args=FLAGS,
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
+            args=FLAGS + ["--disable-gpu"],
             viewport={"width": 800, "height": 600},
         )
         try:

@@ -9,7 +9,6 @@ The browser is Debian's chromium driven by Playwright (never ``playwright instal
 from __future__ import annotations
 
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -21,13 +20,7 @@ from cips_deploy.models import CREPS_DEMO_ENGINE, DEMO_ENGINE
 
 REPO = Path(__file__).resolve().parents[2]
 WEB_RUNTIME = Path(os.environ.get("CIPS_DEPLOY_WEB_RUNTIME") or REPO / ".ci-npm" / "node_modules" / "onnxruntime-web" / "dist")
-CHROMIUM = os.environ.get("CIPS_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-         "--disable-component-update", "--disable-sync"]
-
-
-def missing(reason: str):
-    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+from tests.helpers.browser import CHROMIUM, FLAGS, missing, playwright_api
 
 
 @pytest.fixture(scope="session")
@@ -66,14 +59,8 @@ def serve():
 
 @pytest.fixture(scope="session")
 def browser():
-    try:
-        import playwright.sync_api as playwright_api
-    except ImportError:
-        missing("the playwright package is not installed (it is in the test extra)")
-    if not Path(CHROMIUM).is_file():
-        missing(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it)")
-    manager = playwright_api.sync_playwright().start()
-    browser = manager.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
+    manager = playwright_api().sync_playwright().start()
+    browser = manager.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS + ["--disable-gpu"])
     yield browser
     browser.close()
     manager.stop()
