@@ -4,19 +4,24 @@ The metadata of an engine (:mod:`.metadata`) says which checkpoint and weights i
 from, but metadata is a few strings anyone can copy onto another graph. So every engine
 also records ``cips_deploy.content_sha256``: a SHA-256 over everything that computes (opset
 imports, graph inputs and outputs, every node, every initializer's name, type, shape and
-bytes), taken before the metadata is added and independent of where the weights are stored
-(inline or in an external data file). A reader recomputes it; a graph swapped under copied
-metadata, or weights overwritten in place, no longer matches.
+bytes; never the metadata), independent of where the weights are stored (inline or in an
+external data file). A reader recomputes it; a graph swapped under copied metadata, or
+weights overwritten in place, no longer matches.
 
 This detects damage and substitution, not forgery: whoever can rewrite the file can also
 rewrite the hash (just as they could rewrite the checkpoint). docs/security.md says so.
 
-Two implementations of one definition. The exporter hashes an in-memory ``onnx.ModelProto``
-(:func:`content_sha256`; the ``build`` extra has ``onnx``); the runtime hashes the file's
-bytes without ``onnx`` or protobuf (:func:`file_content_sha256`, through
-:mod:`.onnx_proto`), so the torch-free install verifies engines too. An initializer is hashed
-in its canonical form: weights inline, no data location; so an engine hashes alike whether
-its weights are inline or in an external data file.
+One definition, on the file's bytes: :func:`file_content_sha256` reads the file without
+``onnx`` or protobuf (through :mod:`.onnx_proto`), so the torch-free install verifies engines
+too. The exporter stamps a written file with that same function (:func:`stamp_file`: the
+hash of the bytes ``onnx.save`` actually wrote, its entry appended to the file), so stamping
+and verifying agree whatever ``onnx`` writes. (An earlier exporter hashed its in-memory
+model, which agrees with the file only while ``onnx`` writes exactly what that model
+serialises to; external-data engines were reported refused by their own check.) An
+initializer is hashed in its canonical form: weights inline, no data location; so an engine
+hashes alike whether its weights are inline or in an external data file.
+:func:`content_sha256` is the same definition on an in-memory ``onnx.ModelProto`` (for
+graphs not yet written, and tests).
 """
 
 from __future__ import annotations
@@ -94,8 +99,25 @@ def _canonical_tensor(tensor):
     return canonical
 
 
+def stamp_file(path: str | Path) -> str:
+    """Record the content hash of the ONNX file at ``path`` (external data beside it) in the
+    file itself: computed by :func:`file_content_sha256`, the function :func:`verify` uses, and
+    appended as one more ``metadata_props`` entry (metadata is outside the hash, so the
+    recorded value stays true). Returns the hash. The file must carry none yet."""
+    path = Path(path)
+    recorded, computed = file_content_sha256(path)
+    if recorded is not None:
+        raise ValueError(f"{path} already carries a content hash")
+    with open(path, "ab") as handle:
+        handle.write(onnx_proto.metadata_entry(KEY, computed))
+    return computed
+
+
 def stamp(model) -> None:
-    """Record ``model``'s content hash in its metadata (call after the last change to the graph)."""
+    """Record ``model``'s content hash in its metadata (call after the last change to the graph).
+
+    Prefer :func:`stamp_file` on the written file: it hashes what was written, not what
+    the in-memory model would serialise to."""
     for prop in list(model.metadata_props):
         if prop.key == KEY:
             model.metadata_props.remove(prop)

@@ -227,24 +227,33 @@ def _write_model(
     weight_bytes = sum(len(tensor.raw_data) for tensor in model.graph.initializer)
     if weight_bytes < EXTERNAL_DATA_THRESHOLD:  # shape inference needs the model in one protobuf
         remove_redundant_casts(model)
-    integrity.stamp(model)  # after the last change to the graph: readers verify graph and weights against it
     external = external_data if external_data is not None else weight_bytes > EXTERNAL_DATA_THRESHOLD
     if external:
-        onnx.save_model(
-            model,
-            str(destination),
-            save_as_external_data=True,
-            all_tensors_to_one_file=True,
-            location=f"{destination.name}.data",
-            size_threshold=1024,  # small constants stay inline, where they are readable
-        )
-    else:
-        onnx.save_model(model, str(destination))
+        _mark_external(model, f"{destination.name}.data")
+    onnx.save_model(model, str(destination))  # writes the marked tensors into the data file beside it
     del model
     shutil.rmtree(raw)
+    # The hash of what was written, by the function the readers verify with: stamping and
+    # verifying agree whatever onnx writes (data locations, field order).
+    integrity.stamp_file(destination)
     # By path, so that models with external data (over 2 GB) are checked too.
     onnx.checker.check_model(str(destination), full_check=True)
     return external
+
+
+SMALL_TENSOR_BYTES = 1024  # smaller initializers stay inline, where they are readable
+
+
+def _mark_external(model: onnx.ModelProto, location: str) -> None:
+    """Mark the initializers with weights to go to the external data file ``location`` (beside
+    the model) when it is saved. Done here rather than by ``onnx.save_model(save_as_external_data=
+    True)``, which refuses whenever the *current folder* holds a file of that name (it checks the
+    relative location against the working directory, not the model's folder)."""
+    from onnx.external_data_helper import set_external_data
+
+    for tensor in model.graph.initializer:
+        if tensor.HasField("raw_data") and len(tensor.raw_data) >= SMALL_TENSOR_BYTES:
+            set_external_data(tensor, location)
 
 
 def _declare_interface(model: onnx.ModelProto, spec: EngineSpec) -> None:

@@ -119,6 +119,18 @@ def encode_varint(value: int) -> bytes:
             return bytes(out)
 
 
+def length_field(number: int, payload: bytes) -> bytes:
+    """The wire bytes of a length-delimited field: tag, length, payload."""
+    return encode_varint(number << 3 | LENGTH) + encode_varint(len(payload)) + payload
+
+
+def metadata_entry(key: str, value: str) -> bytes:
+    """One ``metadata_props`` entry of a ``ModelProto``, as bytes to append to a serialized model
+    (a repeated field may follow the others anywhere: parsers merge the occurrences)."""
+    entry = length_field(1, key.encode("utf-8")) + length_field(2, value.encode("utf-8"))
+    return length_field(MODEL_METADATA_PROPS, entry)
+
+
 def _embedded(item: Field, what: str) -> tuple[int, int]:
     if item.wire_type != LENGTH:
         raise ProtoError(f"{what} is not a message")

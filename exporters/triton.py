@@ -53,7 +53,7 @@ GRID_SUFFIXES = {"lines": "_lines", "compose": "_compose"}
 GRID_ENSEMBLE_SUFFIX = "_grid"
 MODEL_PY = Path(__file__).with_name("triton_model.py")  # the Python backend's model.py
 _TYPES = {"float32": "TYPE_FP32"}
-_VALID_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,99}$")
+_VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # fullmatch only: `$` also matched before a final "\n"
 
 
 def triton_name(name: str) -> str:
@@ -69,7 +69,7 @@ def model_name(name: str | None, *, default_from: str) -> str:
     or, when None, one made from the file name ``default_from``."""
     if name is None:
         return triton_name(default_from)
-    if not isinstance(name, str) or not _VALID_NAME.match(name):
+    if not isinstance(name, str) or not _VALID_NAME.fullmatch(name):
         raise CipsError(
             f"The Triton model name {name!r} must be 1 to 100 letters, digits, '-' or '_' (starting with a letter "
             "or digit): it names a folder inside the repository."

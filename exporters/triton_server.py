@@ -22,6 +22,14 @@ checkpoint, the server's log and temporary files) lives in one workspace folder,
 Python backend's shared-memory regions in ``/dev/shm`` carry the workspace's name; ``stop()``
 removes both, even for a server it had to kill, and the next start removes those of a
 killed run.
+
+``http_port=None`` starts the server without its HTTP endpoint (``--allow-http false``;
+readiness is then asked over gRPC): the bundled server's HTTP JSON parser recurses on nested
+brackets, and one request of 200,000 ``[`` crashes the whole server. A server that died is
+started again in the same workspace by :meth:`LocalServer.restart`;
+:meth:`LocalServer.death_cause` says why it died from its exit status and what its log
+wrote after it was ready (never an earlier line, such as the CUDA driver error the CPU
+server logs at start).
 """
 
 from __future__ import annotations
@@ -113,6 +121,9 @@ def check_port(port: int, what: str) -> None:
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise CipsError(f"The {what} port must be a number from 1 to 65535, not {port!r}.")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the server binds: connections of a server that just died (TIME_WAIT) do not hold
+        # the port, a listening socket does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:
@@ -171,20 +182,23 @@ class LocalServer:
     None makes one.
     """
 
-    def __init__(self, repo: str | Path, *, http_port: int = 8000, grpc_port: int = 8001,
+    def __init__(self, repo: str | Path, *, http_port: int | None = 8000, grpc_port: int = 8001,
                  workspace: Path | None = None, install: ServerInstall | None = None,
                  startup_timeout: float = 120.0) -> None:
         self.repo = Path(repo)
-        self.http_port, self.grpc_port = http_port, grpc_port
+        self.http_port, self.grpc_port = http_port, grpc_port  # http_port None: no HTTP endpoint at all
         self.install = install
         self.startup_timeout = startup_timeout
         self.workspace = workspace
         self.process: subprocess.Popen | None = None
         self.log_path: Path | None = None
+        self._ready_at = 0  # bytes of the log written before the server was ready
+        self._command: list[str] = []
+        self._env: dict[str, str] = {}
 
     @property
-    def http_url(self) -> str:
-        return f"{HOST}:{self.http_port}"
+    def http_url(self) -> str | None:
+        return None if self.http_port is None else f"{HOST}:{self.http_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -207,7 +221,8 @@ class LocalServer:
             raise CipsError(f"No such Triton model repository: {self.repo}.")
         if not any(self.repo.glob("*/config.pbtxt")):
             raise CipsError(f"{self.repo} holds no Triton model (no <model>/config.pbtxt).")
-        check_port(self.http_port, "http")
+        if self.http_port is not None:
+            check_port(self.http_port, "http")
         check_port(self.grpc_port, "grpc")
         if self.http_port == self.grpc_port:
             raise CipsError("The HTTP and gRPC ports must differ.")
@@ -220,6 +235,20 @@ class LocalServer:
             )
         if self.workspace is None:
             self.workspace = new_workspace()
+        self._command, self._env = self._prepare(install)
+        self._launch()
+
+    def restart(self) -> None:
+        """Start the server again in the same workspace, after it died (or was stopped with
+        :meth:`end`): what it left (stubs, shared memory) goes first, and its ports must be free."""
+        self.end()
+        if self.http_port is not None:
+            check_port(self.http_port, "http")
+        check_port(self.grpc_port, "grpc")
+        self._launch()
+
+    def _prepare(self, install: ServerInstall) -> tuple[list[str], dict[str, str]]:
+        """The server's command line and environment (the stub's libraries and packages)."""
         backends = self._backend_folder(install)
         environment = stub_environment()
         env = dict(os.environ)
@@ -231,23 +260,39 @@ class LocalServer:
         (self.workspace / "tmp").mkdir(exist_ok=True)
         command = [
             str(install.binary), "--model-repository", str(self.repo.resolve()), "--backend-directory", str(backends),
-            "--http-address", HOST, "--grpc-address", HOST,
-            "--http-port", str(self.http_port), "--grpc-port", str(self.grpc_port),
+            "--grpc-address", HOST, "--grpc-port", str(self.grpc_port),
             "--allow-metrics", "false", "--exit-timeout-secs", "5", "--strict-readiness", "true",
             # Named after the workspace, so that stop() can remove the regions of a killed server.
             "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix()}",
         ]
+        if self.http_port is None:
+            command += ["--allow-http", "false"]
+        else:
+            command += ["--http-address", HOST, "--http-port", str(self.http_port)]
+        return command, env
+
+    def _launch(self) -> None:
         self.log_path = self.workspace / "server.log"
+        self._ready_at = 0
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env, start_new_session=True, preexec_fn=_die_with_parent)
+            self.process = subprocess.Popen(self._command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                            env=self._env, start_new_session=True, preexec_fn=_die_with_parent)
         self._wait_until_ready()
+        self._ready_at = self.log_path.stat().st_size
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         """End the server and its stubs (SIGTERM, then SIGKILL after 10 s) and remove the workspace."""
+        self.end()
+        if self.workspace is not None:
+            shutil.rmtree(self.workspace, ignore_errors=True)
+            self.workspace = None
+
+    def end(self) -> None:
+        """End the server's whole process group (a dead server's stubs too) and remove its
+        shared-memory regions; the workspace stays (:meth:`restart` uses it)."""
         process, self.process = self.process, None
         if process is not None:
             for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -259,8 +304,27 @@ class LocalServer:
                     break
         if self.workspace is not None:
             _remove_shared_memory(self._shm_prefix())  # a server that had to be killed leaves them
-            shutil.rmtree(self.workspace, ignore_errors=True)
-            self.workspace = None
+
+    def death_cause(self) -> str:
+        """Why a server that was ready has ended, from what it says itself: its exit status
+        (a signal by name) and the most telling line its log wrote after it was ready (a crash
+        handler's, else the first error); a stack overflow writes none, and none is made up."""
+        code = self.process.poll() if self.process is not None else None
+        if code is None:
+            status = "it is still running"
+        elif code < 0:
+            status = f"it was ended by signal {_signal_name(-code)}"
+        else:
+            status = f"it exited with status {code}"
+        said = _telling_line(self._log_since_ready())
+        return f"{status}; its log says: {said}" if said else f"{status}; its log says nothing about why"
+
+    def _log_since_ready(self) -> str:
+        if self.log_path is None or not self.log_path.is_file():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(self._ready_at)
+            return log.read().decode(errors="replace")
 
     def log_tail(self, lines: int = 20) -> str:
         if self.log_path is None or not self.log_path.is_file():
@@ -286,18 +350,35 @@ class LocalServer:
 
     def _wait_until_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
-        url = f"http://{self.http_url}/v2/health/ready"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise CipsError(f"The Triton server stopped while starting: {self._failure()}")
-            try:
-                with urllib.request.urlopen(url, timeout=1.0) as response:
-                    if response.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if self._ready():
+                return
             time.sleep(0.2)
         raise CipsError(f"The Triton server was not ready within {self.startup_timeout:.0f} s: {self._failure()}")
+
+    def _ready(self) -> bool:
+        """Whether every model is ready: asked over HTTP, else over gRPC (without tritonclient,
+        the log's line that the gRPC service started, which Triton writes once the models are loaded)."""
+        if self.http_port is not None:
+            try:
+                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as response:
+                    return response.status == 200
+            except (urllib.error.URLError, OSError):
+                return False
+        try:
+            import tritonclient.grpc as grpcclient
+        except ImportError:
+            text = self.log_path.read_text(errors="replace") if self.log_path.is_file() else ""
+            return f"Started GRPCInferenceService at {self.grpc_url}" in text
+        client = grpcclient.InferenceServerClient(self.grpc_url)
+        try:
+            return bool(client.is_server_ready(client_timeout=1.0))
+        except Exception:  # not listening yet, or not ready: asked again shortly
+            return False
+        finally:
+            client.close()
 
     def _failure(self) -> str:
         """The most telling line of the server's log, as part of one sentence."""
@@ -306,11 +387,41 @@ class LocalServer:
         if ours:
             return ours.group(1).rstrip(".") + "."
         for pattern in (r"failed to load '([^']*)'.*?: (.*)", r"E\d{4} [\d:. ]+\d+ [\w.]+:\d+\] \"?(.*)"):
-            found = re.findall(pattern, text)
+            found = [match for match in re.findall(pattern, text) if not _no_gpu(str(match))]
             if found:
                 last = found[-1]
                 return (" ".join(last) if isinstance(last, tuple) else last).strip().strip('"') + "."
         return "its log says nothing more."
+
+
+# What a server writes when it dies, most telling first (its own crash handler, then errors).
+_DEATH_LINES = (re.compile(r"Signal \(\d+\) received.*"), re.compile(r"(?:terminate called|what\(\)).*"),
+                re.compile(r"^E\d{4} [\d:. ]+\d+ [\w.]+:\d+\] \"?(.*)", re.MULTILINE))
+
+
+# A CPU server logs these at every start (no GPU driver): errors in form, never the cause of a failure.
+_NO_GPU_LINES = ("CUDA driver version is insufficient", "CudaDriverHelper has not been initialized")
+
+
+def _no_gpu(line: str) -> bool:
+    return any(text in line for text in _NO_GPU_LINES)
+
+
+def _telling_line(text: str) -> str:
+    """The first line of ``text`` (a log since the server was ready) that says why it ended."""
+    for pattern in _DEATH_LINES:
+        for found in pattern.finditer(text):
+            line = (found.group(1) if found.groups() else found.group(0)).strip().strip('"')
+            if not _no_gpu(line):
+                return line
+    return ""
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return str(number)
 
 
 def new_workspace() -> Path:

@@ -12,26 +12,39 @@ written as cells finish; each lower level is built at the end from the level abo
 tile at a time from its (at most four) children, so memory stays at a few tiles whatever
 the size. A 2 x 2 box filter with rounding, ``(a + b + c + d + 2) // 4`` (an odd edge
 repeats its last row or column), makes every level exactly reproducible.
+
+Both write only inside the render's partial folder, which the render has checked holds no
+link: files are created with ``O_EXCL | O_NOFOLLOW`` (a name planted there is replaced,
+never written through), and the finished output moves out through
+:func:`cips_deploy.runtime.atomic.publish`, which never replaces anything without
+``--force`` and, with it, a pyramid's folder or page only if cips-deploy wrote them
+(:meth:`DziFormat.owns`: the folder's marker and tile names, the page's signature).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from cips_deploy.runtime.atomic import _current_umask
+from cips_deploy.runtime.atomic import (
+    check_plain_tree, current_umask, exclusive_file, ownership_problem, publish, write_marker, write_new_file,
+)
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
-from cips_deploy.contracts.sinks import TILE, OutputFormat, Sink, replace_atomically
+from cips_deploy.contracts.sinks import TILE, OutputFormat, Sink
 
 from cips_deploy.media.viewers import deep_zoom_page
 
 TILE_BYTES = TILE * TILE * 3
+# What a finished pyramid folder holds besides its marker: level folders and their tiles.
+PYRAMID_NAMES = re.compile(r"\d+(/\d+_\d+\.png)?")
 
 
 class PngFormat(OutputFormat):
@@ -82,7 +95,7 @@ class TiffSink(Sink):
         self.destination = destination
         self.height, self.width, self.start = height, width, start
         self.columns = math.ceil(width / TILE)
-        self.fd = os.open(self.path, os.O_RDWR)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)  # never through a planted link
 
     def _span(self, top: int, left: int, width: int) -> tuple[int, int]:
         """File offset and tile count of the tiles under a cell (consecutive in the file)."""
@@ -111,8 +124,8 @@ class TiffSink(Sink):
     def finish(self) -> list[Path]:
         os.fsync(self.fd)
         self.close()
-        os.chmod(self.path, 0o666 & ~_current_umask())
-        replace_atomically(self.path, self.destination)
+        os.chmod(self.path, 0o666 & ~current_umask())
+        publish(self.path, self.destination, named=True)
         return [self.destination]
 
     def close(self) -> None:
@@ -142,7 +155,9 @@ class TiffFormat(OutputFormat):
 
     def reopen(self, partial: Path, destination: Path, height: int, width: int, description: str) -> TiffSink:
         path = partial / "image.tif"
-        fresh = partial / "header.tif.tmp"
+        handle, fresh = tempfile.mkstemp(prefix="header.", suffix=".tif.tmp", dir=partial)  # a new name: no link to follow
+        os.close(handle)
+        fresh = Path(fresh)
         try:  # the header a new render would write; the partial file must start with it
             start = _empty_tiff(fresh, height, width, description)
             expected_size = fresh.stat().st_size
@@ -151,9 +166,10 @@ class TiffFormat(OutputFormat):
         finally:
             fresh.unlink(missing_ok=True)
         try:
-            with open(path, "rb") as handle:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            with os.fdopen(fd, "rb") as handle:
                 found = handle.read(start)
-            size = path.stat().st_size
+                size = os.fstat(handle.fileno()).st_size
         except OSError:
             raise CipsError(f"The partial render {partial} has no readable image.tif; delete the folder to start again.") from None
         if found != header or size != expected_size:
@@ -187,10 +203,24 @@ def halve(pixels: np.ndarray) -> np.ndarray:
 
 
 def save_png(pixels: np.ndarray, path: Path) -> None:
-    """A tile as PNG, written under a temporary name and renamed (a present tile is whole)."""
+    """A tile as PNG, written under a temporary name and renamed (a present tile is whole).
+
+    The temporary file is created exclusively: a leftover of a killed render (or anything
+    planted under its name) is removed first, never written through."""
     temporary = path.with_name(path.name + ".tmp")
-    Image.fromarray(pixels, mode="RGB").save(temporary, format="PNG", compress_level=3)
+    temporary.unlink(missing_ok=True)
+    with exclusive_file(temporary) as handle:
+        Image.fromarray(pixels, mode="RGB").save(handle, format="PNG", compress_level=3)
     os.replace(temporary, path)
+
+
+def make_folder(path: Path) -> None:
+    """``mkdir`` that accepts an existing folder but never a link to one (tiles would land elsewhere)."""
+    try:
+        path.mkdir()
+    except FileExistsError:
+        if path.is_symlink() or not path.is_dir():
+            raise CipsError(f"{path} is not a plain folder (cips-deploy never makes a link there); delete the partial render to start again.") from None
 
 
 def load_png(path: Path) -> np.ndarray | None:
@@ -238,30 +268,35 @@ class DziSink(Sink):
             self._build_level(level)
         name = self.destination.stem
         descriptor = self.partial / self.destination.name
-        descriptor.write_text(
-            '<?xml version="1.0" encoding="UTF-8"?>\n'
-            '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="png" Overlap="0" '
-            f'TileSize="{TILE}">\n  <Size Width="{self.width}" Height="{self.height}"/>\n</Image>\n',
-            encoding="utf-8",
+        write_new_file(
+            descriptor,
+            (
+                '<?xml version="1.0" encoding="UTF-8"?>\n'
+                '<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="png" Overlap="0" '
+                f'TileSize="{TILE}">\n  <Size Width="{self.width}" Height="{self.height}"/>\n</Image>\n'
+            ).encode("utf-8"),
         )
         page = self.partial / f"{name}.html"
-        page.write_text(deep_zoom_page(name, self.height, self.width, TILE, self.top_level), encoding="utf-8")
+        write_new_file(page, deep_zoom_page(name, self.height, self.width, TILE, self.top_level).encode("utf-8"))
+        write_marker(self.files)  # again: a partial of an earlier version has none
+        # Nothing that leaves the partial folder may be a link (one planted during the render).
+        check_plain_tree(self.files, f"delete {self.partial} to start again.")
         written = []
         # The tile folder moves last: killed before that, the partial folder still holds every
         # tile and --resume completes it again.
-        for source, target in (
-            (page, self.destination.with_name(page.name)),
-            (descriptor, self.destination),
-            (self.files, self.destination.with_name(self.files.name)),
+        for source, target, named in (
+            (page, self.destination.with_name(page.name), False),
+            (descriptor, self.destination, True),
+            (self.files, self.destination.with_name(self.files.name), False),
         ):
-            replace_atomically(source, target)
+            publish(source, target, named=named, owner=DziFormat.owns)
             written.append(target)
         return written
 
     def _build_level(self, level: int) -> None:
         """Level ``level`` from level + 1: each tile from its (up to four) children."""
         rows, columns = (math.ceil(side / TILE) for side in level_size(self.height, self.width, level, self.top_level))
-        (self.files / str(level)).mkdir(exist_ok=True)
+        make_folder(self.files / str(level))
         for row in range(rows):
             for column in range(columns):
                 children = [
@@ -285,15 +320,32 @@ class DziFormat(OutputFormat):
     description = "Deep Zoom pyramid of 256-pixel PNG tiles, with a self-contained HTML viewer beside it."
     extensions = (".dzi",)
 
+    def check(self, destination: Path, height: int, width: int) -> None:
+        """Refuse a pyramid larger than the free disk, counted uncompressed (PNG tiles are
+        usually smaller: this is the most it can take), one file-system block per tile more."""
+        top = pyramid_levels(height, width)
+        block = _block_size(destination.parent)
+        needed = 0
+        for level in range(top + 1):
+            rows, columns = level_size(height, width, level, top)
+            needed += rows * columns * 3 + math.ceil(rows / TILE) * math.ceil(columns / TILE) * block
+        free = shutil.disk_usage(destination.parent).free
+        if needed > free:
+            raise CipsError(
+                f"A {height:,} x {width:,} Deep Zoom pyramid may need {needed / 2**30:.1f} GiB of disk (its tiles "
+                f"uncompressed), more than the {free / 2**30:.1f} GiB free in {destination.parent}."
+            )
+
     def create(self, partial: Path, destination: Path, height: int, width: int, description: str) -> DziSink:
         sink = DziSink(partial, destination, height, width)
         (sink.files / str(sink.top_level)).mkdir(parents=True)
+        write_marker(sink.files)  # what lets a later --force know cips-deploy wrote this folder
         return sink
 
     def reopen(self, partial: Path, destination: Path, height: int, width: int, description: str) -> DziSink:
         sink = DziSink(partial, destination, height, width)
         base = sink.files / str(sink.top_level)
-        if not base.is_dir():
+        if base.is_symlink() or not base.is_dir():
             raise CipsError(f"The partial render {partial} has no {base.relative_to(partial)} folder of tiles; delete it to start again.")
         for leftover in base.glob("*.tmp"):  # a tile being written when the render was killed
             leftover.unlink()
@@ -301,6 +353,21 @@ class DziFormat(OutputFormat):
 
     def outputs(self, destination: Path) -> list[Path]:
         return [destination, destination.with_name(f"{destination.stem}_files"), destination.with_name(f"{destination.stem}.html")]
+
+    @staticmethod
+    def owns(path: Path) -> str | None:
+        """None when cips-deploy wrote ``path`` (a companion of a pyramid), else what is foreign:
+        the tile folder needs its marker and nothing but level folders of tiles, the page its signature."""
+        if path.name.endswith("_files"):
+            return ownership_problem(path, PYRAMID_NAMES)
+        return ownership_problem(path)
+
+
+def _block_size(folder: Path) -> int:
+    try:
+        return os.statvfs(folder).f_frsize or 4096
+    except OSError:
+        return 4096
 
 
 @hookimpl

@@ -35,12 +35,14 @@ from cips_deploy.media.video import DEFAULT_FPS, MODES, make_video, parse_centre
 @click.option("--lossless", is_flag=True, help="Lossless WebP (larger).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("animation.webp"), show_default=True, help=".webp (animated, Pillow) or .mp4 (needs the video extra).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace the output if it exists.")
 def video_command(
     checkpoint: Path | None, preset: str | None, arch: str, coordinate_space: str, model_seed: int, mode: str,
     seeds: str, frames: int, fps: float | None, duration: float | None, topology: str | None, params: tuple[str, ...],
     height: int, width: int | None, zoom: float, centre: str, fov: float, truncation: float, chunker: str | None,
     chunk_size: int | None, memory_budget: float | None, backend: str | None, device: str,
-    backend_options: tuple[str, ...], quality: int, lossless: bool, output: Path, quiet: bool, **backend_flags: Any,
+    backend_options: tuple[str, ...], quality: int, lossless: bool, output: Path, quiet: bool, force: bool,
+    **backend_flags: Any,
 ) -> None:
     """Render an animation: a latent walk, a zoom or a 360-degree pan, as animated WebP or MP4.
 
@@ -68,7 +70,7 @@ def video_command(
             params=fixed, ramps=ramps, height=height, width=width, zoom=zoom, centre=centre_uv, fov=fov,
             truncation=truncation, chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
             backend=backend, device=device, backend_options=options, quality=quality, lossless=lossless,
-            progress=progress,
+            progress=progress, overwrite=force,
         )
     finally:
         progress.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import errno
 import fcntl
 import io
 import os
@@ -19,7 +18,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import click
 import torch
@@ -29,19 +28,24 @@ from torch import Tensor, nn
 from cips_deploy import create
 from cips_deploy.runtime.atomic import atomic_path, sweep_leftovers
 from cips_deploy.errors import CipsError, Interrupted, first_line
-from cips_deploy.contracts.limits import check_zip_declared_size, parse_json, regular_file
+from cips_deploy.contracts.command_options import output_location
+from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, activation_floats_per_point
+from cips_deploy.contracts.limits import check_memory
 from cips_deploy.families.generator import Generator
-from cips_deploy.train.data import load_images
+from cips_deploy.train.data import check_data_path, load_images
 from cips_deploy.train.discriminator import Discriminator
 from cips_deploy.train.distributed import Distributed, init_distributed
 from cips_deploy.train.options import TrainOptions
+from cips_deploy.train.run_files import (  # noqa: F401  (STATE_FILE, LOCK_FILE, RESUME_KEYS, append_log: still importable from here)
+    GENERATOR_FILE, LOCK_FILE, LOG_FILE, RESUME_KEYS, STATE_FILE, append_log, check_log, check_run_folder, clear_earlier_run,
+    iter_log, non_finite_part, read_training_state, whole_step,
+)
 from cips_deploy.train.samples import save_sample_grid
 from cips_deploy.train.views import ViewSampler
 
-STATE_FILE = "training-state.pt"
-LOCK_FILE = ".train.lock"
-RESUME_KEYS = ("step", "options", "generator", "generator_ema", "discriminator", "g_optim", "d_optim")
 W_AVG_BETA = 0.995  # how slowly the tracked average w follows the batch means
+# Out of memory: torch.OutOfMemoryError (CUDA and others) is newer than torch.cuda's name for it.
+OUT_OF_MEMORY = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError), MemoryError)
 
 
 class SynthesisStep(nn.Module):
@@ -67,13 +71,14 @@ class Trainer:
         self.local_batch = options.batch // self.dist.world_size
         self.out = Path(options.out)
         self.views = ViewSampler(options.resolution, options.crop, options.topology == "cylinder", options.span)
-        self.data = load_images(options.data, options.resolution, keep_aspect=options.topology == "cylinder")
-
         device = self.dist.device
-        self.generator = create(
+        generator = create(
             options.preset, arch=options.arch, coordinate_space=options.coordinate_space,
             seed=options.seed, size=options.resolution,
-        ).to(device).train()
+        )
+        self._check_batch_memory(generator)  # before the data set and the optimizers take their memory
+        self.data = load_images(options.data, options.resolution, keep_aspect=options.topology == "cylinder")
+        self.generator = generator.to(device).train()
         self.generator_ema = copy.deepcopy(self.generator).eval().requires_grad_(False)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed + 1)
@@ -83,11 +88,27 @@ class Trainer:
         self.g_optim = torch.optim.Adam(self.generator.parameters(), lr=options.lr, betas=(0.0, 0.99))
         self.d_optim = torch.optim.Adam(self.discriminator.parameters(), lr=options.lr * ratio, betas=(0.0, 0.99**ratio))
         self.step = 0
+        self.last_checkpoint: int | None = None  # the step of the newest checkpoint known to be finite and on disk
         self.pl_mean = torch.zeros([], device=device)  # running mean of path lengths (path-length regularisation)
         self.stop_requested = False
         self.stop_signal: int | None = None
         self._g_ddp = self.dist.wrap(SynthesisStep(self.generator))
         self._d_ddp = self.dist.wrap(self.discriminator)
+
+    def _check_batch_memory(self, generator: Generator) -> None:
+        """Refuse a batch whose synthesis alone cannot fit: the inference peak per point (the
+        renderer's measured figure) times every point of a step's views is a lower bound of
+        what a training step holds, checked before anything of that size is allocated."""
+        points = self.local_batch * self.views.patch**2
+        needed = points * BYTES_PER_FLOAT * activation_floats_per_point(generator.config)
+        what = f"A batch of {self.local_batch:,} views of {self.views.patch} x {self.views.patch} pixels"
+        advice = "use a smaller --batch, --crop or --resolution"
+        if self.dist.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.dist.device)
+            if needed > free:
+                raise CipsError(f"{what} needs at least {needed / 2**30:,.1f} GiB of GPU memory, more than the {free / 2**30:,.1f} GiB free; {advice}.")
+        else:
+            check_memory(needed, what, advice)
 
     # ---------------------------------------------------------------- one step
 
@@ -186,11 +207,10 @@ class Trainer:
 
     def _run(self) -> None:
         o = self.options
-        log_path = self.out / "log.jsonl"
+        log_path = self.out / LOG_FILE
         if self.dist.is_main and self.data.skipped:
             click.echo(f"Skipped {len(self.data.skipped)} unreadable file(s), e.g. {self.data.skipped[0]}.", err=True)
         started, step_at_start = time.perf_counter(), self.step
-        last_good = self.step
         with click.progressbar(
             length=o.steps, label="training", file=sys.stderr if self.dist.is_main else io.StringIO(),
             show_pos=True, item_show_func=lambda text: text,
@@ -198,12 +218,15 @@ class Trainer:
             bar.update(self.step)
             while self.step < o.steps:
                 step_started = time.perf_counter()
-                record = self.train_step()
-                if not all(math.isfinite(value) for value in record.values()):
+                try:
+                    record = self.train_step()
+                except OUT_OF_MEMORY:
                     raise CipsError(
-                        f"The losses became NaN or infinite at step {self.step}; training stopped and the last "
-                        f"good checkpoint (step {last_good}) is in {self.out}."
-                    )
+                        f"Training ran out of memory at step {self.step + 1}; {self._kept()} (use a smaller --batch, "
+                        "--crop or --resolution)."
+                    ) from None
+                if not all(math.isfinite(value) for value in record.values()):
+                    raise self._diverged("losses")
                 elapsed = time.perf_counter() - step_started
                 record = {"step": self.step, "images": self.step * o.batch, **record,
                           "images_per_second": o.batch / elapsed}
@@ -212,7 +235,6 @@ class Trainer:
                 bar.update(1, f"D {record['d_loss']:.3f}  G {record['g_loss']:.3f}  {record['images_per_second']:.1f} img/s")
                 if self.step % o.checkpoint_every == 0 or self.step == o.steps:
                     self.save()
-                    last_good = self.step
                 if (self.step * o.batch) // o.sample_every > ((self.step - 1) * o.batch) // o.sample_every:
                     self._write_samples()
                 if o.fid_every and self.step % o.fid_every == 0:
@@ -224,8 +246,20 @@ class Trainer:
                     break
         if self.dist.is_main:
             rate = (self.step - step_at_start) * o.batch / max(time.perf_counter() - started, 1e-9)
-            click.echo(f"Trained to step {self.step} ({rate:.1f} images/s); the generator is {self.out / 'generator.safetensors'}.", err=True)
+            click.echo(f"Trained to step {self.step} ({rate:.1f} images/s); the generator is {self.out / GENERATOR_FILE}.", err=True)
         self.dist.close()
+
+    def _kept(self) -> str:
+        """What a stopped run leaves: the newest checkpoint known to be finite, if it is still there."""
+        if self.last_checkpoint is not None and (self.out / STATE_FILE).is_file():
+            return f"the last good checkpoint (step {self.last_checkpoint}) is in {self.out}"
+        return "no checkpoint of this run was written before it"
+
+    def _diverged(self, what: str) -> CipsError:
+        return CipsError(
+            f"The {what} became NaN or infinite at step {self.step}; training stopped and {self._kept()} "
+            "(a smaller --lr or regularisation weight may help)."
+        )
 
     @contextlib.contextmanager
     def _stop_on_signals(self) -> Iterator[None]:
@@ -245,11 +279,9 @@ class Trainer:
     # ------------------------------------------------------------ persistence
 
     def save(self) -> None:
-        fingerprints = self.dist.gather_fingerprint(self.generator, self.discriminator)
-        if not self.dist.is_main:
-            return
-        if len(set(fingerprints)) > 1:
-            raise RuntimeError(f"replicas diverged: parameter fingerprints {fingerprints}")
+        """Write the state, the EMA generator and a log event, after checking that every weight
+        and optimizer number is finite (every rank checks: replicas are identical, so all stop
+        together): a checkpoint on disk is always one to go back to."""
         state = {
             "step": self.step,
             "options": json.dumps(self.options.to_dict()),
@@ -259,8 +291,16 @@ class Trainer:
             "g_optim": self.g_optim.state_dict(),
             "d_optim": self.d_optim.state_dict(),
             "pl_mean": self.pl_mean,
-            "fingerprints": fingerprints,
         }
+        bad = non_finite_part(state, "The training state")
+        if bad is not None:
+            raise self._diverged(f"numbers in {bad!r}")
+        fingerprints = self.dist.gather_fingerprint(self.generator, self.discriminator)
+        if not self.dist.is_main:
+            return
+        if len(set(fingerprints)) > 1:
+            raise RuntimeError(f"replicas diverged: parameter fingerprints {fingerprints}")
+        state["fingerprints"] = fingerprints
         with atomic_path(self.out / STATE_FILE) as temporary:
             torch.save(state, temporary)
         self.generator_ema.provenance = {
@@ -271,49 +311,44 @@ class Trainer:
             "images_seen": self.step * self.options.batch,
             "options": self.options.to_dict(),
         }
-        self.generator_ema.save(self.out / "generator.safetensors")
-        append_log(self.out / "log.jsonl", {"event": "checkpoint", "step": self.step, "replica_fingerprints": fingerprints})
+        self.generator_ema.save(self.out / GENERATOR_FILE)
+        self.last_checkpoint = self.step
+        append_log(self.out / LOG_FILE, {"event": "checkpoint", "step": self.step, "replica_fingerprints": fingerprints})
 
-    def resume(self) -> None:
+    def resume(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (:func:`~cips_deploy.train.run_files.read_training_state`,
+        already checked for its keys, its options and finite numbers)."""
         path = self.out / STATE_FILE
-        if not path.exists():
-            raise CipsError(f"Nothing to resume: {path} does not exist.")
-        regular_file(path, "training state")
-        check_zip_declared_size(path, "training state")
-        try:
-            state = torch.load(path, map_location=self.dist.device, weights_only=True)
-        except Exception as error:  # a damaged state file is user input, not a bug
-            raise CipsError(f"Cannot resume from {path}: it is damaged ({type(error).__name__}).") from None
-        missing = [key for key in RESUME_KEYS if not isinstance(state, dict) or key not in state]
-        if missing:
-            raise CipsError(f"Cannot resume from {path}: it holds no {missing[0]!r}, so it is not a training state.")
         step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.options.steps:
+        if not 0 <= step <= self.options.steps:
             raise CipsError(f"Cannot resume from {path}: its step {step!r:.40} is not a whole number from 0 to --steps.")
-        saved = parse_json(state["options"], f"The options saved in {path}")
-        if not isinstance(saved, dict):
-            raise CipsError(f"Cannot resume from {path}: its saved options are not a JSON object.")
-        self.options.check_resumable_from(saved)
         try:
             self.generator.load_state_dict(state["generator"])
             self.generator_ema.load_state_dict(state["generator_ema"])
             self.discriminator.load_state_dict(state["discriminator"])
             self.g_optim.load_state_dict(state["g_optim"])
             self.d_optim.load_state_dict(state["d_optim"])
+            pl_mean = state.get("pl_mean", torch.zeros([]))
+            if not isinstance(pl_mean, Tensor) or pl_mean.numel() != 1:
+                raise ValueError("pl_mean is not one number")
         except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as error:
             first = first_line(error) or type(error).__name__
             raise CipsError(f"Cannot resume from {path}: its saved weights do not fit this run ({first[:200]}).") from None
         self.step = step
-        self.pl_mean = state.get("pl_mean", torch.zeros([])).to(self.dist.device)
-        self._truncate_log(self.out / "log.jsonl")
+        self.last_checkpoint = step
+        self.pl_mean = pl_mean.reshape([]).float().to(self.dist.device)
+        self._truncate_log(self.out / LOG_FILE)
 
     def _truncate_log(self, path: Path) -> None:
-        """Drop log lines of steps after the checkpoint: they will be run again."""
-        if not self.dist.is_main or not path.exists():
+        """Drop log lines of steps after the checkpoint (they will be run again), streamed
+        from the old log into the new one; lines that are no record of ours go too."""
+        if not self.dist.is_main or not os.path.lexists(path):
             return
-        kept = [line for line, record in read_log(path) if record.get("step", 0) <= self.step]
-        with atomic_path(path) as temporary:
-            temporary.write_text("".join(line + "\n" for line in kept))
+        with atomic_path(path) as temporary, open(temporary, "w") as kept:
+            for line, record in iter_log(path):
+                step = whole_step(record) if "step" in record else 0
+                if step is not None and step <= self.step:
+                    kept.write(line + "\n")
 
     def _write_samples(self) -> None:
         if self.dist.is_main:
@@ -331,21 +366,27 @@ class Trainer:
             append_log(log_path, {"event": "fid", "step": self.step, "fid": fid})
 
 
-def train(options: TrainOptions, *, resume: bool = False) -> Path:
-    """Run (or, with ``resume``, continue) a training run; returns the generator's path."""
+def train(options: TrainOptions, *, resume: bool = False, force: bool = False, given: Iterable[str] | None = None) -> Path:
+    """Run (or, with ``resume``, continue) a training run; returns the generator's path.
+
+    ``force``: start a new run in a folder that holds an earlier one, replacing the files a
+    training writes (and only those). ``given``: with ``resume``, the options the caller
+    named; the others are the saved run's (None: all were named, and all must match).
+    """
     out = Path(options.out)
+    output_location(out, "--out")  # its parent exists, it is writable, not in /proc or /sys
     if out.exists() and not out.is_dir():
         raise CipsError(f"--out {out} exists and is not a directory.")
-    if (out / STATE_FILE).exists() and not resume:
-        raise CipsError(f"{out} already holds a training run; pass --resume to continue it or choose another --out.")
-    data = Path(options.data)
-    if data.exists() and not data.is_dir():
-        regular_file(data, "data set")  # before --out is created: a refused run leaves nothing
+    check_data_path(options.data)  # before --out is created: a refused run leaves nothing
+    check_run_folder(out, resume=resume, force=force)
     created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)  # the run folder only: its parent must exist (output_location)
+    except OSError as error:
+        raise CipsError(f"Cannot write {out}: {error.strerror or error}.") from None
     lock = lock_run(out)  # two trainings into one folder would interleave log and state
     if lock is not None:  # what a killed run of this folder left half-written
-        for name in (STATE_FILE, "generator.safetensors", "log.jsonl"):
+        for name in (STATE_FILE, GENERATOR_FILE, LOG_FILE):
             sweep_leftovers(out, name)
     # Scatter-adds (the embedding grid's gradient) otherwise accumulate in thread order:
     # deterministic kernels make a resumed run repeat an uninterrupted one bit for bit.
@@ -353,9 +394,16 @@ def train(options: TrainOptions, *, resume: bool = False) -> Path:
     torch.use_deterministic_algorithms(True, warn_only=True)
     finished = False
     try:
+        state = read_training_state(out / STATE_FILE) if resume else None  # under the lock: no run writes it now
+        if state is not None:
+            check_log(out / LOG_FILE)  # a log the resume cannot rewrite: refused before the data is read
+            options = options.resumed(state["options"], given)
         trainer = Trainer(options)
-        if resume:
-            trainer.resume()
+        if state is not None:
+            trainer.resume(state)
+            del state  # the weights are in the modules now
+        elif force and trainer.dist.is_main:
+            clear_earlier_run(out)  # the new run is ready to start: only now does the old one go
         trainer.run()
         finished = True
     finally:
@@ -367,7 +415,7 @@ def train(options: TrainOptions, *, resume: bool = False) -> Path:
             lock.close()  # releases the lock
     if trainer.stop_signal is not None:  # saved; now say that the run did not finish
         raise Interrupted(128 + trainer.stop_signal)
-    return out / "generator.safetensors"
+    return out / GENERATOR_FILE
 
 
 def lock_run(out: Path):
@@ -390,33 +438,12 @@ def lock_run(out: Path):
     return handle
 
 
-def append_log(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line; a full disk reads as one sentence (the line may be torn: readers skip it)."""
-    try:
-        with open(path, "a") as log:
-            log.write(json.dumps(record) + "\n")
-    except OSError as error:
-        reason = "the disk is full" if error.errno == errno.ENOSPC else (error.strerror or str(error))
-        raise CipsError(f"Cannot write {path}: {reason}.") from None
-
-
 def read_log(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(line, record) for every complete line of a log.jsonl.
-
-    A line that does not decode (the last one torn by a crash or a full disk during an
-    append) is skipped: the records before it are intact, and a resume runs its step again.
-    """
-    records = []
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict):
-            records.append((line, record))
-    return records
+    """(line, record) for every complete line of a log.jsonl (:func:`~cips_deploy.train.run_files.iter_log`:
+    streamed with limits; torn, overlong and too deeply nested lines are skipped)."""
+    return list(iter_log(path))
 
 
 def run_summary(path: Path) -> list[dict[str, Any]]:
     """The per-step records of a run's log.jsonl."""
-    return [record for _, record in read_log(path) if "event" not in record]
+    return [record for _, record in iter_log(path) if "event" not in record]

@@ -1,14 +1,45 @@
-"""Training options: one dataclass, validated once, saved with every checkpoint."""
+"""Training options: one dataclass, validated once, saved with every checkpoint.
+
+Every number is checked by the one parser of numeric options
+(:class:`~cips_deploy.contracts.command_options.Number`): :data:`NUMBERS` declares each
+field's range once, and the ``train`` command's options use the same types, so the command
+line, the Python API and the options saved in a run are held to the same rule.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
+from cips_deploy.contracts.command_options import SEED, Number, real, whole
 from cips_deploy.contracts.config import preset_config
 from cips_deploy.contracts.families import family_of
 from cips_deploy.errors import CipsError
+
+MAX_BATCH = 4096  # views per step over all processes; large runs of StyleGAN use up to 2048
+MAX_STEPS = 10**9
+
+# Each numeric field's range; the command's options take the same types.
+NUMBERS: dict[str, Number] = {
+    "resolution": whole(8, 1024),  # and a power of two: checked below, naming the preset
+    "batch": whole(1, MAX_BATCH),
+    "steps": whole(1, MAX_STEPS),
+    "seed": SEED,
+    "crop": whole(8, 1024),  # and a power of two up to the resolution
+    "fov": real(0.0, 360.0, open_low=True),
+    "lr": real(0.0, 1.0, open_low=True),  # Adam's step; beyond 1 the weights only explode
+    "r1_gamma": real(0.0, 1e5),
+    "r1_interval": whole(1, 10**6),
+    "ema_kimg": real(0.0, 1e6),
+    "ema_rampup": real(0.0, 1e3),
+    "pl_weight": real(0.0, 1e3),
+    "pl_interval": whole(1, 10**6),
+    "checkpoint_every": whole(1, MAX_STEPS),
+    "sample_every": whole(1, MAX_STEPS * MAX_BATCH),  # counted in images
+    "fid_every": whole(0, MAX_STEPS),
+}
+TEXTS = ("data", "out", "preset", "arch", "topology", "device")
 
 
 @dataclass(frozen=True)
@@ -49,6 +80,13 @@ class TrainOptions:
     device: str = "auto"
 
     def __post_init__(self) -> None:
+        for name in TEXTS:  # options read from a saved run may hold anything
+            if not isinstance(getattr(self, name), str):
+                raise CipsError(f"--{name} must be text, not {getattr(self, name)!r:.40}.")
+        for name, kind in NUMBERS.items():
+            value = getattr(self, name)
+            if value is not None or name not in ("resolution", "crop"):
+                object.__setattr__(self, name, kind.check(value, "--" + name.replace("_", "-")))
         family_of(self.arch)  # an unknown architecture: one sentence naming the installed ones
         preset = preset_config(self.preset, arch=self.arch)  # an unknown preset is one sentence
         if self.resolution is None:
@@ -59,14 +97,7 @@ class TrainOptions:
         if self.crop is not None and (self.crop < 8 or self.crop > r or self.crop & (self.crop - 1)):
             raise CipsError(f"--crop must be a power of two between 8 and the resolution ({r}), not {self.crop}.")
         if self.topology not in ("flat", "cylinder"):
-            raise CipsError(f"Training topology must be flat or cylinder, not {self.topology!r}.")
-        if not 0 < self.fov <= 360:
-            raise CipsError(f"--fov must be between 0 and 360 degrees, not {self.fov}.")
-        for name in ("batch", "steps", "r1_interval", "pl_interval", "checkpoint_every", "sample_every"):
-            if getattr(self, name) < 1:
-                raise CipsError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}.")
-        if self.lr <= 0 or self.r1_gamma < 0 or self.ema_kimg < 0 or self.pl_weight < 0:
-            raise CipsError("Learning rate must be positive and R1 gamma, EMA half-life and path-length weight non-negative.")
+            raise CipsError(f"Training topology must be flat or cylinder, not {self.topology!r:.40}.")
 
     @property
     def coordinate_space(self) -> str:
@@ -82,11 +113,27 @@ class TrainOptions:
 
     # Options that may change when a run is resumed; everything else must match.
     RESUMABLE = ("out", "steps", "checkpoint_every", "sample_every", "fid_every", "device", "data")
+    # Options that belong to this machine and this command, never taken from a saved run.
+    LOCAL = ("out", "data", "device")
 
     def check_resumable_from(self, saved: dict[str, Any]) -> None:
         defaults = {field.name: field.default for field in dataclasses.fields(self)}
         for name, value in self.to_dict().items():  # runs saved before an option existed had its default
             if name not in self.RESUMABLE and saved.get(name, defaults[name]) != value:
                 raise CipsError(
-                    f"Cannot resume: the run was started with {name}={saved.get(name)!r}, not {value!r}."
+                    f"Cannot resume: the run was started with {name}={saved.get(name)!r:.40}, not {value!r:.40}."
                 )
+
+    def resumed(self, saved: dict[str, Any], given: Iterable[str] | None = None) -> "TrainOptions":
+        """These options for continuing the run whose options were ``saved``: every option not
+        in ``given`` (the ones the user named; None: all) is the run's own, so that
+        ``train --resume`` need not repeat --resolution or --batch; the given ones must match."""
+        names = {field.name for field in dataclasses.fields(self)}
+        given = names if given is None else set(given)
+        taken = {name: saved[name] for name in names - given - set(self.LOCAL) if name in saved}
+        try:
+            options = dataclasses.replace(self, **taken)
+        except CipsError as error:
+            raise CipsError(f"Cannot resume: the options saved in the run are unusable ({str(error).rstrip('.')}).") from None
+        options.check_resumable_from(saved)
+        return options

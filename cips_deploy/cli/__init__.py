@@ -9,11 +9,12 @@ else is caught, so bugs keep their tracebacks.
 from __future__ import annotations
 
 from cips_deploy.cli import backend_flags, bench, checkpoints, plugins, render, scale_consistency  # noqa: F401  (each registers its commands)
-from cips_deploy.cli.group import CipsGroup, cli  # noqa: F401
+from cips_deploy.cli.group import CipsGroup, add_choice_suggestions, cli  # noqa: F401
 
 
 _registry = plugins.load_plugins_for_cli(cli)  # plugins' register_commands hooks; broken plugins print a warning
 backend_flags.add_flags_to_marked_commands(cli, _registry)  # --precision and every other backend option
+add_choice_suggestions(cli)  # last: the plugins' commands and the backend flags are all there now
 
 
 def main() -> None:

@@ -96,9 +96,12 @@ def import_official(source: Path, output: Path, force: bool) -> None:
     """Convert an official CIPS checkpoint (.pt) or CREPS snapshot (.pkl) into a cips-deploy .safetensors file once."""
     require_build_extra("import-official")
     from cips_deploy.families.checkpoint import load
+    from cips_deploy.runtime.atomic import guard_outputs
 
+    # The output guard before the (slow) load: a name the file system holds, its folder, --force.
+    guard_outputs(output, overwrite=force, probe=True)
     generator = load(source)
-    generator.save(output, overwrite=force)
+    generator.save(output, overwrite=force)  # atomic; a full disk is one sentence (runtime/atomic.py)
     config = generator.config
     click.echo(
         f"Wrote {output}: {config.arch} generator, {generator.num_parameters:,} parameters, "

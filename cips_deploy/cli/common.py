@@ -4,19 +4,21 @@ checking an output before rendering, tiling a grid of seeds, the progress bar.""
 from __future__ import annotations
 
 import math
+import re
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
+from cips_deploy.contracts.command_options import MAX_SEED, SEED, output_location, usable_path
 from cips_deploy.errors import CipsError
 from cips_deploy.models import DEMO_ENGINE, DEMO_MODEL
 from cips_deploy.runtime.render import Rendering
 
 MAX_SEEDS = 256
+_SEED_TEXT = re.compile(r"[0-9]+")  # a seed as --seeds writes it
 BACKEND_HELP = (
     "Synthesis backend (see `cips-deploy plugins`); default: the one the model file names "
     "(onnxruntime for .onnx, tensorrt for .plan), else torch."
@@ -57,27 +59,35 @@ def choose_model(
 
 
 def parse_seeds(seed: int | None, seeds: str | None, limit: int = MAX_SEEDS, what: str = "a grid") -> list[int]:
-    """[seed] or the seeds of a list such as ``0-3,7`` (at most ``limit``, for ``what``)."""
+    """[seed] or the seeds of a list such as ``0-3,7`` (at most ``limit``, for ``what``).
+
+    Every seed is one :data:`SEED` (0 to 2**32 - 1). The count is added up from the ranges
+    before any is expanded, so ``0-4294967295`` costs nothing and is reported as it is.
+    """
     if seed is not None and seeds is not None:
         raise CipsError("Give either --seed or --seeds, not both.")
     if seeds is None:
-        return [0 if seed is None else seed]
-    found: list[int] = []
-    for part in seeds.replace(" ", "").split(","):
-        try:
-            if "-" in part[1:]:
-                first, last = part.split("-", 1)
-                low, high = int(first), int(last)
-                if high < low:
-                    raise ValueError
-                found.extend(range(low, min(high, low + limit) + 1))
-            else:
-                found.append(int(part))
-        except ValueError:
-            raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r}.") from None
-    if len(found) > limit:
-        raise CipsError(f"--seeds lists {len(found)} seeds; {what} takes at most {limit:,}.")
-    return found
+        return [0 if seed is None else SEED.check(seed, "--seed")]
+    ranges = [_seed_range(part, seeds) for part in seeds.replace(" ", "").split(",")]
+    count = sum(last - first + 1 for first, last in ranges)
+    if count > limit:
+        raise CipsError(f"--seeds lists {count:,} seeds; {what} takes at most {limit:,}.")
+    return [each for first, last in ranges for each in range(first, last + 1)]
+
+
+def _seed_range(part: str, seeds: str) -> tuple[int, int]:
+    """(first, last) of one item of a --seeds list: ``7`` or ``0-3``."""
+    first, dash, last = part.partition("-")
+    texts = (first, last) if dash else (first, first)
+    if not all(_SEED_TEXT.fullmatch(text) for text in texts):
+        raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {seeds!r:.80}.")
+    for text in texts:  # compared as text first: int() of a long run of digits is slow
+        if len(text) > 12 or int(text) > MAX_SEED:
+            raise CipsError(f"--seeds names seed {text:.20}, but seeds go from 0 to 2**32 - 1.")
+    low, high = int(texts[0]), int(texts[1])
+    if high < low:
+        raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {part!r:.40} (its end comes before its start).")
+    return low, high
 
 
 def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
@@ -92,21 +102,22 @@ def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:
 
 
 def check_output(output: Path, force: bool = False, extensions: tuple[str, ...] = (".png",)) -> None:
-    """Refuse an output we cannot write (or must not replace) before spending time on the render."""
-    if output.is_dir():
-        raise CipsError(f"Cannot write {output}: it is a directory.")
-    if output.exists() and not force:
-        raise CipsError(f"{output} already exists; pass --force to replace it.")
+    """Refuse an output we cannot write (or must not replace) before spending time on the render.
+
+    The path rule is :func:`~cips_deploy.contracts.command_options.output_location`'s (a
+    usable name outside /proc and /sys, an existing and writable folder); here come the
+    output's own rules: not a folder, not replaced without --force, a known suffix."""
+    usable_path(output)
+    try:
+        if output.is_dir():
+            raise CipsError(f"Cannot write {output}: it is a directory.")
+        if output.exists() and not force:
+            raise CipsError(f"{output} already exists; pass --force to replace it.")
+    except OSError as error:  # a name too long for the file system, a loop of links
+        raise CipsError(f"Cannot write {output}: {error.strerror or error}.") from None
     if output.suffix.lower() not in extensions:
         raise CipsError(f"The output {output} must be a {' or '.join(extensions)} file.")
-    folder = output.parent
-    if not folder.is_dir():
-        raise CipsError(f"Cannot write {output}: the folder {folder} does not exist.")
-    try:  # the only reliable test of writability (permissions, read-only mounts, root) is to try
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise CipsError(f"Cannot write {output}: {error.strerror or error}.") from None
+    output_location(output)
 
 
 def tile(images: list[np.ndarray]) -> np.ndarray:

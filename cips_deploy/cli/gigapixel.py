@@ -23,22 +23,23 @@ def stream_render(
     model: Any, output: Path, output_format: str, seeds: list[int], topology: str, topology_params: dict[str, str],
     height: int, width: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None,
     backend: str, device: str, backend_options: dict[str, Any], blend_seed: int | None, resume: bool, workers: int,
-    quiet: bool, registry: Registry,
+    quiet: bool, registry: Registry, overwrite: bool = False,
 ) -> None:
-    """Render one seed cell by cell into ``output``; report what was written."""
+    """Render one seed cell by cell into ``output``; report what was written. ``overwrite``
+    (``--force``) lets the output replace an existing one (see the output guard)."""
     chosen = registry.outputs[output_format].item
     if not chosen.streaming:  # e.g. a PNG with --workers: cells into memory, then the format's save
         if resume:
             raise CipsError(f"--resume continues a streamed render (.tif, .dzi); a {output_format} file is written from memory in one go.")
         in_memory_with_workers(
             model, output, chosen, seeds, topology, topology_params, height, width, truncation, chunker, chunk_size,
-            memory_budget, backend, device, backend_options, blend_seed, workers, quiet, registry,
+            memory_budget, backend, device, backend_options, blend_seed, workers, quiet, registry, overwrite,
         )
         return
     if len(seeds) != 1:
         raise CipsError("A streamed render (.tif, .dzi, --resume or --workers) takes one --seed, not a grid of --seeds.")
     partial = partial_path(output)
-    resuming = resume and partial.is_dir()
+    resuming = resume and partial.is_dir() and not partial.is_symlink()
     from cips_deploy.cli.common import ChunkProgress
 
     progress = ChunkProgress("resuming" if resuming else "rendering", enabled=not quiet and sys.stderr.isatty())
@@ -47,7 +48,7 @@ def stream_render(
             model, output, output_format=output_format, topology=topology, height=height, width=width, seed=seeds[0],
             truncation=truncation, chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
             backend=backend, device=device, backend_options=backend_options, blend_seed=blend_seed, resume=resume,
-            workers=workers, progress=progress, registry=registry, **topology_params,
+            workers=workers, progress=progress, registry=registry, overwrite=overwrite, **topology_params,
         )
     except KeyboardInterrupt:
         progress.close()
@@ -69,7 +70,7 @@ def in_memory_with_workers(
     model: Any, output: Path, chosen: Any, seeds: list[int], topology: str, topology_params: dict[str, str],
     height: int, width: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None,
     backend: str, device: str, backend_options: dict[str, Any], blend_seed: int | None, workers: int, quiet: bool,
-    registry: Registry,
+    registry: Registry, overwrite: bool = False,
 ) -> None:
     """Each seed rendered by ``workers`` processes into memory, the grid saved by the format."""
     from cips_deploy.cli.common import ChunkProgress, tile
@@ -88,7 +89,7 @@ def in_memory_with_workers(
             )
         finally:
             progress.close()
-    with atomic_path(output) as temporary:
+    with atomic_path(output, overwrite=overwrite) as temporary:  # without --force: never over a file that appeared meanwhile
         chosen.save(tile(images), temporary)
     click.echo(
         f"Wrote {output}: {height}x{width} {topology} render of seed{'s' if len(seeds) > 1 else ''} "

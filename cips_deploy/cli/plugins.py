@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from typing import Any, Callable
 
 import click
 
 from cips_deploy._version import __version__
-from cips_deploy.runtime.plugin_manager import PluginWarning, Registry, get_registry, register_commands
+from cips_deploy.runtime.plugin_calls import error_text, plugin_code, reraise_user_interrupt
+from cips_deploy.runtime.plugin_manager import PluginWarning, Registered, Registry, get_registry, register_commands
 from cips_deploy.contracts.topology import describe_parameter, parameters_as_dicts
 from cips_deploy.cli.group import cli
 
@@ -26,9 +28,25 @@ def load_plugins_for_cli(group: click.Group) -> Registry:
     for warning in caught:
         if issubclass(warning.category, PluginWarning):
             click.echo(f"Warning: {warning.message}", err=True)
-        else:
+            continue
+        try:  # a plugin's own warning, shown as Python shows it; its text is the plugin's code too
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+        except Exception as error:
+            click.echo(f"Warning: a plugin issued a warning that cannot be shown ({error_text(error)}).", err=True)
     return registry
+
+
+def listed(entry: Registered, read: Callable[[], Any]) -> Any:
+    """``read()``, which reads what ``entry`` declares (its properties are the plugin's code), or
+    None after a one-line warning that names the plugin: one broken entry does not take the
+    listing down, and what the plugin prints never reaches stdout (``--json``)."""
+    try:
+        with plugin_code(entry.plugin, f"while {entry.kind} {entry.name!r} was listed"):
+            return read()
+    except BaseException as error:  # SystemExit too; the user's Ctrl-C passes
+        reraise_user_interrupt(error)
+        click.echo(f"Warning: {entry.label} could not be listed ({error_text(error)}); it was left out.", err=True)
+        return None
 
 
 # What a plugin can provide, in the order the listing shows it (registry kind -> label).
@@ -99,29 +117,28 @@ def topologies_command(as_json: bool) -> None:
     """List topologies: description, parameters and the coordinate spaces they support."""
     registry = get_registry()
     entries = sorted(registry.topologies.values(), key=lambda entry: entry.name)
+    listings = [listing for entry in entries if (listing := listed(entry, lambda entry=entry: topology_listing(entry)))]
     if as_json:
-        click.echo(
-            json.dumps(
-                [
-                    {
-                        "name": entry.name,
-                        "plugin": entry.plugin,
-                        "description": entry.item.description,
-                        "coordinate_spaces": list(entry.item.coordinate_spaces),
-                        "parameters": parameters_as_dicts(entry.item),
-                    }
-                    for entry in entries
-                ],
-                indent=2,
-                default=str,
-            )
-        )
+        click.echo(json.dumps([row for row, _ in listings], indent=2))
         return
-    for number, entry in enumerate(entries):
-        if number:
-            click.echo()
-        topology = entry.item
-        click.echo(f"{entry.name}: {topology.description}")
-        click.echo(f"    coordinate spaces: {', '.join(topology.coordinate_spaces)}    plugin: {entry.plugin}")
-        for parameter in topology.parameters:
-            click.echo(f"    -p {describe_parameter(parameter)}")
+    if listings:
+        click.echo("\n\n".join("\n".join(lines) for _, lines in listings))
+
+
+def topology_listing(entry: Registered) -> tuple[dict[str, Any], list[str]]:
+    """One topology's JSON row and its lines of text, both read in one go (plugin code runs here)."""
+    topology = entry.item
+    row = {
+        "name": entry.name,
+        "plugin": entry.plugin,
+        "description": topology.description,
+        "coordinate_spaces": list(topology.coordinate_spaces),
+        "parameters": parameters_as_dicts(topology),
+    }
+    row = json.loads(json.dumps(row, default=str))  # plain data now: a value that cannot be written fails here
+    lines = [
+        f"{entry.name}: {topology.description}",
+        f"    coordinate spaces: {', '.join(topology.coordinate_spaces)}    plugin: {entry.plugin}",
+        *(f"    -p {describe_parameter(parameter)}" for parameter in topology.parameters),
+    ]
+    return row, lines

@@ -1,5 +1,11 @@
 """``cips-deploy render``: any topology, any size, chunk by chunk, into a PNG (in memory) or
-streamed to a tiled BigTIFF or Deep Zoom pyramid (``cips_deploy.cli.gigapixel``)."""
+streamed to a tiled BigTIFF or Deep Zoom pyramid (``cips_deploy.cli.gigapixel``).
+
+Every path it writes passes the output guard of :mod:`cips_deploy.runtime.atomic` before
+any work (:func:`check_outputs`): names the file system can hold, an existing folder,
+nothing replaced without ``--force``, and with it a pyramid's companions only if
+cips-deploy wrote them. Without ``--topology`` the model decides: a cylinder-space model
+(the bundled demo) renders its panorama, any other the flat view."""
 
 from __future__ import annotations
 
@@ -10,19 +16,20 @@ from typing import Any
 
 import click
 
-from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.runtime.atomic import atomic_path, check_names, guard_outputs
+from cips_deploy.runtime.gigapixel import partial_path
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.limits import check_in_memory, check_memory
 from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.runtime.backend_use import choose_backend
 from cips_deploy.runtime.render import make_backend, render_detailed
 from cips_deploy.media.render_files import RenderFiles
-from cips_deploy.contracts.sinks import format_for
+from cips_deploy.contracts.sinks import OutputFormat, format_for
 from cips_deploy.cli.group import cli
 from cips_deploy.cli.backend_flags import merge_backend_flags, with_backend_flags
 from cips_deploy.contracts.command_options import model_options, synthesis_options
 from cips_deploy.cli.common import (
-    ChunkProgress, backend_from_the_model, check_output, choose_model, parse_assignments, parse_seeds, summary, tile,
+    ChunkProgress, backend_from_the_model, choose_model, parse_assignments, parse_seeds, summary, tile,
 )
 
 MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
@@ -30,7 +37,7 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @with_backend_flags
 @cli.command("render")
 @model_options("Render")
-@click.option("-t", "--topology", default="flat", show_default=True, help="Topology name (see `cips-deploy topologies`).")
+@click.option("-t", "--topology", default=None, help="Topology name (see `cips-deploy topologies`); default: cylinder for a cylinder-space model (the bundled demo: its 360-degree panorama), else flat.")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A topology parameter; repeatable.")
 @click.option("--height", type=int, default=256, show_default=True, help="Image height in pixels.")
 @click.option("--width", type=int, default=None, help="Image width in pixels (default: the height; 4x the height for a cylinder).")
@@ -52,7 +59,7 @@ def render_command(
     arch: str,
     coordinate_space: str,
     model_seed: int,
-    topology: str,
+    topology: str | None,
     params: tuple[str, ...],
     height: int,
     width: int | None,
@@ -90,10 +97,9 @@ def render_command(
       cips-deploy render --topology cylinder --viewer pano.html      (drag to look around)
       cips-deploy render -t cylinder --height 8192 --width 32768 --workers 2 -o pano.dzi   (streamed)
     """
-    if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
-        width = 4 * height if topology == "cylinder" else height
     seed_list = parse_seeds(seed, seeds) if outdir is None else parse_seeds(seed, seeds, MAX_BATCH_SEEDS, "a batch")
     registry = get_registry()
+    check_names(output)  # before anything looks at the path: a long name makes even is_dir() raise
     if output.is_dir():
         raise CipsError(f"Cannot write {output}: it is a directory.")
     chosen = format_for(output, output_format, {name: entry.item for name, entry in registry.outputs.items()})
@@ -102,21 +108,74 @@ def render_command(
     backend = choose_backend(registry, model, backend)  # one name from here on: provenance, workers
     # Flags such as --precision are backend options (cli/backend_flags.py).
     options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
-    if chosen.streaming or resume or workers != 1:  # gigapixel: tiles streamed to disk (cips_deploy.runtime.gigapixel)
-        if outdir is not None or viewer is not None:
-            raise CipsError("--outdir and --viewer go with in-memory renders, not with streamed outputs, --resume or --workers.")
-        check_output(output, force, chosen.extensions)
-        from cips_deploy.cli.gigapixel import stream_render
-
-        stream_render(
-            model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
-            chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
-        )
-        return
+    streamed = chosen.streaming or resume or workers != 1  # gigapixel: tiles streamed to disk (cips_deploy.runtime.gigapixel)
+    if streamed and (outdir is not None or viewer is not None):
+        raise CipsError("--outdir and --viewer go with in-memory renders, not with streamed outputs, --resume or --workers.")
     # With --outdir the grid is written only where -o is given: a batch wants its seeds' files.
     grid_output = output if outdir is None or click.get_current_context().get_parameter_source("output").name != "DEFAULT" else None
     if grid_output is not None:
-        check_output(grid_output, force, chosen.extensions)
+        check_outputs(grid_output, chosen, force, streamed)
+    runner = None  # built early only when the model must say its coordinate space
+    try:
+        if topology is None:
+            topology, runner = default_topology(model, registry, backend, device, options)
+        if width is None:  # a cylinder's whole turn is four 90-degree views, the training default
+            width = 4 * height if topology == "cylinder" else height
+        if streamed:
+            if runner is not None:
+                runner.close()  # the streamed render builds its own (and its workers theirs)
+                runner = None
+            from cips_deploy.cli.gigapixel import stream_render
+
+            stream_render(
+                model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
+                chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
+                overwrite=force,
+            )
+            return
+        render_in_memory(
+            model, runner, seed_list, registry, chosen, topology, topology_params, height, width, truncation, chunker,
+            chunk_size, memory_budget, backend, device, options, blend_seed, outdir, viewer, quiet, force, grid_output,
+            output,
+        )
+    finally:
+        if runner is not None:
+            runner.close()
+
+
+def check_outputs(output: Path, chosen: OutputFormat, force: bool, streamed: bool) -> None:
+    """The output guard over everything ``-o`` makes: the file, a streamed format's companions
+    (``NAME_files/``, ``NAME.html``) and its partial folder, before any work."""
+    if output.suffix.lower() not in chosen.extensions:
+        raise CipsError(f"The output {output} must be a {' or '.join(chosen.extensions)} file.")
+    companions = chosen.outputs(output) if streamed else ()
+    guard_outputs(
+        output, companions, overwrite=force, owner=getattr(chosen, "owns", None),
+        extra_names=[partial_path(output)] if streamed else (), probe=True,
+    )
+
+
+def default_topology(model: Any, registry: Any, backend: str, device: str, options: dict[str, Any]) -> tuple[str, Any]:
+    """The topology when none is given: cylinder for a cylinder-space model, else flat, and the
+    backend built to ask a model file (None when the model itself says: a Generator)."""
+    config = getattr(model, "config", None)
+    runner = None
+    if config is None:
+        runner = make_backend(registry, backend, model, device, options)
+        config = getattr(runner, "config", None)  # a plugin's backend may not say: then flat, as before
+    return ("cylinder" if getattr(config, "coordinate_space", None) == "cylinder" else "flat"), runner
+
+
+def render_in_memory(
+    model: Any, runner: Any, seed_list: list[int], registry: Any, chosen: OutputFormat, topology: str,
+    topology_params: dict[str, str], height: int, width: int, truncation: float, chunker: str | None,
+    chunk_size: int | None, memory_budget: float | None, backend: str, device: str, options: dict[str, Any],
+    blend_seed: int | None, outdir: Path | None, viewer: Path | None, quiet: bool, force: bool,
+    grid_output: Path | None, output: Path,
+) -> None:
+    """Every seed rendered in memory, then the grid, the seed files and the viewer written.
+    ``runner``: the backend the caller built (and closes), or None to build one here."""
+    if grid_output is not None:
         if len(seed_list) > 1:  # every seed's image is kept until the grid is tiled: count them all, and the grid
             check_memory(2 * len(seed_list) * height * width * 3, f"{len(seed_list)} {height:,} x {width:,} renders and their grid")
         grid_columns = math.ceil(math.sqrt(len(seed_list)))  # the grid that tile() assembles
@@ -128,8 +187,10 @@ def render_command(
         backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer, overwrite=force,
     )
     files.check(seed_list)
+    built = None
     try:
-        runner = make_backend(registry, backend, model, device, options)
+        if runner is None:
+            runner = built = make_backend(registry, backend, model, device, options)
     except BaseException:
         files.abandon()
         raise
@@ -158,7 +219,8 @@ def render_command(
         raise
     finally:
         seeds_bar.close()
-        runner.close()
+        if built is not None:
+            built.close()
     grid = tile([rendering.image for rendering in renderings]) if grid_output is not None else None
     if chosen.name == "png":  # with provenance in its text chunks
         files.finish(renderings, grid, grid_output)

@@ -141,6 +141,9 @@ def check_field_types(config: GeneratorConfig) -> None:
     for width in widths:
         if not _is_whole(width) or not 1 <= width <= MAX_WIDTH:
             raise CipsError(f"Every block width must be a whole number from 1 to {MAX_WIDTH:,}, not {width!r:.40}.")
+    clamp = config.fc_clamp
+    if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not (math.isfinite(clamp) and clamp > 0)):
+        raise CipsError(f"The generator's fc_clamp must be a finite number above 0 or null, not {clamp!r:.40}.")
     lr = config.lr_mlp
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and 0 < lr <= 1000):
         raise CipsError(f"The mapping network's lr_mlp must be a finite number in (0, 1000], not {lr!r:.40}.")

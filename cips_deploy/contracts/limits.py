@@ -17,17 +17,21 @@ The limits (docs/security.md lists them with the reasons):
 - a safetensors header: at most :data:`MAX_HEADER_BYTES`; a zip's declared content: within
   available memory and at most :data:`MAX_ZIP_RATIO` times the archive's size;
 - an image rendered in memory: at most :data:`MAX_IN_MEMORY_PIXELS`, its working memory
-  within available memory (:func:`check_in_memory`, the one check every renderer uses).
+  within available memory (:func:`check_in_memory`, the one check every renderer uses);
+- a pickle (an official snapshot, the pickles in a PyTorch file): nested at most
+  :data:`MAX_PICKLE_DEPTH` deep, at most :data:`MAX_PICKLE_EXPANDED` objects counting shared ones
+  at every use, plain dict keys, no cycles (:func:`check_pickle`, from the opcodes, before unpickling).
 """
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, first_line
 
 # Whole-number config fields: (smallest, largest). The largest values are far beyond any
 # published model (paper1024: size 1024, widths <= 512, n_mlp 8) and far below what
@@ -38,6 +42,8 @@ CONFIG_LIMITS = {
     "style_dim": (1, 65536),
     "n_mlp": (0, 64),
     "line_rank": (1, 4096),
+    "biline_channels": (1, 65536),
+    "num_fp16_res": (0, 64),
 }
 MAX_WIDTH = 65536  # one block's width
 MAX_BLOCKS = 64  # log2 of the largest size, with room for deep custom models
@@ -191,3 +197,395 @@ def _gib(count: int) -> str:
     if count >= 2**30:
         return f"{count / 2**30:,.1f} GiB"
     return f"{count / 2**20:,.1f} MiB"
+
+
+
+# ------------------------------------------------------------------ pickles, before unpickling
+#
+# Official CREPS snapshots are plain pickles, and every PyTorch file holds pickles too. An
+# allow-list of globals stops code from running, but not the structure itself: a 300 KB pickle
+# can nest a dict key 300,000 deep (hashing it overflows the C stack), reuse one memo entry
+# twice per level so that 309 bytes stand for 2**60 objects (hashing, walking or printing them
+# never ends), or store a memo entry at index 2**31 (the C unpickler grows its memo table to
+# it). :func:`check_pickle` reads the opcodes, builds nothing, and refuses such a pickle from the
+# shape its result would have; only then is it unpickled. Real files are far inside the limits.
+
+MAX_PICKLE_DEPTH = 100  # containers inside containers (the official CREPS fixtures: 32)
+MAX_PICKLE_OBJECTS = 1 << 20  # containers and objects one pickle builds (the fixtures: 6,600 to 8,100)
+MAX_PICKLE_ITEMS = 1 << 22  # everything one pickle pushes, numbers and strings included
+# Objects counted at every use of a shared one (the memo's fan-out): what hashing, walking or
+# printing the result visits. Real files share little (the fixtures: 19,000 to 23,000).
+MAX_PICKLE_EXPANDED = 1 << 24
+MAX_PICKLE_LINE = 1 << 16  # a text argument: a global's name, a protocol-0 number
+
+# The official CREPS constructor's whole-number arguments (``Generator(**init_kwargs)`` in a
+# snapshot): (smallest, largest), checked like CONFIG_LIMITS before anything is sized by them.
+# The published models: z = w = 512, channel_base 65536, channel_max 1024, biline_channels 32,
+# num_fp16_res 0, 8 mapping layers; the largest values here are far beyond them.
+OFFICIAL_CREPS_LIMITS = {
+    "z_dim": (1, 65536),
+    "w_dim": (1, 65536),
+    "c_dim": (0, 1 << 31),
+    "img_resolution": (8, 65536),
+    "img_channels": (1, 65536),
+    "channel_base": (1, 1 << 31),
+    "channel_max": (1, MAX_WIDTH),
+    "biline_channels": (4, MAX_WIDTH),
+    "num_fp16_res": (0, MAX_BLOCKS),
+    "mapping_kwargs.num_layers": (1, 64),
+}
+MAX_PROVENANCE_VALUES = 1024  # values in the official init kwargs copied into provenance (a snapshot: about 12)
+
+
+class PickleRefused(CipsError):
+    """A pickle refused from its opcodes. ``reason`` is a predicate ("nests containers deeper
+    than ..."), so that the caller names the subject; ``corrupt``: damaged rather than hostile."""
+
+    def __init__(self, reason: str, corrupt: bool = False) -> None:
+        super().__init__(reason)
+        self.reason, self.corrupt = reason, corrupt
+
+    def sentence(self, what: Any, subject: str = "it") -> str:
+        if self.corrupt:
+            return f"{what} is corrupt or truncated ({subject} {self.reason})."
+        return f"Refusing to load {what}: {subject} {self.reason}."
+
+
+class _Node:
+    """A container or object the pickle would build: how deep it nests and how many objects it
+    stands for, shared ones counted at every use; ``sealed`` once it sits inside another."""
+
+    __slots__ = ("size", "depth", "sealed")
+
+    def __init__(self) -> None:
+        self.size, self.depth, self.sealed = 1, 1, False
+
+
+# Leaves count as one object each. Only _SCALAR (numbers, strings, bytes) may be a dict key or
+# a set member: hashing one never recurses.
+_SCALAR, _LEAF = "scalar", "leaf"
+_STOP = object()
+
+
+class _PickleScan:
+    """One pass over one pickle's opcodes, keeping a stack of :class:`_Node` and leaves."""
+
+    def __init__(self, handle: Any, persistent_ids: bool) -> None:
+        self.handle, self.persistent_ids = handle, persistent_ids
+        position = handle.tell()
+        self.end = handle.seek(0, os.SEEK_END)
+        handle.seek(position)
+        self.stack: list[Any] = []
+        self.marks: list[int] = []
+        self.memo: dict[int, Any] = {}
+        self.objects = self.items = 0
+
+    def run(self) -> None:
+        while True:
+            code = self.handle.read(1)
+            if not code:
+                raise PickleRefused("ends early", corrupt=True)
+            handler = _OPCODES.get(code[0])
+            if handler is None:
+                raise PickleRefused(f"holds the unknown pickle opcode {code!r}", corrupt=True)
+            if handler(self) is _STOP:
+                return
+
+    # -- arguments
+    def read(self, count: int) -> bytes:
+        data = self.handle.read(count)
+        if len(data) != count:
+            raise PickleRefused("ends early", corrupt=True)
+        return data
+
+    def number(self, size: int, signed: bool = False) -> int:
+        return int.from_bytes(self.read(size), "little", signed=signed)
+
+    def skip(self, count: int) -> None:
+        """Step over a length-prefixed argument (a string, a blob), checked against what is left."""
+        if count < 0 or count > self.end - self.handle.tell():
+            raise PickleRefused(f"declares a {count:,}-byte pickle argument past the end of the data", corrupt=True)
+        self.handle.seek(count, os.SEEK_CUR)
+
+    def line(self) -> bytes:
+        text = self.handle.readline(MAX_PICKLE_LINE)
+        if not text.endswith(b"\n"):
+            raise PickleRefused("has an unterminated or overlong text argument in its pickle", corrupt=True)
+        return text
+
+    def line_number(self) -> int:
+        try:
+            return int(self.line())
+        except ValueError:
+            raise PickleRefused("has a damaged memo index in its pickle", corrupt=True) from None
+
+    # -- the stack
+    def push(self, item: Any) -> None:
+        self.items += 1
+        if self.items > MAX_PICKLE_ITEMS:
+            raise PickleRefused(f"pickles more than {MAX_PICKLE_ITEMS:,} items")
+        self.stack.append(item)
+
+    def pop(self, count: int = 1) -> list[Any]:
+        """The top ``count`` items, bottom first (never below the last mark)."""
+        if len(self.stack) - count < (self.marks[-1] if self.marks else 0):
+            raise PickleRefused("pops an empty pickle stack", corrupt=True)
+        items = self.stack[len(self.stack) - count:]
+        del self.stack[len(self.stack) - count:]
+        return items
+
+    def top(self) -> Any:
+        if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+            raise PickleRefused("works on an empty pickle stack", corrupt=True)
+        return self.stack[-1]
+
+    def pop_mark(self) -> list[Any]:
+        if not self.marks:
+            raise PickleRefused("has no mark where its pickle needs one", corrupt=True)
+        start = self.marks.pop()
+        items = self.stack[start:]
+        del self.stack[start:]
+        return items
+
+    def new(self, children: list[Any], immutable: bool = False) -> _Node:
+        """A container or object built from ``children`` (a tuple, a list, a call's result, ...)."""
+        self.objects += 1
+        if self.objects > MAX_PICKLE_OBJECTS:
+            raise PickleRefused(f"pickles more than {MAX_PICKLE_OBJECTS:,} objects")
+        node = _Node()
+        for child in children:
+            self.attach(node, child)
+        node.sealed = immutable  # a tuple or frozenset never changes again
+        return node
+
+    def attach(self, target: Any, child: Any) -> None:
+        """``child`` goes inside ``target``: bound the depth and the expanded count, refuse cycles.
+
+        A pickler completes every object before nesting it, so only a cyclic or hand-made
+        pickle changes an object that already sits inside another; refusing that keeps every
+        count exact (nothing grows after it was added into a parent) and the result acyclic.
+        """
+        if not isinstance(target, _Node) or target.sealed or child is target:
+            raise PickleRefused("pickles a cycle, or changes an object after nesting it")
+        if isinstance(child, _Node):
+            child.sealed = True
+            target.size += child.size
+            target.depth = max(target.depth, child.depth + 1)
+        else:
+            target.size += 1
+        if target.depth > MAX_PICKLE_DEPTH:
+            raise PickleRefused(f"nests containers deeper than {MAX_PICKLE_DEPTH} levels")
+        if target.size > MAX_PICKLE_EXPANDED:
+            raise PickleRefused(f"expands to more than {MAX_PICKLE_EXPANDED:,} objects (shared ones counted at every use)")
+
+    @staticmethod
+    def check_keys(keys: list[Any]) -> None:
+        if any(key is not _SCALAR for key in keys):
+            raise PickleRefused("pickles a dict key or set member that is not a plain number or string")
+
+    # -- the memo
+    def put(self, index: int) -> None:
+        if index > len(self.memo):  # picklers number entries 0, 1, 2, ...; a gap grows the C memo table
+            raise PickleRefused(f"stores pickle memo entry {index:,} out of order")
+        self.memo[index] = self.top()
+
+    def get(self, index: int) -> None:
+        if index not in self.memo:
+            raise PickleRefused(f"refers to pickle memo entry {index:,}, which it never stored", corrupt=True)
+        self.push(self.memo[index])
+
+    # -- opcodes that build
+    def build(self, items: list[Any], *, immutable: bool = False, keys: str = "") -> None:
+        """TUPLE*, LIST, DICT, FROZENSET: a new container of ``items``."""
+        if keys == "dict":
+            if len(items) % 2:
+                raise PickleRefused("builds a dict from an odd number of items", corrupt=True)
+            self.check_keys(items[0::2])
+        elif keys == "set":
+            self.check_keys(items)
+        self.push(self.new(items, immutable))
+
+    def fill(self, items: list[Any], keys: str = "") -> None:
+        """APPEND(S), SETITEM(S), ADDITEMS, BUILD: ``items`` go into the object below them."""
+        if keys == "dict":
+            if len(items) % 2:
+                raise PickleRefused("sets dict items from an odd number of items", corrupt=True)
+            self.check_keys(items[0::2])
+        elif keys == "set":
+            self.check_keys(items)
+        target = self.top()
+        for item in items:
+            self.attach(target, item)
+
+    def persistent(self, pid: list[Any]) -> None:
+        if not self.persistent_ids:
+            raise PickleRefused("holds persistent references, which this kind of file never does")
+        self.push(self.new(pid))
+
+
+def _pop(scan: _PickleScan) -> None:
+    if scan.marks and scan.marks[-1] == len(scan.stack):
+        scan.marks.pop()  # POP right after a MARK drops the mark, as the C unpickler does
+    else:
+        scan.pop()
+
+
+def _proto(scan: _PickleScan) -> None:
+    if scan.number(1) > 5:
+        raise PickleRefused("uses a pickle protocol that does not exist", corrupt=True)
+
+
+def _frame(scan: _PickleScan) -> None:
+    length = scan.number(8)  # the frame's opcodes follow and are read one by one
+    if length > scan.end - scan.handle.tell():
+        raise PickleRefused(f"declares a {length:,}-byte pickle frame past the end of the data", corrupt=True)
+
+
+def _refuse(reason: str) -> Any:
+    def handler(scan: _PickleScan) -> None:
+        raise PickleRefused(reason)
+
+    return handler
+
+
+def _leaf(read: Any, kind: str = _SCALAR) -> Any:
+    """An opcode that pushes one number, string, blob or global after reading its argument."""
+
+    def handler(scan: _PickleScan) -> None:
+        read(scan)
+        scan.push(kind)
+
+    return handler
+
+
+def _sized(size: int, signed: bool = False) -> Any:
+    """Read a length of ``size`` bytes, then step over that many bytes."""
+    return lambda scan: scan.skip(scan.number(size, signed))
+
+
+_OPCODES: dict[int, Any] = {
+    # numbers, strings and blobs
+    **{ord(code): _leaf(lambda scan, n=n: scan.read(n)) for code, n in (("J", 4), ("K", 1), ("M", 2), ("G", 8))},
+    **{ord(code): _leaf(lambda scan: scan.line()) for code in "ILSVF"},  # protocol-0 text
+    **{ord(code): _leaf(lambda scan: None) for code in "N\x88\x89"},  # None, True, False
+    **{ord(code): _leaf(_sized(1)) for code in "\x8aUC\x8c"},  # LONG1, SHORT_BINSTRING/BYTES/UNICODE
+    **{ord(code): _leaf(_sized(4, signed=True)) for code in "\x8bT"},  # LONG4, BINSTRING
+    **{ord(code): _leaf(_sized(4)) for code in "BX"},  # BINBYTES, BINUNICODE
+    **{ord(code): _leaf(_sized(8)) for code in "\x8e\x8d\x96"},  # BINBYTES8, BINUNICODE8, BYTEARRAY8
+    # globals and persistent references
+    ord("c"): _leaf(lambda scan: (scan.line(), scan.line()), _LEAF),  # GLOBAL
+    0x93: _leaf(lambda scan: scan.pop(2), _LEAF),  # STACK_GLOBAL
+    ord("P"): lambda scan: (scan.line(), scan.persistent([])),  # PERSID
+    ord("Q"): lambda scan: scan.persistent(scan.pop()),  # BINPERSID
+    # containers
+    ord(")"): lambda scan: scan.build([], immutable=True),
+    ord("t"): lambda scan: scan.build(scan.pop_mark(), immutable=True),
+    **{0x85 + n: lambda scan, n=n: scan.build(scan.pop(n + 1), immutable=True) for n in range(3)},  # TUPLE1-3
+    ord("]"): lambda scan: scan.build([]),
+    ord("l"): lambda scan: scan.build(scan.pop_mark()),
+    ord("}"): lambda scan: scan.build([]),
+    ord("d"): lambda scan: scan.build(scan.pop_mark(), keys="dict"),
+    0x8F: lambda scan: scan.build([]),  # EMPTY_SET
+    0x91: lambda scan: scan.build(scan.pop_mark(), immutable=True, keys="set"),  # FROZENSET
+    ord("a"): lambda scan: scan.fill(scan.pop()),  # APPEND
+    ord("e"): lambda scan: scan.fill(scan.pop_mark()),  # APPENDS
+    ord("s"): lambda scan: scan.fill(scan.pop(2), keys="dict"),  # SETITEM
+    ord("u"): lambda scan: scan.fill(scan.pop_mark(), keys="dict"),  # SETITEMS
+    0x90: lambda scan: scan.fill(scan.pop_mark(), keys="set"),  # ADDITEMS
+    ord("b"): lambda scan: scan.fill(scan.pop()),  # BUILD: the state goes into the object
+    # calls: an object holding its callable and arguments
+    ord("R"): lambda scan: scan.push(scan.new(scan.pop(2))),  # REDUCE
+    0x81: lambda scan: scan.push(scan.new(scan.pop(2))),  # NEWOBJ
+    0x92: lambda scan: scan.push(scan.new(scan.pop(3))),  # NEWOBJ_EX
+    ord("o"): lambda scan: scan.push(scan.new(scan.pop_mark())),  # OBJ
+    ord("i"): lambda scan: (scan.line(), scan.line(), scan.push(scan.new([_LEAF, *scan.pop_mark()]))),  # INST
+    # the stack and the memo
+    ord("("): lambda scan: scan.marks.append(len(scan.stack)),  # MARK
+    ord("0"): _pop,
+    ord("1"): lambda scan: scan.pop_mark(),  # POP_MARK
+    ord("2"): lambda scan: scan.push(scan.top()),  # DUP
+    ord("p"): lambda scan: scan.put(scan.line_number()),
+    ord("q"): lambda scan: scan.put(scan.number(1)),
+    ord("r"): lambda scan: scan.put(scan.number(4)),
+    0x94: lambda scan: scan.put(len(scan.memo)),  # MEMOIZE
+    ord("g"): lambda scan: scan.get(scan.line_number()),
+    ord("h"): lambda scan: scan.get(scan.number(1)),
+    ord("j"): lambda scan: scan.get(scan.number(4)),
+    # framing and the rest
+    0x80: _proto,
+    0x95: _frame,
+    ord("."): lambda scan: _STOP,
+    **{code: _refuse("uses the copyreg extension registry, which real files never do") for code in (0x82, 0x83, 0x84)},
+    **{code: _refuse("refers to out-of-band pickle buffers, which real files never do") for code in (0x97, 0x98)},
+}
+
+
+def check_pickle(handle: Any, *, persistent_ids: bool = False) -> None:
+    """Read one pickle from the seekable binary ``handle`` (through its STOP), building nothing,
+    and raise :class:`PickleRefused` if unpickling it could crash, hang or flood the machine:
+    containers nested deeper than :data:`MAX_PICKLE_DEPTH`; more than :data:`MAX_PICKLE_OBJECTS`
+    objects built, :data:`MAX_PICKLE_ITEMS` items pushed or :data:`MAX_PICKLE_EXPANDED` objects
+    with shared ones counted at every use; a dict key or set member that is not a number or a
+    string; a cycle; memo entries out of order; arguments past the end of the data.
+    ``persistent_ids``: whether persistent references (PyTorch's storages) may appear.
+    """
+    _PickleScan(handle, persistent_ids).run()
+
+
+# A legacy torch.save stream is five pickles (magic number, protocol, system info, the object,
+# its storage keys) followed by the raw storages; torch.load unpickles all five.
+LEGACY_TORCH_PICKLES = 5
+
+
+def check_torch_stream(handle: Any, slack: int = 1 << 20) -> None:
+    """The pickles ``torch.load`` would unpickle from ``handle`` (a PyTorch file, or one nested in
+    a snapshot), checked by :func:`check_pickle` before it runs; a zip is first checked for a
+    bomb from its declared sizes (at most :data:`MAX_ZIP_RATIO` times its size plus ``slack``,
+    and within available memory), since ``torch.load`` inflates its members in memory.
+    Raises :class:`PickleRefused`; ``handle`` is left at its start.
+    """
+    import zipfile
+
+    start = handle.tell()
+    try:
+        if handle.read(4) != b"PK\x03\x04":
+            handle.seek(start)
+            for _ in range(LEGACY_TORCH_PICKLES):
+                check_pickle(handle, persistent_ids=True)
+            return
+        handle.seek(start)
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                members = archive.infolist()
+                _check_declared(sum(member.file_size for member in members), handle.seek(0, os.SEEK_END) - start, slack)
+                for member in members:  # every pickle in it, duplicates too: a reader may pick either
+                    if member.filename.endswith(".pkl"):
+                        check_pickle(io.BytesIO(archive.read(member)), persistent_ids=True)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+            raise PickleRefused(f"is not a readable zip ({first_line(error) or type(error).__name__})", corrupt=True) from None
+    finally:
+        handle.seek(start)
+
+
+def _check_declared(declared: int, size: int, slack: int) -> None:
+    if declared > MAX_ZIP_RATIO * size + slack:
+        raise PickleRefused(f"declares {_gib(declared)} of content in a {_gib(size)} zip: a zip bomb")
+    available = available_memory()
+    if available is not None and declared > available:
+        raise PickleRefused(f"declares {_gib(declared)} of content, more than the {_gib(available)} of memory available")
+
+
+def check_parameter_count(count: int, what: str) -> None:
+    """Refuse ``what`` (a phrase: "The model in x.pt") if ``count`` parameters are more than
+    :data:`MAX_PARAMETERS` or their float32 copies more than the memory available now."""
+    if count > MAX_PARAMETERS:
+        raise CipsError(f"{what} would have {count:,} parameters, more than the limit of {MAX_PARAMETERS:,}.")
+    check_memory(4 * count, f"{what} ({count:,} parameters)")
+
+
+def claimed_elements(shape: Any) -> int:
+    """Elements a tensor of ``shape`` claims, whatever its strides (exact: Python integers)."""
+    count = 1
+    for size in shape:
+        count *= int(size)
+    return count

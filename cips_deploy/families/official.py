@@ -5,6 +5,12 @@ dicts; the official ``train.py`` writes dicts with ``g``, ``d``, ``g_ema`` and o
 states. Both are read with ``torch.load(weights_only=True)``, which unpickles tensors and
 plain containers only, so a file that would run code is refused, never executed.
 
+Before ``torch.load`` runs, the pickles it would unpickle are bounded
+(:func:`~cips_deploy.contracts.limits.check_torch_stream`: nesting, shared objects, dict keys,
+cycles, zip bombs); after it, before anything is materialised, every tensor must be backed by
+its storage (a stride-0 view of one stored value claiming a paper-size grid is refused) and all
+of them together claim at most ``MAX_PARAMETERS`` elements.
+
 The architecture is inferred from the keys and shapes alone; nothing is passed by hand.
 """
 
@@ -22,6 +28,7 @@ from torch import Tensor
 from cips_deploy.families.weights import load_exact_state_dict
 from cips_deploy.runtime.hashing import file_sha256
 from cips_deploy.contracts.config import GeneratorConfig
+from cips_deploy.contracts.limits import MAX_PARAMETERS, PickleRefused, check_torch_stream
 from cips_deploy.errors import CipsError, first_line
 from cips_deploy.families.generator import Generator
 
@@ -45,13 +52,17 @@ def load_official(path: str | Path) -> Generator:
 
 
 def read_torch_file(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` with every failure turned into one sentence."""
+    """``torch.load(weights_only=True)`` with every failure turned into one sentence; its pickles
+    bounded before it runs, its tensors checked (:func:`check_tensors`) before anything else."""
     try:
         # A file object, not the path: torch.load would hand a path ending in .safetensors
         # to the safetensors reader, whatever the bytes say (sniffing has decided already).
         with open(path, "rb") as handle, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. "Detected pickle protocol 5": the sentence below says enough
-            return torch.load(handle, map_location="cpu", weights_only=True)
+            check_torch_stream(handle)  # the same open file torch.load then reads
+            loaded = torch.load(handle, map_location="cpu", weights_only=True)
+    except PickleRefused as error:
+        raise CipsError(error.sentence(path)) from None
     except MemoryError:
         raise CipsError(f"{path} does not fit in this machine's memory.") from None
     except pickle.UnpicklingError as error:
@@ -62,7 +73,49 @@ def read_torch_file(path: Path) -> Any:
             ) from None
         raise CipsError(f"{path} is corrupt or truncated (it does not unpickle).") from None
     except Exception as error:  # torch.load parsing hostile bytes raises anything (KeyError, struct.error, ...)
-        raise CipsError(f"{path} is corrupt or truncated ({first_line(error) or type(error).__name__}).") from None
+        raise CipsError(f"{path} is corrupt or truncated ({first_line(error)[:200] or type(error).__name__}).") from None
+    check_tensors(loaded, str(path))
+    return loaded
+
+
+def check_tensors(loaded: Any, source: str) -> None:
+    """Every tensor in a loaded file is dense and backed by its storage, and together they claim
+    at most ``MAX_PARAMETERS`` elements, counted from their shapes whatever their strides.
+
+    A stride-0 view makes one stored value stand for any number of elements; the first copy,
+    conversion or finiteness check would allocate them all (16 KB of such views shaped like
+    paper1024 became 6 GB). Saved weights are never such views. The walk visits each container
+    once; the pickle check has bounded their nesting.
+    """
+    claimed = 0
+    seen: set[int] = set()
+    pending: list[tuple[Any, str]] = [(loaded, "")]
+    while pending:
+        item, name = pending.pop()
+        if isinstance(item, Tensor):
+            claimed += _backed_elements(item, name, source)
+            if claimed > MAX_PARAMETERS:
+                raise CipsError(f"Refusing to load {source}: its tensors claim more than {MAX_PARAMETERS:,} elements.")
+        elif isinstance(item, (dict, list, tuple)) and id(item) not in seen:
+            seen.add(id(item))
+            entries = list(item.items() if isinstance(item, dict) else enumerate(item))
+            named = [(value, f"{name}.{key}"[:120] if isinstance(key, str) else name) for key, value in entries]
+            pending.extend(reversed(named))  # in the file's order: the first bad tensor is named
+
+
+def _backed_elements(tensor: Tensor, name: str, source: str) -> int:
+    """The elements ``tensor`` claims, if it is a dense CPU tensor whose storage holds them."""
+    label = repr(name.lstrip(".")) if name else "a tensor"
+    if tensor.layout != torch.strided or tensor.is_quantized or tensor.device.type != "cpu":
+        raise CipsError(f"Refusing to load {source}: {label} is not a dense tensor ({tensor.layout}), as saved weights are.")
+    claimed = tensor.numel()
+    stored = tensor.untyped_storage().nbytes() // max(tensor.element_size(), 1)
+    if claimed > stored:
+        raise CipsError(
+            f"Refusing to load {source}: tensor {label} claims {claimed:,} elements but its storage holds {stored:,} "
+            "(a stride-0 or overlapping view, which saved weights never are)."
+        )
+    return claimed
 
 
 def official_state_dict(obj: Any, *, source: str) -> tuple[dict[str, Tensor], str]:

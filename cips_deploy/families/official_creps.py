@@ -17,9 +17,19 @@ sentence naming it:
 - numpy scalars (``numpy.core`` in numpy-1 files, ``numpy._core`` in numpy-2 files) are
   rebuilt from their raw bytes; ``EasyDict`` is a plain dict.
 
-:func:`read_snapshot` then walks ``G_ema``'s module tree into a state dict and its
-``_init_kwargs`` into a :class:`~cips_deploy.contracts.config.GeneratorConfig`, which the tensor shapes
-must confirm. A ``module_src`` that is not the official file's (compared by sha256) is
+Running no code is not enough: a small pickle can still crash, hang or flood the reader. So,
+before anything is unpickled, :func:`~cips_deploy.contracts.limits.check_pickle` bounds the
+stream's nesting, its objects (shared ones counted at every use) and its memo, and refuses dict
+keys that are not plain numbers or strings and cycles; every nested storage stream is checked
+the same way, and for a zip bomb, before ``torch.load`` reads it. A tensor may not claim more
+elements than its storage holds (a stride-0 view of one value), and all of them together at most
+:data:`~cips_deploy.contracts.limits.MAX_PARAMETERS`, counted while unpickling, before anything is
+materialised.
+
+:func:`read_snapshot` then walks ``G_ema``'s module tree (as a tree: each module once) into a
+state dict and its ``_init_kwargs`` into a :class:`~cips_deploy.contracts.config.GeneratorConfig`
+(every value checked: whole numbers in range, finite numbers, the right types), which the tensor
+shapes must confirm. A ``module_src`` that is not the official file's (compared by sha256) is
 reported: its weights load, its code is ignored, and a warning says the numerics are
 those of the official architecture, not of the altered source.
 """
@@ -29,7 +39,10 @@ from __future__ import annotations
 import collections
 import hashlib
 import io
+import itertools
+import math
 import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +52,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cips_deploy.contracts.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PARAMETERS,
+    MAX_PROVENANCE_VALUES,
+    OFFICIAL_CREPS_LIMITS,
+    PickleRefused,
+    check_parameter_count,
+    check_pickle,
+    check_torch_stream,
+    claimed_elements,
+)
 from cips_deploy.errors import CipsError, CipsWarning
 
 # sha256 of training/networks_creps.py at VinAIResearch/CREPS ff09abc, the only published version.
@@ -51,6 +75,10 @@ GENERATOR_CLASSES = {
 # Synthesis and mapping options of the official constructor that this project reproduces.
 SYNTHESIS_OPTIONS = {"channel_base", "channel_max", "biline_channels", "num_fp16_res", "fc_clamp", "fp16_channels_last"}
 MAPPING_OPTIONS = {"num_layers", "lr_multiplier", "w_avg_beta"}
+# Module and tensor names of a torch module tree (attribute names, Sequential indices).
+NAME = re.compile(r"[A-Za-z0-9_]{1,64}")
+# numpy dtypes of the scalars a snapshot pickles (float64 gains; plain numbers only).
+PLAIN_DTYPES = {f"{kind}{size}" for kind, sizes in (("f", "248"), ("i", "1248"), ("u", "1248")) for size in sizes} | {"b1"}
 
 
 class Refused(CipsError):
@@ -62,17 +90,23 @@ class SourceWarning(CipsWarning):
 
 
 class PersistentStub:
-    """A persistent object's meta: ``class_name``, ``module_src`` (text, never run), its hash, ``state``."""
+    """A persistent object's meta: ``class_name``, ``module_src`` (text, never run), its hash, ``state``.
 
-    def __init__(self, meta: Any) -> None:
-        if not isinstance(meta, dict) or meta.get("type") != "class":
+    Checked in ``__new__``: NEWOBJ creates an instance without calling ``__init__``, and a stub
+    without its meta must not exist.
+    """
+
+    def __new__(cls, meta: Any = None, *rest: Any) -> "PersistentStub":
+        if rest or not isinstance(meta, dict) or meta.get("type") != "class":
             raise Refused("it holds a persistent object that is not a class instance")
         source, class_name, state = meta.get("module_src"), meta.get("class_name"), meta.get("state")
         if not isinstance(source, str) or not isinstance(class_name, str) or not isinstance(state, dict):
             raise Refused("it holds a damaged persistent object (no source text, class name or state)")
-        self.class_name = class_name
-        self.source_sha256 = hashlib.sha256(source.encode("utf-8")).hexdigest()
-        self.state = state
+        stub = super().__new__(cls)
+        stub.class_name = class_name[:100]
+        stub.source_sha256 = hashlib.sha256(source.encode("utf-8", "replace")).hexdigest()
+        stub.state = state
+        return stub
 
     def __setstate__(self, state: Any) -> None:  # built without its meta (NEWOBJ + BUILD): not official
         raise Refused("it holds a persistent object built without its meta")
@@ -82,6 +116,7 @@ class ModuleStub:
     """A plain (non-persistent) module referenced by name; BUILD hands it its ``__dict__``."""
 
     class_name = "?"
+    state: Any = None  # until BUILD hands it over (a pickle may never do so)
 
     def __setstate__(self, state: Any) -> None:
         if not isinstance(state, dict):
@@ -101,19 +136,46 @@ class EasyDict(dict):
     """``dnnlib.util.EasyDict`` as data: a dict (its attribute access is not needed)."""
 
 
+class DtypeStub:
+    """``numpy.dtype(code, align, copy)`` of a plain number type; BUILD's state is checked, never
+    handed to numpy's own ``__setstate__`` (which accepts field layouts a hostile file could bend)."""
+
+    def __init__(self, code: Any = None, align: Any = False, copy: Any = True) -> None:
+        if not isinstance(code, str) or code not in PLAIN_DTYPES:
+            raise Refused("it holds a numpy dtype that is not a plain number type")
+        self.dtype = np.dtype(code)
+
+    def __setstate__(self, state: Any) -> None:
+        # (version 3, byte order, no subarray, names or fields, sizes, flags): a plain little-endian number
+        if not (isinstance(state, tuple) and 8 <= len(state) <= 9 and state[0] == 3 and state[1] in ("<", "|", "=")
+                and state[2] is None and state[3] is None and state[4] is None):
+            raise Refused("it holds a numpy dtype whose state is not that of a plain number type")
+
+
 def _numpy_scalar(dtype: Any, data: Any = None) -> Any:
     """numpy's scalar reconstructor, for plain numeric dtypes only: (dtype, raw bytes) -> scalar."""
+    if isinstance(dtype, DtypeStub):
+        dtype = dtype.dtype
     if not isinstance(dtype, np.dtype) or dtype.kind not in "biuf" or not isinstance(data, bytes) or len(data) != dtype.itemsize:
         raise Refused("it holds a numpy scalar that is not a plain number")
     return np.frombuffer(data, dtype)[0]
 
 
 def _load_storage(data: Any) -> Any:
-    """A nested legacy ``torch.save`` stream of one storage, read without running code."""
+    """A nested legacy ``torch.save`` stream of one storage, read without running code.
+
+    Its pickles are bounded and a zip is checked for a bomb first, exactly like a top-level
+    PyTorch file (with no 1 MiB allowance: a snapshot holds thousands of these).
+    """
     if not isinstance(data, bytes):
         raise Refused("it holds a tensor storage that is not a byte string")
+    stream = io.BytesIO(data)
     try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        check_torch_stream(stream, slack=0)
+    except PickleRefused as error:
+        raise Refused(f"a tensor storage in it {error.reason}") from None
+    try:
+        return torch.load(stream, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any failure of a hostile blob is a refusal
         reason = str(error).strip().splitlines()
         detail = next((line for line in reason if "GLOBAL" in line or "global" in line), reason[0] if reason else "")
@@ -126,10 +188,38 @@ def _rebuild_parameter(data: Any, requires_grad: Any = False, hooks: Any = None)
     return data
 
 
-def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> Tensor:
+def _is_index(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _is_shape(value: Any) -> bool:
+    return isinstance(value, (tuple, list)) and len(value) <= 16 and all(_is_index(size) for size in value)
+
+
+def _check_view(storage: Any, offset: Any, size: Any, stride: Any) -> int:
+    """The elements a tensor view claims, if its storage really holds them; else a refusal.
+
+    A stride-0 view makes one stored value stand for any number of elements; materialising it
+    (a copy, a conversion, a finiteness check) would then allocate them all. Weights are never
+    stored that way, so a view may claim at most the elements its storage holds.
+    """
     if not isinstance(storage, (torch.TypedStorage, torch.UntypedStorage)):
         raise Refused("it holds a tensor whose storage is not a torch storage")
-    return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
+    if not (_is_index(offset) and _is_shape(size) and _is_shape(stride) and len(size) == len(stride)):
+        raise Refused("it holds a tensor with a damaged size, stride or offset")
+    claimed = claimed_elements(size)
+    # TypedStorage's public size methods warn that the class is deprecated; its parts do not.
+    untyped = storage._untyped_storage if isinstance(storage, torch.TypedStorage) else storage
+    stored = untyped.nbytes() // (storage.dtype.itemsize if isinstance(storage, torch.TypedStorage) else 1)
+    if claimed > stored:
+        raise Refused(
+            f"a tensor in it claims {claimed:,} elements but its storage holds {stored:,} "
+            "(a stride-0 or overlapping view, which saved weights never are)"
+        )
+    last = offset + sum((count - 1) * step for count, step in zip(size, stride))
+    if claimed and last >= stored:
+        raise Refused(f"a tensor in it reaches element {last:,} of a storage of {stored:,}")
+    return claimed
 
 
 _numpy_scalar_globals = {("numpy._core.multiarray", "scalar"), ("numpy.core.multiarray", "scalar")}
@@ -138,26 +228,42 @@ ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("training.networks_creps", "SynthesisInput"): SynthesisInputStub,
     ("torch.nn.modules.container", "Sequential"): SequentialStub,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): None,  # per unpickler: SnapshotUnpickler._rebuild_tensor counts
     ("torch.storage", "_load_from_bytes"): _load_storage,
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("dnnlib.util", "EasyDict"): EasyDict,
-    ("numpy", "dtype"): np.dtype,
+    ("numpy", "dtype"): DtypeStub,
     ("builtins", "set"): set,  # protocols below 4 pickle _non_persistent_buffers_set this way
     **{key: _numpy_scalar for key in _numpy_scalar_globals},
 }
 
 
 class SnapshotUnpickler(pickle.Unpickler):
-    """An unpickler that knows only the globals of an official snapshot (see the module text)."""
+    """An unpickler that knows only the globals of an official snapshot (see the module text).
+
+    Run it only on a stream that :func:`~cips_deploy.contracts.limits.check_pickle` accepted.
+    ``claimed`` counts the elements of every tensor so far, against ``MAX_PARAMETERS``.
+    """
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.claimed = 0
 
     def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("torch._utils", "_rebuild_tensor_v2"):
+            return self._rebuild_tensor
         try:
             return ALLOWED_GLOBALS[module, name]
         except KeyError:
             raise Refused(
-                f"it references {module}.{name}, which an official CREPS snapshot never does and which could run code"
+                f"it references {module[:100]}.{name[:100]}, which an official CREPS snapshot never does and which could run code"
             ) from None
+
+    def _rebuild_tensor(self, storage: Any, offset: Any, size: Any, stride: Any, *rest: Any) -> Tensor:
+        self.claimed += _check_view(storage, offset, size, stride)
+        if self.claimed > MAX_PARAMETERS:  # G, D and G_ema together: a published snapshot holds about 1e8
+            raise Refused(f"its tensors claim more than {MAX_PARAMETERS:,} elements")
+        return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
 
     def persistent_load(self, pid: Any) -> Any:
         raise Refused("it holds persistent references, which an official CREPS snapshot never does")
@@ -174,15 +280,23 @@ class Snapshot:
 
 
 def unpickle_snapshot(path: Path) -> Any:
-    """The whole pickle through :class:`SnapshotUnpickler`; every failure is one sentence."""
+    """The whole pickle through :class:`SnapshotUnpickler`, once its opcodes passed
+    :func:`~cips_deploy.contracts.limits.check_pickle` (read from the same open file); every
+    failure is one sentence."""
     try:
         with open(path, "rb") as handle:
+            check_pickle(handle)
+            handle.seek(0)
             return SnapshotUnpickler(handle).load()
+    except PickleRefused as error:
+        raise CipsError(error.sentence(path)) from None
     except Refused as error:
         raise CipsError(f"Refusing to load {path}: {error}.") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError, RuntimeError, MemoryError) as error:
+    except MemoryError:
+        raise CipsError(f"{path} does not fit in this machine's memory.") from None
+    except Exception as error:  # noqa: BLE001 - whatever the unpickler raises on hostile bytes is damage
         text = str(error).strip().splitlines()
-        raise CipsError(f"{path} is corrupt or truncated ({text[0] if text else type(error).__name__}).") from None
+        raise CipsError(f"{path} is corrupt or truncated ({text[0][:200] if text else type(error).__name__}).") from None
 
 
 def read_snapshot(path: str | Path) -> Snapshot:
@@ -190,18 +304,14 @@ def read_snapshot(path: str | Path) -> Snapshot:
     path = Path(path)
     top = unpickle_snapshot(path)
     if not isinstance(top, dict) or "G_ema" not in top:
-        kind = type(top).__name__ if not isinstance(top, dict) else f"a dict with keys {sorted(map(str, top))[:5]}"
+        keys = ", ".join(_brief(key) for key in itertools.islice(top, 5)) if isinstance(top, dict) else ""
+        kind = f"a dict with keys {keys}" if isinstance(top, dict) else type(top).__name__
         raise CipsError(f"{path} is a pickle but not a CREPS network snapshot (no 'G_ema'; it holds {kind}).")
     generator = top["G_ema"]
     if not isinstance(generator, PersistentStub) or generator.class_name != "Generator":
         raise CipsError(f"{path}: 'G_ema' is not a persistent Generator object.")
     source = generator.source_sha256
-    state_dict: dict[str, Tensor] = {}
-    sources: set[str] = set()
-    try:
-        _collect(generator, "", sources, state_dict, path)
-    except RecursionError:
-        raise CipsError(f"{path}: the generator's module tree is nested implausibly deep; refusing it.") from None
+    state_dict, sources = _collect(generator, path)
     args, kwargs = generator.state.get("_init_args", ()), generator.state.get("_init_kwargs", {})
     if not isinstance(kwargs, dict) or not isinstance(args, (tuple, list)):
         raise CipsError(f"{path}: the generator's init arguments are damaged.")
@@ -219,8 +329,38 @@ def read_snapshot(path: str | Path) -> Snapshot:
     return Snapshot(state_dict, init_kwargs, source, official)
 
 
-def _collect(module: Any, prefix: str, sources: set[str], out: dict[str, Tensor], path: Path) -> None:
-    """module stub -> its parameters and persistent buffers, under torch's state-dict names.
+def _collect(generator: PersistentStub, path: Path) -> tuple[dict[str, Tensor], set[str]]:
+    """G_ema's module tree -> (its parameters and persistent buffers under torch's state-dict
+    names, the module sources seen).
+
+    Walked as a tree, depth first without recursion, each module once: a module reached a second
+    time (a child shared by two parents, or a loop back to an ancestor) is refused, so the walk
+    is linear in the file (a shared child at every level would make it exponential).
+    """
+    out: dict[str, Tensor] = {}
+    sources: set[str] = set()
+    seen: set[int] = set()  # ids of modules visited; all stay alive in the snapshot meanwhile
+    pending: list[tuple[Any, str]] = [(generator, "")]
+    while pending:
+        module, prefix = pending.pop()
+        if id(module) in seen:
+            raise CipsError(
+                f"{path}: the generator's module tree reaches {prefix[:-1]} a second time (a shared or looping module), "
+                "which a real network never does."
+            )
+        seen.add(id(module))
+        state = _module_state(module, prefix, sources, path)
+        _take_tensors(state, prefix, out, path)
+        children = state.get("_modules", {})
+        if not isinstance(children, dict):
+            raise CipsError(f"{path}: the module {prefix[:-1] or 'G_ema'} has a damaged child table.")
+        named = [(f"{prefix}{_name(name, prefix, path)}.", child) for name, child in children.items()]
+        pending.extend((child, name) for name, child in reversed(named) if child is not None)  # torch's order
+    return out, sources
+
+
+def _module_state(module: Any, prefix: str, sources: set[str], path: Path) -> dict:
+    """A module stub's pickled ``__dict__``, once its class is known to be the generator's.
 
     Classes are known by (source file, class name): a ``FullyConnectedLayer`` of the
     discriminator's networks_stylegan2.py is not the generator's. At most two sources may
@@ -234,63 +374,133 @@ def _collect(module: Any, prefix: str, sources: set[str], out: dict[str, Tensor]
             )
     elif not isinstance(module, (SynthesisInputStub, SequentialStub)):
         raise CipsError(f"{path}: the generator contains a {type(module).__name__} where a module belongs.")
-    state = module.state
+    if not isinstance(module.state, dict):
+        raise CipsError(f"{path}: the module {prefix[:-1] or 'G_ema'} has no state.")
+    return module.state
+
+
+def _take_tensors(state: dict, prefix: str, out: dict[str, Tensor], path: Path) -> None:
+    """A module's parameters and persistent buffers into ``out``."""
     skip = state.get("_non_persistent_buffers_set") or set()
+    if not isinstance(skip, (set, frozenset, list, tuple)):
+        raise CipsError(f"{path}: the module {prefix[:-1] or 'G_ema'} has a damaged buffer list.")
     for group in ("_parameters", "_buffers"):
         tensors = state.get(group, {})
         if not isinstance(tensors, dict):
-            raise CipsError(f"{path}: the module {prefix or 'G_ema'} has a damaged {group} table.")
+            raise CipsError(f"{path}: the module {prefix[:-1] or 'G_ema'} has a damaged {group} table.")
         for name, tensor in tensors.items():
+            name = _name(name, prefix, path)
             if tensor is None or (group == "_buffers" and name in skip):
                 continue
             if not isinstance(tensor, Tensor):
                 raise CipsError(f"{path}: {prefix}{name} is not a tensor.")
             out[f"{prefix}{name}"] = tensor
-    children = state.get("_modules", {})
-    if not isinstance(children, dict):
-        raise CipsError(f"{path}: the module {prefix or 'G_ema'} has a damaged child table.")
-    for name, child in children.items():
-        if child is not None:
-            _collect(child, f"{prefix}{name}.", sources, out, path)
+
+
+def _name(name: Any, prefix: str, path: Path) -> str:
+    """A module's or tensor's name: an identifier or an index, as torch gives them."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise CipsError(f"{path}: the module {prefix[:-1] or 'G_ema'} holds a member named {_brief(name)}, not a torch name.")
+    return name
 
 
 def config_kwargs(init_kwargs: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Official ``Generator(**init_kwargs)`` -> GeneratorConfig fields (the knobs this project has).
 
     Refuses, in one sentence each, what it cannot reproduce: class-conditional models, other
-    than RGB output, z and w of different widths, unknown options.
+    than RGB output, z and w of different widths, unknown options; and every value of the
+    wrong type or out of range (NaN, strings, fractions, 2**62, booleans), before anything is
+    sized by it (limits: ``OFFICIAL_CREPS_LIMITS``).
     """
     kwargs = dict(init_kwargs)
-    mapping = dict(kwargs.pop("mapping_kwargs", {}) or {})
-    try:
-        z_dim, w_dim = int(kwargs.pop("z_dim")), int(kwargs.pop("w_dim"))
-        c_dim, resolution = int(kwargs.pop("c_dim", 0)), int(kwargs.pop("img_resolution"))
-        channels = int(kwargs.pop("img_channels", 3))
-    except (KeyError, TypeError, ValueError) as error:
-        raise CipsError(f"{source}: the generator's init kwargs lack or damage {error}.") from None
-    if c_dim > 0:
-        raise CipsError(
-            f"{source} is a class-conditional CREPS (c_dim={c_dim}); cips-deploy renders unconditional models only."
-        )
-    if channels != 3:
-        raise CipsError(f"{source} makes {channels}-channel images; cips-deploy renders RGB (3 channels) only.")
-    if z_dim != w_dim:
-        raise CipsError(f"{source} has z_dim {z_dim} != w_dim {w_dim}; cips-deploy needs them equal.")
-    unknown = sorted(set(kwargs) - SYNTHESIS_OPTIONS) + sorted(f"mapping_kwargs.{k}" for k in set(mapping) - MAPPING_OPTIONS)
+    mapping = kwargs.pop("mapping_kwargs", None) or {}
+    if not isinstance(mapping, dict):
+        raise CipsError(f"{source}: the generator's mapping_kwargs is {_brief(mapping)}, not a dict.")
+    mapping = {f"mapping_kwargs.{_key_text(key)}": value for key, value in mapping.items()}
+    missing = [name for name in ("z_dim", "w_dim", "img_resolution") if name not in kwargs]
+    if missing:
+        raise CipsError(f"{source}: the generator's init kwargs lack {missing[0]!r}.")
+    unknown = sorted(_key_text(key) for key in set(kwargs) - SYNTHESIS_OPTIONS - set(OFFICIAL_CREPS_LIMITS))
+    unknown += sorted(set(mapping) - {f"mapping_kwargs.{key}" for key in MAPPING_OPTIONS})
     if unknown:
         raise CipsError(f"{source} uses generator option(s) cips-deploy does not reproduce: {', '.join(unknown)}.")
-    fc_clamp = kwargs.get("fc_clamp", 256)
+    values = {**kwargs, **mapping}
+    whole = {name: _whole(values.get(name, default), name, source) for name, default in WHOLE_DEFAULTS.items()}
+    if whole["c_dim"] > 0:
+        raise CipsError(
+            f"{source} is a class-conditional CREPS (c_dim={whole['c_dim']}); cips-deploy renders unconditional models only."
+        )
+    if whole["img_channels"] != 3:
+        raise CipsError(f"{source} makes {whole['img_channels']}-channel images; cips-deploy renders RGB (3 channels) only.")
+    if whole["z_dim"] != whole["w_dim"]:
+        raise CipsError(f"{source} has z_dim {whole['z_dim']} != w_dim {whole['w_dim']}; cips-deploy needs them equal.")
+    lr = _number(values.get("mapping_kwargs.lr_multiplier", 0.01), "mapping_kwargs.lr_multiplier", source, (0, 1000), "in (0, 1000]")
+    fc_clamp = values.get("fc_clamp", 256)
+    if fc_clamp is not None:
+        fc_clamp = _number(fc_clamp, "fc_clamp", source, (0, math.inf), "above 0, or None")
+    if values.get("mapping_kwargs.w_avg_beta") is not None:  # tracked in training only; checked, not used
+        _number(values["mapping_kwargs.w_avg_beta"], "mapping_kwargs.w_avg_beta", source, (0, 1), "from 0 to 1, or None", closed=True)
+    if not isinstance(values.get("fp16_channels_last", False), (bool, np.bool_)):  # a memory-layout flag: not used
+        raise CipsError(f"{source}: the generator option fp16_channels_last must be True or False, not {_brief(values['fp16_channels_last'])}.")
     return dict(
-        size=resolution,
-        style_dim=w_dim,
-        n_mlp=int(mapping.get("num_layers", 8)),
-        lr_mlp=float(mapping.get("lr_multiplier", 0.01)),
-        channel_base=int(kwargs.get("channel_base", 32768)),
-        channel_max=int(kwargs.get("channel_max", 512)),
-        biline_channels=int(kwargs.get("biline_channels", 32)),
-        num_fp16_res=int(kwargs.get("num_fp16_res", 0)),
-        fc_clamp=None if fc_clamp is None else float(fc_clamp),
+        size=whole["img_resolution"],
+        style_dim=whole["w_dim"],
+        n_mlp=whole["mapping_kwargs.num_layers"],
+        lr_mlp=lr,
+        channel_base=whole["channel_base"],
+        channel_max=whole["channel_max"],
+        biline_channels=whole["biline_channels"],
+        num_fp16_res=whole["num_fp16_res"],
+        fc_clamp=fc_clamp,
     )
+
+
+# The official constructor's defaults of the whole-number options (limits: OFFICIAL_CREPS_LIMITS).
+WHOLE_DEFAULTS = {
+    "z_dim": None, "w_dim": None, "img_resolution": None, "c_dim": 0, "img_channels": 3, "channel_base": 32768,
+    "channel_max": 512, "biline_channels": 32, "num_fp16_res": 0, "mapping_kwargs.num_layers": 8,
+}
+
+
+def _whole(value: Any, name: str, source: str) -> int:
+    """An official whole-number option within OFFICIAL_CREPS_LIMITS (numpy integers accepted)."""
+    low, high = OFFICIAL_CREPS_LIMITS[name]
+    if isinstance(value, np.integer):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise CipsError(f"{source}: the generator option {name} must be a whole number from {low:,} to {high:,}, not {_brief(value)}.")
+    return value
+
+
+def _number(value: Any, name: str, source: str, bounds: tuple[float, float], words: str, closed: bool = False) -> float:
+    """An official real-valued option: a finite number within ``bounds`` (open below unless ``closed``)."""
+    low, high = bounds
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if ok:
+        value = float(value)
+        ok = math.isfinite(value) and (low <= value if closed else low < value) and value <= high
+    if not ok:
+        raise CipsError(f"{source}: the generator option {name} must be a finite number {words}, not {_brief(value)}.")
+    return value
+
+
+def _key_text(key: Any) -> str:
+    """An option's name as written in a sentence (a non-string key described, not printed)."""
+    return key[:60] if isinstance(key, str) else _brief(key)
+
+
+def _brief(value: Any) -> str:
+    """A short, safe description of an untrusted value for a sentence (never a huge repr)."""
+    if isinstance(value, (bool, np.bool_)) or value is None:
+        return repr(bool(value) if value is not None else None)
+    if isinstance(value, (int, np.integer)):
+        value = int(value)
+        return repr(value) if value.bit_length() <= 128 else f"an integer of {value.bit_length():,} bits"
+    if isinstance(value, (float, np.floating)):
+        return repr(float(value))
+    if isinstance(value, str):
+        return repr(value[:40] + ("..." if len(value) > 40 else ""))
+    return f"a {type(value).__name__}"[:60]
 
 
 # The one renaming between the official state dict and ours (every family keeps w_avg at the top).
@@ -311,8 +521,10 @@ def to_official(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
 def load_official_creps(path: str | Path):
     """An official CREPS snapshot -> :class:`~cips_deploy.families.creps.CrepsGenerator` (CPU, float32, eval).
 
-    The config comes from the pickled init kwargs; the tensors must then have exactly the
-    names and shapes that config implies (a mismatch is one sentence naming the tensor).
+    The config comes from the pickled init kwargs (checked); its parameters are counted on the
+    meta device and refused above ``MAX_PARAMETERS`` or the memory available; the tensors must
+    then have exactly the names and shapes that config implies (a mismatch is one sentence
+    naming the tensor).
     """
     from cips_deploy.families.weights import load_exact_state_dict
     from cips_deploy.runtime.hashing import file_sha256
@@ -322,27 +534,45 @@ def load_official_creps(path: str | Path):
     path = Path(path)
     snapshot = read_snapshot(path)
     fields = config_kwargs(snapshot.init_kwargs, source=str(path))
+    init_kwargs = _jsonable(snapshot.init_kwargs, str(path))  # bounded before anything prints it
     base, cap = fields.pop("channel_base"), fields.pop("channel_max")
     config = creps_config("tiny", channel_base=base, channel_max=cap, **fields)
     with torch.device("meta"):
         generator = Generator(config)
+    check_parameter_count(sum(tensor.numel() for tensor in generator.state_dict().values()), f"The model in {path}")
     load_exact_state_dict(generator, to_ours(snapshot.state_dict), source=str(path))
     generator.provenance = {
         "source": "official CREPS snapshot (G_ema)",
         "source_file": path.name,
         "source_sha256": file_sha256(path),
-        "official_init_kwargs": _jsonable(snapshot.init_kwargs),
+        "official_init_kwargs": init_kwargs,
         "module_src": "official networks_creps.py" if snapshot.official_source
         else f"NOT the official networks_creps.py (sha256 {snapshot.source_sha256}); its code was ignored",
     }
     return generator.eval()
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        return value.item()
-    return value if isinstance(value, (int, float, str, bool, type(None))) else repr(value)
+def _jsonable(value: Any, source: str) -> Any:
+    """The init kwargs as JSON values for the provenance, refused beyond MAX_JSON_DEPTH levels or
+    MAX_PROVENANCE_VALUES values before they are expanded (a shared list at every level of a
+    60-level pickle stands for 2**60 values)."""
+    budget = [MAX_PROVENANCE_VALUES]
+
+    def convert(item: Any, depth: int) -> Any:
+        budget[0] -= 1
+        if depth > MAX_JSON_DEPTH or budget[0] < 0:
+            raise CipsError(
+                f"{source}: the generator's init kwargs hold more than {MAX_PROVENANCE_VALUES:,} values or nest deeper "
+                f"than {MAX_JSON_DEPTH} levels, which official kwargs never do."
+            )
+        if isinstance(item, dict):
+            return {_brief(key) if not isinstance(key, str) else key[:100]: convert(entry, depth + 1) for key, entry in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [convert(entry, depth + 1) for entry in item]
+        if isinstance(item, np.generic):
+            item = item.item()
+        if isinstance(item, float) and not math.isfinite(item):
+            return repr(item)  # JSON has no NaN; provenance is read back by a strict parser
+        return item if isinstance(item, (int, float, str, bool, type(None))) else _brief(item)
+
+    return convert(value, 0)

@@ -122,7 +122,10 @@ class RenderFiles:
         if grid_output is not None and grid is not None:
             seeds = [rendering.seed for rendering in renderings]
             single = len(renderings) == 1
-            save_png(grid, grid_output, self.provenance(seeds[0] if single else seeds), xmp=self.panorama_xmp() if single else None)
+            save_png(
+                grid, grid_output, self.provenance(seeds[0] if single else seeds), xmp=self.panorama_xmp() if single else None,
+                overwrite=self.overwrite,  # without --force the final rename never replaces a file that appeared meanwhile
+            )
         if self.viewer is not None:
             rendering = renderings[0]
             write_viewer(

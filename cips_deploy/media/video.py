@@ -45,7 +45,7 @@ from cips_deploy.runtime.backend_arrays import from_backend, to_backend
 from cips_deploy.contracts.topology import resolve_parameters
 from cips_deploy.errors import CipsError
 from cips_deploy.media.provenance import model_identity, render_provenance, xmp_packet
-from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.runtime.atomic import atomic_path, guard_outputs
 from cips_deploy.runtime.backend_use import choose_backend
 from cips_deploy.runtime.plugin_manager import Registry, get_registry
 from cips_deploy.runtime.render import check_size, make_backend, render_detailed
@@ -280,6 +280,15 @@ def check_video_output(path: Path, frames: int, height: int, width: int, fps: fl
             raise CipsError(f"MP4 (H.264, yuv420p) needs an even width and height, not {height} x {width}.")
 
 
+def check_video_name(path: Path, overwrite: bool) -> None:
+    """The output guard (:func:`cips_deploy.runtime.atomic.guard_outputs`) for a video, before
+    the model is loaded: a name the file system holds, an existing folder, no existing file
+    unless ``overwrite``; then its format."""
+    guard_outputs(path, overwrite=overwrite, probe=True)
+    if path.suffix.lower() not in FORMATS:
+        raise CipsError(f"The video {path} must be a .webp (animated WebP) or .mp4 file.")
+
+
 def load_ffmpeg() -> Any:
     try:
         import imageio_ffmpeg
@@ -298,13 +307,16 @@ def write_video(
     provenance: dict[str, str] | None = None,
     quality: int = 80,
     lossless: bool = False,
+    overwrite: bool = True,
 ) -> int:
     """Write frames (uint8 [H, W, 3]) as a looping animated WebP or an MP4, atomically; returns the count.
 
     WebP carries the provenance in an XMP packet, MP4 as its ``comment`` metadata (JSON).
+    ``overwrite`` False (no ``--force``): an existing file, or one that appears while the
+    frames render, is never replaced (the final rename is a no-clobber link).
     """
     path = Path(path)
-    with atomic_path(path) as temporary:
+    with atomic_path(path, overwrite=overwrite) as temporary:
         if path.suffix.lower() == ".webp":
             pictures = [Image.fromarray(frame, mode="RGB") for frame in frames]
             if len(pictures) < 2:
@@ -409,6 +421,7 @@ def make_video(
     lossless: bool = False,
     registry: Registry | None = None,
     progress: Callable[[int, int], None] | None = None,
+    overwrite: bool = True,
 ) -> Clip:
     """Render and write one clip, everything the ``video`` command does after parsing its options.
 
@@ -417,7 +430,8 @@ def make_video(
     ``device`` with ``backend_options`` and closed here. ``topology`` defaults to cylinder
     for a cylinder-space model's walk, else flat; ``width`` to :func:`default_width`;
     ``fps`` to 24, or ``frames / duration``. Every check runs before the output's temporary
-    file exists, and the cheap ones before the backend is built.
+    file exists, and the cheap ones before the backend is built. ``overwrite`` (``--force``):
+    replace an existing output; without it one is refused before any frame is rendered.
     """
     registry = registry or get_registry()
     seeds = tuple(seeds)
@@ -430,6 +444,7 @@ def make_video(
         raise CipsError(f"The field of view must be more than 0 and at most 360 degrees, not {fov!r}.")
     params, ramps = dict(params or {}), dict(ramps or {})
     output = Path(output)
+    check_video_name(output, overwrite)
     backend = choose_backend(registry, model, backend)  # one name from here on: the provenance says it
     runner = make_backend(registry, backend, model, device, dict(backend_options or {}))
     try:
@@ -457,7 +472,8 @@ def make_video(
             chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
         )
         written = write_video(
-            clip, output, height=height, width=width, fps=rate, provenance=provenance, quality=quality, lossless=lossless
+            clip, output, height=height, width=width, fps=rate, provenance=provenance, quality=quality, lossless=lossless,
+            overwrite=overwrite,
         )
     finally:
         runner.close()

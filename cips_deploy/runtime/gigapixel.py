@@ -23,6 +23,16 @@ cells are never rendered or written again, and a torn last journal line (a SIGKI
 appending) only costs that cell. Cells are deterministic, so the finished output is bitwise
 identical to that of an uninterrupted render.
 
+Ownership. The partial folder belongs to one command at a time: it appears complete with
+its manifest and a ``lock`` file already ``flock``-ed (made in a hidden stage and renamed
+into place), and every later command locks ``lock`` before reading anything, so a second
+render of the same output ends in a sentence instead of racing the first. Nothing in the
+folder may be a link or a special file (checked before it is reused and before the output
+moves out), its manifest and journal are read with size and depth caps, and files are
+created there with ``O_EXCL | O_NOFOLLOW``. The output is moved out through the output
+guard of :mod:`cips_deploy.runtime.atomic`: without ``overwrite`` nothing existing is
+replaced, and a companion (a pyramid's folder, its page) only if cips-deploy wrote it.
+
 Workers. ``workers=N`` renders cells in this process and N - 1 spawned ones, each with its
 own backend and thread count (:mod:`cips_deploy.runtime.cell_workers`); this process
 stores them as they come. Every cell is computed exactly as in a serial render, so the
@@ -32,10 +42,12 @@ finished cells kept for ``resume``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import math
 import os
+import stat
 import sys
 import zlib
 from dataclasses import dataclass
@@ -45,7 +57,10 @@ from typing import Any
 import numpy as np
 
 from cips_deploy._version import __version__
-from cips_deploy.runtime.atomic import atomic_path, check_destination
+from cips_deploy.runtime.atomic import (
+    OutputConflict, check_plain_tree, current_umask, guard_outputs, lock_folder, output_policy, read_small_file, shown,
+    staging_folder, write_failure, write_new_file,
+)
 from cips_deploy.runtime.backend_use import choose_backend
 from cips_deploy.contracts.backend import Backend
 from cips_deploy.runtime.hashing import file_sha256
@@ -53,7 +68,7 @@ from cips_deploy.runtime.cell_workers import WorkerLost, render_cells
 from cips_deploy.runtime.cells import CellRenderer, Job
 from cips_deploy.runtime.chunk_loop import Progress
 from cips_deploy.errors import CipsError
-from cips_deploy.contracts.limits import check_in_memory
+from cips_deploy.contracts.limits import MAX_JSON_BYTES, check_in_memory, parse_json
 from cips_deploy.runtime.plugin_calls import call
 from cips_deploy.runtime.plugin_manager import Registered, Registry, get_registry
 from cips_deploy.runtime.render_request import check_chunk_settings, check_seed, check_size
@@ -65,6 +80,8 @@ CELL_COLUMNS = 16 * TILE
 MAX_WORKERS = 256
 PARTIAL_SUFFIX = ".partial"
 MANIFEST_VERSION = 1
+LOCK_FILE = "lock"  # in the partial folder: flock-ed by the command that renders into it
+JOURNAL_LINE = 10  # bytes of a journal line besides the cell number: " <crc32 hex>\n"
 # How a manifest field is named when a resumed render's settings differ from the partial's.
 FIELD_NAMES = {
     "format": "output format",
@@ -135,6 +152,7 @@ def render_to_file(
     threads: int | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
+    overwrite: bool = True,
     **topology_params: Any,
 ) -> StreamedRendering:
     """Render straight into a streaming output format (``.tif``, ``.dzi`` or a plugin's).
@@ -148,12 +166,15 @@ def render_to_file(
     threads:       torch threads per worker (default: the CPU count divided among the workers;
                    a serial render keeps the caller's setting).
     progress:      ``progress(points_done, points_total)`` over the points this run renders.
+    overwrite:     replace an existing output (``--force``; a companion such as ``NAME_files/`` only
+                   if cips-deploy wrote it); without it the render refuses, also when the output
+                   appears while it runs.
     """
     registry = registry or get_registry()
     destination = Path(destination)
-    job, _, sink_format = _prepare(
+    job, output, sink_format = _prepare(
         registry, model, destination, output_format, topology, height, width, seed, truncation, chunker, chunk_size,
-        memory_budget, backend, device, backend_options or {}, blend_seed, workers, threads, topology_params,
+        memory_budget, backend, device, backend_options or {}, blend_seed, workers, threads, topology_params, overwrite,
     )
     # The renderer of this process is built before any file is touched, so that a model,
     # topology or backend problem leaves nothing behind (with workers it renders cells too).
@@ -183,16 +204,23 @@ def render_to_file(
     description = json.dumps({"cips_deploy": fields}, sort_keys=True)
     cells = cell_grid(height, width)
     partial = partial_path(destination)
+    manifest = json.dumps({"cips_deploy_partial": MANIFEST_VERSION, "fields": fields}, indent=1, sort_keys=True)
 
     try:
-        created = not partial.exists()
+        lock, created = _claim(partial, destination, resume, manifest)
+    except BaseException:
+        local.close()
+        raise
+    finishing = False
+    try:
         if created:
-            sink, journal, done = _start(partial, sink_format, destination, height, width, description, fields)
-        elif not resume:
-            raise CipsError(
-                f"{partial} holds an interrupted render of {destination.name}; pass --resume to continue it, "
-                "or delete it to start again."
-            )
+            try:  # another command may have finished this output between our first look and the claim
+                with output_policy(overwrite=overwrite):
+                    _guard(output, sink_format, destination, overwrite)
+            except BaseException:
+                remove_tree(partial)  # ours, empty: nothing to resume
+                raise
+            sink, journal, done = _start(partial, sink_format, destination, height, width, description)
         else:
             sink, journal, done = _reopen(partial, sink_format, destination, height, width, description, fields, cells)
         try:
@@ -208,23 +236,44 @@ def render_to_file(
                 finished += points
                 if progress is not None:
                     progress(finished, total)
-            paths = sink.finish()
+            finishing = True
+            with output_policy(overwrite=overwrite):
+                # Again: an output may have appeared while the cells rendered (a plugin's sink
+                # moves its files itself; the built-in ones also refuse at the move).
+                _guard(output, sink_format, destination, overwrite)
+                paths = sink.finish()
         except BaseException as error:
             sink.close()
             journal.close()
+            problem = _stopped(error, destination, partial, journal.count + len(done), finishing)
             if created and not journal.count:
                 remove_tree(partial)  # nothing finished: leave nothing behind
-            if isinstance(error, WorkerLost):
-                kept = journal.count + len(done)
-                if not kept:
-                    raise CipsError(f"{error}; no cell was finished.") from None
-                raise CipsError(f"{error}; the {kept:,} finished cells are kept in {partial}, and the same command with --resume continues.") from None
+            if problem is not None:
+                raise problem from None
             raise
         journal.close()
         remove_tree(partial)
     finally:
+        os.close(lock)  # after the partial folder is gone: no other command reuses it half-removed
         local.close()
     return StreamedRendering(paths, sink_format.name, len(cells), len(done), total, workers)
+
+
+def _stopped(error: BaseException, destination: Path, partial: Path, kept: int, finishing: bool) -> CipsError | None:
+    """The sentence for a streamed render that stopped with ``error`` after ``kept`` finished
+    cells (None: re-raise the error as it is)."""
+    if isinstance(error, WorkerLost):
+        if not kept:
+            return CipsError(f"{error}; no cell was finished.")
+        return CipsError(f"{error}; the {kept:,} finished cells are kept in {partial}, and the same command with --resume continues.")
+    if finishing and isinstance(error, OutputConflict):  # the output may not move into place: the render is whole
+        return CipsError(f"{str(error).rstrip('.')}; the finished render is kept in {shown(partial)} for --resume.")
+    problem = write_failure(error, destination, partial)  # a full disk, a failed write: not a traceback
+    if problem is None:
+        return None
+    if not kept:
+        return problem
+    return CipsError(f"{str(problem).rstrip('.')}; the {kept:,} finished cells are kept in {shown(partial)}, and the same command with --resume continues.")
 
 
 def render_to_array(
@@ -286,7 +335,10 @@ class _Journal:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:  # never through a link planted in its place
+            self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as error:
+            raise CipsError(f"Cannot write {shown(path)}: {error.strerror or error}.") from None
         self.count = 0
 
     def append(self, index: int, checksum: int) -> None:
@@ -304,19 +356,78 @@ def _checksum(pixels: np.ndarray) -> int:
     return zlib.crc32(np.ascontiguousarray(pixels).tobytes())
 
 
-def _start(partial: Path, sink_format: OutputFormat, destination: Path, height: int, width: int, description: str, fields: dict) -> tuple[Sink, _Journal, set[int]]:
-    """A new partial render: the folder, its manifest, an empty journal, a new sink."""
+def _claim(partial: Path, destination: Path, resume: bool, manifest: str) -> tuple[int, bool]:
+    """Lock the partial folder of ``destination``, creating it when there is none: returns the
+    lock's descriptor and whether the folder is new. A new one appears complete (manifest,
+    held lock) by a rename, so another command never sees it half made."""
+    busy = (
+        f"Another command is rendering {shown(destination)} right now ({shown(partial)} is locked); "
+        "wait for it to finish or choose another output."
+    )
+    for _ in range(3):  # a partial can vanish (finished) or appear (started) between two looks
+        try:
+            found = os.lstat(partial)
+        except FileNotFoundError:
+            found = None
+        except OSError as error:
+            raise CipsError(f"Cannot use {shown(partial)}: {error.strerror or error}.") from None
+        if found is None:
+            claimed = _create_partial(partial, busy, manifest)
+            if claimed is not None:
+                return claimed, True
+            continue
+        if not stat.S_ISDIR(found.st_mode):
+            raise CipsError(f"{shown(partial)} is not a folder of a partial render; delete it or choose another output.")
+        try:
+            lock = lock_folder(partial, busy, LOCK_FILE)
+        except FileNotFoundError:
+            continue
+        if not resume:
+            os.close(lock)
+            raise CipsError(
+                f"{partial} holds an interrupted render of {destination.name}; pass --resume to continue it, "
+                "or delete it to start again."
+            )
+        return lock, False
+    raise CipsError(f"{shown(partial)} keeps appearing and vanishing (another command is rendering {shown(destination)}); try again.")
+
+
+def _create_partial(partial: Path, busy: str, manifest: str) -> int | None:
+    """A new partial folder, locked, with its manifest; None if another command made one first."""
+    stage = staging_folder(partial.parent, partial.name)
     try:
-        partial.mkdir()
+        lock = lock_folder(stage, busy, LOCK_FILE)
+    except BaseException:
+        remove_tree(stage)
+        raise
+    try:
+        write_new_file(stage / "manifest.json", manifest.encode("utf-8"))
+        os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp made it private
+        os.rename(stage, partial)  # fails on a partial someone else made meanwhile (it is not empty)
     except OSError as error:
-        raise CipsError(f"Cannot create {partial}: {error.strerror or error}.") from None
+        os.close(lock)
+        remove_tree(stage)
+        if error.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+            return None
+        problem = write_failure(error, partial, partial.parent)
+        raise problem from None
+    except BaseException:
+        os.close(lock)
+        remove_tree(stage)
+        raise
+    return lock
+
+
+def _start(partial: Path, sink_format: OutputFormat, destination: Path, height: int, width: int, description: str) -> tuple[Sink, _Journal, set[int]]:
+    """A new partial render's sink and empty journal (the folder, its lock and manifest exist)."""
     try:
-        with atomic_path(partial / "manifest.json") as temporary:
-            temporary.write_text(json.dumps({"cips_deploy_partial": MANIFEST_VERSION, "fields": fields}, indent=1, sort_keys=True))
         sink = sink_format.create(partial, destination, height, width, description)
         return sink, _Journal(partial / "journal"), set()
-    except BaseException:
+    except BaseException as error:
+        problem = write_failure(error, destination, partial)
         remove_tree(partial)
+        if problem is not None:
+            raise problem from None
         raise
 
 
@@ -324,14 +435,9 @@ def _reopen(
     partial: Path, sink_format: OutputFormat, destination: Path, height: int, width: int, description: str,
     fields: dict, cells: list[tuple[int, int, int, int]],
 ) -> tuple[Sink, _Journal, set[int]]:
-    """The interrupted render in ``partial``, checked: same settings, every finished cell intact."""
-    if not partial.is_dir():
-        raise CipsError(f"{partial} is not a folder of a partial render; delete it or choose another output.")
-    try:
-        manifest = json.loads((partial / "manifest.json").read_text())
-        found = manifest["fields"] if manifest.get("cips_deploy_partial") == MANIFEST_VERSION else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        found = None
+    """The interrupted render in ``partial``, checked: nothing in it a link, same settings, every finished cell intact."""
+    check_plain_tree(partial, "delete the folder to start again.")
+    found = _read_manifest(partial)
     if not isinstance(found, dict):
         raise CipsError(f"{partial} is not a cips-deploy partial render (no readable manifest.json); delete it or choose another output.")
     for name in FIELD_NAMES:  # in this order: the topology is named before its parameters
@@ -352,24 +458,43 @@ def _reopen(
                     f"{partial} is corrupt: the finished tile at row {top}, column {left} no longer matches its checksum; "
                     "delete the folder to start again."
                 )
+        return sink, _Journal(partial / "journal"), set(done)
     except BaseException:
         sink.close()
         raise
-    return sink, _Journal(partial / "journal"), set(done)
+
+
+def _read_manifest(partial: Path) -> Any:
+    """The manifest's fields, or None when it is missing, too large, too deep or not ours."""
+    try:
+        text = read_small_file(partial / "manifest.json", MAX_JSON_BYTES, "manifest").decode("utf-8")
+        manifest = parse_json(text, f"{partial / 'manifest.json'}")
+        return manifest["fields"] if manifest.get("cips_deploy_partial") == MANIFEST_VERSION else None
+    except (CipsError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        return None
 
 
 def _read_journal(path: Path, n_cells: int, partial: Path) -> dict[int, int]:
     """Finished cells and their checksums; a torn last line (no newline) is cut off."""
+    # Every cell once and a torn line, twice over and 4 KiB more: room for a damaged journal to
+    # be named line by line, never room to exhaust memory.
+    limit = 2 * (n_cells + 1) * (len(str(n_cells)) + JOURNAL_LINE) + 4096
     try:
-        data = path.read_bytes()
+        size = os.lstat(path).st_size
     except FileNotFoundError:
-        data = b""
+        return {}
     except OSError as error:
         raise CipsError(f"Cannot read {path}: {error.strerror or error}.") from None
+    if size > limit:
+        raise CipsError(f"{partial} is corrupt: its journal is longer than its {n_cells:,} cells can fill; delete the folder to start again.")
+    data = read_small_file(path, limit, "journal")
     complete = data[: data.rfind(b"\n") + 1]
-    if len(complete) != len(data):
-        with open(path, "r+b") as handle:  # a SIGKILL while appending: that cell is rendered again
-            handle.truncate(len(complete))
+    if len(complete) != len(data):  # a SIGKILL while appending: that cell is rendered again
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            os.ftruncate(fd, len(complete))
+        finally:
+            os.close(fd)
     done: dict[int, int] = {}
     for number, line in enumerate(complete.decode("ascii", errors="replace").splitlines(), 1):
         parts = line.split()
@@ -395,7 +520,7 @@ def _prepare(
     registry: Registry, model: Any, destination: Path, output_format: str | None, topology: str, height: int, width: int,
     seed: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str | None,
     device: str, backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
-    topology_params: dict[str, Any],
+    topology_params: dict[str, Any], overwrite: bool,
 ) -> tuple[Job, Registered, OutputFormat]:
     """Every check that needs no rendering, before any file is touched."""
     check_size(height, width)
@@ -409,11 +534,19 @@ def _prepare(
         registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
         backend_options, blend_seed, workers, threads, topology_params,
     )
-    if destination.is_dir():
-        raise CipsError(f"Cannot write {destination}: it is a directory.")
-    check_destination(destination, overwrite=True)
+    _guard(output, sink_format, destination, overwrite, probe=True)
     call(output, "check", sink_format.check, destination, height, width)
     return job, output, sink_format
+
+
+def _guard(output: Registered, sink_format: OutputFormat, destination: Path, overwrite: bool, probe: bool = False) -> None:
+    """The output guard (:func:`cips_deploy.runtime.atomic.guard_outputs`) over every path the
+    format's output occupies; the format may say how it recognises its own companions (``owns``)."""
+    companions = call(output, "outputs", sink_format.outputs, destination)
+    guard_outputs(
+        destination, companions, overwrite=overwrite, owner=getattr(sink_format, "owns", None),
+        extra_names=[partial_path(destination)], probe=probe,
+    )
 
 
 def _job(

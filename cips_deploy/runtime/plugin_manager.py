@@ -7,18 +7,19 @@ entry points of the group ``cips_deploy`` in any installed distribution's metada
 A plugin that fails to import, whose hook raises, or that registers something malformed
 is recorded as a problem (and reported through :class:`PluginWarning`) under its own name;
 everything else it did not break keeps working. Each hook implementation is therefore
-called on its own rather than through pluggy's all-or-nothing hook call.
+called on its own rather than through pluggy's all-or-nothing hook call, and every piece of
+plugin code (its import, each hook, the checks that read what it registered) runs inside
+:func:`~cips_deploy.runtime.plugin_calls.plugin_code`: whatever it raises, however its
+exception prints, and whatever it writes to stdout, it is the plugin's, by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import importlib
 import importlib.metadata
-import sys
 import re
-import signal
-import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
@@ -33,8 +34,9 @@ from cips_deploy.contracts.chunking import Chunker
 from cips_deploy.contracts import families
 from cips_deploy.contracts.config import COORDINATE_SPACES
 from cips_deploy.contracts.families import Family
-from cips_deploy.errors import CipsError, describe_error
+from cips_deploy.errors import CipsError
 from cips_deploy.contracts.topology import Parameter, Topology
+from cips_deploy.runtime.plugin_calls import UserInterrupt, error_text, plugin_code, reraise_user_interrupt, shown  # noqa: F401  (UserInterrupt: its old home)
 
 ENTRY_POINT_GROUP = "cips_deploy"
 BUILTIN_PLUGINS = (
@@ -65,7 +67,8 @@ REGISTER_HOOKS = {
     "register_exporters": "exporter",
     "register_outputs": "output",
 }
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # fullmatch only: `$` would also accept "flat\n"
+_FAILED = object()  # what _guarded returns when the plugin code failed
 
 
 class PluginWarning(UserWarning):
@@ -148,12 +151,23 @@ class Registry:
         choices = ", ".join(sorted(self.items[kind])) or "none"
         broken = sorted(info.name for info in self.plugins.values() if info.broken)
         hint = f"; plugin(s) {', '.join(broken)} failed to load, see `cips-deploy plugins`" if broken else ""
-        raise CipsError(f"Unknown {kind} {name!r}; available: {choices}{hint}.")
+        raise CipsError(f"Unknown {kind} {shown(name)}{did_you_mean(name, self.items[kind])}; available: {choices}{hint}.")
 
     def problem(self, plugin: str, message: str) -> None:
         """Record (and warn about) a problem with ``plugin``."""
         self.plugins[plugin].problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
+
+
+def did_you_mean(name: Any, choices: Iterable[str]) -> str:
+    """`` (did you mean 'cylinder'?)`` for the choices closest to a misspelt ``name``, else ''."""
+    if not isinstance(name, str):
+        return ""
+    choices = [str(choice) for choice in choices]
+    folded = {choice.lower(): choice for choice in choices}  # 'FLAT' is 'flat' misspelt too
+    close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.6)
+    close = [folded[match] for match in close if folded[match] != name]
+    return f" (did you mean {' or '.join(repr(match) for match in close)}?)" if close else ""
 
 
 def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:
@@ -169,14 +183,14 @@ def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[st
         registry.plugins[module_name] = PluginInfo(module_name, "cips-deploy", __version__, builtin=True)
         _register(registry, module_name, lambda name=module_name: importlib.import_module(name))
     if entry_points:
-        for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry_point in _entry_points():
             distribution = entry_point.dist
             registry.plugins.setdefault(
                 entry_point.name,
                 PluginInfo(
                     entry_point.name,
-                    distribution.name if distribution else None,
-                    distribution.version if distribution else None,
+                    _metadata_text(lambda: distribution.name) if distribution else None,
+                    _metadata_text(lambda: distribution.version) if distribution else None,
                     builtin=False,
                 ),
             )
@@ -218,12 +232,8 @@ def register_commands(cli: click.Group, registry: Registry | None = None) -> Non
     for implementation in _implementations(registry, "register_commands"):
         plugin = implementation.plugin_name
         before = dict(cli.commands)
-        try:
-            with _plugin_code():
-                implementation.function(cli=cli)
-        except BaseException as error:  # a plugin's bug (or its sys.exit) must not take the command line down
-            _reraise_user_interrupt(error)
-            registry.problem(plugin, _failure(plugin, "register_commands", error))
+        _guarded(registry, plugin, "in register_commands", lambda: implementation.function(cli=cli),
+                 lambda text: _failure(plugin, "register_commands", text))
         for name, command in before.items():
             if cli.commands.get(name) is not command:
                 cli.commands[name] = command
@@ -232,28 +242,71 @@ def register_commands(cli: click.Group, registry: Registry | None = None) -> Non
                     f"Plugin {plugin!r} tried to replace or remove the command {name!r}, which {owners[name]} "
                     "provides; the original is kept.",
                 )
-        for name in cli.commands:
+        for name in list(cli.commands):
+            if not isinstance(name, str) or not isinstance(cli.commands[name], click.Command):
+                del cli.commands[name]  # not a command click could run or list: --help would die on it
+                registry.problem(plugin, f"Plugin {plugin!r} added something other than a click command as {shown(name)}; it was removed.")
+                continue
             owners.setdefault(name, plugin)
 
 
 # --------------------------------------------------------------------------- internals
 
 
+def _guarded(registry: Registry, plugin: str, what: str | None, function: Callable[[], Any], failure: Callable[[str], str]) -> Any:
+    """``function()`` run as ``plugin``'s code; if it fails in any way, record ``failure(description)``
+    as the plugin's problem and return ``_FAILED``.
+
+    Everything is contained, ``SystemExit`` and the plugin's own ``KeyboardInterrupt``
+    included: it is the plugin's, not the user's. Only the user's Ctrl-C (UserInterrupt) passes.
+    ``what`` names the moment in "Plugin 'x' printed ..."; None: the caller is already inside
+    :func:`plugin_code`.
+    """
+    try:
+        with plugin_code(plugin, what) if what is not None else contextlib.nullcontext():
+            return function()
+    except BaseException as error:
+        reraise_user_interrupt(error)
+        registry.problem(plugin, failure(error_text(error)))
+        return _FAILED
+
+
+def _entry_points() -> list[importlib.metadata.EntryPoint]:
+    """The installed entry points of the group; a damaged distribution's metadata is warned about, not fatal."""
+    try:
+        return list(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP))
+    except Exception as error:  # a malformed entry_points.txt or METADATA of any installed distribution
+        warnings.warn(f"The installed plugins could not be listed ({error_text(error)}); only the built-in ones are loaded.",
+                      PluginWarning, stacklevel=3)
+        return []
+
+
+def _metadata_text(read: Callable[[], Any]) -> str | None:
+    """A distribution's name or version as text, or None when its metadata lacks or garbles it."""
+    try:
+        value = read()
+    except Exception:
+        return None
+    return value if isinstance(value, str) else None
+
+
 def _register(registry: Registry, name: str, load: Callable[[], Any]) -> None:
     """Import (``load``) and register one plugin, recording why not if that fails."""
-    try:
-        with _plugin_code():
-            plugin = load()
-    except BaseException as error:  # SystemExit and KeyboardInterrupt at import too: it is the plugin's, not the user's
-        _reraise_user_interrupt(error)
-        registry.problem(name, f"Plugin {name!r} failed to import ({describe_error(error)}); it was skipped.")
+    plugin = _guarded(registry, name, "at import", load,
+                      lambda text: f"Plugin {name!r} failed to import ({text}); it was skipped.")
+    if plugin is _FAILED:
         return
-    try:
-        registry.plugin_manager.register(plugin, name=name)
-    except Exception as error:  # pluggy's validation: unknown hook names, wrong arguments
-        registry.problem(name, f"Plugin {name!r} could not be registered ({describe_error(error)}); it was skipped.")
-        return
-    registry.plugins[name].hooks = sorted(caller.name for caller in registry.plugin_manager.get_hookcallers(plugin) or ())
+    # pluggy's validation (unknown hook names, wrong arguments) reads the plugin's attributes: its code runs too
+    hooks = _guarded(registry, name, "while being registered", lambda: _hooks_of(registry, plugin, name),
+                     lambda text: f"Plugin {name!r} could not be registered ({text}); it was skipped.")
+    if hooks is not _FAILED:
+        registry.plugins[name].hooks = hooks
+
+
+def _hooks_of(registry: Registry, plugin: Any, name: str) -> list[str]:
+    """Register ``plugin`` with pluggy; the names of the hooks it implements."""
+    registry.plugin_manager.register(plugin, name=name)
+    return sorted(caller.name for caller in registry.plugin_manager.get_hookcallers(plugin) or ())
 
 
 def _implementations(registry: Registry, hook_name: str) -> list[pluggy.HookImpl]:
@@ -266,63 +319,55 @@ def _implementations(registry: Registry, hook_name: str) -> list[pluggy.HookImpl
 
 def _collect(registry: Registry, hook_name: str) -> None:
     """Call each plugin's ``hook_name`` alone; keep what it registered only if it succeeded."""
-    kind = REGISTER_HOOKS[hook_name]
     for implementation in _implementations(registry, hook_name):
-        plugin = implementation.plugin_name
-        received: list[Any] = []
-        try:
-            with _plugin_code():
-                implementation.function(register=received.append)
-        except BaseException as error:
-            _reraise_user_interrupt(error)
-            registry.problem(plugin, _failure(plugin, hook_name, error))
+        # the checks read what it registered (properties, a registered class's constructor): its code too
+        with plugin_code(implementation.plugin_name, f"in {hook_name}"):
+            _collect_one(registry, hook_name, implementation)
+
+
+def _collect_one(registry: Registry, hook_name: str, implementation: pluggy.HookImpl) -> None:
+    """One plugin's ``hook_name``: call it, check each item it registered, keep the valid ones."""
+    kind = REGISTER_HOOKS[hook_name]
+    plugin = implementation.plugin_name
+    received: list[Any] = []
+    called = _guarded(registry, plugin, None, lambda: implementation.function(register=received.append),
+                      lambda text: _failure(plugin, hook_name, text))
+    if called is _FAILED:
+        return
+    for item in received:
+        checked = _guarded(registry, plugin, None, lambda item=item: _checked(kind, item),
+                           lambda text: f"Plugin {plugin!r} registered a {kind} that could not be checked ({text}); it was skipped.")
+        if checked is _FAILED:
             continue
-        for item in received:
-            try:
-                item = _CHECKS[kind](item)
-            except (TypeError, ValueError) as error:
-                registry.problem(plugin, f"Plugin {plugin!r} registered an invalid {kind} ({error}); it was skipped.")
-                continue
-            existing = registry.items[kind].get(item.name)
-            if existing is not None:
-                registry.problem(
-                    plugin,
-                    f"Plugin {plugin!r} registered {kind} {item.name!r}, which plugin {existing.plugin!r} "
-                    "already provides; the first one is kept.",
-                )
-                continue
-            registry.items[kind][item.name] = Registered(kind, item.name, item, plugin)
+        if isinstance(checked, _Invalid):
+            registry.problem(plugin, f"Plugin {plugin!r} registered an invalid {kind} ({checked}); it was skipped.")
+            continue
+        item, name = checked
+        existing = registry.items[kind].get(name)
+        if existing is not None:
+            registry.problem(
+                plugin,
+                f"Plugin {plugin!r} registered {kind} {name!r}, which plugin {existing.plugin!r} "
+                "already provides; the first one is kept.",
+            )
+            continue
+        registry.items[kind][name] = Registered(kind, name, item, plugin)
 
 
-@contextlib.contextmanager
-def _plugin_code():
-    """Run plugin code with its prints sent to stderr: stdout carries results (``--json``).
+class _Invalid(Exception):
+    """What a check found wrong with a registered item (as opposed to what its code raised)."""
 
-    A plugin's own ``raise KeyboardInterrupt`` is its failure and is contained; the user's
-    Ctrl-C meanwhile arrives as :class:`UserInterrupt`, which is never contained.
+
+def _checked(kind: str, item: Any) -> tuple[Any, str] | _Invalid:
+    """``(item, its name)`` if ``item`` is a valid ``kind``, else the :class:`_Invalid` saying why.
+
+    The name is read once, here, and copied as a plain ``str``: the registry and every message
+    use that copy, so a ``name`` property cannot fail (or change) later.
     """
-    previous = None
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        previous = signal.signal(signal.SIGINT, _user_interrupt)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-
-
-class UserInterrupt(KeyboardInterrupt):
-    """Ctrl-C while plugin code ran."""
-
-
-def _user_interrupt(signum: int, frame: Any) -> None:
-    raise UserInterrupt()
-
-
-def _reraise_user_interrupt(error: BaseException) -> None:
-    if isinstance(error, UserInterrupt):
-        raise error
+        return _CHECKS[kind](item)
+    except _Invalid as invalid:
+        return invalid
 
 
 def owner_of(registry: Registry, kind: str, item: Any) -> Registered | None:
@@ -333,17 +378,25 @@ def owner_of(registry: Registry, kind: str, item: Any) -> Registered | None:
     return None
 
 
-def _check_name(item: Any) -> None:
+def _name_of(item: Any) -> str:
+    """The item's ``name`` as a plain str, if it is a word such as 'my-topology'."""
     name = getattr(item, "name", None)
-    if not isinstance(name, str) or not _NAME.match(name):
-        raise ValueError(f"its name {name!r} is not a word such as 'my-topology'")
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise _Invalid(f"its name {shown(name)} is not a word such as 'my-topology'")
+    return str.__str__(name)  # an exact str: a str subclass could override __eq__ or __hash__
 
 
 def _families_by_arch(registry: Registry) -> dict[str, Family]:
     """Each architecture name -> the family that builds it; the first registration of a name wins."""
     by_arch: dict[str, Family] = {}
-    for entry in registry.families.values():
-        for arch in entry.item.archs:
+    for entry in list(registry.families.values()):
+        archs = _guarded(registry, entry.plugin, "in register_families", lambda entry=entry: _arch_names(entry.item),
+                         lambda text: f"Plugin {entry.plugin!r} registered family {entry.name!r}, whose architectures "
+                                      f"could not be read ({text}); it was skipped.")
+        if archs is _FAILED:
+            del registry.families[entry.name]
+            continue
+        for arch in archs:
             if arch in by_arch:
                 registry.problem(
                     entry.plugin,
@@ -355,83 +408,96 @@ def _families_by_arch(registry: Registry) -> dict[str, Family]:
     return by_arch
 
 
-def _check_family(item: Any) -> Family:
+def _arch_names(family: Any) -> list[str]:
+    """A family's architecture names, checked again: reading ``archs`` runs the plugin's code."""
+    archs = getattr(family, "archs", None)
+    if not isinstance(archs, dict) or not archs or not all(isinstance(a, str) and _NAME.fullmatch(a) for a in archs):
+        raise _Invalid(f"it declares architectures {shown(archs)}, not a dict of names to display names")
+    return [str.__str__(arch) for arch in archs]
+
+
+def _check_family(item: Any) -> tuple[Family, str]:
     if isinstance(item, type):
         item = item()
     if not isinstance(item, Family):
-        raise TypeError("families are cips_deploy.contracts.families.Family instances")
-    _check_name(item)
-    archs = getattr(item, "archs", None)
-    if not isinstance(archs, dict) or not archs or not all(isinstance(a, str) and _NAME.match(a) for a in archs):
-        raise ValueError(f"{item.name!r} declares architectures {archs!r}, not a dict of names to display names")
-    return item
+        raise _Invalid("families are cips_deploy.contracts.families.Family instances")
+    name = _name_of(item)
+    try:
+        _arch_names(item)
+    except _Invalid as invalid:
+        raise _Invalid(f"{name!r}: {invalid}") from None
+    return item, name
 
 
-def _check_topology(item: Any) -> Topology:
+def _check_topology(item: Any) -> tuple[Topology, str]:
     if isinstance(item, type):
         item = item()
-    _check_name(item)
+    name = _name_of(item)
     if not isinstance(getattr(item, "description", None), str):
-        raise ValueError(f"{item.name!r} has no description string")
+        raise _Invalid(f"{name!r} has no description string")
     if not callable(getattr(item, "layout", None)):
-        raise ValueError(f"{item.name!r} has no layout(request) method")
+        raise _Invalid(f"{name!r} has no layout(request) method")
     parameters = tuple(getattr(item, "parameters", ()))
     if not all(isinstance(parameter, Parameter) for parameter in parameters):
-        raise ValueError(f"{item.name!r} declares parameters that are not cips_deploy.contracts.topology.Parameter")
+        raise _Invalid(f"{name!r} declares parameters that are not cips_deploy.contracts.topology.Parameter")
     spaces = tuple(getattr(item, "coordinate_spaces", ()))
-    if not spaces or not set(spaces) <= set(COORDINATE_SPACES):
-        raise ValueError(f"{item.name!r} declares coordinate spaces {spaces}, not a selection of {COORDINATE_SPACES}")
-    return item
+    if not spaces or not all(isinstance(space, str) for space in spaces) or not set(spaces) <= set(COORDINATE_SPACES):
+        raise _Invalid(f"{name!r} declares coordinate spaces {shown(spaces)}, not a selection of {COORDINATE_SPACES}")
+    return item, name
 
 
-def _check_chunker(item: Any) -> Chunker:
+def _check_chunker(item: Any) -> tuple[Chunker, str]:
     if isinstance(item, type):
         item = item()
-    _check_name(item)
+    name = _name_of(item)
     if not callable(getattr(item, "spans", None)):
-        raise ValueError(f"{item.name!r} has no spans(request) method")
-    return item
+        raise _Invalid(f"{name!r} has no spans(request) method")
+    return item, name
 
 
-def _check_backend(item: Any) -> type[Backend]:
+def _check_backend(item: Any) -> tuple[type[Backend], str]:
     if not isinstance(item, type):
-        raise TypeError(f"backends are registered as classes, not {type(item).__name__} instances")
-    _check_name(item)
+        raise _Invalid(f"backends are registered as classes, not {type(item).__name__} instances")
+    name = _name_of(item)
     for method in ("map", "run"):
         if not callable(getattr(item, method, None)):
-            raise ValueError(f"{item.name!r} has no {method}() method")
-    return item
+            raise _Invalid(f"{name!r} has no {method}() method")
+    options = getattr(item, "options", ())
+    if not isinstance(options, (tuple, list)) or not all(isinstance(option, Parameter) for option in options):
+        # the command line turns each option into a flag while it starts: anything else would stop it
+        raise _Invalid(f"{name!r} declares options {shown(options)}, not a tuple of cips_deploy.contracts.topology.Parameter")
+    return item, name
 
 
-def _check_exporter(item: Any) -> Any:
+def _check_exporter(item: Any) -> tuple[Any, str]:
     if isinstance(item, type):
         item = item()
-    _check_name(item)
+    name = _name_of(item)
     if not isinstance(getattr(item, "description", None), str):
-        raise ValueError(f"{item.name!r} has no description string")
+        raise _Invalid(f"{name!r} has no description string")
     if not callable(getattr(item, "export", None)):
-        raise ValueError(f"{item.name!r} has no export(source, *, output, overwrite, precision, **options) method")
+        raise _Invalid(f"{name!r} has no export(source, *, output, overwrite, precision, **options) method")
     for declared in ("families", "precisions"):
         values = getattr(item, declared, None)
         if not isinstance(values, (tuple, list)) or not all(isinstance(value, str) for value in values):
-            raise ValueError(f"{item.name!r} declares {declared} {values!r}, not a tuple of names")
+            raise _Invalid(f"{name!r} declares {declared} {shown(values)}, not a tuple of names")
     if not item.precisions:
-        raise ValueError(f"{item.name!r} declares no precision (('fp32',) at least)")
-    return item
+        raise _Invalid(f"{name!r} declares no precision (('fp32',) at least)")
+    return item, name
 
 
-def _check_output(item: Any) -> Any:
+def _check_output(item: Any) -> tuple[Any, str]:
     if isinstance(item, type):
         item = item()
-    _check_name(item)
+    name = _name_of(item)
     extensions = tuple(getattr(item, "extensions", ()))
     if not extensions or not all(isinstance(e, str) and e.startswith(".") and e == e.lower() for e in extensions):
-        raise ValueError(f"{item.name!r} declares extensions {extensions!r}, not lower-case suffixes such as '.tif'")
+        raise _Invalid(f"{name!r} declares extensions {shown(extensions)}, not lower-case suffixes such as '.tif'")
     if getattr(item, "streaming", True) and not all(callable(getattr(item, m, None)) for m in ("create", "reopen")):
-        raise ValueError(f"{item.name!r} streams but has no create() and reopen() methods")
+        raise _Invalid(f"{name!r} streams but has no create() and reopen() methods")
     if not getattr(item, "streaming", True) and not callable(getattr(item, "save", None)):
-        raise ValueError(f"{item.name!r} does not stream but has no save(image, path) method")
-    return item
+        raise _Invalid(f"{name!r} does not stream but has no save(image, path) method")
+    return item, name
 
 
 _CHECKS = {
@@ -444,5 +510,5 @@ _CHECKS = {
 }
 
 
-def _failure(plugin: str, hook_name: str, error: BaseException) -> str:
-    return f"Plugin {plugin!r} raised in {hook_name} ({describe_error(error)}); what it registers there is unavailable."
+def _failure(plugin: str, hook_name: str, text: str) -> str:
+    return f"Plugin {plugin!r} raised in {hook_name} ({text}); what it registers there is unavailable."

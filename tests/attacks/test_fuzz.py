@@ -158,3 +158,224 @@ def test_checkpoint_reader_gives_a_generator_or_a_cips_error(seed_files, tmp_pat
 
     check()
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ the command line (issue 26)
+#
+# The property, for any numbers and paths on the command line, mutated checkpoints and mutated
+# training states: exit status 0, 1 or 2 (click's usage errors) only; never a traceback; nothing
+# written outside the destination; no existing file changed without --force. Training itself is
+# replaced by a stub (its numbers, paths, data and state are checked before it starts; the loop
+# has its own tests), so each example costs a parse and a model build, not a training.
+
+CLI_FUZZ = settings(
+    max_examples=int(os.environ.get("CIPS_FUZZ_CLI_EXAMPLES", "25")),
+    deadline=None,  # a model build can take a second on a loaded CI machine; the run is bounded by max_examples
+    derandomize=not os.environ.get("CIPS_FUZZ_RANDOM"),
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
+TRAIN_ARGS = ["--resolution", "16", "--batch", "2", "--steps", "2", "--checkpoint-every", "2", "--sample-every", "1000"]
+TRAIN_NUMBERS = ["--resolution", "--batch", "--steps", "--seed", "--crop", "--fov", "--lr", "--r1-gamma", "--pl-weight",
+                 "--ema-kimg", "--checkpoint-every", "--sample-every", "--fid-every"]
+RENDER_NUMBERS = ["--model-seed", "--truncation", "--chunk-size", "--memory-budget"]
+number_texts = (
+    st.integers(-(2**80), 2**80).map(str)
+    | st.floats(allow_nan=True, allow_infinity=True).map(repr)
+    | st.sampled_from(["nan", "-nan", "inf", "-inf", "1e308", "1e-320", "-0", "0", "1", "2", "8", "16", "0.5", "abc", "",
+                       " ", "0x10", "1e3", "1_000", "9" * 400, "4294967295", "4294967296", "-1", "2**70"])
+)
+OUT_PATHS = ["fresh", "old-run", "missing/run", "/proc/runs", "/sys/runs", "/nonexistent-cips-fuzz/a/b", "file.txt",
+             "link-to-proc/runs", "x" * 300, "", "fifo"]
+DATA_PATHS = ["images", "/proc", "/sys/kernel", "/dev/zero", "fifo", "missing", "file.txt", "bad.zip", "extreme", "old-run"]
+
+
+def _snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Everything under ``folder``, without following links: a file's bytes, else its kind."""
+    found: dict[str, bytes | str] = {}
+    for path in folder.rglob("*"):
+        name = str(path.relative_to(folder))
+        if path.is_symlink():
+            found[name] = "link:" + os.readlink(path)
+        elif path.is_file():
+            found[name] = path.read_bytes()
+        else:
+            found[name] = "folder" if path.is_dir() else "special"
+    return found
+
+
+def _run_in(folder: Path, args: list[str]):
+    from click.testing import CliRunner
+
+    from cips_deploy.cli import cli
+
+    previous = os.getcwd()
+    os.chdir(folder)
+    try:
+        return CliRunner().invoke(cli, args)
+    finally:
+        os.chdir(previous)
+
+
+def _assert_clean_exit(result, args) -> None:
+    assert result.exit_code in (0, 1, 2), (args, result.exit_code, result.output)
+    assert result.exception is None or isinstance(result.exception, SystemExit), (args, repr(result.exception))
+    assert "Traceback" not in result.output, (args, result.output)
+
+
+def _assert_only_destination_changed(before: dict, after: dict, destinations: set[str], force: bool) -> None:
+    """Nothing outside ``destinations`` (paths relative to the working folder, and what is under
+    them) was created, removed or changed; inside them, without ``force``, nothing that
+    existed before changed or went away (new files may appear)."""
+    def outside(name: str) -> bool:
+        return not any(name == each or name.startswith(each + "/") for each in destinations)
+
+    assert {k: v for k, v in after.items() if outside(k)} == {k: v for k, v in before.items() if outside(k)}
+    if not force:
+        changed = [name for name, value in before.items() if not outside(name) and after.get(name) != value]
+        assert not changed, changed
+
+
+@pytest.fixture(scope="module")
+def cli_world(tmp_path_factory):
+    """A working folder with training images, an earlier run, a FIFO, odd data sets and a link into /proc."""
+    import numpy as np
+    from PIL import Image
+
+    from cips_deploy.train import TrainOptions, train
+
+    world = tmp_path_factory.mktemp("cli-world")
+    (world / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(world / "images" / f"{index}.png")
+    (world / "extreme").mkdir()
+    Image.fromarray(np.zeros((1, 2_000_000, 3), dtype=np.uint8)).save(world / "extreme" / "wide.png")
+    train(TrainOptions(data=str(world / "images"), out=str(world / "old-run"), preset="tiny", resolution=16, batch=2,
+                       steps=2, checkpoint_every=2, sample_every=4))
+    (world / "file.txt").write_text("the user's file")
+    (world / "bad.zip").write_bytes(b"PK\x05\x06" + b"\0" * 18)  # an end-of-archive record and nothing else
+    os.mkfifo(world / "fifo")
+    (world / "link-to-proc").symlink_to("/proc/self")
+    return world
+
+
+@pytest.fixture()
+def no_training(monkeypatch):
+    """Trainer.run does nothing: every check before the first step still runs for real."""
+    from cips_deploy.train import loop
+
+    monkeypatch.setattr(loop.Trainer, "run", lambda self: None)
+
+
+def test_cli_numbers_and_paths_of_train_end_in_one_sentence(cli_world, no_training):
+    counter = iter(range(10**9))
+
+    @CLI_FUZZ
+    @given(
+        option=st.sampled_from(TRAIN_NUMBERS), value=number_texts, out=st.sampled_from(OUT_PATHS),
+        data=st.sampled_from(DATA_PATHS), resume=st.booleans(), force=st.booleans(),
+    )
+    def check(option, value, out, data, resume, force):
+        import shutil
+
+        number = next(counter)
+        if out == "fresh":
+            out = f"fresh-{number}"
+        elif out == "old-run":  # a copy: --force may replace what the earlier run wrote
+            out = f"old-run-{number}"
+            shutil.copytree(cli_world / "old-run", cli_world / out)
+        args = ["train", data, "--out", out, *TRAIN_ARGS, option, value] + ["--resume"] * resume + ["--force"] * force
+        before = _snapshot(cli_world)
+        result = _run_in(cli_world, args)
+        _assert_clean_exit(result, args)
+        _assert_only_destination_changed(before, _snapshot(cli_world), {out}, force and not resume)
+        for path in ("/nonexistent-cips-fuzz", "/proc/runs", "/sys/runs"):
+            assert not os.path.lexists(path)
+
+    check()
+
+
+def test_cli_numbers_of_render_end_in_one_sentence(tmp_path):
+    counter = iter(range(10**9))
+    (tmp_path / "keep.png").write_bytes(b"the user's picture")
+
+    @CLI_FUZZ
+    @given(option=st.sampled_from(RENDER_NUMBERS), value=number_texts, existing=st.booleans())
+    def check(option, value, existing):
+        output = "keep.png" if existing else f"out-{next(counter)}.png"
+        args = ["render", "--preset", "tiny", "--height", "8", "-q", option, value, "-o", output]
+        before = _snapshot(tmp_path)
+        result = _run_in(tmp_path, args)
+        _assert_clean_exit(result, args)
+        _assert_only_destination_changed(before, _snapshot(tmp_path), {output}, force=False)
+
+    check()
+
+
+def test_cli_render_of_mutated_checkpoints_ends_in_one_sentence(seed_files, tmp_path):
+    counter = iter(range(10**9))
+
+    @CLI_FUZZ
+    @given(data=mutations(seed_files), suffix=st.sampled_from([".safetensors", ".pt"]))
+    def check(data, suffix):
+        model = tmp_path / f"model{suffix}"
+        model.write_bytes(data)
+        output = f"out-{next(counter)}.png"
+        args = ["render", "--checkpoint", model.name, "--height", "8", "-q", "-o", output]
+        before = _snapshot(tmp_path)
+        result = _run_in(tmp_path, args)
+        _assert_clean_exit(result, args)
+        _assert_only_destination_changed(before, _snapshot(tmp_path), {output}, force=False)
+        model.unlink()
+
+    check()
+
+
+@st.composite
+def state_mutations(draw, state: dict):
+    """A training state with its options, step or bytes damaged."""
+    import io
+
+    state = dict(state)
+    kind = draw(st.sampled_from(["options", "option field", "step", "bytes"]))
+    if kind == "options":
+        state["options"] = draw(st.text(max_size=40) | json_values.map(lambda value: json.dumps(value, allow_nan=True)))
+    elif kind == "option field":
+        options = json.loads(state["options"])
+        options[draw(st.sampled_from(sorted(options)))] = draw(json_values)
+        state["options"] = json.dumps(options, allow_nan=True)
+    elif kind == "step":
+        state["step"] = draw(json_values)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = bytearray(buffer.getvalue())
+    if kind == "bytes":
+        for _ in range(draw(st.integers(1, 3))):
+            if draw(st.booleans()):
+                data = data[: draw(st.integers(0, len(data)))]
+            elif data:
+                data[draw(st.integers(0, len(data) - 1))] = draw(st.integers(0, 255))
+    return bytes(data)
+
+
+def test_cli_resume_of_mutated_training_states_ends_in_one_sentence(cli_world, no_training, tmp_path):
+    import shutil
+
+    state = torch.load(cli_world / "old-run" / "training-state.pt", weights_only=True)
+
+    @CLI_FUZZ
+    @given(data=state_mutations(state), explicit=st.booleans())
+    def check(data, explicit):
+        run = tmp_path / "run"
+        shutil.rmtree(run, ignore_errors=True)
+        shutil.copytree(cli_world / "old-run", run)
+        (run / "training-state.pt").write_bytes(data)
+        args = ["train", str(cli_world / "images"), "--out", "run", "--resume"] + (TRAIN_ARGS if explicit else [])
+        before = _snapshot(tmp_path)
+        result = _run_in(tmp_path, args)
+        _assert_clean_exit(result, args)
+        if result.exit_code != 0:  # a refused resume changes nothing; an accepted one rewrites its log
+            assert _snapshot(tmp_path) == before
+
+    check()

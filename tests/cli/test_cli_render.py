@@ -120,7 +120,7 @@ def test_progress_bar_goes_to_stderr(capsys):
         (TINY + ["-t", "rotated", "-p", "angle=steep"], "parameter angle must be a number, not 'steep'."),
         (TINY + ["-p", "zoom"], "A topology parameter is written NAME=VALUE, not 'zoom'."),
         (TINY + ["-t", "foveated", "-p", "max_stride=5"], "max_stride must be a power of two"),
-        (TINY + ["--chunk-size", "0"], "chunk size must be a positive whole number"),
+        (TINY + ["--chunk-size", "0"], "--chunk-size must be at least 1, not 0"),
         (TINY + ["--memory-budget", "0.00001"], "cannot hold one point"),
         (TINY + ["--chunker", "memory", "--chunk-size", "9"], "The memory chunker takes no chunk size"),
         (TINY + ["--device", "cuda:7"], "cuda"),

@@ -34,7 +34,7 @@ def invoke(*arguments: str):
 
 @pytest.mark.runtime
 def test_outdir_writes_one_file_per_seed_equal_to_single_renders(tmp_path):
-    result = invoke("--seeds", "3-5,12", "--height", "16", "--truncation", "0.7", "--outdir", str(tmp_path / "seeds"))
+    result = invoke("-t", "flat", "--seeds", "3-5,12", "--height", "16", "--truncation", "0.7", "--outdir", str(tmp_path / "seeds"))
     assert result.exit_code == 0, result.output
     names = sorted(path.name for path in (tmp_path / "seeds").iterdir())
     assert names == ["seed0003.png", "seed0004.png", "seed0005.png", "seed0012.png"]  # no leftovers, no grid
@@ -61,7 +61,7 @@ def test_outdir_with_an_explicit_output_also_writes_the_grid(tmp_path):
 
 @pytest.mark.runtime
 def test_grid_without_outdir_keeps_working(tmp_path):
-    result = invoke("--seeds", "0-3", "--height", "8", "-o", str(tmp_path / "grid.png"))
+    result = invoke("-t", "flat", "--seeds", "0-3", "--height", "8", "-o", str(tmp_path / "grid.png"))
     assert result.exit_code == 0, result.output
     assert pixels(tmp_path / "grid.png").shape == (16, 16, 3)
     assert sorted(path.name for path in tmp_path.iterdir()) == ["grid.png"]

@@ -1,5 +1,9 @@
 """The Deep Zoom viewer: the self-contained HTML page written beside a pyramid (``out.html``).
 
+The ``generator`` meta tag is cips-deploy's signature
+(:data:`cips_deploy.runtime.atomic.SIGNATURE`): ``render --force`` replaces a page beside a
+pyramid only when it carries it.
+
 One file, no script or style from the network: the pyramid's geometry is written into the
 page (so it works opened straight from disk, where a page may not fetch ``out.dzi``), and
 tiles are ``<img>`` elements loaded from ``out_files/`` relative to the page. Drag to pan;
@@ -19,6 +23,7 @@ PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
+<meta name="generator" content="cips-deploy">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>__TITLE__</title>
 <link rel="icon" href="data:,">
