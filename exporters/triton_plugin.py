@@ -21,6 +21,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.contracts.hookspecs import hookimpl
 
 from .triton_backend import TritonBackend
+from cips_deploy.contracts.command_options import real, whole
 
 
 class _Stopped(BaseException):
@@ -32,10 +33,10 @@ class _Stopped(BaseException):
 @click.option("--http", "http", is_flag=True, default=False,
               help="Also offer Triton's HTTP endpoint (off by default: the bundled server's JSON parser can be crashed "
                    "by one hostile request; serve restarts it). Implied by --http-port.")
-@click.option("--http-port", type=int, default=8000, show_default=True, help="HTTP port on 127.0.0.1 (offers HTTP).")
-@click.option("--grpc-port", type=int, default=8001, show_default=True, help="gRPC port on 127.0.0.1.")
+@click.option("--http-port", type=whole(1, 65535), default=8000, show_default=True, help="HTTP port on 127.0.0.1 (offers HTTP).")
+@click.option("--grpc-port", type=whole(1, 65535), default=8001, show_default=True, help="gRPC port on 127.0.0.1.")
 @click.option("--name", default=None, help="With a checkpoint: the served model's name (default: the file's name).")
-@click.option("--startup-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for the server to be ready.")
+@click.option("--startup-timeout", type=real(0.0, 86400.0, open_low=True), default=120.0, show_default=True, help="Seconds to wait for the server to be ready.")
 @click.pass_context
 def serve(ctx: click.Context, source: Path | None, http: bool, http_port: int, grpc_port: int, name: str | None,
           startup_timeout: float) -> None:

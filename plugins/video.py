@@ -11,25 +11,26 @@ from typing import Any
 
 import click
 
-from cips_deploy.contracts.command_options import model_options, synthesis_options
+from cips_deploy.contracts.command_options import model_options, real, synthesis_options, whole
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.media.video import DEFAULT_FPS, MODES, make_video, parse_centre, split_ramps
+from cips_deploy.runtime.render_request import MAX_SIDE
 
 
 @click.command("video")
 @model_options("Animate")
 @click.option("--mode", default="walk", show_default=True, metavar="|".join(MODES), help="walk: through the seeds' styles (looped); zoom: into a flat render; pan: once around a cylinder model (looped).")
 @click.option("--seeds", default="0-3", show_default=True, metavar="LIST", help="Seeds whose styles the clip walks through, e.g. 0-7 or 1,5,9 (one seed: a fixed style).")
-@click.option("--frames", type=int, default=48, show_default=True, help="Number of frames (at least 2).")
-@click.option("--fps", type=float, default=None, help=f"Frames per second (default {DEFAULT_FPS:g}).")
-@click.option("--duration", type=float, default=None, help="Length of the clip in seconds (instead of --fps).")
+@click.option("--frames", type=whole(None, 1_000_000), default=48, show_default=True, help="Number of frames (at least 2).")
+@click.option("--fps", type=real(), default=None, help=f"Frames per second (default {DEFAULT_FPS:g}).")
+@click.option("--duration", type=real(), default=None, help="Length of the clip in seconds (instead of --fps).")
 @click.option("-t", "--topology", default=None, help="Topology of every frame (default: cylinder for a cylinder model's walk, else flat).")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE|NAME=START:END", help="A topology parameter, fixed or animated linearly over the clip; repeatable.")
-@click.option("--height", type=int, default=256, show_default=True, help="Frame height in pixels.")
-@click.option("--width", type=int, default=None, help="Frame width (default: the height; 4x for a cylinder walk; height x fov / 90 for a pan).")
-@click.option("--zoom", type=float, default=4.0, show_default=True, help="zoom mode: total magnification (0.5 zooms out).")
+@click.option("--height", type=whole(1, MAX_SIDE), default=256, show_default=True, help="Frame height in pixels.")
+@click.option("--width", type=whole(1, MAX_SIDE), default=None, help="Frame width (default: the height; 4x for a cylinder walk; height x fov / 90 for a pan).")
+@click.option("--zoom", type=real(), default=4.0, show_default=True, help="zoom mode: total magnification (0.5 zooms out).")
 @click.option("--centre", default="0,0", show_default=True, metavar="U,V", help="zoom mode: the point zoomed into.")
-@click.option("--fov", type=float, default=90.0, show_default=True, help="pan mode: horizontal field of view in degrees.")
+@click.option("--fov", type=real(), default=90.0, show_default=True, help="pan mode: horizontal field of view in degrees.")
 @synthesis_options
 @click.option("--quality", type=click.IntRange(0, 100), default=80, show_default=True, help="WebP quality (lossy).")
 @click.option("--lossless", is_flag=True, help="Lossless WebP (larger).")

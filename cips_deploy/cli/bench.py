@@ -12,6 +12,7 @@ from cips_deploy.contracts.command_options import ARCHITECTURE
 from cips_deploy.errors import CipsError
 from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.cli.group import cli
+from cips_deploy.contracts.command_options import CHUNK_SIZE, whole
 
 
 def declared_precisions(backend: str) -> tuple[str, ...]:
@@ -31,13 +32,13 @@ def declared_precisions(backend: str) -> tuple[str, ...]:
 @click.option("--arch", type=ARCHITECTURE, default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--backend", "backends", multiple=True, default=["torch"], show_default=True, help="Repeatable.")
 @click.option("--reference", is_flag=True, help="Also time the official grouped-convolution path.")
-@click.option("--resolution", "resolutions", type=int, multiple=True, default=[256], show_default=True, help="Repeatable.")
-@click.option("--batch", "batches", type=int, multiple=True, default=[1], show_default=True, help="Repeatable.")
-@click.option("--chunk-size", "chunks", type=int, multiple=True, default=[16384], show_default=True, help="Points per backend call; repeatable.")
-@click.option("--repeats", type=int, default=3, show_default=True, help="Timed runs per case (the median is reported).")
-@click.option("--warmup", type=int, default=1, show_default=True, help="Untimed runs before timing.")
+@click.option("--resolution", "resolutions", type=whole(1, 1 << 16), multiple=True, default=[256], show_default=True, help="Repeatable.")
+@click.option("--batch", "batches", type=whole(1, 4096), multiple=True, default=[1], show_default=True, help="Repeatable.")
+@click.option("--chunk-size", "chunks", type=CHUNK_SIZE, multiple=True, default=[16384], show_default=True, help="Points per backend call; repeatable.")
+@click.option("--repeats", type=whole(1, 10000), default=3, show_default=True, help="Timed runs per case (the median is reported).")
+@click.option("--warmup", type=whole(0, 10000), default=1, show_default=True, help="Untimed runs before timing.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--threads", type=int, default=0, help="torch threads (default: torch's choice).")
+@click.option("--threads", type=whole(0, 1024), default=0, help="torch threads (default: torch's choice).")
 @click.option(
     "--precision", "precisions", type=click.Choice(["fp32", "bf16", "fp16"]), multiple=True, default=["fp32"],
     show_default=True, help="The torch backend's precision (fp16: CUDA only); repeatable. Other backends run fp32.",

@@ -28,6 +28,8 @@ from cips_deploy.contracts.sinks import OutputFormat, format_for
 from cips_deploy.cli.group import cli
 from cips_deploy.cli.backend_flags import merge_backend_flags, with_backend_flags
 from cips_deploy.contracts.command_options import model_options, synthesis_options
+from cips_deploy.contracts.command_options import SEED, whole
+from cips_deploy.runtime.render_request import MAX_SIDE
 from cips_deploy.cli.common import (
     ChunkProgress, backend_from_the_model, choose_model, parse_assignments, parse_seeds, summary, tile,
 )
@@ -39,16 +41,16 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @model_options("Render")
 @click.option("-t", "--topology", default=None, help="Topology name (see `cips-deploy topologies`); default: cylinder for a cylinder-space model (the bundled demo: its 360-degree panorama), else flat.")
 @click.option("-p", "--param", "params", multiple=True, metavar="NAME=VALUE", help="A topology parameter; repeatable.")
-@click.option("--height", type=int, default=256, show_default=True, help="Image height in pixels.")
-@click.option("--width", type=int, default=None, help="Image width in pixels (default: the height; 4x the height for a cylinder).")
-@click.option("--seed", type=int, default=None, help="Latent seed (default 0).")
+@click.option("--height", type=whole(1, MAX_SIDE), default=256, show_default=True, help="Image height in pixels.")
+@click.option("--width", type=whole(1, MAX_SIDE), default=None, help="Image width in pixels (default: the height; 4x the height for a cylinder).")
+@click.option("--seed", type=SEED, default=None, help="Latent seed (default 0).")
 @click.option("--seeds", default=None, metavar="LIST", help="Several seeds as a grid image, e.g. 0-3 or 1,5,9.")
-@click.option("--blend-seed", type=int, default=None, help="Blend towards this seed's style at u = +-1 (per-pixel styles).")
+@click.option("--blend-seed", type=SEED, default=None, help="Blend towards this seed's style at u = +-1 (per-pixel styles).")
 @synthesis_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk (with --outdir: only when given).")
 @click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted streamed render from its finished tiles (in OUTPUT.partial).")
-@click.option("--workers", type=int, default=1, show_default=True, help="Processes rendering tiles, this one included (each with its own backend and threads); the same pixels as one.")
+@click.option("--workers", type=whole(1, 1024), default=1, show_default=True, help="Processes rendering tiles, this one included (each with its own backend and threads); the same pixels as one.")
 @click.option("--outdir", type=click.Path(path_type=Path), default=None, help="Also write one PNG per seed into this folder (seed0003.png, ...).")
 @click.option("--viewer", type=click.Path(path_type=Path), default=None, help="With --topology cylinder: also write a self-contained 360-degree viewer (.html).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")

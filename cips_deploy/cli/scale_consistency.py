@@ -24,6 +24,7 @@ from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.runtime.render import make_backend
 from cips_deploy.cli.group import cli
 from cips_deploy.cli.common import ChunkProgress, choose_model
+from cips_deploy.contracts.command_options import SEED, TRUNCATION
 
 INF_NOTE = 'PSNR is the string "inf" where the downsampled large render equals the small render exactly.'
 
@@ -33,12 +34,12 @@ INF_NOTE = 'PSNR is the string "inf" where the downsampled large render equals t
 @click.option("--preset", type=PRESET, help="Measure a random-weight model of this preset instead of CHECKPOINT.")
 @click.option("--arch", type=ARCHITECTURE, default="skip", show_default=True, help="With --preset: architecture.")
 @click.option("--coordinate-space", type=click.Choice(COORDINATE_SPACES), default="plane", show_default=True, help="With --preset.")
-@click.option("--model-seed", type=int, default=0, show_default=True, help="With --preset: seed of the random weights.")
+@click.option("--model-seed", type=SEED, default=0, show_default=True, help="With --preset: seed of the random weights.")
 @click.option("--size", "size_text", default="256", show_default=True, metavar="INTEGER", help="Side s of the small render (at least 11, the SSIM window).")
 @click.option("--factor", "factor_text", default="2", show_default=True, metavar="INTEGER", help="The large render is factor*s per side (factor >= 2, factor*s <= 8192).")
 @click.option("--samples", "samples_text", default="16", show_default=True, metavar="INTEGER", help="Latents to compare: seeds seed .. seed+samples-1 (1 to 10,000).")
-@click.option("--seed", type=int, default=0, show_default=True, help="First latent seed.")
-@click.option("--truncation", type=float, default=1.0, show_default=True, help="Truncation psi (1 = none).")
+@click.option("--seed", type=SEED, default=0, show_default=True, help="First latent seed.")
+@click.option("--truncation", type=TRUNCATION, default=1.0, show_default=True, help="Truncation psi (1 = none).")
 @click.option("--backend", default="torch", show_default=True, help="Synthesis backend (see `cips-deploy plugins`).")
 @click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ...")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")

@@ -67,7 +67,7 @@ def test_a_backend_option_named_device_is_one_sentence(tmp_path):
 
 
 def test_bench_refuses_negative_threads(tmp_path):
-    refused(["bench", "--preset", "tiny", "--threads", "-1"], "--threads must be 0", cwd=tmp_path)
+    refused(["bench", "--preset", "tiny", "--threads", "-1"], "--threads must be at least 0, not -1.", cwd=tmp_path)
 
 
 @pytest.mark.parametrize("how", ["ENOSPC from the writer", "RuntimeError from the exporter on a full disk"])

@@ -236,7 +236,7 @@ def test_video_command_renders_the_demo_engine(tmp_path):
         (["-p", "v_min=:1"], "NAME=START:END"),
         (["--mode", "pan"], "cylinder-space model"),
         (["--seeds", "3"], "two seeds"),
-        (["--fov", "nan"], "field of view"),
+        (["--fov", "nan"], "--fov must be a finite number, not nan."),
         (["--mode", "spin"], "Unknown animation mode 'spin'; choose one of walk, zoom, pan."),
         (["--output-name", "clip.gif"], "must be a .webp"),
     ],
