@@ -20,18 +20,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 import cips_deploy
-from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
 from cips_deploy.exporters import integrity
 from cips_deploy.exporters.cache import cache_entry, cached_generator_onnx, cached_onnx
 from cips_deploy.exporters.metadata import read_onnx_metadata
 from cips_deploy.families.checkpoint import file_sha256
 
-from ..helpers.attack_tools import files_under, refused
+from ..helpers.attack_tools import files_under, invoke, refused
+
 
 
 @pytest.fixture()
@@ -53,13 +52,6 @@ def _render(model, **options) -> np.ndarray:
     return cips_deploy.render(model, "flat", 16, 16, seed=3, backend="onnxruntime", **options)
 
 
-def _invoke(args: list[str], cwd: Path):
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, args)
-    finally:
-        os.chdir(previous)
 
 
 # --------------------------------------------------------------------------- external data
@@ -71,7 +63,7 @@ def external_engine(models, tmp_path_factory):
     a, _ = models
     folder = tmp_path_factory.mktemp("external")
     for label, extra in (("external", ["--external-data"]), ("inline", [])):
-        result = _invoke(["export", str(a), "--engine", "onnx", "-o", f"{label}.onnx", *extra], folder)
+        result = invoke(["export", str(a), "--engine", "onnx", "-o", f"{label}.onnx", *extra], folder)
         assert result.exit_code == 0, result.output
     assert (folder / "external.onnx.data").is_file() and not (folder / "inline.onnx.data").exists()
     return folder / "external.onnx", folder / "inline.onnx"
@@ -79,10 +71,10 @@ def external_engine(models, tmp_path_factory):
 
 def test_an_external_data_engine_renders_on_the_command_line(external_engine, tmp_path):
     external, inline = external_engine
-    result = _invoke(["render", "--checkpoint", str(external), "--height", "16", "--width", "16", "--seed", "3",
+    result = invoke(["render", "--checkpoint", str(external), "--height", "16", "--width", "16", "--seed", "3",
                       "-o", "external.png", "-q"], tmp_path)
     assert result.exit_code == 0, result.output
-    result = _invoke(["render", "--checkpoint", str(inline), "--height", "16", "--width", "16", "--seed", "3",
+    result = invoke(["render", "--checkpoint", str(inline), "--height", "16", "--width", "16", "--seed", "3",
                       "-o", "inline.png", "-q"], tmp_path)
     assert result.exit_code == 0, result.output
     pixels = [np.asarray(Image.open(tmp_path / name).convert("RGB")) for name in ("external.png", "inline.png")]
@@ -158,7 +150,7 @@ def test_an_external_data_export_where_the_current_folder_holds_its_data_file(mo
     a, _ = models
     for args in (["-o", "model.onnx"], ["-o", "model.onnx", "--force"], ["-o", "sub/model.onnx"]):
         (tmp_path / "sub").mkdir(exist_ok=True)
-        result = _invoke(["export", str(a), "--engine", "onnx", "--external-data", "--no-validate", *args], tmp_path)
+        result = invoke(["export", str(a), "--engine", "onnx", "--external-data", "--no-validate", *args], tmp_path)
         assert result.exit_code == 0, (args, result.output)
         integrity.verify(tmp_path / args[1], required=True)
     assert (tmp_path / "sub" / "model.onnx.data").is_file()

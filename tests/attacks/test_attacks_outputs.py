@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from cips_deploy.cli import cli
 from cips_deploy.errors import CipsError
 from cips_deploy.models import DEMO_ENGINE
 from cips_deploy.runtime import gigapixel
@@ -27,7 +25,7 @@ from cips_deploy.runtime.atomic import (
 )
 from cips_deploy.runtime.gigapixel import partial_path, render_to_file
 
-from ..helpers.attack_tools import CLI, files_under, refused
+from ..helpers.attack_tools import CLI, files_under, invoke, refused
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -35,13 +33,6 @@ TINY = ["--preset", "tiny", "--height", "16", "-q"]
 DEMO = ["-t", "flat", "--height", "300", "--width", "300", "-q"]  # the bundled engine: two cells
 
 
-def invoke(args: list[str], cwd: Path):
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, args)
-    finally:
-        os.chdir(previous)
 
 
 def succeeds(args: list[str], cwd: Path):

@@ -27,7 +27,8 @@ from cips_deploy.train.data import load_images
 from cips_deploy.train.loop import STATE_FILE, run_summary
 from cips_deploy.train.run_files import iter_log
 
-from ..helpers.attack_tools import files_under, refused, run_cli
+from ..helpers.attack_tools import files_under, invoke, refused, run_cli
+
 
 TRAIN = ["--resolution", "16", "--batch", "2", "--checkpoint-every", "2", "--sample-every", "1000"]
 SMALL = dict(preset="tiny", resolution=16, batch=2, checkpoint_every=2, sample_every=1000)
@@ -59,17 +60,6 @@ def _contents(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in sorted(files_under(folder)) if (folder / name).is_file()}
 
 
-def _invoke(args: list[str], cwd: Path):
-    from click.testing import CliRunner
-
-    from cips_deploy.cli import cli
-
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        return CliRunner().invoke(cli, args)
-    finally:
-        os.chdir(previous)
 
 
 # ------------------------------------------------------------------ an earlier run in --out
@@ -93,7 +83,7 @@ def test_force_replaces_only_what_a_training_wrote(images, tmp_path):
     (run / "samples" / "step-0000099.png").write_bytes(b"old sample")
     (run / "samples" / "mine.png").write_bytes(b"the user's picture")
     (run / "notes.txt").write_text("the user's notes")
-    result = _invoke(["train", str(images), "--out", "run", "--steps", "2", "--force", *TRAIN[:-1], "4"], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", "--steps", "2", "--force", *TRAIN[:-1], "4"], tmp_path)
     assert result.exit_code == 0, result.output
     assert cips_deploy.load(run / "generator.safetensors").provenance["step"] == 2
     assert [record["step"] for record in run_summary(run / "log.jsonl")] == [1, 2]
@@ -114,7 +104,7 @@ def test_an_earlier_state_needs_resume_or_force(images, trained, tmp_path):
     run = _copy_run(trained, tmp_path / "run")
     refused(["train", str(images), "--out", "run", *TRAIN], "pass --resume to continue it, --force to start it over",
             cwd=tmp_path)
-    result = _invoke(["train", str(images), "--out", "run", "--steps", "1", "--force", *TRAIN], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", "--steps", "1", "--force", *TRAIN], tmp_path)
     assert result.exit_code == 0, result.output
     assert torch.load(run / STATE_FILE, weights_only=True)["step"] == 1  # a new run, not the old one continued
 
@@ -183,7 +173,7 @@ def test_hostile_log_lines_are_skipped_on_resume(trained, tmp_path, images, line
     run = _copy_run(trained, tmp_path / "run")
     with open(run / "log.jsonl", "a", errors="surrogateescape") as log:
         log.write(line + "\n")
-    result = _invoke(["train", str(images), "--out", "run", "--resume", "--steps", "3"], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", "--resume", "--steps", "3"], tmp_path)
     assert result.exit_code == 0, result.output
     assert [record["step"] for record in run_summary(run / "log.jsonl")] == [1, 2, 3]
     assert all(isinstance(json.loads(text), dict) for text in (run / "log.jsonl").read_text().splitlines())
@@ -276,7 +266,7 @@ def test_shared_render_numbers_out_of_range_are_one_sentence(tmp_path, args, mes
 
 @pytest.mark.parametrize("args", [["--batch", "abc"], ["--seed", "1.5"], ["--lr", "0x10"], ["--steps", "1e3"], ["--lr", ""]])
 def test_text_that_is_no_number_is_a_usage_error(images, tmp_path, args):
-    result = _invoke(["train", str(images), "--out", "run", *args], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", *args], tmp_path)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and "Invalid value for" in result.output
     assert list(tmp_path.iterdir()) == []
@@ -464,7 +454,7 @@ def test_ordinary_images_keep_the_pixels_of_resize_then_crop(tmp_path):
 
 def test_resume_takes_resolution_and_batch_from_the_run(trained, images, tmp_path):
     run = _copy_run(trained, tmp_path / "run")
-    result = _invoke(["train", str(images), "--out", "run", "--resume", "--steps", "3"], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", "--resume", "--steps", "3"], tmp_path)
     assert result.exit_code == 0, result.output
     generator = cips_deploy.load(run / "generator.safetensors")
     assert generator.provenance["step"] == 3 and generator.config.size == 16
@@ -473,7 +463,7 @@ def test_resume_takes_resolution_and_batch_from_the_run(trained, images, tmp_pat
 
 def test_resume_without_steps_continues_to_the_runs_own_target(trained, images, tmp_path):
     run = _copy_run(trained, tmp_path / "run")
-    result = _invoke(["train", str(images), "--out", "run", "--resume"], tmp_path)
+    result = invoke(["train", str(images), "--out", "run", "--resume"], tmp_path)
     assert result.exit_code == 0, result.output
     assert torch.load(run / STATE_FILE, weights_only=True)["step"] == 2  # it had finished: nothing to do
 

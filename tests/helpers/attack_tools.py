@@ -32,12 +32,7 @@ def refused(
 
     ``progress``: the command may have printed progress before failing; the error is its last line."""
     before = files_under(cwd)
-    previous = os.getcwd()
-    os.chdir(cwd)
-    try:
-        result = CliRunner().invoke(cli, args)
-    finally:
-        os.chdir(previous)
+    result = invoke(args, cwd)
     assert result.exit_code == 1, (result.output, result.exception)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.output.strip().splitlines()
@@ -48,6 +43,16 @@ def refused(
     assert message in lines[0], lines[0]
     assert files_under(cwd) == before | set(expect_written), files_under(cwd) ^ before
     return lines[0]
+
+
+def invoke(args: list[str], cwd: Path):
+    """The CLI in-process, run in ``cwd``: click's Result."""
+    previous = os.getcwd()
+    os.chdir(cwd)
+    try:
+        return CliRunner().invoke(cli, [str(arg) for arg in args])
+    finally:
+        os.chdir(previous)
 
 
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
