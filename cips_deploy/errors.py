@@ -24,8 +24,12 @@ class Interrupted(KeyboardInterrupt):
 
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message ('' for an empty one): libraries' messages
-    run over many lines (stack dumps, graph listings), and a user sees one sentence."""
-    text = str(error).strip()
+    run over many lines (stack dumps, graph listings), and a user sees one sentence. Never
+    raises: an exception whose ``__str__`` fails (or returns no string) has no message to show."""
+    try:
+        text = str(error).strip()
+    except Exception:
+        return ""
     return text.splitlines()[0] if text else ""
 
 

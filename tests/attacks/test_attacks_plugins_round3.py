@@ -654,3 +654,21 @@ def test_the_gallerys_scale_consistency_numbers_are_what_the_command_measures():
         assert result.exit_code == 0, result.output
         measured = json.loads(result.stdout)["mean"]["psnr"]
         assert round(measured, 1) == expected, (arch, measured)
+
+
+def test_describing_an_error_never_raises_whatever_its_str_does():
+    """Outside plugin code too: the CLI's last line of defence describes any exception."""
+    from cips_deploy.errors import describe_error, first_line
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    class NotText(Exception):
+        def __str__(self):
+            return 42  # str() then raises TypeError
+
+    for error in (Unprintable(), NotText()):
+        assert first_line(error) == ""
+        assert describe_error(error) == type(error).__name__
+    assert describe_error(ValueError("first\nsecond")) == "ValueError: first"
