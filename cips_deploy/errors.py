@@ -1,9 +1,12 @@
-"""The one exception type that reaches users.
+"""The one exception type that reaches users, and how its sentences name things.
 
 Everything a user can get wrong (a missing file, a foreign checkpoint, an impossible size)
 raises :class:`CipsError` with one sentence that names the problem. The CLI prints that
 sentence and exits non-zero; anything else escaping is a bug and keeps its traceback.
 """
+
+import difflib
+from typing import Iterable
 
 
 class CipsError(Exception):
@@ -37,3 +40,14 @@ def describe_error(error: BaseException) -> str:
     """``ValueError: first line of the message``, or just ``ValueError`` when it is empty."""
     text = first_line(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def did_you_mean(name: object, choices: Iterable[str]) -> str:
+    """`` (did you mean 'cylinder'?)`` for the choices closest to a misspelt ``name``, else ''."""
+    if not isinstance(name, str):
+        return ""
+    choices = [str(choice) for choice in choices]
+    folded = {choice.lower(): choice for choice in choices}  # 'FLAT' is 'flat' misspelt too
+    close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.6)
+    close = [folded[match] for match in close if folded[match] != name]
+    return f" (did you mean {' or '.join(repr(match) for match in close)}?)" if close else ""

@@ -34,7 +34,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, did_you_mean
 
 TILE = 256  # the tile grid every cell is aligned to (TIFF tiles, Deep Zoom base tiles)
 
@@ -112,7 +112,7 @@ def format_for(destination: Path, name: str | None, formats: dict[str, OutputFor
     """The format named ``name``, else the one whose extension ``destination`` has."""
     if name is not None:
         if name not in formats:
-            raise CipsError(f"Unknown output format {name!r}; available: {', '.join(sorted(formats))}.")
+            raise CipsError(f"Unknown output format {name!r}{did_you_mean(name, formats)}; available: {', '.join(sorted(formats))}.")
         chosen = formats[name]
         suffix = destination.suffix.lower()
         if chosen.extensions and suffix not in chosen.extensions:

@@ -16,7 +16,6 @@ exception prints, and whatever it writes to stdout, it is the plugin's, by name.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import importlib
 import importlib.metadata
 import re
@@ -34,7 +33,7 @@ from cips_deploy.contracts.chunking import Chunker
 from cips_deploy.contracts import families
 from cips_deploy.contracts.config import COORDINATE_SPACES
 from cips_deploy.contracts.families import Family
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, did_you_mean
 from cips_deploy.contracts.topology import Parameter, Topology
 from cips_deploy.runtime.plugin_calls import UserInterrupt, error_text, plugin_code, reraise_user_interrupt, shown  # noqa: F401  (UserInterrupt: its old home)
 
@@ -157,17 +156,6 @@ class Registry:
         """Record (and warn about) a problem with ``plugin``."""
         self.plugins[plugin].problems.append(message)
         warnings.warn(message, PluginWarning, stacklevel=3)
-
-
-def did_you_mean(name: Any, choices: Iterable[str]) -> str:
-    """`` (did you mean 'cylinder'?)`` for the choices closest to a misspelt ``name``, else ''."""
-    if not isinstance(name, str):
-        return ""
-    choices = [str(choice) for choice in choices]
-    folded = {choice.lower(): choice for choice in choices}  # 'FLAT' is 'flat' misspelt too
-    close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.6)
-    close = [folded[match] for match in close if folded[match] != name]
-    return f" (did you mean {' or '.join(repr(match) for match in close)}?)" if close else ""
 
 
 def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[str, Any]] = ()) -> Registry:

@@ -672,3 +672,13 @@ def test_describing_an_error_never_raises_whatever_its_str_does():
         assert first_line(error) == ""
         assert describe_error(error) == type(error).__name__
     assert describe_error(ValueError("first\nsecond")) == "ValueError: first"
+
+
+def test_a_misspelt_output_format_gets_a_suggestion(tmp_path):
+    from ..helpers.attack_tools import invoke
+
+    result = invoke(["render", "--preset", "tiny", "--height", "8", "--format", "pgn", "-o", "x.png"], tmp_path)
+    assert result.exit_code == 1 and "Unknown output format 'pgn' (did you mean 'png'?)" in result.output
+    result = invoke(["render", "--preset", "tiny", "--height", "8", "--format", "zzz", "-o", "x.png"], tmp_path)
+    assert result.exit_code == 1 and "did you mean" not in result.output and "available: dzi, png, tiff" in result.output
+    assert list(tmp_path.iterdir()) == []
