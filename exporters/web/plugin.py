@@ -44,7 +44,8 @@ class WebExporter(Exporter):
     def export(self, source: Path, *, output: Path | None, overwrite: bool, precision: str, **options: Any):
         from .site import write_site
 
-        self.check_request("", precision)
+        if precision not in self.precisions:  # every family: only the precision can be refused
+            raise CipsError(f"The web engine copies fp32 engines as they are; it does not build {precision} ones.")
         for option, flag in NOT_FOR_THE_WEB.items():
             if options.get(option):
                 raise CipsError(f"The web engine does not take {flag}.")
