@@ -7,7 +7,7 @@
     repo/<name>/1/model.plan(.json)      (tensorrt: GPU servers)
     repo/<name>/1/model.py + model.onnx  (python: any server with the Python backend, such
                                           as the CPU one bundled in ``nvidia-pytriton``)
-    repo/<name>_mapping/...              the mapping engine z [B, S] -> w [B, S]
+    repo/<name>_mapping/...              the mapping engine z [B, Z] (, c [B, C]) -> w [B, S]
     repo/<name>_ensemble/                z [B, S], coords [B, N, 2] -> rgb [B, N, 3]
                                           (mapping then synthesis; truncation psi = 1)
 
@@ -24,8 +24,11 @@ serves (:mod:`.triton_backend`).
 
 Names: :func:`model_name` is the one place that turns a user's ``--name`` into the folder
 names above; it refuses anything but letters, digits, ``-`` and ``_`` before anything is
-created, so a name can never step out of the repository. An existing model folder is
-replaced only with ``overwrite``; a model folder appears complete or not at all.
+created, so a name can never step out of the repository. A model folder appears complete or
+not at all, and carries the owner marker of :mod:`cips_deploy.runtime.atomic` (the one output
+guard): an existing model folder is replaced only with ``overwrite``, and only if cips-deploy
+wrote it (its marker, and nothing but ``config.pbtxt`` and version folders of plain files);
+a model folder the user wrote by hand, or one holding a link, is never replaced.
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cips_deploy.runtime.atomic import replace_folder, staging_folder
+from cips_deploy.runtime.atomic import (
+    check_folder, check_names, current_umask, guard_owned, output_policy, ownership_problem, publish, staging_folder, write_marker,
+)
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata
@@ -54,6 +59,8 @@ GRID_ENSEMBLE_SUFFIX = "_grid"
 MODEL_PY = Path(__file__).with_name("triton_model.py")  # the Python backend's model.py
 _TYPES = {"float32": "TYPE_FP32"}
 _VALID_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,99}")  # fullmatch only: `$` also matched before a final "\n"
+# What a model folder this package wrote holds besides its marker (paths relative to it).
+MODEL_FOLDER_CONTENT = re.compile(r"config\.pbtxt|[0-9]+|[0-9]+/[^/]+")
 
 
 def triton_name(name: str) -> str:
@@ -88,13 +95,23 @@ def model_folders(repo: Path, name: str, *, mapping: bool, ensemble: bool, grid:
 def check_repository(repo: str | Path, name: str, *, mapping: bool, ensemble: bool, overwrite: bool, grid: bool = False) -> None:
     """Refuse, before any work, a repository path that is a file or model folders that exist."""
     repo = Path(repo)
+    folders = model_folders(repo, name, mapping=mapping, ensemble=ensemble, grid=grid)
+    check_names(*folders)
     if repo.exists() and not repo.is_dir():
         raise CipsError(f"Cannot write the Triton repository {repo}: it is a file.")
-    for folder in model_folders(repo, name, mapping=mapping, ensemble=ensemble, grid=grid):
+    if repo.is_symlink() and not repo.exists():
+        raise CipsError(f"Cannot write the Triton repository {repo}: it is a symbolic link to a folder that does not exist.")
+    if not repo.exists():
+        check_folder(repo)  # the repository may be created, but not the folders above it
+    for folder in folders:
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise CipsError(f"Cannot write the Triton model {folder}: something other than a model folder is there.")
-        if folder.exists() and not overwrite:
-            raise CipsError(f"{folder} already exists; pass --force to replace it.")
+    guard_owned(folders, overwrite=overwrite, owner=model_folder_owner, advice="move it away or choose another --name")
+
+
+def model_folder_owner(folder: Path) -> str | None:
+    """None when cips-deploy wrote the model folder ``folder`` (:func:`~cips_deploy.runtime.atomic.ownership_problem`)."""
+    return ownership_problem(folder, MODEL_FOLDER_CONTENT)
 
 
 @dataclass(frozen=True)
@@ -137,12 +154,13 @@ Step = tuple[str, list[tuple[str, str]], list[tuple[str, str]]]  # model, (its i
 
 def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, mapping_spec: EngineSpec,
                    metadata: EngineMetadata, max_batch_size: int) -> str:
-    """An ensemble ``z, coords -> rgb``: the mapping model's ``w`` feeds the synthesis model."""
-    (z,), (w_out,) = mapping_spec.input_names, mapping_spec.output_names  # z -> w
+    """An ensemble ``z (, c), coords -> rgb``: the mapping model's ``w`` feeds the synthesis model
+    (``c [B, C]``: a class-conditional model's labels, an input of the mapping)."""
+    (w_out,) = mapping_spec.output_names  # z (, c) -> w
     (coords, w_in), (rgb,) = spec.input_names, spec.output_names  # coords, w -> rgb
-    joined = EngineSpec(role="ensemble", inputs=(mapping_spec.tensor(z), spec.tensor(coords)), outputs=spec.outputs)
+    joined = EngineSpec(role="ensemble", inputs=(*mapping_spec.inputs, spec.tensor(coords)), outputs=spec.outputs)
     steps = [  # "styles": the ensemble's internal tensor between the steps
-        (mapping, [(z, z)], [(w_out, "styles")]),
+        (mapping, [(name, name) for name in mapping_spec.input_names], [(w_out, "styles")]),
         (synthesis, [(coords, coords), (w_in, "styles")], [(rgb, rgb)]),
     ]
     return _ensemble_text(name, joined, steps, metadata, max_batch_size)
@@ -150,20 +168,20 @@ def ensemble_pbtxt(name: str, synthesis: str, mapping: str, spec: EngineSpec, ma
 
 def grid_ensemble_pbtxt(name: str, models: dict[str, str], specs: dict[str, EngineSpec], metadata: EngineMetadata,
                         max_batch_size: int) -> str:
-    """An ensemble ``z, v, u -> rgb``: mapping, then the line engine, then the compose engine.
+    """An ensemble ``z (, c), v, u -> rgb``: mapping, then the line engine, then the compose engine.
 
     ``models``/``specs``: {"mapping"|"lines"|"compose": model name / spec}. One request is one
     grid: the rows' v [B, H] and the columns' u [B, W]; rgb [B, H W, 3] is row-major.
     """
     mapping, lines, compose = specs["mapping"], specs["lines"], specs["compose"]
-    (z,), (w_out,) = mapping.input_names, mapping.output_names
+    (w_out,) = mapping.output_names  # z (, c) -> w
     v, u, w_lines = lines.input_names
     row_out, column_out = lines.output_names
     row_in, column_in, w_compose = compose.input_names
     (rgb,) = compose.output_names
-    joined = EngineSpec(role="grid_ensemble", inputs=(mapping.tensor(z), lines.tensor(v), lines.tensor(u)), outputs=compose.outputs)
+    joined = EngineSpec(role="grid_ensemble", inputs=(*mapping.inputs, lines.tensor(v), lines.tensor(u)), outputs=compose.outputs)
     steps = [
-        (models["mapping"], [(z, z)], [(w_out, "styles")]),
+        (models["mapping"], [(name, name) for name in mapping.input_names], [(w_out, "styles")]),
         (models["lines"], [(v, v), (u, u), (w_lines, "styles")], [(row_out, "row_lines"), (column_out, "column_lines")]),
         (models["compose"], [(row_in, "row_lines"), (column_in, "column_lines"), (w_compose, "styles")], [(rgb, rgb)]),
     ]
@@ -235,19 +253,19 @@ def write_triton_model(
     for role, (files, grid_spec, grid_metadata) in grid.items():
         entries.append(ModelEntry(name + GRID_SUFFIXES[role], backend, tuple(files), grid_spec, grid_metadata, kind, max_batch_size))
     try:
-        repo.mkdir(parents=True, exist_ok=True)
+        repo.mkdir(exist_ok=True)  # its parent exists (check_repository)
     except OSError as error:
         raise CipsError(f"Cannot create the Triton repository {repo}: {error.strerror or error}.") from None
-    written = [_write_model_folder(repo, entry) for entry in entries]
+    written = [_write_model_folder(repo, entry, overwrite) for entry in entries]
     if ensemble:
         text = ensemble_pbtxt(name + ENSEMBLE_SUFFIX, name, name + MAPPING_SUFFIX, spec, mapping_spec, metadata,
                               max_batch_size)
-        written.append(_write_folder(repo, name + ENSEMBLE_SUFFIX, text, []))
+        written.append(_write_folder(repo, name + ENSEMBLE_SUFFIX, text, [], overwrite))
     if grid and has_mapping:
         models = {"mapping": name + MAPPING_SUFFIX, **{role: name + GRID_SUFFIXES[role] for role in grid}}
         specs = {"mapping": mapping_spec, **{role: entry[1] for role, entry in grid.items()}}
         text = grid_ensemble_pbtxt(name + GRID_ENSEMBLE_SUFFIX, models, specs, metadata, max_batch_size)
-        written.append(_write_folder(repo, name + GRID_ENSEMBLE_SUFFIX, text, []))
+        written.append(_write_folder(repo, name + GRID_ENSEMBLE_SUFFIX, text, [], overwrite))
     return written
 
 
@@ -347,7 +365,7 @@ def _parameter_lines(props: dict[str, str]) -> list[str]:
     return [f"parameters {{\n  key: {_quote(key)}\n  value: {{ string_value: {_quote(value)} }}\n}}" for key, value in props.items()]
 
 
-def _write_model_folder(repo: Path, entry: ModelEntry) -> Path:
+def _write_model_folder(repo: Path, entry: ModelEntry, overwrite: bool) -> Path:
     """One model: its engine files placed under Triton's names, the config, for Python also model.py."""
     filename = BACKENDS[entry.backend][1]
     engine, *companions = entry.files
@@ -360,12 +378,16 @@ def _write_model_folder(repo: Path, entry: ModelEntry) -> Path:
     if entry.backend == "python":
         placements.append((MODEL_PY, "model.py"))
     text = config_pbtxt(entry.name, entry.backend, entry.spec, entry.metadata, entry.instance_kind, entry.max_batch_size)
-    return _write_folder(repo, entry.name, text, placements)
+    return _write_folder(repo, entry.name, text, placements, overwrite)
 
 
-def _write_folder(repo: Path, name: str, config_text: str, placements: list[tuple[Path, str]]) -> Path:
+def _write_folder(repo: Path, name: str, config_text: str, placements: list[tuple[Path, str]], overwrite: bool) -> Path:
     """Stage ``repo/.<name>.<pid>.*.partial/{config.pbtxt, 1/...}`` and rename it into place
-    (:mod:`cips_deploy.runtime.atomic`, the one staging module: a killed run's stage is swept by the next)."""
+    (:mod:`cips_deploy.runtime.atomic`, the one staging module: a killed run's stage is swept by the next).
+
+    The final move is the output guard's :func:`~cips_deploy.runtime.atomic.publish`: without
+    ``overwrite`` it never replaces a folder that appeared meanwhile (another export), and with
+    it only one that cips-deploy wrote."""
     stage = staging_folder(repo, name)
     try:
         version = stage / VERSION
@@ -373,8 +395,11 @@ def _write_folder(repo: Path, name: str, config_text: str, placements: list[tupl
         for source, target in placements:
             _place(source, version / target)
         (stage / "config.pbtxt").write_text(config_text)
+        write_marker(stage)  # what lets a later --force know that cips-deploy wrote this model folder
         destination = repo / name
-        replace_folder(stage, destination)
+        os.chmod(stage, 0o777 & ~current_umask())  # mkdtemp made it private
+        with output_policy(overwrite=overwrite):
+            publish(stage, destination, named=False, owner=model_folder_owner)
         return destination
     except OSError as error:
         raise CipsError(f"Cannot write {repo / name}: {error.strerror or error}.") from None

@@ -31,8 +31,8 @@ class _Stopped(BaseException):
 @click.command("serve")
 @click.argument("source", required=False, type=click.Path(path_type=Path))
 @click.option("--http", "http", is_flag=True, default=False,
-              help="Also offer Triton's HTTP endpoint (off by default: the bundled server's JSON parser can be crashed "
-                   "by one hostile request; serve restarts it). Implied by --http-port.")
+              help="Also offer Triton's HTTP endpoint, behind a proxy that checks each body's size and JSON nesting "
+                   "(the bundled server's own parser can be crashed by one hostile request). Implied by --http-port.")
 @click.option("--http-port", type=whole(1, 65535), default=8000, show_default=True, help="HTTP port on 127.0.0.1 (offers HTTP).")
 @click.option("--grpc-port", type=whole(1, 65535), default=8001, show_default=True, help="gRPC port on 127.0.0.1.")
 @click.option("--name", default=None, help="With a checkpoint: the served model's name (default: the file's name).")
@@ -46,7 +46,8 @@ def serve(ctx: click.Context, source: Path | None, http: bool, http_port: int, g
     the bundled demo panorama's), a checkpoint (exported first; needs the build extra), both
     put into a temporary repository with the Python backend, or a repository folder from
     `export --triton-repo`. The server is the CPU one bundled in nvidia-pytriton (the `serve` extra)
-    or a tritonserver on PATH. It speaks gRPC; HTTP only with --http (or --http-port). A server
+    or a tritonserver on PATH. It speaks gRPC; HTTP only with --http (or --http-port), through a
+    bounded proxy (body size and JSON nesting checked before the server sees it). A server
     that dies is started again, with its cause on stderr. Ctrl-C or SIGTERM stops it and removes
     everything it made.
 

@@ -25,7 +25,9 @@ killed run.
 
 ``http_port=None`` starts the server without its HTTP endpoint (``--allow-http false``;
 readiness is then asked over gRPC): the bundled server's HTTP JSON parser recurses on nested
-brackets, and one request of 200,000 ``[`` crashes the whole server. A server that died is
+brackets, and one request of 200,000 ``[`` crashes the whole server. With an ``http_port``
+the server's own HTTP endpoint listens on a private port, and ``http_port`` is a bounded proxy
+(:mod:`.http_guard`: body size and JSON nesting checked before anything is forwarded). A server that died is
 started again in the same workspace by :meth:`LocalServer.restart`;
 :meth:`LocalServer.death_cause` says why it died from its exit status and what its log
 wrote after it was ready (never an earlier line, such as the CUDA driver error the CPU
@@ -52,6 +54,7 @@ import venv
 from dataclasses import dataclass
 from pathlib import Path
 
+from cips_deploy.contracts.limits import regular_file
 from cips_deploy.errors import CipsError
 
 from .cache import cache_root
@@ -109,11 +112,28 @@ def missing_backends(repo: Path, install: ServerInstall) -> list[str]:
     available = install.available_backends()
     missing = []
     for config in sorted(Path(repo).glob("*/config.pbtxt")):
-        for field, value in _BACKEND_LINE.findall(config.read_text(errors="replace")):
+        for field, value in _BACKEND_LINE.findall(read_config(config)):
             backend = _PLATFORM_BACKENDS.get(value, value) if field == "platform" else value
             if backend is not None and backend not in available:
                 missing.append(f"{config.parent.name} ({backend})")
     return missing
+
+
+MAX_CONFIG_BYTES = 4 << 20  # a model's config.pbtxt; ours are a few KB
+
+
+def read_config(config: Path) -> str:
+    """The text of a repository's ``config.pbtxt``: a regular file (a FIFO would block serve
+    forever, a link to a device would never end) of at most :data:`MAX_CONFIG_BYTES`."""
+    regular_file(config, "Triton model config")
+    try:
+        with open(config, "rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
+    except OSError as error:
+        raise CipsError(f"Cannot read the Triton model config {config}: {error.strerror or error}.") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise CipsError(f"The Triton model config {config} is more than {MAX_CONFIG_BYTES:,} bytes, so it is no model config.")
+    return data.decode("utf-8", errors="replace")
 
 
 def check_port(port: int, what: str) -> None:
@@ -195,6 +215,8 @@ class LocalServer:
         self._ready_at = 0  # bytes of the log written before the server was ready
         self._command: list[str] = []
         self._env: dict[str, str] = {}
+        self._guard = None  # the HTTP proxy on http_port (http_guard.GuardedHttp)
+        self._inner_http_port: int | None = None  # the server's own HTTP port, behind the proxy
 
     @property
     def http_url(self) -> str | None:
@@ -235,6 +257,15 @@ class LocalServer:
             )
         if self.workspace is None:
             self.workspace = new_workspace()
+        if self.http_port is not None and self._guard is None:
+            from .http_guard import GuardedHttp, free_port
+
+            self._inner_http_port = free_port(HOST)
+            try:
+                self._guard = GuardedHttp(HOST, self.http_port, self._inner_http_port)
+            except OSError as error:
+                raise CipsError(f"Cannot offer HTTP on {HOST}:{self.http_port}: {error.strerror or error}.") from None
+            self._guard.start()
         self._command, self._env = self._prepare(install)
         self._launch()
 
@@ -242,8 +273,8 @@ class LocalServer:
         """Start the server again in the same workspace, after it died (or was stopped with
         :meth:`end`): what it left (stubs, shared memory) goes first, and its ports must be free."""
         self.end()
-        if self.http_port is not None:
-            check_port(self.http_port, "http")
+        if self._inner_http_port is not None:  # the proxy keeps http_port; the server gets its own back
+            check_port(self._inner_http_port, "http")
         check_port(self.grpc_port, "grpc")
         self._launch()
 
@@ -265,10 +296,10 @@ class LocalServer:
             # Named after the workspace, so that stop() can remove the regions of a killed server.
             "--backend-config", f"python,shm-region-prefix-name={self._shm_prefix()}",
         ]
-        if self.http_port is None:
+        if self._inner_http_port is None:
             command += ["--allow-http", "false"]
         else:
-            command += ["--http-address", HOST, "--http-port", str(self.http_port)]
+            command += ["--http-address", HOST, "--http-port", str(self._inner_http_port)]
         return command, env
 
     def _launch(self) -> None:
@@ -286,6 +317,9 @@ class LocalServer:
     def stop(self) -> None:
         """End the server and its stubs (SIGTERM, then SIGKILL after 10 s) and remove the workspace."""
         self.end()
+        if self._guard is not None:
+            self._guard.stop()
+            self._guard = None
         if self.workspace is not None:
             shutil.rmtree(self.workspace, ignore_errors=True)
             self.workspace = None
@@ -361,9 +395,9 @@ class LocalServer:
     def _ready(self) -> bool:
         """Whether every model is ready: asked over HTTP, else over gRPC (without tritonclient,
         the log's line that the gRPC service started, which Triton writes once the models are loaded)."""
-        if self.http_port is not None:
+        if self._inner_http_port is not None:
             try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=1.0) as response:
+                with urllib.request.urlopen(f"http://{HOST}:{self._inner_http_port}/v2/health/ready", timeout=1.0) as response:
                     return response.status == 200
             except (urllib.error.URLError, OSError):
                 return False

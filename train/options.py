@@ -83,6 +83,8 @@ class TrainOptions:
         for name in TEXTS:  # options read from a saved run may hold anything
             if not isinstance(getattr(self, name), str):
                 raise CipsError(f"--{name} must be text, not {getattr(self, name)!r:.40}.")
+        if not self.out.strip():  # Path("") is the current folder: a run would land there unasked
+            raise CipsError(f"--out {self.out!r:.40} names no folder; give the run's folder, e.g. --out runs/first.")
         for name, kind in NUMBERS.items():
             value = getattr(self, name)
             if value is not None or name not in ("resolution", "crop"):

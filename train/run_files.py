@@ -13,7 +13,10 @@ training state back, and that decides what an earlier run's files mean for a new
 - the state is a torch zip checked for its declared size, loaded with ``weights_only``,
   walked with a depth and size cap, and refused if any number in it is NaN or infinite;
 - a new run refuses a folder that holds an earlier run's files unless ``--force``, which
-  removes exactly those files and keeps everything else.
+  removes exactly those files and keeps everything else, and only in a folder a training
+  marked as its own (:data:`RUN_MARKER_TEXT`, through the one output guard of
+  :mod:`cips_deploy.runtime.atomic`): files of those names that the user put in a folder of
+  their own are never removed.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from cips_deploy.contracts.limits import (
 )
 from cips_deploy.errors import CipsError
 from cips_deploy.families.official import check_tensors
+from cips_deploy.runtime.atomic import MARKER, guard_owned, marker_problem, write_marker
 
 STATE_FILE = "training-state.pt"
 GENERATOR_FILE = "generator.safetensors"
@@ -55,6 +59,9 @@ MAX_LOG_BYTES = 1 << 30  # a log line is about 200 bytes: five million steps
 MAX_LOG_LINE = 1 << 16  # our lines are a few hundred bytes; a longer one is not ours
 MAX_STATE_DEPTH = 8  # an optimizer's state is three levels deep
 MAX_STATE_ITEMS = 1 << 22  # containers and values walked in one state
+# The run folder's owner marker (atomic.MARKER): written with the first log line of a run, so
+# that a later --force knows a training wrote the run files it finds there.
+RUN_MARKER_TEXT = "This folder holds a cips-deploy training run; train --force replaces the files a training writes here, and only those.\n"
 
 
 # ------------------------------------------------------------------------------ reading
@@ -219,6 +226,20 @@ def append_log(path: Path, record: dict[str, Any]) -> None:
             log.flush()
         except OSError as error:
             raise _write_error(path, error) from None
+    mark_run_folder(Path(path).parent)
+
+
+def mark_run_folder(out: Path) -> None:
+    """Write the run folder's owner marker unless one is there: a training now wrote files in it.
+
+    A marker that is there but not ours (another text, a link, a folder) is left as it is, so
+    a later ``--force`` still refuses: only the user can say what that folder holds."""
+    if os.path.lexists(out / MARKER):
+        return
+    try:
+        write_marker(out, RUN_MARKER_TEXT)
+    except OSError as error:
+        raise _write_error(out / MARKER, error) from None
 
 
 def _write_error(path: Path, error: OSError) -> CipsError:
@@ -260,7 +281,10 @@ def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
             mode = 0  # a dangling link
         if not stat.S_ISREG(mode):
             raise CipsError(f"{path} is not a regular file, so a training cannot write it; move it away or choose another --out.")
-    if resume or force:
+    if resume:
+        return
+    if force:
+        check_run_owned(out)
         return
     found = earlier_run_files(out)
     if any(path.name == STATE_FILE for path in found):
@@ -273,6 +297,24 @@ def check_run_folder(out: Path, *, resume: bool, force: bool) -> None:
             f"{out} already holds {found[0].relative_to(out)} from an earlier training; pass --force to replace the "
             "files a training writes, or choose another --out."
         )
+
+
+def check_run_owned(out: Path) -> None:
+    """With ``--force``, refuse a folder holding run files that no training marked as its own:
+    the one output guard (:func:`~cips_deploy.runtime.atomic.guard_owned`), whose owner for a
+    run file is the run folder's marker."""
+    if out.is_dir():
+        guard_owned(earlier_run_files(out), overwrite=True, owner=lambda path: _run_owner(out),
+                    advice="move those files away or choose another --out")
+
+
+def _run_owner(out: Path) -> str | None:
+    problem = marker_problem(out, RUN_MARKER_TEXT)
+    if problem is None:
+        return None
+    if "holds no" in problem:
+        return f"{out} holds no {MARKER} marker of a training run"
+    return f"the {MARKER} in {out} is not a training run's marker"
 
 
 def clear_earlier_run(out: Path) -> list[Path]:

@@ -29,6 +29,7 @@ import io
 import os
 import stat
 from pathlib import Path
+from numbers import Real
 from typing import Any
 
 from cips_deploy.errors import CipsError, first_line
@@ -44,7 +45,9 @@ CONFIG_LIMITS = {
     "line_rank": (1, 4096),
     "biline_channels": (1, 65536),
     "num_fp16_res": (0, 64),
+    "c_dim": (0, 65536),  # classes of a conditional model (ImageNet: 1000)
 }
+Z_DIM_LIMIT = 65536  # z_dim (a whole number or None: then z is as wide as w)
 MAX_WIDTH = 65536  # one block's width
 MAX_BLOCKS = 64  # log2 of the largest size, with room for deep custom models
 MAX_PARAMETERS = 2**32  # 16 GiB of float32 weights; paper1024 has about 6e8
@@ -105,8 +108,16 @@ def check_in_memory(height: int, width: int, topology: Any = None) -> None:
     if topology is None:
         check_memory(pixels * (3 + ENCODING_BYTES_PER_PIXEL), f"A {height:,} x {width:,} image", STREAMING)
         return
-    working = int(getattr(topology.item, "working_bytes_per_pixel", DEFAULT_WORKING_BYTES_PER_PIXEL))
+    working = topology.attribute("working_bytes_per_pixel", DEFAULT_WORKING_BYTES_PER_PIXEL, _working_bytes)
     check_memory(pixels * (3 + working), f"A {height:,} x {width:,} {topology.name} render", STREAMING)
+
+
+def _working_bytes(value: Any) -> int:
+    """A topology's ``working_bytes_per_pixel``: a whole number from 0 to 2**20 (anything else is
+    the plugin's mistake, which :meth:`Registered.attribute` names)."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not 0 <= value <= 1 << 20:
+        raise ValueError(f"working_bytes_per_pixel must be a number from 0 to {1 << 20}, not {type(value).__name__}")
+    return int(value)
 
 
 def regular_file(path: str | os.PathLike, what: str = "file") -> Path:
@@ -550,8 +561,12 @@ def check_torch_stream(handle: Any, slack: int = 1 << 20) -> None:
     try:
         if handle.read(4) != b"PK\x03\x04":
             handle.seek(start)
+            starts = []
             for _ in range(LEGACY_TORCH_PICKLES):
+                starts.append(handle.tell())
                 check_pickle(handle, persistent_ids=True)
+            data_start = handle.tell()  # the raw storages follow the five pickles
+            _check_legacy_storages(handle, starts[3], handle.seek(0, os.SEEK_END) - data_start)
             return
         handle.seek(start)
         try:
@@ -565,6 +580,83 @@ def check_torch_stream(handle: Any, slack: int = 1 << 20) -> None:
             raise PickleRefused(f"is not a readable zip ({first_line(error) or type(error).__name__})", corrupt=True) from None
     finally:
         handle.seek(start)
+
+
+# Bytes per element of the legacy storage classes a persistent id names; any other (UntypedStorage
+# among them) counts one byte per element, the smallest, so that the check never refuses real data.
+_STORAGE_ELEMENT_BYTES = {
+    "DoubleStorage": 8, "FloatStorage": 4, "HalfStorage": 2, "BFloat16Storage": 2, "LongStorage": 8, "IntStorage": 4,
+    "ShortStorage": 2, "CharStorage": 1, "ByteStorage": 1, "BoolStorage": 1, "ComplexFloatStorage": 8,
+    "ComplexDoubleStorage": 16,
+}
+
+
+def _check_legacy_storages(handle: Any, object_start: int, remaining: int) -> None:
+    """The storages a legacy stream's object pickle (at ``object_start``) claims fit in the
+    ``remaining`` bytes after its pickles, where each is stored as an 8-byte count and its data.
+
+    ``torch.load`` allocates every storage from the element count in its persistent id before it
+    reads a byte of it: a few bytes claiming 2**40 elements would reserve terabytes first. The
+    pickle is replayed with every global and persistent reference replaced by an inert stub
+    (nothing is imported or called), after :func:`check_pickle` has bounded its structure.
+    """
+    import pickle
+
+    claimed: dict[str, int] = {}
+
+    class Stubs(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            return type(str(name)[:64], (_Stub,), {})
+
+        def persistent_load(self, pid: Any) -> Any:
+            if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+                storage_type, key, numel = pid[1], pid[2], pid[4]
+                if isinstance(numel, bool) or not isinstance(numel, int) or numel < 0:
+                    raise PickleRefused("claims a tensor storage whose size is not a whole number", corrupt=True)
+                size = numel * _STORAGE_ELEMENT_BYTES.get(getattr(storage_type, "__name__", ""), 1)
+                claimed[str(key)] = max(claimed.get(str(key), 0), size)
+            return _Stub()
+
+    handle.seek(object_start)
+    try:
+        Stubs(handle).load()
+    except PickleRefused:
+        raise
+    except Exception as error:  # noqa: BLE001 - stubs accept anything; what fails is damage
+        raise PickleRefused(f"has a damaged pickle ({type(error).__name__})", corrupt=True) from None
+    needed = sum(8 + size for size in claimed.values())
+    if needed > remaining:
+        raise PickleRefused(f"claims {_bytes(needed)} of tensor storage but holds {_bytes(remaining)} of data", corrupt=True)
+
+
+def _bytes(count: int) -> str:
+    return f"{count:,} bytes" if count < 2**20 else _gib(count)
+
+
+class _Stub:
+    """What a global or a persistent reference becomes while a legacy stream's sizes are read:
+    accepts any construction and any state, and does nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_Stub":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def add(self, item: Any) -> None:
+        pass
 
 
 def _check_declared(declared: int, size: int, slack: int) -> None:

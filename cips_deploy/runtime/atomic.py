@@ -20,10 +20,12 @@ It is also the one output guard (docs/security.md, "Outputs"):
 - :func:`check_destination` and :func:`guard_outputs` refuse, before any work, a name the
   file system cannot hold (over NAME_MAX or PATH_MAX), a folder that is missing or is a
   file, and anything that exists unless ``overwrite`` (``--force``);
-- with ``overwrite`` the path the user named is replaced; the companions of a multi-file
-  output (a Deep Zoom pyramid's ``NAME_files/`` and ``NAME.html``) are replaced only when
-  cips-deploy wrote them: a folder holds :data:`MARKER` and nothing a link could redirect,
-  a file carries :data:`SIGNATURE` in its first bytes (:func:`ownership_problem`);
+- with ``overwrite`` the path the user named is replaced; everything else an output occupies
+  (:func:`guard_owned`: a Deep Zoom pyramid's ``NAME_files/`` and ``NAME.html``, a Triton
+  model folder, a training run's files) is replaced only when cips-deploy wrote it: a folder
+  holds :data:`MARKER` with its kind's text (:func:`marker_problem`; never a link) and nothing
+  a link could redirect, a file carries :data:`SIGNATURE` in its first bytes
+  (:func:`ownership_problem`), a run file sits in a folder marked as a training's;
 - without ``overwrite`` the final move never replaces anything (:func:`publish`, and
   :func:`atomic_path` through ``os.link``), so of two commands writing one new output at
   once, one succeeds and the other ends in a sentence (:class:`Clobbered`);
@@ -175,14 +177,28 @@ def guard_outputs(
     companions = [Path(path) for path in companions if Path(path) != named]
     check_names(named, *companions, *extra_names)
     check_destination(named, overwrite=overwrite, probe=probe)
-    for path in companions:
+    guard_owned(companions, overwrite=overwrite, owner=owner, belongs=named)
+
+
+def guard_owned(
+    paths: Iterable[Path], *, overwrite: bool, owner: Owner | None = None, belongs: Path | None = None,
+    advice: str = "move it away or choose another output name",
+) -> None:
+    """Refuse, before any work, to replace any of ``paths`` that exists, unless ``overwrite``;
+    with ``overwrite`` one is replaced only if ``owner`` (default :func:`ownership_problem`)
+    says cips-deploy wrote it. The rule for every output that is not the one path the user
+    named: a multi-file output's companions (``belongs``: the output they belong to), a
+    Triton model folder, the files of a training run. ``advice`` ends a refusal with --force."""
+    for path in paths:
+        path = Path(path)
         if _lstat(path) is None:
             continue
         if not overwrite:
-            raise OutputConflict(f"{shown(path)} already exists (it belongs to the output {shown(named)}); pass --force to replace it.")
+            part = f" (it belongs to the output {shown(belongs)})" if belongs is not None else ""
+            raise OutputConflict(f"{shown(path)} already exists{part}; pass --force to replace it.")
         problem = (owner or ownership_problem)(path)
         if problem is not None:
-            raise OutputConflict(f"{shown(path)} was not written by cips-deploy ({problem}), so --force does not replace it; move it away or choose another output name.")
+            raise OutputConflict(f"{shown(path)} was not written by cips-deploy ({problem}), so --force does not replace it; {advice}.")
 
 
 def ownership_problem(path: Path, pattern: re.Pattern | None = None) -> str | None:
@@ -205,17 +221,29 @@ def ownership_problem(path: Path, pattern: re.Pattern | None = None) -> str | No
             return "it cannot be read"
     if not stat.S_ISDIR(found.st_mode):
         return "it is not a regular file or folder"
-    try:
-        if read_small_file(path / MARKER, len(MARKER_TEXT) * 4, "marker").decode("utf-8", "replace") != MARKER_TEXT:
-            return f"its {MARKER} is not cips-deploy's"
-    except CipsError:
-        return f"it holds no {MARKER} file"
+    problem = marker_problem(path)
+    if problem is not None:
+        return problem
     for entry, kind in walk_plain(path):
         relative = entry.relative_to(path).as_posix()
         if kind == "other":
             return f"{relative} in it is a link or a special file"
         if relative != MARKER and pattern is not None and not pattern.fullmatch(relative):
             return f"it holds {relative}"
+    return None
+
+
+def marker_problem(folder: Path, text: str = MARKER_TEXT) -> str | None:
+    """None when ``folder`` holds :data:`MARKER` with ``text``, else what is wrong (a phrase).
+
+    The marker must be a regular file, never a link (a link to a real marker elsewhere proves
+    nothing about this folder), and hold exactly ``text``: each kind of output has its own, so
+    that one kind's marker never vouches for another."""
+    try:
+        if read_small_file(Path(folder) / MARKER, len(text.encode("utf-8")) * 4, "marker").decode("utf-8", "replace") != text:
+            return f"its {MARKER} is not cips-deploy's"
+    except CipsError:
+        return f"it holds no {MARKER} file"
     return None
 
 
@@ -254,9 +282,9 @@ def check_plain_tree(folder: Path, advice: str) -> None:
             raise CipsError(f"{shown(folder)} holds {what}, {shown(path.relative_to(folder))}, which cips-deploy never makes; {advice}")
 
 
-def write_marker(folder: Path) -> None:
-    """Mark ``folder`` as written by cips-deploy (:func:`ownership_problem`)."""
-    write_new_file(Path(folder) / MARKER, MARKER_TEXT.encode("utf-8"))
+def write_marker(folder: Path, text: str = MARKER_TEXT) -> None:
+    """Mark ``folder`` as written by cips-deploy (:func:`ownership_problem`, :func:`marker_problem`)."""
+    write_new_file(Path(folder) / MARKER, text.encode("utf-8"))
 
 
 def write_new_file(path: Path, data: bytes) -> None:

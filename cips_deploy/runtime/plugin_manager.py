@@ -35,7 +35,7 @@ from cips_deploy.contracts.config import COORDINATE_SPACES
 from cips_deploy.contracts.families import Family
 from cips_deploy.errors import CipsError, did_you_mean
 from cips_deploy.contracts.topology import Parameter, Topology
-from cips_deploy.runtime.plugin_calls import UserInterrupt, error_text, plugin_code, reraise_user_interrupt, shown  # noqa: F401  (UserInterrupt: its old home)
+from cips_deploy.runtime.plugin_calls import UserInterrupt, call, error_text, plugin_code, reraise_user_interrupt, shown  # noqa: F401  (UserInterrupt: its old home)
 
 ENTRY_POINT_GROUP = "cips_deploy"
 BUILTIN_PLUGINS = (
@@ -103,6 +103,16 @@ class Registered:
     def label(self) -> str:
         """``Topology 'flat' (plugin 'cips_deploy.plugins.flat')``: how errors name it."""
         return f"{self.kind.capitalize()} {self.name!r} (plugin {self.plugin!r})"
+
+    def attribute(self, name: str, default: Any = None, convert: Callable[[Any], Any] | None = None) -> Any:
+        """The item's attribute ``name`` (``default`` if it has none), passed through ``convert``:
+        reading a plugin's attribute runs its code (a property), so a failure, whatever its
+        ``str()`` does, is reported by the name the item was registered under (:func:`~cips_deploy.runtime.plugin_calls.call`)."""
+        def read() -> Any:
+            value = getattr(self.item, name, default)
+            return convert(value) if convert is not None else value
+
+        return call(self, f"reading {name}", read)
 
 
 class Registry:
@@ -189,7 +199,24 @@ def load_registry(*, entry_points: bool = True, extra_plugins: Iterable[tuple[st
     for hook_name in REGISTER_HOOKS:
         _collect(registry, hook_name)
     families.install(_families_by_arch(registry))
+    families.importer = lambda family, load: _import_family(registry, family, load)
     return registry
+
+
+def _import_family(registry: Registry, family: Family, load: Callable[[], Any]) -> Any:
+    """``load()``, the first import of a registered family's module: a third-party plugin's code,
+    so its stdout is kept off ours (``--json``) and any failure, ``SystemExit`` included, is one
+    sentence naming the family and its plugin. The built-in families' imports pass as they are
+    (a missing build extra is named by the command line, with the pip command)."""
+    entry = next((each for each in registry.families.values() if each.item is family), None)
+    if entry is None or (entry.plugin in registry.plugins and registry.plugins[entry.plugin].builtin):
+        return load()
+    try:
+        with plugin_code(entry.plugin, f"while importing family {entry.name!r}'s generator"):
+            return call(entry, "importing its generator", load)
+    except KeyboardInterrupt as error:  # the plugin's own; the user's Ctrl-C (UserInterrupt) passes
+        reraise_user_interrupt(error)
+        raise CipsError(f"{entry.label} failed in importing its generator ({error_text(error)}).") from None
 
 
 _default_registry: Registry | None = None

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
+import stat
 import signal
 import threading
 from pathlib import Path
 
 import click
 
+from cips_deploy.contracts.command_options import whole
 from cips_deploy.errors import CipsError
 
 TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript", ".json": "application/json",
@@ -59,6 +62,16 @@ class SiteHandler(http.server.SimpleHTTPRequestHandler):
             if real is None or not real.is_relative_to(root):  # nothing outside the site, links included
                 self.send_error(404, "Not found")
                 return None
+        # Only regular files are served: opening a FIFO put in the site would block this
+        # request's thread forever (and a device could be endless).
+        served = target / "index.html" if target.is_dir() else target
+        try:
+            regular = stat.S_ISREG(os.stat(served).st_mode)
+        except OSError:
+            regular = not target.is_dir()  # a missing file: the base class answers 404 itself
+        if not regular:
+            self.send_error(404, "Not found")
+            return None
         return super().send_head()
 
     def list_directory(self, path):  # never list a folder
@@ -88,7 +101,7 @@ def make_server(site: Path, host: str = "127.0.0.1", port: int = 0, *, quiet: bo
 
 @click.command("serve-web")
 @click.argument("site", type=click.Path(path_type=Path))
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port; 0 picks a free one.")
+@click.option("--port", type=whole(0, 65535), default=8000, show_default=True, help="Port; 0 picks a free one.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; the default reaches this machine only.")
 @click.option("--verbose", is_flag=True, help="Log each request on stderr.")

@@ -16,6 +16,7 @@ from PIL import Image
 
 import cips_deploy
 from cips_deploy.train import TrainOptions, train
+from cips_deploy.runtime.atomic import MARKER as OUTPUT_MARKER
 from cips_deploy.train.loop import LOCK_FILE, STATE_FILE, lock_run, run_summary
 
 from ..helpers.attack_tools import files_under, refused
@@ -97,7 +98,7 @@ def test_a_full_disk_during_a_training_checkpoint_is_one_sentence(images, tmp_pa
     monkeypatch.setattr(torch, "save", save_fails)
     _disk_full(monkeypatch)
     line = refused(["train", str(images), "--out", "run", "--steps", "2", *TRAIN], "the disk is full", cwd=tmp_path,
-                   expect_written={"run", "run/log.jsonl", f"run/{LOCK_FILE}"}, progress=True)
+                   expect_written={"run", "run/log.jsonl", f"run/{LOCK_FILE}", f"run/{OUTPUT_MARKER}"}, progress=True)
     assert STATE_FILE in line
     assert not [name for name in files_under(tmp_path) if name.endswith(".partial")]
 

@@ -25,7 +25,8 @@ from cips_deploy.train import TrainOptions, train
 from cips_deploy.train import loop
 from cips_deploy.train.data import load_images
 from cips_deploy.train.loop import STATE_FILE, run_summary
-from cips_deploy.train.run_files import iter_log
+from cips_deploy.runtime.atomic import write_marker
+from cips_deploy.train.run_files import RUN_MARKER_TEXT, iter_log
 
 from ..helpers.attack_tools import files_under, invoke, refused, run_cli
 
@@ -78,6 +79,7 @@ def test_a_new_run_never_overwrites_an_earlier_runs_files(images, tmp_path, name
 def test_force_replaces_only_what_a_training_wrote(images, tmp_path):
     run = tmp_path / "run"
     (run / "samples").mkdir(parents=True)
+    write_marker(run, RUN_MARKER_TEXT)  # what the earlier training wrote with its first log line
     (run / "generator.safetensors").write_bytes(b"old generator")
     (run / "log.jsonl").write_text('{"step": 99, "d_loss": 1.0}\n')
     (run / "samples" / "step-0000099.png").write_bytes(b"old sample")

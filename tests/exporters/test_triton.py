@@ -76,7 +76,7 @@ def test_onnx_repository_layout_and_config(pb2, repository):
     steps = ensemble.ensemble_scheduling.step
     assert [step.model_name for step in steps] == ["panorama_mapping", "panorama"]
     assert steps[0].output_map["w"] == steps[1].input_map["w"]  # the mapping's w feeds synthesis
-    assert sorted(p.name for p in (repo / "panorama_ensemble").iterdir()) == ["1", "config.pbtxt"]
+    assert sorted(p.name for p in (repo / "panorama_ensemble").iterdir()) == [".cips-deploy-output", "1", "config.pbtxt"]  # and the owner marker
 
 
 def test_python_backend_repository(pb2, tmp_path):
