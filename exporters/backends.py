@@ -112,6 +112,7 @@ class OnnxRuntimeBackend(Backend):
         Parameter("providers", str, None, "execution providers, best first: auto, or a comma-separated list of tensorrt, cuda, cpu"),
         Parameter("engine", str, None, "an exported .onnx engine of the model to run instead of exporting it"),
         Parameter("opset", int, DEFAULT_OPSET, "ONNX opset of engines exported on the fly", minimum=min(SUPPORTED_OPSETS), maximum=max(SUPPORTED_OPSETS)),
+        Parameter("threads", int, 0, "intra-op threads of the CPU sessions; 0: onnxruntime's choice", minimum=0),
     )
 
     def __init__(
@@ -122,9 +123,11 @@ class OnnxRuntimeBackend(Backend):
         providers: str | None = None,
         engine: str | Path | None = None,
         opset: int = DEFAULT_OPSET,
+        threads: int = 0,
         **options: Any,
     ) -> None:
         _reject_unknown(self.name, options)
+        self._threads = int(threads)  # before any session opens
         choose_providers(providers)  # an impossible provider fails now, before any export
         kind, index = _device_index(device)
         self._device_id = index if kind == "cuda" else 0
@@ -147,9 +150,10 @@ class OnnxRuntimeBackend(Backend):
         self.config = opened.metadata.config
         self._grid = self._grid_renderer(opened, verify="required" if engine is not None else "if-recorded")
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, Z] float32 -> w [B, S] float32, truncated towards the engine's w_avg."""
-        return next(iter(self._engines.values())).map(host_float32(z), truncation)
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] float32 (and c [B, C] for a class-conditional model) -> w [B, S] float32,
+        truncated towards the engine's w_avg."""
+        return next(iter(self._engines.values())).map(host_float32(z), truncation, None if c is None else host_float32(c))
 
     def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3] (host float32), chunk-invariant.
@@ -161,12 +165,32 @@ class OnnxRuntimeBackend(Backend):
         n_points = coords.shape[1]
         coords = pad_rows(host_float32(coords), PAD_POINTS)
         w = host_float32(w)
+        layered = self._layered()
+        if layered is not None and w.ndim == 2:  # an engine for per-layer styles: one style is L equal ones
+            return layered.synthesize(coords, np.repeat(w[:, None], layered.spec.inputs[1].shape[1], axis=1))[:, :n_points]
         if w.ndim == 3:
             w = pad_rows(w, PAD_POINTS)
         elif self._grid is not None and same_points(coords):
             # Line-factored model: lines once per image, composition per chunk (the torch fast path's scheme).
             return self._grid.synthesize(coords, w)[:, :n_points]
         return self._engine(spatial=w.ndim == 3).synthesize(coords, w)[:, :n_points]
+
+    def run_layers(self, coords: np.ndarray, ws: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], per-layer styles ws [B, L, S] -> rgb [B, N, 3], through an engine
+        exported with ``--layer-styles`` (padded as :meth:`run` pads); other engines refuse."""
+        layered = self._layered()
+        if layered is None:
+            return super().run_layers(coords, ws)
+        n_points = coords.shape[1]
+        return layered.synthesize(pad_rows(host_float32(coords), PAD_POINTS), host_float32(ws))[:, :n_points]
+
+    def takes_layer_styles(self) -> bool:
+        return self._layered() is not None
+
+    def _layered(self) -> OnnxEngine | None:
+        """The opened engine when it takes per-layer styles (``export --layer-styles``), else None."""
+        engine = next(iter(self._engines.values()), None)
+        return engine if engine is not None and engine.metadata.layer_styles else None
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         """With grid engines a chunk composes from cached lines: a point costs the composition."""
@@ -224,7 +248,7 @@ class OnnxRuntimeBackend(Backend):
 
     def _open(self, path: Path, verify: str = "if-recorded") -> OnnxEngine:
         # Cache entries were verified (or rebuilt) by the cache just now.
-        return OnnxEngine(path, providers=self._providers, device_id=self._device_id, verify=verify)
+        return OnnxEngine(path, providers=self._providers, device_id=self._device_id, verify=verify, threads=self._threads)
 
 
 class TensorRTBackend(Backend):
@@ -265,9 +289,10 @@ class TensorRTBackend(Backend):
             self._grid = GridRenderer(grid, self.config, max_bytes=int(LINE_CACHE_MB["cuda"] * 2**20),
                                       pad=PAD_POINTS, point_batch=point_batch)
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, Z] float32 -> w [B, S] float32 (the mapping engine runs on the host)."""
-        return self._engine.map(self._torch.from_numpy(host_float32(z)), truncation).numpy()
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] float32 (and c [B, C] for a class-conditional model) -> w [B, S] float32
+        (the mapping engine runs on the host)."""
+        return self._engine.map(self._torch.from_numpy(host_float32(z)), truncation, c).numpy()
 
     def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2], w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""

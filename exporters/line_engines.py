@@ -118,11 +118,19 @@ def grid_cases(generator: Generator, seed: int = 2) -> list[tuple[str, Tensor, T
     ]
     cases = []
     for name, v, u in blocks:
-        z = torch.randn(v.shape[0], generator.config.style_dim, generator=rng)
+        z = torch.randn(v.shape[0], generator.config.latent_dim, generator=rng)
+        c = random_labels(generator.config.c_dim, (v.shape[0],), rng)  # a conditional model's classes
         with torch.no_grad():
-            w = generator.map(z.to(generator.device), truncation=0.7).cpu()
+            w = generator.map(z.to(generator.device), truncation=0.7, c=None if c is None else c.to(generator.device)).cpu()
         cases.append((name, v, u, w))
     return cases
+
+
+def random_labels(classes: int, batch: tuple[int, ...], rng: torch.Generator) -> Tensor | None:
+    """One-hot labels float32 ``batch + [C]`` of random classes; None for an unconditional model (C = 0)."""
+    if not classes:
+        return None
+    return torch.nn.functional.one_hot(torch.randint(classes, batch, generator=rng), classes).float()
 
 
 def block_coords(v: Tensor, u: Tensor) -> Tensor:

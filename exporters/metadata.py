@@ -9,7 +9,10 @@ a sidecar JSON beside the plan. The keys (all prefixed ``cips_deploy.``):
 ``role``                    ``synthesis`` or ``mapping``
 ``config``                  the :class:`~cips_deploy.contracts.config.GeneratorConfig` as JSON
 ``coordinate_space``        ``plane`` or ``cylinder``
-``style_dim``               S, the width of z and w
+``style_dim``               S, the width of w
+``z_dim``                   Z, the width of z (the mapping engine's input; official z_dim)
+``c_dim``                   C, the classes of a class-conditional model (0: unconditional); its
+                            mapping engine takes ``c [B, C]`` too
 ``spatial_style``           ``true`` when ``w`` is ``[B, N, S]``
 ``w_avg``                   the centre of truncation, a JSON list of S floats (exact float32)
 ``io``                      the engine's inputs and outputs (:mod:`.spec`) as JSON
@@ -92,8 +95,23 @@ class EngineMetadata:
         return self.config.coordinate_space
 
     @property
+    def layer_styles(self) -> bool:
+        """Whether the synthesis engine takes per-layer styles ``w [B, L, S]`` (export --layer-styles; its ``io`` says)."""
+        return bool(self.io.get("layer_styles", False)) if isinstance(self.io, dict) else False
+
+    @property
     def style_dim(self) -> int:
         return self.config.style_dim
+
+    @property
+    def z_dim(self) -> int:
+        """Z, the width of the latent z (the config's ``latent_dim``)."""
+        return self.config.latent_dim
+
+    @property
+    def c_dim(self) -> int:
+        """C, the classes of a class-conditional model; 0 for an unconditional one."""
+        return self.config.c_dim
 
     def w_avg_array(self) -> np.ndarray:
         """w_avg as float32 [S] (exact: the JSON holds float32 values)."""
@@ -121,6 +139,8 @@ class EngineMetadata:
             "config": json.dumps(self.config.to_dict()),
             "coordinate_space": self.config.coordinate_space,
             "style_dim": str(self.config.style_dim),
+            "z_dim": str(self.config.latent_dim),  # informative: the config above is what readers use
+            "c_dim": str(self.config.c_dim),
             "spatial_style": "true" if self.spatial_style else "false",
             # float32 -> Python float is exact and repr round-trips, so w_avg survives JSON bit for bit.
             "w_avg": json.dumps(list(self.w_avg)),
@@ -200,7 +220,8 @@ class EngineMetadata:
 
     def _describe(self) -> str:
         c = self.config
-        return f"{c.arch}, size {c.size}, {c.coordinate_space}, style width {c.style_dim}"
+        classes = f", {c.c_dim} classes" if c.c_dim else ""
+        return f"{c.arch}, size {c.size}, {c.coordinate_space}, style width {c.style_dim}{classes}"
 
 
 def build_metadata(

@@ -63,25 +63,29 @@ class OnnxExport:
 
 
 class _Synthesis(nn.Module):
-    """The traced function: coords [B, N, 2], w -> rgb [B, N, 3]."""
+    """The traced function: coords [B, N, 2], w -> rgb [B, N, 3] (``layered``: w is per-layer styles [B, L, S])."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, layered: bool = False) -> None:
         super().__init__()
         self.generator = generator
+        self.layered = layered
 
     def forward(self, coords: Tensor, w: Tensor) -> Tensor:
+        if self.layered:
+            return self.generator.synthesize_layers(coords, w)
         return self.generator.synthesize(coords, w)
 
 
 class _Mapping(nn.Module):
-    """The traced function: z [B, S] -> w [B, S] (truncation stays on the host)."""
+    """The traced function: z [B, Z] (, c [B, C] for a class-conditional model) -> w [B, S]
+    (truncation stays on the host)."""
 
     def __init__(self, generator: Generator) -> None:
         super().__init__()
         self.mapping = generator.mapping
 
-    def forward(self, z: Tensor) -> Tensor:
-        return self.mapping(z)
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        return self.mapping(z) if c is None else self.mapping(z, c)
 
 
 def check_opset(opset: int) -> None:
@@ -116,6 +120,7 @@ def export_onnx(
     *,
     opset: int = DEFAULT_OPSET,
     spatial_style: bool = False,
+    layer_styles: bool = False,
     mapping: bool = True,
     source_file: str = "",
     source_sha256: str = "",
@@ -141,11 +146,12 @@ def export_onnx(
         destinations.append(mapping_file)
     generator = generator.eval()
     digest = weights_sha256(generator)
-    specs = [(path, synthesis_spec(generator.config, spatial_style), _Synthesis(generator))]
+    # layer_styles: the synthesis engine takes ws [B, L, S] (style mixing); no grid engines then.
+    specs = [(path, synthesis_spec(generator.config, spatial_style, layer_styles), _Synthesis(generator, layer_styles))]
     if mapping_file is not None:
         specs.append((mapping_file, mapping_spec(generator.config), _Mapping(generator)))
     grid: dict[str, Path] = {}
-    if has_grid_engines(generator, spatial_style):  # the family says it has lines: grid engines too
+    if has_grid_engines(generator, spatial_style) and not layer_styles:  # the family says it has lines: grid engines too
         modules, grid_spec = grid_modules(generator), grid_specs(generator)
         for role in GRID_ROLES:
             grid[role] = line_engine_path(path, role)

@@ -24,7 +24,7 @@ from . import integrity
 from .engine_files import mapping_path_for
 from .host_arrays import host_float32, is_torch_cuda
 from .metadata import EngineMetadata, read_onnx_metadata
-from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
+from .spec import MAPPING, SYNTHESIS, mapping_feeds, mapping_spec, synthesis_spec
 
 if TYPE_CHECKING:
     from cips_deploy.families.generator import Generator
@@ -94,8 +94,9 @@ class OnnxEngine:
         generator: "Generator | None" = None,
         checkpoint_sha256: str | None = None,
         verify: str = "if-recorded",
+        threads: int = 0,
     ) -> None:
-        """``verify``: ``required`` (the content hash must be there and match: engines that
+        """``threads``: onnxruntime's intra-op threads (0: its own choice). ``verify``: ``required`` (the content hash must be there and match: engines that
         stand in for a checkpoint), ``if-recorded`` (engines given as they are) or ``no``
         (an export validating what it has just written)."""
         import onnxruntime as ort
@@ -108,13 +109,14 @@ class OnnxEngine:
         if generator is not None or checkpoint_sha256 is not None:
             self.metadata.check_matches(source=str(self.path), generator=generator, checkpoint_sha256=checkpoint_sha256)
         chosen = choose_providers(providers)
-        options = session_options()
+        self.threads = int(threads)
+        options = session_options(self.threads)
         pairs = _provider_options(chosen, device_id)
         self.session = ort.InferenceSession(
             str(self.path), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]
         )
         self.providers = self.session.get_providers()
-        self.spec = synthesis_spec(self.metadata.config, self.metadata.spatial_style)
+        self.spec = synthesis_spec(self.metadata.config, self.metadata.spatial_style, self.metadata.layer_styles)
         _check_session_names(self.session, self.spec.input_names, self.spec.output_names, self.path)
         self.device_id = device_id
         mapping_file = mapping_path_for(self.path)
@@ -141,12 +143,13 @@ class OnnxEngine:
     def on_gpu(self) -> bool:
         return self.providers[0] in GPU_PROVIDERS
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, S] float32 -> w [B, S] float32 through the mapping engine, truncated towards w_avg in W."""
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] float32 (and c [B, C], a class-conditional model's one-hot labels) -> w [B, S]
+        float32 through the mapping engine, truncated towards w_avg in W."""
         if self.mapping_session is None:
             raise CipsError(f"{self.path} has no mapping engine beside it ({mapping_path_for(self.path).name}).")
-        z = host_float32(z)
-        (w,) = self.mapping_session.run(self.mapping_spec.output_names, {self.mapping_spec.input_names[0]: z})
+        feeds = mapping_feeds(self.metadata.config, host_float32(z), None if c is None else host_float32(c), source=self.path.name)
+        (w,) = self.mapping_session.run(self.mapping_spec.output_names, feeds)
         return self.metadata.truncate(w, truncation)
 
     def synthesize(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -184,8 +187,11 @@ class OnnxEngine:
         if len(coords.shape) != 3 or coords.shape[-1] != 2:
             raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
         expected = [coords.shape[0], coords.shape[1], style] if self.spatial_style else [coords.shape[0], style]
+        if self.metadata.layer_styles:
+            expected = [coords.shape[0], self.spec.inputs[1].shape[1], style]
         if list(w.shape) != expected:
             kind = "per-point styles [B, N, S]" if self.spatial_style else "one style per sample [B, S]"
+            kind = "per-layer styles [B, L, S]" if self.metadata.layer_styles else kind
             raise CipsError(f"{self.path.name} takes {kind}: w must have shape {expected}, not {list(w.shape)}.")
 
 
@@ -199,10 +205,13 @@ def _check_session_names(session, inputs: list[str], outputs: list[str], path: P
         )
 
 
-def session_options():
-    """onnxruntime session options of every engine session: warnings and errors only."""
+def session_options(threads: int = 0):
+    """onnxruntime session options of every engine session: warnings and errors only, and
+    ``threads`` intra-op threads when given (bench runs a case on the thread count of the peak beside it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
     return options

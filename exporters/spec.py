@@ -5,11 +5,16 @@ and dynamic axes from here, so they cannot disagree. The synthesis engine's I/O 
 docs/architecture.md, section 2.3:
 
 - ``coords`` float32 ``[B, N, 2]`` (u, v); B and N dynamic;
-- ``w`` float32 ``[B, S]``, or ``[B, N, S]`` for an engine exported with spatial styles;
+- ``w`` float32 ``[B, S]``, or ``[B, N, S]`` for an engine exported with spatial styles, or
+  ``[B, L, S]`` (one style per style input, ``L = config.family.style_layers(config)``) for an
+  engine exported with ``--layer-styles`` (style mixing, per-layer projections);
 - ``rgb`` float32 ``[B, N, 3]``, the raw generator output (about [-1, 1]).
 
-The mapping engine takes ``z [B, S]`` and returns ``w [B, S]`` (no truncation: that is
-``w_avg + psi * (w - w_avg)`` on the host, with ``w_avg`` from the engine's metadata).
+The mapping engine takes ``z [B, Z]`` (Z = ``config.latent_dim``, the official z_dim) and, for
+a class-conditional model (``config.c_dim > 0``), a second input ``c [B, C]`` (one-hot labels),
+and returns ``w [B, S]`` (no truncation: that is ``w_avg + psi * (w - w_avg)`` on the host,
+with ``w_avg`` from the engine's metadata; the official code truncates conditional models
+towards the same single average).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cips_deploy.contracts.config import GeneratorConfig
+from cips_deploy.errors import CipsError
 
 # Opsets the exporter writes (docs/export.md, "Opset"). 13 is the first in which every op of
 # the graph has its current form (ReduceSum and Unsqueeze take axes as inputs); 20 is the
@@ -70,6 +76,7 @@ class EngineSpec:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     spatial_style: bool = False
+    layer_styles: bool = False  # w is per-layer styles [B, L, S] (export --layer-styles)
 
     @property
     def input_names(self) -> list[str]:
@@ -94,31 +101,59 @@ class EngineSpec:
         return {
             "role": self.role,
             "spatial_style": self.spatial_style,
+            **({"layer_styles": True} if self.layer_styles else {}),  # engines without it read as before
             "inputs": [spec.to_dict() for spec in self.inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
         }
 
 
-def synthesis_spec(config: GeneratorConfig, spatial_style: bool = False) -> EngineSpec:
-    """coords [B, N, 2], w [B, S] (or [B, N, S]) -> rgb [B, N, 3]."""
+def synthesis_spec(config: GeneratorConfig, spatial_style: bool = False, layer_styles: bool = False) -> EngineSpec:
+    """coords [B, N, 2], w [B, S] (or [B, N, S]; or per-layer [B, L, S]) -> rgb [B, N, 3]."""
     style = config.style_dim
+    if spatial_style and layer_styles:
+        raise CipsError("An engine takes one style per point or one per layer, not both (--spatial-style or --layer-styles).")
     w_shape: tuple[int | str, ...] = (BATCH, POINTS, style) if spatial_style else (BATCH, style)
+    if layer_styles:
+        w_shape = (BATCH, config.family.style_layers(config), style)
     return EngineSpec(
         role=SYNTHESIS,
         inputs=(TensorSpec("coords", (BATCH, POINTS, 2)), TensorSpec("w", w_shape)),
         outputs=(TensorSpec("rgb", (BATCH, POINTS, 3)),),
         spatial_style=spatial_style,
+        layer_styles=layer_styles,
     )
 
 
 def mapping_spec(config: GeneratorConfig) -> EngineSpec:
-    """z [B, S] -> w [B, S]."""
-    style = config.style_dim
-    return EngineSpec(
-        role=MAPPING,
-        inputs=(TensorSpec("z", (BATCH, style)),),
-        outputs=(TensorSpec("w", (BATCH, style)),),
-    )
+    """z [B, Z] (and c [B, C] for a class-conditional model) -> w [B, S]."""
+    inputs = (TensorSpec("z", (BATCH, config.latent_dim)),)
+    if config.c_dim:
+        inputs += (TensorSpec("c", (BATCH, config.c_dim)),)
+    return EngineSpec(role=MAPPING, inputs=inputs, outputs=(TensorSpec("w", (BATCH, config.style_dim)),))
+
+
+def mapping_feeds(config: GeneratorConfig, z: Any, c: Any = None, *, source: str = "This model") -> dict[str, Any]:
+    """The mapping engine's inputs by name (``mapping_spec`` order): ``{"z": z}`` and, for a
+    class-conditional model, ``"c": c``; host float32 numpy. One sentence for a z of the wrong
+    width, a missing label on a conditional model, a label given to an unconditional one, or a
+    label of the wrong shape. Every engine runtime (onnxruntime, TensorRT's host mapping,
+    OpenVINO, Triton) feeds its mapping through this."""
+    import numpy as np
+
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    if z.ndim != 2 or z.shape[1] != config.latent_dim:
+        raise CipsError(f"{source} maps z of shape [B, {config.latent_dim}], not {list(z.shape)}.")
+    feeds = {"z": z}
+    if config.c_dim:
+        if c is None:
+            raise CipsError(f"{source} is class-conditional ({config.c_dim} classes): give a label c [B, {config.c_dim}].")
+        c = np.ascontiguousarray(c, dtype=np.float32)
+        if c.shape != (z.shape[0], config.c_dim):
+            raise CipsError(f"{source} takes a label c of shape [{z.shape[0]}, {config.c_dim}], not {list(c.shape)}.")
+        feeds["c"] = c
+    elif c is not None:
+        raise CipsError(f"{source} is unconditional: it takes no class label c.")
+    return feeds
 
 
 def lines_spec(config: GeneratorConfig, features: int) -> EngineSpec:

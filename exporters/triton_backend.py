@@ -47,7 +47,7 @@ from cips_deploy.contracts.topology import Parameter
 
 from .host_arrays import PAD_POINTS, host_float32, pad_rows
 from .metadata import EngineMetadata, read_onnx_metadata
-from .spec import MAPPING, SYNTHESIS, mapping_spec, synthesis_spec
+from .spec import MAPPING, SYNTHESIS, mapping_feeds, mapping_spec, synthesis_spec
 from .triton import MAPPING_SUFFIX, model_name
 from .triton_client import Connection, ServerLost, connect
 
@@ -103,13 +103,15 @@ class TritonBackend(Backend):
         self._live = list(self._connections)  # servers still answering; a lost one is dropped
         self._turn = itertools.count()
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, S] -> w [B, S] (host float32) on a server's mapping model, truncated here towards w_avg."""
-        (z_name,), w_names = self._mapping_spec.input_names, self._mapping_spec.output_names  # z -> w
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] (and c [B, C] for a class-conditional model) -> w [B, S] (host float32) on a
+        server's mapping model, truncated here towards w_avg."""
+        feeds = mapping_feeds(self.metadata.config, host_float32(z), None if c is None else host_float32(c), source=self.model)
+        w_names = self._mapping_spec.output_names  # z (, c) -> w
         while True:
             connection = self._live[0]
             try:
-                (w,) = connection.infer(self.model + MAPPING_SUFFIX, {z_name: host_float32(z)}, w_names)
+                (w,) = connection.infer(self.model + MAPPING_SUFFIX, feeds, w_names)
                 break
             except ServerLost as error:
                 self._drop(connection, error)

@@ -19,6 +19,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.families.generator import Generator
 
 from .cases import CaseResult, compare as _compare  # noqa: F401  (CaseResult: imported from here too)
+from .line_engines import random_labels
 from .spec import COMPOSE, LINES, MAPPING, EngineSpec, interface_mismatches
 
 ATOL = 1e-4
@@ -60,8 +61,11 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def synthesis_cases(generator: Generator, spatial_style: bool, seed: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """(name, coords [B, N, 2], w [B, S] or [B, N, S]) for every validation case."""
+def synthesis_cases(
+    generator: Generator, spatial_style: bool, seed: int = 0, *, layer_styles: bool = False
+) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """(name, coords [B, N, 2], w [B, S] or [B, N, S], or per-layer [B, L, S] of L different
+    styles with ``layer_styles``) for every validation case."""
     size = generator.config.size
     rng = torch.Generator().manual_seed(seed)
 
@@ -84,19 +88,30 @@ def synthesis_cases(generator: Generator, spatial_style: bool, seed: int = 0) ->
     result = []
     for name, coords in cases:
         batch, points = coords.shape[:2]
-        z_shape = (batch, points, generator.config.style_dim) if spatial_style else (batch, generator.config.style_dim)
+        z_shape = (batch, points, generator.config.latent_dim) if spatial_style else (batch, generator.config.latent_dim)
+        if layer_styles:  # a different style for every style input
+            z_shape = (batch, generator.config.family.style_layers(generator.config), generator.config.latent_dim)
         z = torch.randn(z_shape, generator=rng)
+        c = random_labels(generator.config.c_dim, z_shape[:-1], rng)
         with torch.no_grad():
-            w = generator.map(z.to(generator.device), truncation=0.7).cpu()
+            w = generator.map(z.to(generator.device), truncation=0.7, c=None if c is None else c.to(generator.device)).cpu()
         result.append((name, coords, w))
     return result
 
 
-def mapping_cases(generator: Generator, seed: int = 1) -> list[tuple[str, torch.Tensor]]:
-    """(name, z [B, S]) for the mapping engine."""
+def mapping_cases(generator: Generator, seed: int = 1) -> list[tuple[str, tuple[torch.Tensor, ...]]]:
+    """(name, (z [B, Z],) or (z [B, Z], c [B, C]) for a class-conditional model) for the mapping engine."""
     rng = torch.Generator().manual_seed(seed)
-    style = generator.config.style_dim
-    return [("z ~ N(0, I), B=1", torch.randn(1, style, generator=rng)), ("z ~ N(0, I), B=5", torch.randn(5, style, generator=rng))]
+    latent, classes = generator.config.latent_dim, generator.config.c_dim
+    cases = []
+    for batch in (1, 5):
+        z = torch.randn(batch, latent, generator=rng)
+        c = random_labels(classes, (batch,), rng)
+        cases.append((f"z ~ N(0, I), B={batch}" + (", random classes" if classes else ""), (z,) if c is None else (z, c)))
+    if classes:  # every class once, so that each column of the label embedding is checked
+        z = torch.randn(classes, latent, generator=rng)
+        cases.append((f"each of the {classes} classes", (z, torch.eye(classes))))
+    return cases
 
 
 def validate(
@@ -124,11 +139,11 @@ def validate(
             continue
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         if spec.role == MAPPING:
-            cases = [(name, (z,), f"z {list(z.shape)}") for name, z in mapping_cases(generator)]
+            cases = [(name, inputs, f"z {list(inputs[0].shape)}") for name, inputs in mapping_cases(generator)]
         else:
             cases = [
                 (name, (coords, w), f"coords {list(coords.shape)}")
-                for name, coords, w in synthesis_cases(generator, spec.spatial_style)
+                for name, coords, w in synthesis_cases(generator, spec.spatial_style, layer_styles=spec.layer_styles)
             ]
         for name, inputs, shapes in cases:
             with torch.no_grad():
@@ -152,4 +167,6 @@ def _torch_reference(generator: Generator, spec: EngineSpec, inputs: tuple[torch
     inputs = tuple(tensor.to(generator.device) for tensor in inputs)
     if spec.role == MAPPING:
         return generator.mapping(*inputs).cpu()
+    if spec.layer_styles:
+        return generator.synthesize_layers(*inputs).cpu()
     return generator.synthesize(*inputs).cpu()

@@ -58,8 +58,9 @@ class LineCache:
     # compose blocks send such chunks through the per-point path instead.
     gathers = True
 
-    def synthesize(self, coords: Tensor, w: Tensor) -> Tensor:
-        """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3].
+    def synthesize(self, coords: Tensor, w: Tensor, *, layered: bool = False) -> Tensor:
+        """coords [B, N, 2] (the same points in every sample), w [B, S] -> rgb [B, N, 3];
+        with ``layered``, w is per-layer styles ws [B, L, S] (style mixing; keyed like a w).
 
         A chunk whose points share too few rows and columns for lines to pay (scattered
         points, a rotated grid: about 2N distinct values) takes the per-point path.
@@ -68,12 +69,12 @@ class LineCache:
         v_values, row_of_point = torch.unique(points[:, 1], return_inverse=True)  # sorted
         u_values, column_of_point = torch.unique(points[:, 0], return_inverse=True)
         if v_values.numel() + u_values.numel() > 1.5 * points.shape[0]:
-            return self.per_point(coords, w)
+            return self.per_point(coords, w, layered=layered)
         if not self.gathers and v_values.numel() * u_values.numel() > 3 * points.shape[0]:
-            return self.per_point(coords, w)  # a block would be mostly unasked pixels, and this cache cannot gather
+            return self.per_point(coords, w, layered=layered)  # a block would be mostly unasked pixels, and this cache cannot gather
         if self.w is None or self.w.shape != w.shape or not torch.equal(self.w, w):
             self.w = w.clone()
-            self.ws = self.generator.layer_styles(self.w)
+            self.ws = self.w if layered else self.generator.layer_styles(self.w)
             fold_bytes = w.shape[0] * self.generator.folded_bytes_per_sample()
             self.folds: dict | None = {} if fold_bytes <= self.max_fold_bytes else None  # per-style work, done once
             self.axes = {"row": _AxisTable(), "column": _AxisTable()}
@@ -92,12 +93,15 @@ class LineCache:
         columns = [line.index_select(1, column_of_point) for line in columns]
         return g.compose_points(rows, columns, self.ws, dtype=self.dtype, folds=self.folds)
 
-    def per_point(self, coords: Tensor, w: Tensor) -> Tensor:
+    def per_point(self, coords: Tensor, w: Tensor, *, layered: bool = False) -> Tensor:
         """The per-point path (both lines at every point), ``point_batch`` points at a time:
-        coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3]."""
+        coords [B, N, 2], w [B, S] or [B, N, S] (or, ``layered``, ws [B, L, S]) -> rgb [B, N, 3]."""
         parts = []
         for start in range(0, coords.shape[1], self.point_batch):
             stop = start + self.point_batch
+            if layered:
+                parts.append(self.generator.synthesize_layers(coords[:, start:stop], w, dtype=self.dtype))
+                continue
             parts.append(self.generator.synthesize(coords[:, start:stop], w if w.dim() == 2 else w[:, start:stop], dtype=self.dtype))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 

@@ -30,6 +30,7 @@ from cips_deploy.errors import CipsError, first_line
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.contracts.topology import Parameter
 from cips_deploy.exporters.host_arrays import host_float32
+from cips_deploy.exporters.spec import mapping_feeds
 
 # OpenVINO's names for the precisions we allow, from the names users type.
 PRECISIONS = {"f32": "f32", "fp32": "f32", "bf16": "bf16"}
@@ -100,11 +101,13 @@ class OpenVinoBackend(Backend):
             first = first_line(error) or type(error).__name__
             raise CipsError(f"OpenVINO cannot compile {path.name}: {first}") from None
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, S] -> w [B, S] (host float32) through the mapping engine, truncated towards w_avg."""
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] (and c [B, C] for a class-conditional model) -> w [B, S] (host float32) through
+        the mapping engine, truncated towards w_avg."""
         if self._mapping is None:
             raise CipsError(f"{self.path} has no mapping engine beside it; export the checkpoint again.")
-        w = self._infer(self._mapping, {"z": host_float32(z)}, "w")
+        feeds = mapping_feeds(self.config, host_float32(z), None if c is None else host_float32(c), source=self.path.name)
+        w = self._infer(self._mapping, feeds, "w")
         return self.metadata.truncate(w, truncation)
 
     def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -62,13 +62,17 @@ class TorchBackend(Backend):
         self._runner = TorchRunner(model, device=device, precision=precision, **options)
         self.config = self._runner.config
 
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z float32 ``[B, Z]`` -> w float32 ``[B, S]``."""
-        return self._runner.map(z, truncation)
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z float32 ``[B, Z]`` (and c ``[B, C]`` for a class-conditional model) -> w float32 ``[B, S]``."""
+        return self._runner.map(z, truncation, c)
 
     def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords float32 ``[B, N, 2]``, w ``[B, S]`` or ``[B, N, S]`` -> rgb float32 ``[B, N, 3]``."""
         return self._runner.run(coords, w)
+
+    def run_layers(self, coords: np.ndarray, ws: np.ndarray) -> np.ndarray:
+        """coords float32 ``[B, N, 2]``, per-layer styles ws ``[B, L, S]`` -> rgb float32 ``[B, N, 3]``."""
+        return self._runner.run_layers(coords, ws)
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
         return self._runner.bytes_per_point(per_point_style)

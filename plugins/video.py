@@ -11,9 +11,9 @@ from typing import Any
 
 import click
 
-from cips_deploy.contracts.command_options import model_options, real, synthesis_options, whole
+from cips_deploy.contracts.command_options import model_options, real, style_options, synthesis_options, transform_options, whole
 from cips_deploy.contracts.hookspecs import hookimpl
-from cips_deploy.media.video import DEFAULT_FPS, MODES, make_video, parse_centre, split_ramps
+from cips_deploy.media.video import DEFAULT_FPS, MODES, make_video, parse_centre, parse_grid, split_ramps
 from cips_deploy.runtime.render_request import MAX_SIDE
 
 
@@ -31,6 +31,9 @@ from cips_deploy.runtime.render_request import MAX_SIDE
 @click.option("--zoom", type=real(), default=4.0, show_default=True, help="zoom mode: total magnification (0.5 zooms out).")
 @click.option("--centre", default="0,0", show_default=True, metavar="U,V", help="zoom mode: the point zoomed into.")
 @click.option("--fov", type=real(), default=90.0, show_default=True, help="pan mode: horizontal field of view in degrees.")
+@click.option("--grid", default=None, metavar="RxC", help="A grid of R x C walks, as gen_video.py: the seeds are dealt out in order, len(seeds) / (R C) to each cell.")
+@style_options
+@transform_options
 @synthesis_options
 @click.option("--quality", type=click.IntRange(0, 100), default=80, show_default=True, help="WebP quality (lossy).")
 @click.option("--lossless", is_flag=True, help="Lossless WebP (larger).")
@@ -40,7 +43,9 @@ from cips_deploy.runtime.render_request import MAX_SIDE
 def video_command(
     checkpoint: Path | None, preset: str | None, arch: str, coordinate_space: str, model_seed: int, mode: str,
     seeds: str, frames: int, fps: float | None, duration: float | None, topology: str | None, params: tuple[str, ...],
-    height: int, width: int | None, zoom: float, centre: str, fov: float, truncation: float, chunker: str | None,
+    height: int, width: int | None, zoom: float, centre: str, fov: float, grid: str | None, mix_seed: int | None,
+    mix_from: int | None, class_index: int | None, translate: tuple[float, float] | None, rotate: float | None,
+    scale: float | None, truncation: float, chunker: str | None,
     chunk_size: int | None, memory_budget: float | None, backend: str | None, device: str,
     backend_options: tuple[str, ...], quality: int, lossless: bool, output: Path, quiet: bool, force: bool,
     **backend_flags: Any,
@@ -53,13 +58,16 @@ def video_command(
       cips-deploy video --mode pan --seeds 3 --frames 72 -o pan.webp
       cips-deploy video --preset tiny --mode zoom --seeds 1 --zoom 8 -o zoom.mp4
       cips-deploy video --mode walk --seeds 0-1 -p heading=0:90 -o turn.webp
+      cips-deploy video --preset tiny --grid 2x3 --seeds 0-11 --trunc 0.7 -o grid.webp   (gen_video.py's grid)
     """
     # The render command's helpers, imported here: the command-line package is loading the
     # plugins while this module is imported.
     from cips_deploy.cli.backend_flags import merge_backend_flags
-    from cips_deploy.cli.common import ChunkProgress, choose_model, parse_assignments, parse_seeds
+    from cips_deploy.cli.common import ChunkProgress, choose_model, make_controls, parse_assignments, parse_seeds
 
     seed_list = parse_seeds(None, seeds)
+    grid_shape = None if grid is None else parse_grid(grid)
+    controls = make_controls(translate, rotate, scale, mix_seed, mix_from, class_index)
     fixed, ramps = split_ramps(parse_assignments(params, "topology parameter"))
     centre_uv = parse_centre(centre)
     options = merge_backend_flags(parse_assignments(backend_options, "backend option"), backend_flags)
@@ -71,7 +79,7 @@ def video_command(
             params=fixed, ramps=ramps, height=height, width=width, zoom=zoom, centre=centre_uv, fov=fov,
             truncation=truncation, chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
             backend=backend, device=device, backend_options=options, quality=quality, lossless=lossless,
-            progress=progress, overwrite=force,
+            progress=progress, overwrite=force, controls=controls, grid=grid_shape,
         )
     finally:
         progress.close()

@@ -15,7 +15,9 @@ import numpy as np
 from cips_deploy.contracts.command_options import MAX_SEED, SEED, output_location, usable_path
 from cips_deploy.errors import CipsError
 from cips_deploy.models import DEMO_ENGINE, DEMO_MODEL
+from cips_deploy.runtime.coords import CoordinateTransform
 from cips_deploy.runtime.render import Rendering
+from cips_deploy.runtime.render_setup import Controls
 
 MAX_SEEDS = 256
 _SEED_TEXT = re.compile(r"[0-9]+")  # a seed as --seeds writes it
@@ -88,6 +90,23 @@ def _seed_range(part: str, seeds: str) -> tuple[int, int]:
     if high < low:
         raise CipsError(f"--seeds takes seeds and ranges such as 0-3 or 1,5,9, not {part!r:.40} (its end comes before its start).")
     return low, high
+
+
+def make_controls(
+    translate: tuple[float, float] | None = None, rotate: float | None = None, scale: float | None = None,
+    mix_seed: int | None = None, mix_from: int | None = None, class_index: int | None = None, w_file: Path | None = None,
+) -> Controls:
+    """The render controls of the shared options (transform, style mixing, class) and ``--w``:
+    the saved style read (and checked as a file) here, before any model is built."""
+    transform = None
+    if translate is not None or rotate is not None or scale is not None:
+        transform = CoordinateTransform(translate or (0.0, 0.0), rotate or 0.0, 1.0 if scale is None else scale)
+    w = None
+    if w_file is not None:
+        from cips_deploy.media.saved_style import read_saved_style
+
+        w = read_saved_style(w_file).w
+    return Controls.make(transform, mix_seed, mix_from, class_index, w, None if w_file is None else f"The style file {w_file}")
 
 
 def parse_assignments(items: tuple[str, ...], what: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ def stream_render(
     model: Any, output: Path, output_format: str, seeds: list[int], topology: str, topology_params: dict[str, str],
     height: int, width: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None,
     backend: str, device: str, backend_options: dict[str, Any], blend_seed: int | None, resume: bool, workers: int,
-    quiet: bool, registry: Registry, overwrite: bool = False,
+    quiet: bool, registry: Registry, overwrite: bool = False, controls: Any = None,
 ) -> None:
     """Render one seed cell by cell into ``output``; report what was written. ``overwrite``
     (``--force``) lets the output replace an existing one (see the output guard)."""
@@ -33,7 +33,7 @@ def stream_render(
             raise CipsError(f"--resume continues a streamed render (.tif, .dzi); a {output_format} file is written from memory in one go.")
         in_memory_with_workers(
             model, output, chosen, seeds, topology, topology_params, height, width, truncation, chunker, chunk_size,
-            memory_budget, backend, device, backend_options, blend_seed, workers, quiet, registry, overwrite,
+            memory_budget, backend, device, backend_options, blend_seed, workers, quiet, registry, overwrite, controls,
         )
         return
     if len(seeds) != 1:
@@ -47,7 +47,7 @@ def stream_render(
         result = render_to_file(
             model, output, output_format=output_format, topology=topology, height=height, width=width, seed=seeds[0],
             truncation=truncation, chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
-            backend=backend, device=device, backend_options=backend_options, blend_seed=blend_seed, resume=resume,
+            backend=backend, device=device, backend_options=backend_options, blend_seed=blend_seed, controls=controls, resume=resume,
             workers=workers, progress=progress, registry=registry, overwrite=overwrite, **topology_params,
         )
     except KeyboardInterrupt:
@@ -70,7 +70,7 @@ def in_memory_with_workers(
     model: Any, output: Path, chosen: Any, seeds: list[int], topology: str, topology_params: dict[str, str],
     height: int, width: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None,
     backend: str, device: str, backend_options: dict[str, Any], blend_seed: int | None, workers: int, quiet: bool,
-    registry: Registry, overwrite: bool = False,
+    registry: Registry, overwrite: bool = False, controls: Any = None,
 ) -> None:
     """Each seed rendered by ``workers`` processes into memory, the grid saved by the format."""
     from cips_deploy.cli.common import ChunkProgress, tile
@@ -83,7 +83,7 @@ def in_memory_with_workers(
                 render_to_array(
                     model, topology=topology, height=height, width=width, seed=seed, truncation=truncation, chunker=chunker,
                     chunk_size=chunk_size, memory_budget=memory_budget, backend=backend, device=device,
-                    backend_options=backend_options, blend_seed=blend_seed, workers=workers, progress=progress,
+                    backend_options=backend_options, blend_seed=blend_seed, controls=controls, workers=workers, progress=progress,
                     registry=registry, **topology_params,
                 )
             )

@@ -27,12 +27,13 @@ from cips_deploy.media.render_files import RenderFiles
 from cips_deploy.contracts.sinks import OutputFormat, format_for
 from cips_deploy.cli.group import cli
 from cips_deploy.cli.backend_flags import merge_backend_flags, with_backend_flags
-from cips_deploy.contracts.command_options import model_options, synthesis_options
+from cips_deploy.contracts.command_options import model_options, style_options, synthesis_options, transform_options
 from cips_deploy.contracts.command_options import SEED, whole
 from cips_deploy.runtime.render_request import MAX_SIDE
 from cips_deploy.cli.common import (
-    ChunkProgress, backend_from_the_model, choose_model, parse_assignments, parse_seeds, summary, tile,
+    ChunkProgress, backend_from_the_model, choose_model, make_controls, parse_assignments, parse_seeds, summary, tile,
 )
+from cips_deploy.runtime.render_setup import Controls
 
 MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at a time
 @backend_from_the_model
@@ -46,6 +47,9 @@ MAX_BATCH_SEEDS = 100_000  # --outdir: one file per seed, one image in memory at
 @click.option("--seed", type=SEED, default=None, help="Latent seed (default 0).")
 @click.option("--seeds", default=None, metavar="LIST", help="Several seeds as a grid image, e.g. 0-3 or 1,5,9.")
 @click.option("--blend-seed", type=SEED, default=None, help="Blend towards this seed's style at u = +-1 (per-pixel styles).")
+@click.option("--w", "w_file", type=click.Path(path_type=Path), default=None, metavar="PROJ.NPZ", help="Render this saved style (w [1, S] or ws [1, L, S], e.g. from `cips-deploy project`) instead of a seed's; any topology and size.")
+@style_options
+@transform_options
 @synthesis_options
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("render.png"), show_default=True, help="File to write: .png (in memory), .tif/.tiff (tiled BigTIFF) or .dzi (Deep Zoom pyramid and viewer); the last two stream to disk (with --outdir: only when given).")
 @click.option("--format", "output_format", default=None, help="Output format (png, tiff, dzi or a plugin's; default: from the extension of --output).")
@@ -68,6 +72,13 @@ def render_command(
     seed: int | None,
     seeds: str | None,
     blend_seed: int | None,
+    w_file: Path | None,
+    mix_seed: int | None,
+    mix_from: int | None,
+    class_index: int | None,
+    translate: tuple[float, float] | None,
+    rotate: float | None,
+    scale: float | None,
     truncation: float,
     chunker: str | None,
     chunk_size: int | None,
@@ -98,8 +109,14 @@ def render_command(
       cips-deploy render --seeds 0-31 --outdir seeds/                (one PNG per seed)
       cips-deploy render --topology cylinder --viewer pano.html      (drag to look around)
       cips-deploy render -t cylinder --height 8192 --width 32768 --workers 2 -o pano.dzi   (streamed)
+      cips-deploy render --preset tiny --translate 0.5,0 --rotate 30 --scale 2 --trunc 0.7   (gen_images' habits)
+      cips-deploy render --checkpoint model.safetensors --seed 1 --mix-seed 2 --mix-from 4  (style mixing)
+      cips-deploy render --checkpoint model.safetensors --w proj.npz -t cylinder -o pano.png (a projection)
     """
     seed_list = parse_seeds(seed, seeds) if outdir is None else parse_seeds(seed, seeds, MAX_BATCH_SEEDS, "a batch")
+    if w_file is not None and (len(seed_list) > 1 or blend_seed is not None):
+        raise CipsError("--w renders one saved style: give no --seeds and no --blend-seed with it.")
+    controls = make_controls(translate, rotate, scale, mix_seed, mix_from, class_index, w_file)
     registry = get_registry()
     check_names(output)  # before anything looks at the path: a long name makes even is_dir() raise
     if output.is_dir():
@@ -132,13 +149,13 @@ def render_command(
             stream_render(
                 model, output, chosen.name, seed_list, topology, topology_params, height, width, truncation, chunker,
                 chunk_size, memory_budget, backend, device, options, blend_seed, resume, workers, quiet, registry,
-                overwrite=force,
+                overwrite=force, controls=controls,
             )
             return
         render_in_memory(
             model, runner, seed_list, registry, chosen, topology, topology_params, height, width, truncation, chunker,
             chunk_size, memory_budget, backend, device, options, blend_seed, outdir, viewer, quiet, force, grid_output,
-            output,
+            output, controls,
         )
     finally:
         if runner is not None:
@@ -173,7 +190,7 @@ def render_in_memory(
     topology_params: dict[str, str], height: int, width: int, truncation: float, chunker: str | None,
     chunk_size: int | None, memory_budget: float | None, backend: str, device: str, options: dict[str, Any],
     blend_seed: int | None, outdir: Path | None, viewer: Path | None, quiet: bool, force: bool,
-    grid_output: Path | None, output: Path,
+    grid_output: Path | None, output: Path, controls: Controls | None = None,
 ) -> None:
     """Every seed rendered in memory, then the grid, the seed files and the viewer written.
     ``runner``: the backend the caller built (and closes), or None to build one here."""
@@ -186,7 +203,8 @@ def render_in_memory(
         check_in_memory(grid_rows * height, grid_columns * width, registry.get("topology", topology) if len(seed_list) == 1 else None)
     files = RenderFiles(
         model, topology, topology_params, registry, height=height, width=width, truncation=truncation,
-        backend=backend, backend_options=options, blend_seed=blend_seed, outdir=outdir, viewer=viewer, overwrite=force,
+        backend=backend, backend_options=options, blend_seed=blend_seed, controls=controls, outdir=outdir, viewer=viewer,
+        overwrite=force,
     )
     files.check(seed_list)
     built = None
@@ -206,7 +224,7 @@ def render_in_memory(
             try:
                 rendering = render_detailed(
                     runner, topology, height, width, seed=each_seed, truncation=truncation, chunker=chunker,
-                    chunk_size=chunk_size, memory_budget=memory_budget, blend_seed=blend_seed,
+                    chunk_size=chunk_size, memory_budget=memory_budget, blend_seed=blend_seed, controls=controls,
                     progress=progress, registry=registry, **topology_params,
                 )
             finally:

@@ -7,9 +7,18 @@ as ``BackendClass(model, device=..., **options)``, where ``model`` is a
 model's :class:`~cips_deploy.contracts.config.GeneratorConfig` and two calls on host numpy
 arrays (float32, C-contiguous):
 
-- ``map(z [B, Z], truncation) -> w [B, S]``: the mapping network with truncation;
+- ``map(z [B, Z], truncation, c=None) -> w [B, S]``: the mapping network with truncation; ``c``
+  float32 ``[B, C]`` is the one-hot class label of a class-conditional model (``config.c_dim > 0``).
+  The runtime passes ``c`` only to conditional models, so a backend written for unconditional
+  models alone may keep the two-argument ``map(z, truncation)``;
 - ``run(coords [B, N, 2] float32, w [B, S] or [B, N, S] float32) -> rgb [B, N, 3] float32``:
   synthesis, the raw generator output (about [-1, 1]); the engine I/O of docs/architecture.md, section 2.3;
+- ``run_layers(coords [B, N, 2], ws [B, L, S]) -> rgb [B, N, 3]``: synthesis with one style per
+  style input of the family (``L = config.family.style_layers(config)``, in the order the layers
+  run): style mixing (``render --mix-seed``), a per-layer projection (``render --w``). The
+  default refuses in one sentence; the torch backend runs it for every family, an engine only
+  when it was exported for it (``export --layer-styles``). :meth:`Backend.takes_layer_styles`
+  says which, before a render starts;
 - ``run_many(batches) -> rgb, rgb, ...``: ``run`` over an iterable of ``(coords, w)`` pairs,
   results in the same order. The renderer calls this; the default runs them one by one,
   and a backend that can overlap work (a remote server with several chunks in flight)
@@ -58,12 +67,22 @@ class Backend(ABC):
         ...
 
     @abstractmethod
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z [B, Z] -> w [B, S] on the host, truncated towards the model's average w."""
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z [B, Z] (and c [B, C] for a class-conditional model) -> w [B, S] on the host,
+        truncated towards the model's average w."""
 
     @abstractmethod
     def run(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """coords [B, N, 2] and w [B, S] or [B, N, S] (host float32) -> rgb [B, N, 3] (host float32)."""
+
+    def run_layers(self, coords: np.ndarray, ws: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2] and per-layer styles ws [B, L, S] (host float32) -> rgb [B, N, 3];
+        the default refuses: the backend takes one style for all layers."""
+        raise CipsError(layer_styles_refusal(self))
+
+    def takes_layer_styles(self) -> bool:
+        """Whether :meth:`run_layers` runs (the default: whether a subclass overrides it)."""
+        return type(self).run_layers is not Backend.run_layers
 
     def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
         """rgb for each ``(coords, w)`` of ``batches``, in order; the default calls :meth:`run` one by one."""
@@ -104,3 +123,19 @@ def run_chunks(backend: Any, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -
     if run_many is not None:
         return iter(run_many(batches))
     return (backend.run(coords, w) for coords, w in batches)
+
+
+def layer_styles_refusal(backend: Any) -> str:
+    """The sentence for a backend that takes one style for all layers and was given one per layer."""
+    name = getattr(backend, "name", "") or type(backend).__name__
+    return (
+        f"The {name} backend takes one style for all layers, so it cannot mix styles or render per-layer styles "
+        "(--mix-seed, a per-layer --w); render the model's checkpoint with --backend torch, or an engine exported "
+        "with `cips-deploy export --layer-styles`."
+    )
+
+
+def takes_layer_styles(backend: Any) -> bool:
+    """Whether ``backend`` (of this contract or a plugin's older one) runs per-layer styles."""
+    check = getattr(backend, "takes_layer_styles", None)
+    return bool(check()) if callable(check) else False

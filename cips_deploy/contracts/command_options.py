@@ -186,6 +186,10 @@ def output_location(path: str | os.PathLike, what: str = "output") -> Path:
     folder = path.parent
     try:
         if not folder.is_dir():
+            # Name the part that is wrong: a file where a folder should be, or a missing folder.
+            existing = next((part for part in (folder, *folder.parents) if part.exists()), None)
+            if existing is not None and not existing.is_dir():
+                raise CipsError(f"Cannot write {path}: {existing} is not a folder.")
             raise CipsError(f"Cannot write {path}: the folder {folder} does not exist.")
         probe = path if path.is_dir() else folder
         with tempfile.TemporaryFile(dir=probe):
@@ -225,7 +229,7 @@ CHUNK_SIZE = whole(1, 2**31 - 1)  # points or rows per chunk; above it an index 
 MEMORY_BUDGET = real(0.0, float(1 << 20), open_low=True)  # MB per chunk: up to a terabyte
 
 synthesis_options = _stack([
-    click.option("--truncation", type=TRUNCATION, default=1.0, show_default=True, help="Truncation psi (1 = none; -100 to 100)."),
+    click.option("--truncation", "--trunc", "truncation", type=TRUNCATION, default=1.0, show_default=True, help="Truncation psi (1 = none; -100 to 100)."),
     click.option("--chunker", default=None, help="fixed, rows or memory (default: fixed with --chunk-size, else memory)."),
     click.option("--chunk-size", type=CHUNK_SIZE, default=None, help="Points (fixed) or image rows (rows) per chunk."),
     click.option("--memory-budget", type=MEMORY_BUDGET, default=None, help="MB of working memory per chunk (memory chunker; default: the backend's choice, 32 for torch on a CPU)."),
@@ -233,6 +237,53 @@ synthesis_options = _stack([
     click.option("--device", default="cpu", show_default=True, help="Device for the backend: cpu, cuda, cuda:1, ..."),
     click.option("--backend-option", "backend_options", multiple=True, metavar="NAME=VALUE", help="A backend option; repeatable."),
 ])
-"""--truncation, the chunking (--chunker, --chunk-size, --memory-budget) and the backend
+"""--truncation (or --trunc, StyleGAN's spelling), the chunking (--chunker, --chunk-size, --memory-budget) and the backend
 (--backend, --device, --backend-option); backend options' own flags come from
 :mod:`.backend_flags`."""
+
+
+class NumberPair(click.ParamType):
+    """Two numbers written ``A,B`` (``--translate 0.5,-0.25``), each a :class:`Number` of ``number``'s range."""
+
+    name = "pair"
+
+    def __init__(self, number: Number) -> None:
+        self.number = number
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "X,Y"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, float]:
+        if not isinstance(value, str):  # a default, or a tuple from Python
+            try:
+                first, second = value
+            except (TypeError, ValueError):
+                raise CipsError(f"{_option_name(param)} takes two numbers, not {value!r:.40}.") from None
+            return self.number.check(first, _option_name(param)), self.number.check(second, _option_name(param))
+        parts = value.split(",")
+        if len(parts) != 2:
+            self.fail(f"{value[:_MAX_TEXT]!r} is not two numbers written X,Y.", param, ctx)
+        first, second = (self.number.convert(part, param, ctx) for part in parts)
+        return first, second
+
+
+OFFSET = real(-1e6, 1e6)  # coordinates: the training image spans [-1, 1]; far beyond only overflows
+ANGLE = real(-1e6, 1e6)  # degrees
+VIEW_SCALE = real(0.0, 1e6, open_low=True)
+STYLE_INPUT = whole(0, 1 << 16)  # the first style input a mix seed drives; the model's own range is checked later
+CLASS = whole(0, 2**31 - 1)  # a class label; the model's own count is checked later
+
+transform_options = _stack([
+    click.option("--translate", type=NumberPair(OFFSET), default=None, metavar="TX,TY", help="Move the camera by TX,TY in model coordinates (the training image spans -1 to 1): 0.5,0 shows what lay a quarter of the training image's width to the right."),
+    click.option("--rotate", type=ANGLE, default=None, metavar="DEG", help="Turn the camera clockwise by DEG degrees: the content turns counter-clockwise."),
+    click.option("--scale", type=VIEW_SCALE, default=None, metavar="S", help="Extent of the view: 2 shows twice as much (zooms out), 0.5 zooms in."),
+])
+"""gen_images' coordinate transform, composed with any topology: --translate, --rotate, --scale
+(:class:`cips_deploy.runtime.coords.CoordinateTransform` states the convention)."""
+
+style_options = _stack([
+    click.option("--mix-seed", type=SEED, default=None, help="Style mixing: this seed's style drives the style inputs from --mix-from on."),
+    click.option("--mix-from", type=STYLE_INPUT, default=None, help="With --mix-seed: the first style input (0 = the first layer) that takes the mix seed's style."),
+    click.option("--class", "class_index", type=CLASS, default=None, help="Class label of a class-conditional model (0 to its number of classes - 1)."),
+])
+"""Style mixing (--mix-seed, --mix-from) and the class of a conditional model (--class)."""

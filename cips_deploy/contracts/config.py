@@ -32,7 +32,7 @@ class GeneratorConfig:
                        (row and column "bi-line" features, :mod:`cips_deploy.families.creps`).
     size:              training resolution; the embedding grid is ``size x size``.
     hidden:            width of the Fourier features and of the embedding grid.
-    style_dim:         width of z and w.
+    style_dim:         width of w (and of z unless ``z_dim`` says otherwise).
     n_mlp:             number of equalized-lr layers in the mapping network.
     widths:            output width of every block (block i has two modulated layers);
                        the first layer maps the input features to ``widths[0]``.
@@ -43,6 +43,10 @@ class GeneratorConfig:
     biline_channels:   CREPS only: width bc of the bi-line features and decoders (official 32).
     num_fp16_res:      CREPS only: line blocks in float16 under mixed precision (official 0).
     fc_clamp:          CREPS only: clamp of the line blocks' outputs (official 256; None: off).
+    z_dim:             width of z where it differs from w's (official CREPS ``z_dim != w_dim``);
+                       None: equal to ``style_dim`` (configs written before the field existed have none).
+    c_dim:             classes of a class-conditional model (official ``c_dim``; the mapping
+                       embeds a one-hot label ``c [B, c_dim]``); 0: unconditional.
 
     For CREPS, ``widths`` are the official channels of blocks 4, 8, ..., size
     (min(channel_base // q, channel_max)) and ``hidden`` is the input layer's width, widths[0].
@@ -60,6 +64,8 @@ class GeneratorConfig:
     biline_channels: int = 32
     num_fp16_res: int = 0
     fc_clamp: float | None = 256.0
+    z_dim: int | None = None
+    c_dim: int = 0
 
     def __post_init__(self) -> None:
         check_field_types(self)  # whole numbers in range before anything multiplies them
@@ -75,6 +81,8 @@ class GeneratorConfig:
             raise CipsError(f"The mapping network needs zero or more layers, not {self.n_mlp}.")
         if not self.widths or min(self.widths) < 1:
             raise CipsError(f"A generator needs at least one block of positive width, not widths={self.widths}.")
+        if self.z_dim == self.style_dim:
+            object.__setattr__(self, "z_dim", None)  # one spelling of "z as wide as w": equal configs compare equal
         if self.line_rank < 1:
             raise CipsError(f"The bi-line rank must be a positive integer, not {self.line_rank}.")
         self.family.check_config(self)  # the family states its own rules (and refuses an unknown arch)
@@ -103,9 +111,26 @@ class GeneratorConfig:
     def n_blocks(self) -> int:
         return len(self.widths)
 
+    @property
+    def latent_dim(self) -> int:
+        """Z, the width of the latent z the mapping takes (``z_dim``, or ``style_dim`` when None)."""
+        return self.style_dim if self.z_dim is None else self.z_dim
+
+    @property
+    def conditional(self) -> bool:
+        """Whether the mapping takes a class label ``c [B, c_dim]`` (``c_dim > 0``)."""
+        return self.c_dim > 0
+
     def to_dict(self) -> dict[str, Any]:
+        """The config as JSON values; ``z_dim`` and ``c_dim`` only where they say something (not
+        None, not 0), so an unconditional model's JSON, and every hash of it, is what it was before
+        those fields existed, and older versions of the package still read it."""
         data = dataclasses.asdict(self)
         data["widths"] = list(self.widths)
+        if data["z_dim"] is None:
+            del data["z_dim"]
+        if data["c_dim"] == 0:
+            del data["c_dim"]
         return data
 
     @classmethod
@@ -125,7 +150,7 @@ def check_field_types(config: GeneratorConfig) -> None:
     Configs arrive as JSON from files: NaN, infinities, strings, fractions, booleans and
     2**40 must all be refused here, before a module or a tensor is sized by them.
     """
-    from cips_deploy.contracts.limits import CONFIG_LIMITS, MAX_BLOCKS, MAX_WIDTH
+    from cips_deploy.contracts.limits import CONFIG_LIMITS, MAX_BLOCKS, MAX_WIDTH, Z_DIM_LIMIT
 
     for name in ("arch", "coordinate_space"):
         if not isinstance(getattr(config, name), str):
@@ -141,6 +166,9 @@ def check_field_types(config: GeneratorConfig) -> None:
     for width in widths:
         if not _is_whole(width) or not 1 <= width <= MAX_WIDTH:
             raise CipsError(f"Every block width must be a whole number from 1 to {MAX_WIDTH:,}, not {width!r:.40}.")
+    z_dim = config.z_dim
+    if z_dim is not None and (not _is_whole(z_dim) or not 1 <= z_dim <= Z_DIM_LIMIT):
+        raise CipsError(f"The generator's z_dim must be a whole number from 1 to {Z_DIM_LIMIT:,} or null, not {z_dim!r:.40}.")
     clamp = config.fc_clamp
     if clamp is not None and (isinstance(clamp, bool) or not isinstance(clamp, (int, float)) or not (math.isfinite(clamp) and clamp > 0)):
         raise CipsError(f"The generator's fc_clamp must be a finite number above 0 or null, not {clamp!r:.40}.")

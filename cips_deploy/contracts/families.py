@@ -50,6 +50,17 @@ class Family(ABC):
         """Family-specific facts of a config for ``cips-deploy info`` (CIPS: its channel multiplier)."""
         return {}
 
+    # Whether the family was trained with a style per layer (StyleGAN's style mixing
+    # regularisation: CREPS), or with one style for all layers (CIPS): mixed styles then
+    # still run, but are outside what the model learned, and the commands say so.
+    trained_with_layer_styles: ClassVar[bool] = False
+
+    def style_layers(self, config: "GeneratorConfig") -> int:
+        """L, the number of style inputs of synthesis, in the order the layers run: per-layer
+        styles are ``ws [B, L, S]`` (style mixing, a per-layer projection; ``Generator.synthesize_layers``).
+        1: the family takes one style for all layers."""
+        return 1
+
     def has_embedding(self, config: "GeneratorConfig") -> bool:
         """Whether the model reads a learned coordinate-embedding grid (CIPS: all but CIPS-NE)."""
         return False
@@ -77,15 +88,23 @@ class Family(ABC):
     generator: ClassVar[str] = ""
 
     def generator_class(self) -> type:
-        """The framework module class that builds this family (imports PyTorch)."""
-        module, _, name = self.generator.partition(":")
-        return getattr(importlib.import_module(module), name)
+        """The framework module class that builds this family (imports PyTorch); the import
+        runs as its plugin's code (:data:`importer`)."""
+
+        def load() -> type:
+            module, _, name = self.generator.partition(":")  # reading it is the plugin's code too
+            return getattr(importlib.import_module(module), name)
+
+        return load() if importer is None else importer(self, load)
 
 
 # arch -> its family; filled by the plugin manager (install), read by family_of.
 _FAMILIES: dict[str, Family] = {}
 # Set by the plugin manager: loads the plugins (and so calls install) when a lookup finds nothing.
 loader: Callable[[], Any] | None = None
+# Set by the plugin manager: importer(family, load) runs load() (the import of the family's module,
+# a plugin's code) with its stdout kept off ours and any failure named after the family's plugin.
+importer: Callable[["Family", Callable[[], Any]], Any] | None = None
 
 
 def install(families: dict[str, Family]) -> None:

@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar
 
 import numpy as np
 
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, describe_error
 from cips_deploy.runtime.images import host_float32, rgb_to_uint8
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -312,18 +312,25 @@ class Topology(ABC):
         )
 
 
-def resolve_parameters(topology: Topology, given: dict[str, Any]) -> dict[str, Any]:
-    """Checked values for every declared parameter: ``given`` converted, the rest defaults."""
-    declared = {parameter.name: parameter for parameter in topology.parameters}
+def resolve_parameters(topology: Topology, given: dict[str, Any], registered: str | None = None) -> dict[str, Any]:
+    """Checked values for every declared parameter: ``given`` converted, the rest defaults.
+
+    ``registered``: the name the topology was registered under, which messages use (reading a
+    plugin's own ``name`` again runs its code, which may fail); default its ``name``."""
+    label = registered if registered is not None else topology.name
+    try:  # a plugin's property: its code runs here, and may fail after registration
+        declared = {parameter.name: parameter for parameter in topology.parameters}
+    except (Exception, SystemExit) as error:  # noqa: BLE001 - whatever it raises is the topology's failure
+        raise CipsError(f"The {label} topology's parameters could not be read ({describe_error(error)}).") from None
     unknown = sorted(set(given) - set(declared))
     if unknown:
         known = ", ".join(declared) or "none"
         plural = "s" if len(unknown) > 1 else ""
         raise CipsError(
-            f"The {topology.name} topology has no parameter{plural} {', '.join(unknown)} (its parameters: {known})."
+            f"The {label} topology has no parameter{plural} {', '.join(unknown)} (its parameters: {known})."
         )
     return {
-        name: parameter.convert(given[name], topology.name) if name in given else parameter.default
+        name: parameter.convert(given[name], label) if name in given else parameter.default
         for name, parameter in declared.items()
     }
 

@@ -97,6 +97,17 @@ class CipsFamily(Family):
             widths = official_widths(arch, recipe["size"], channel_multiplier, channel_max)
         return GeneratorConfig(arch=arch, coordinate_space=coordinate_space, widths=widths, **recipe, **overrides)
 
+    def check_config(self, config: GeneratorConfig) -> None:
+        """The official CIPS mapping takes z as wide as w and no class label (it has no such
+        options), so neither is invented here: a CIPS config with either is refused."""
+        if config.latent_dim != config.style_dim:
+            raise CipsError(
+                f"A CIPS generator takes z as wide as w (the official code has no z_dim), not z_dim {config.latent_dim} "
+                f"with style_dim {config.style_dim}."
+            )
+        if config.c_dim:
+            raise CipsError(f"A CIPS generator is unconditional (the official code has no class labels), not c_dim {config.c_dim}.")
+
     def facts(self, config: GeneratorConfig) -> dict[str, Any]:
         # The official channel multiplier shows in block 4's width (blocks 0-3 are always 512).
         if config.n_blocks > 4 and config.widths[4] % 256 == 0:
@@ -105,6 +116,13 @@ class CipsFamily(Family):
 
     def has_embedding(self, config: GeneratorConfig) -> bool:
         return config.arch != "ne"
+
+    def style_layers(self, config: GeneratorConfig) -> int:
+        """Every modulated layer in the order it runs: the first layer, then per block its two
+        styled layers and (CIPSskip, CIPS-NE) its ToRGB; CIPSres ends with one ToRGB. The
+        official CIPS feeds one w to all of them (it was trained so: see ``trained_with_layer_styles``)."""
+        blocks = len(config.widths)
+        return 1 + 2 * blocks + 1 if config.arch == "res" else 1 + 3 * blocks
 
     def activation_floats_per_point(self, config: GeneratorConfig, per_point_style: bool = False) -> int:
         return activation_floats(config, per_point_style)

@@ -66,7 +66,7 @@ class CrepsGenerator(Generator):
 
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__(config)
-        self.mapping = CrepsMapping(config.style_dim, config.n_mlp, config.lr_mlp)
+        self.mapping = CrepsMapping(config.style_dim, config.n_mlp, config.lr_mlp, z_dim=config.z_dim, c_dim=config.c_dim)
         self.synthesis = CrepsSynthesis(config)
         self.num_ws = 2 * len(config.widths) + 1
         log2 = int(math.log2(config.size))
@@ -87,6 +87,10 @@ class CrepsGenerator(Generator):
         if coords.dim() != 3 or coords.shape[-1] != 2:
             raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
         return self._points(coords, ws, self._dtype(dtype))
+
+    def _synthesize_layers(self, coords: Tensor, ws: Tensor, dtype: torch.dtype) -> Tensor:
+        """Per-layer styles ws [B, num_ws, S] (the official ``ws``): :meth:`synthesize_ws`."""
+        return self._points(coords, ws, dtype)
 
     def _points(self, coords: Tensor, ws: Tensor, dtype: torch.dtype | None) -> Tensor:
         dtype = self._dtype(dtype)

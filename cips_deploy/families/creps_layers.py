@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cips_deploy.contracts.config import GeneratorConfig
+from cips_deploy.errors import CipsError
 from cips_deploy.families.creps_spec import RANK  # hard-wired in the official SynthesisInput
 from cips_deploy.families.layers import FUSE_BF16_CPU, EqualLinear, building_on_meta, initial_normal
 
@@ -247,17 +248,37 @@ class CrepsSynthesis(nn.Module):
 
 
 class CrepsMapping(nn.Module):
-    """Official MappingNetwork (``fc0 .. fc{n-1}``, lr multiplier 0.01): z [B, S] -> w [B, S]."""
+    """Official MappingNetwork (``embed``, ``fc0 .. fc{n-1}``, lr multiplier 0.01): z [B, Z] (, c [B, C]) -> w [B, S].
 
-    def __init__(self, style_dim: int, n_layers: int, lr_mul: float) -> None:
+    z is normalised to unit second moment; a conditional model (``c_dim > 0``) also embeds the
+    label (``embed``: C -> S, linear, lr 1), normalises the embedding the same way and
+    concatenates it after z, so ``fc0`` takes Z + S features (official ``embed_features = w_dim``).
+    """
+
+    def __init__(self, style_dim: int, n_layers: int, lr_mul: float, z_dim: int | None = None, c_dim: int = 0) -> None:
         super().__init__()
+        z_dim = style_dim if z_dim is None else z_dim
+        self.c_dim = c_dim
+        if c_dim > 0:
+            self.embed = EqualLinear(c_dim, style_dim)
+        widths = [z_dim + (style_dim if c_dim > 0 else 0)] + [style_dim] * n_layers
         for index in range(n_layers):
-            setattr(self, f"fc{index}", EqualLinear(style_dim, style_dim, lr_mul=lr_mul, activate=True))
+            setattr(self, f"fc{index}", EqualLinear(widths[index], style_dim, lr_mul=lr_mul, activate=True))
         self.n_layers = n_layers
 
-    def forward(self, z: Tensor) -> Tensor:
-        x = z.float()
-        x = x * (x.square().mean(dim=1, keepdim=True) + 1e-8).rsqrt()
+    def forward(self, z: Tensor, c: Tensor | None = None) -> Tensor:
+        x = _normalize_2nd_moment(z.float())
+        if self.c_dim > 0:
+            if c is None:
+                raise CipsError(f"This CREPS mapping is class-conditional ({self.c_dim} classes) and needs a label c.")
+            x = torch.cat([x, _normalize_2nd_moment(self.embed(c.float()))], dim=-1)
         for index in range(self.n_layers):
             x = getattr(self, f"fc{index}")(x)
         return x
+
+
+def _normalize_2nd_moment(x: Tensor) -> Tensor:
+    """x [..., F] scaled to a mean square of 1 over F (the official normalize_2nd_moment, eps 1e-8;
+    over the last axis, which for the official z [B, F] is its dim 1, so that per-point latents
+    [B, N, F] are normalised each on its own)."""
+    return x * (x.square().mean(dim=-1, keepdim=True) + 1e-8).rsqrt()

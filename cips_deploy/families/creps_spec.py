@@ -94,6 +94,15 @@ class CrepsFamily(Family):
         lines = 2 * (len(widths) - 1) * RANK * bc
         return max(worst, first) + lines + 16 * bc + (2 * config.style_dim if per_point_style else 0) + 9
 
+    # The official CREPS trains with StyleGAN2's style mixing: num_ws per-layer styles.
+    trained_with_layer_styles = True
+
+    def style_layers(self, config: GeneratorConfig) -> int:
+        """The official ``num_ws``, 2 (log2 R - 1) + 1: the input layer, b4's layer, then per
+        block of 8 .. R its two line layers and its bi-line projection (the last style also
+        drives the per-pixel blocks)."""
+        return 2 * len(config.widths) + 1
+
     def line_slots(self, config: GeneratorConfig) -> int:
         return RANK
 

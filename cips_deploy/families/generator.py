@@ -33,8 +33,9 @@ class SkipBlock(nn.Module):
         self.layer2 = StyledLayer(out_features, out_features, style_dim)
         self.to_rgb = ToRGB(out_features, style_dim)
 
-    def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
-        return self.layer2(self.layer1(x, w, noise), w, noise)
+    def forward(self, x: Tensor, w: Tensor, noise: bool = False, w2: Tensor | None = None) -> Tensor:
+        """``w`` styles both layers, or the first only when ``w2`` (per-layer styles) styles the second."""
+        return self.layer2(self.layer1(x, w, noise), w if w2 is None else w2, noise)
 
 
 class Generator(nn.Module, metaclass=ABCMeta):
@@ -54,7 +55,7 @@ class Generator(nn.Module, metaclass=ABCMeta):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        self.mapping = MappingNetwork(config.style_dim, config.n_mlp, config.lr_mlp)
+        self.mapping = MappingNetwork(config.style_dim, config.n_mlp, config.lr_mlp)  # CIPS: z as wide as w, no labels
         self.register_buffer("w_avg", torch.zeros(config.style_dim))
         # Facts about where the weights came from; saved with the checkpoint.
         self.provenance: dict[str, Any] = {}
@@ -70,16 +71,37 @@ class Generator(nn.Module, metaclass=ABCMeta):
         """Learned parameters (the official count: ``w_avg`` is a statistic, not a parameter)."""
         return sum(p.numel() for p in self.parameters())
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S], truncated towards ``w_avg`` (in W, as StyleGAN does).
+    def map(self, z: Tensor, truncation: float = 1.0, c: Tensor | None = None) -> Tensor:
+        """z [B, Z] (and, for a class-conditional model, c [B, C]) -> w [B, S], truncated towards
+        ``w_avg`` (in W, as StyleGAN does; the official conditional code truncates towards the
+        same single average, whatever the class).
 
-        z may be a numpy array (the runtime's seeds, :func:`cips_deploy.seed_latent`)."""
+        c is float32 one-hot labels as the official code takes them (:func:`cips_deploy.runtime.styles.class_label`);
+        required when ``config.c_dim > 0`` and refused otherwise. z and c may be numpy arrays
+        (the runtime's seeds, :func:`cips_deploy.seed_latent`)."""
         z = self._tensor(z)
-        self._check_width(z, "z")
-        w = self.mapping(z)
+        if z.dim() < 2 or z.shape[-1] != self.config.latent_dim:  # [B, N, Z]: one latent per point
+            raise CipsError(f"z must have shape [B, {self.config.latent_dim}] for this generator, not {list(z.shape)}.")
+        c = self._label(c, tuple(z.shape[:-1]))
+        w = self.mapping(z) if c is None else self.mapping(z, c)
         if truncation != 1.0:
             w = self.w_avg.lerp(w, truncation)
         return w
+
+    def _label(self, c: Any, batch: tuple[int, ...]) -> Tensor | None:
+        """c [B, C] (``batch`` + [C]) as a float32 tensor, checked against ``config.c_dim``; None
+        for an unconditional model."""
+        classes = self.config.c_dim
+        if c is None:
+            if classes:
+                raise CipsError(f"This model is class-conditional ({classes} classes): give a label c [B, {classes}].")
+            return None
+        if not classes:
+            raise CipsError("This model is unconditional: it takes no class label c.")
+        c = self._tensor(c)
+        if tuple(c.shape) != (*batch, classes):
+            raise CipsError(f"The label c must have shape {[*batch, classes]}, not {list(c.shape)}.")
+        return c.float()
 
     def synthesize(self, coords: Tensor, w: Tensor, *, noise: bool = False, dtype: torch.dtype | None = None) -> Tensor:
         """coords [B, N, 2] (u, v) and w [B, S] or [B, N, S] -> raw rgb [B, N, 3] (about [-1, 1]).
@@ -98,15 +120,37 @@ class Generator(nn.Module, metaclass=ABCMeta):
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
         """The family's synthesis, inputs already checked."""
 
+    def synthesize_layers(self, coords: Tensor, ws: Tensor, *, dtype: torch.dtype | None = None) -> Tensor:
+        """coords [B, N, 2] and per-layer styles ws [B, L, S] -> raw rgb [B, N, 3]: style input i
+        takes ``ws[:, i]`` (style mixing, a per-layer projection); L = ``config.family.style_layers(config)``,
+        the style inputs in the order the layers run. ``ws`` of L equal rows is :meth:`synthesize` of that w."""
+        coords, ws = self._tensor(coords), self._tensor(ws)
+        layers = self.config.family.style_layers(self.config)
+        if coords.dim() != 3 or coords.shape[-1] != 2:
+            raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        if ws.dim() != 3 or ws.shape[0] != coords.shape[0] or ws.shape[1] != layers:
+            raise CipsError(f"Per-layer styles must have shape [B, {layers}, S] matching coordinates {list(coords.shape)}, not {list(ws.shape)}.")
+        self._check_width(ws, "ws")
+        return self._synthesize_layers(coords, ws, torch.float32 if dtype is None else dtype)
+
+    def _synthesize_layers(self, coords: Tensor, ws: Tensor, dtype: torch.dtype) -> Tensor:
+        """The family's synthesis with per-layer styles ws [B, L, S], inputs checked; the default: one style only."""
+        raise CipsError(f"The {self.config.family.name} family takes one style for all layers, not one per layer.")
+
     def forward(self, coords: Tensor, w: Tensor) -> Tensor:
         return self.synthesize(coords, w)
 
     def mean_w(self, n_samples: int = 10_000, seed: int = 0) -> Tensor:
-        """The mean of w over ``n_samples`` z ~ N(0, I) drawn with ``seed``: [S]."""
+        """The mean of w over ``n_samples`` z ~ N(0, I) drawn with ``seed``: [S]; a conditional
+        model draws a class for each uniformly (official training averages over its data's labels)."""
         generator = torch.Generator().manual_seed(seed)
-        z = torch.randn(n_samples, self.config.style_dim, generator=generator).to(self.device)
+        z = torch.randn(n_samples, self.config.latent_dim, generator=generator).to(self.device)
+        c = None
+        if self.config.c_dim:
+            classes = torch.randint(self.config.c_dim, (n_samples,), generator=generator)
+            c = torch.nn.functional.one_hot(classes, self.config.c_dim).float().to(self.device)
         with torch.no_grad():
-            return self.mapping(z).mean(dim=0)
+            return (self.mapping(z) if c is None else self.mapping(z, c)).mean(dim=0)
 
     def save(self, path: str | Path, *, overwrite: bool = True) -> None:
         """Write the generator as one safetensors file with its config and provenance."""
@@ -198,7 +242,17 @@ class CipsGenerator(Generator):
         self.to_rgb = ToRGB(in_features, c.style_dim) if c.arch == "res" else None
 
     def _synthesize(self, coords: Tensor, w: Tensor, noise: bool, dtype: torch.dtype = torch.float32) -> Tensor:
-        """The layers' products in ``dtype``; always float32: the input features (sines and
+        """One style w [B, S] (or per point [B, N, S]) for every layer; see :meth:`_styled`."""
+        return self._styled(coords, lambda index: w, noise, dtype)
+
+    def _synthesize_layers(self, coords: Tensor, ws: Tensor, dtype: torch.dtype) -> Tensor:
+        """Style input i (:meth:`CipsFamily.style_layers`' order) takes ws[:, i]. The official
+        CIPS was trained with one style for all layers; the modules take one per layer all the same."""
+        return self._styled(coords, lambda index: ws[:, index], False, dtype)
+
+    def _styled(self, coords: Tensor, style: Any, noise: bool, dtype: torch.dtype) -> Tensor:
+        """``style(i)``: the style [B, S] or [B, N, S] of style input i, in the order the layers run.
+        The layers' products in ``dtype``; always float32: the input features (sines and
         bilinear reads; in low precision computed per distinct row and column, then rounded),
         every folded weight (rounded once to ``dtype``), the colour sum and the returned rgb."""
         if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -210,15 +264,15 @@ class CipsGenerator(Generator):
         else:  # per distinct row and column, straight into dtype (cips_deploy.families.separable_inputs)
             parts = [separable_input_features(self.fourier, self.embedding, points, dtype) for points in coords]
             x = parts[0][None] if len(parts) == 1 else torch.stack(parts)  # [B, N, F (+ F)]; B = 1: no copy
-        x = self.first(x, w, noise)
+        x = self.first(x, style(0), noise)
         if self.to_rgb is not None:  # CIPSres: residual blocks, one ToRGB at the end
-            for block in self.blocks:
-                x = block(x, w, noise)
-            return self.to_rgb(x, w).float()
+            for index, block in enumerate(self.blocks):
+                x = block(x, style(1 + 2 * index), noise, style(2 + 2 * index))
+            return self.to_rgb(x, style(1 + 2 * len(self.blocks))).float()
         rgb = None  # CIPSskip: every block adds its colours (summed in float32)
-        for block in self.blocks:
-            x = block(x, w, noise)
-            block_rgb = block.to_rgb(x, w)
+        for index, block in enumerate(self.blocks):
+            x = block(x, style(1 + 3 * index), noise, style(2 + 3 * index))
+            block_rgb = block.to_rgb(x, style(3 + 3 * index))
             rgb = block_rgb.float() if rgb is None else block_rgb + rgb
         return rgb
 

@@ -338,8 +338,9 @@ class ResidualBlock(nn.Module):
         self.layer2 = StyledLayer(out_features, out_features, style_dim)
         self.skip = EqualLinear(in_features, out_features, bias=False) if in_features != out_features else None
 
-    def forward(self, x: Tensor, w: Tensor, noise: bool = False) -> Tensor:
-        out = self.layer2(self.layer1(x, w, noise), w, noise)
+    def forward(self, x: Tensor, w: Tensor, noise: bool = False, w2: Tensor | None = None) -> Tensor:
+        """``w`` styles both layers, or the first only when ``w2`` (per-layer styles) styles the second."""
+        out = self.layer2(self.layer1(x, w, noise), w if w2 is None else w2, noise)
         if self.skip is None:
             skip = x
         elif x.dtype == self.skip.weight.dtype:

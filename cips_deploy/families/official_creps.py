@@ -407,8 +407,9 @@ def _name(name: Any, prefix: str, path: Path) -> str:
 def config_kwargs(init_kwargs: dict[str, Any], *, source: str) -> dict[str, Any]:
     """Official ``Generator(**init_kwargs)`` -> GeneratorConfig fields (the knobs this project has).
 
-    Refuses, in one sentence each, what it cannot reproduce: class-conditional models, other
-    than RGB output, z and w of different widths, unknown options; and every value of the
+    z of another width than w and class-conditional models (``c_dim > 0``) are taken as they
+    are. Refuses, in one sentence each, what it cannot reproduce: other than RGB output,
+    unknown options; and every value of the
     wrong type or out of range (NaN, strings, fractions, 2**62, booleans), before anything is
     sized by it (limits: ``OFFICIAL_CREPS_LIMITS``).
     """
@@ -426,14 +427,8 @@ def config_kwargs(init_kwargs: dict[str, Any], *, source: str) -> dict[str, Any]
         raise CipsError(f"{source} uses generator option(s) cips-deploy does not reproduce: {', '.join(unknown)}.")
     values = {**kwargs, **mapping}
     whole = {name: _whole(values.get(name, default), name, source) for name, default in WHOLE_DEFAULTS.items()}
-    if whole["c_dim"] > 0:
-        raise CipsError(
-            f"{source} is a class-conditional CREPS (c_dim={whole['c_dim']}); cips-deploy renders unconditional models only."
-        )
     if whole["img_channels"] != 3:
         raise CipsError(f"{source} makes {whole['img_channels']}-channel images; cips-deploy renders RGB (3 channels) only.")
-    if whole["z_dim"] != whole["w_dim"]:
-        raise CipsError(f"{source} has z_dim {whole['z_dim']} != w_dim {whole['w_dim']}; cips-deploy needs them equal.")
     lr = _number(values.get("mapping_kwargs.lr_multiplier", 0.01), "mapping_kwargs.lr_multiplier", source, (0, 1000), "in (0, 1000]")
     fc_clamp = values.get("fc_clamp", 256)
     if fc_clamp is not None:
@@ -445,6 +440,8 @@ def config_kwargs(init_kwargs: dict[str, Any], *, source: str) -> dict[str, Any]
     return dict(
         size=whole["img_resolution"],
         style_dim=whole["w_dim"],
+        z_dim=whole["z_dim"],  # any width (None once the config sees it equals w_dim)
+        c_dim=whole["c_dim"],  # class-conditional: the mapping's label embedding (mapping.embed)
         n_mlp=whole["mapping_kwargs.num_layers"],
         lr_mlp=lr,
         channel_base=whole["channel_base"],

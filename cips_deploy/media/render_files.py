@@ -51,6 +51,7 @@ class RenderFiles:
         backend: str,
         backend_options: dict[str, Any] | None = None,
         blend_seed: int | None = None,
+        controls: Any = None,
         outdir: Path | None = None,
         viewer: Path | None = None,
         overwrite: bool = False,
@@ -59,9 +60,11 @@ class RenderFiles:
         self.height, self.width, self.truncation = height, width, truncation
         self.backend, self.backend_options, self.blend_seed = backend, dict(backend_options or {}), blend_seed
         self.outdir, self.viewer = outdir, viewer
+        # Transform, style mixing, class, a saved style's hash: recorded with the render (only those set).
+        self.control_fields = controls.fields() if controls is not None else {}
         self.overwrite = overwrite  # --force: the seeds' files and the viewer obey it like the main output
         entry = registry.get("topology", topology)
-        self.params = resolve_parameters(entry.item, topology_params)
+        self.params = resolve_parameters(entry.item, topology_params, entry.name)
         # A topology says whether its width is a full 360-degree turn (the built-in cylinder
         # does; a third-party one can too), rather than being recognised here by name.
         self.panorama = bool(getattr(entry.item, "panorama", False))
@@ -142,7 +145,7 @@ class RenderFiles:
         return render_provenance(
             self._identity, seed=seed, truncation=self.truncation, topology=self.topology, parameters=self.params,
             height=self.height, width=self.width, backend=self.backend,
-            backend_options=self.backend_options or None, blend_seed=self.blend_seed,
+            backend_options=self.backend_options or None, blend_seed=self.blend_seed, **self.control_fields,
         )
 
     def panorama_xmp(self) -> str | None:

@@ -20,6 +20,15 @@ backend, bitwise the same for any chunking. What changes from frame to frame:
   (frame k looks at ``360 k / N`` degrees, so it loops).
 - any topology parameter given as ``NAME=START:END``: linear from frame 0 to frame N-1.
 
+What every frame shares: the render controls (:class:`~cips_deploy.runtime.render_setup.Controls`):
+a coordinate transform (``--translate/--rotate/--scale``, on top of the mode's camera), style
+mixing (the mix seed's w for the later style inputs of every frame's style) and a class.
+
+A grid of walks (``grid=(R, C)``, ``video --grid RxC``, as StyleGAN3's ``gen_video.py``): the
+seeds are dealt out in order, ``len(seeds) / (R C)`` consecutive seeds to each cell, row by row;
+every cell walks its own seeds (same frames, same loop), and frame k is the R x C tiling of the
+cells' frames k.
+
 Writers: animated WebP through Pillow (no extra dependency), MP4 (H.264) through the
 optional ``video`` extra (imageio-ffmpeg, which bundles an ffmpeg binary).
 
@@ -32,8 +41,10 @@ Importing this module never imports torch: backends take and return numpy arrays
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -49,6 +60,8 @@ from cips_deploy.runtime.atomic import atomic_path, guard_outputs
 from cips_deploy.runtime.backend_use import choose_backend
 from cips_deploy.runtime.plugin_manager import Registry, get_registry
 from cips_deploy.runtime.render import check_size, make_backend, render_detailed
+from cips_deploy.runtime.render_setup import Controls
+from cips_deploy.runtime.styles import class_label
 from cips_deploy.runtime.seeds import seed_latent
 
 MODES = ("walk", "zoom", "pan")
@@ -58,6 +71,7 @@ MAX_WEBP_BYTES = 1 << 30
 VIEWPORT = ("u_min", "u_max", "v_min", "v_max")
 FORMATS = (".webp", ".mp4")
 DEFAULT_FPS = 24.0
+MAX_GRID_SIDE = 64  # cells per row or column of --grid
 
 
 @dataclass(frozen=True)
@@ -114,7 +128,7 @@ def check_animation(animation: Animation, coordinate_space: str, registry: Regis
     missing = [name for name in controlled if name not in declared]
     if missing:
         raise CipsError(
-            f"The {animation.mode} mode moves the viewport ({', '.join(missing)}), which the {topology.name} topology "
+            f"The {animation.mode} mode moves the viewport ({', '.join(missing)}), which the {entry.name} topology "
             "does not have; use --topology flat."
         )
     # A zoom starts from the viewport given as fixed parameters; a pan sets its u range itself.
@@ -135,11 +149,11 @@ def check_animation(animation: Animation, coordinate_space: str, registry: Regis
     # Both ends of every ramp (and every fixed value) must be values the topology accepts;
     # this also names unknown parameters with the topology's list.
     for end in (0, 1):
-        resolve_parameters(topology, {**animation.params, **{name: pair[end] for name, pair in animation.ramps.items()}})
+        resolve_parameters(topology, {**animation.params, **{name: pair[end] for name, pair in animation.ramps.items()}}, entry.name)
     for name, (start, end) in animation.ramps.items():
         kind = next(parameter.type for parameter in topology.parameters if parameter.name == name)
         if kind not in (int, float):
-            raise CipsError(f"The {topology.name} topology's parameter {name} is not a number, so it cannot be animated.")
+            raise CipsError(f"The {entry.name} topology's parameter {name} is not a number, so it cannot be animated.")
 
 
 def mode_parameters(animation: Animation) -> tuple[str, ...]:
@@ -150,14 +164,15 @@ def mode_parameters(animation: Animation) -> tuple[str, ...]:
 def frame_parameters(animation: Animation, index: int, registry: Registry | None = None) -> dict[str, Any]:
     """Topology parameters of frame ``index`` (0 .. frames - 1), fixed ones included."""
     registry = registry or get_registry()
-    topology = registry.get("topology", animation.topology).item
-    fixed = resolve_parameters(topology, animation.params)  # converted, defaults filled in
+    entry = registry.get("topology", animation.topology)
+    topology = entry.item
+    fixed = resolve_parameters(topology, animation.params, entry.name)  # converted, defaults filled in
     params = dict(animation.params)
     progress = index / (animation.frames - 1)  # 0 at the first frame, 1 at the last
     for name, (start, end) in animation.ramps.items():
         parameter = next(p for p in topology.parameters if p.name == name)
-        low = parameter.convert(start, topology.name)
-        high = parameter.convert(end, topology.name)
+        low = parameter.convert(start, entry.name)
+        high = parameter.convert(end, entry.name)
         value = low + (high - low) * progress
         params[name] = int(round(value)) if parameter.type is int else float(value)
     if animation.mode == "zoom":
@@ -176,22 +191,29 @@ def frame_parameters(animation: Animation, index: int, registry: Registry | None
     return params
 
 
-def seed_styles(runner: Any, seeds: Iterable[int], truncation: float) -> np.ndarray:
-    """The seeds' styles, float32 [n, S]: each seed's z [1, Z] mapped on its own.
+def seed_styles(runner: Any, seeds: Iterable[int], truncation: float, class_index: int | None = None) -> np.ndarray:
+    """The seeds' styles, float32 [n, S]: each seed's z [1, Z] (and the class label of a
+    conditional model) mapped on its own.
 
     One seed at a time, as a single render maps its seed, so that a walk's frame on a seed
     is bitwise that seed's render (a batched mapping may round differently).
     """
-    return np.concatenate([map_latent(runner, seed_latent(seed, runner.config), truncation) for seed in seeds])
+    c = class_label(runner.config, class_index)
+    return np.concatenate([map_latent(runner, seed_latent(seed, runner.config), truncation, c) for seed in seeds])
 
 
-def map_latent(runner: Any, z: np.ndarray, truncation: float) -> np.ndarray:
-    """``runner.map(z [1, Z], truncation)`` as host float32 [1, S], for either flavour of backend.
+def map_latent(runner: Any, z: np.ndarray, truncation: float, c: np.ndarray | None = None) -> np.ndarray:
+    """``runner.map(z [1, Z], truncation)`` (with ``c=`` the label [1, C] of a conditional model)
+    as host float32 [1, S], for either flavour of backend.
 
     Backends of the old contract (``arrays == "torch"``, :mod:`cips_deploy.backend`) take and
     return torch tensors; torch is imported only for them, and they exist only where it is.
     """
-    return from_backend(runner.map(*to_backend(runner, z), truncation), getattr(runner, "name", "The backend"), "map")
+    label = getattr(runner, "name", "The backend")
+    if c is None:
+        return from_backend(runner.map(*to_backend(runner, z), truncation), label, "map")
+    z, c = to_backend(runner, z, c)
+    return from_backend(runner.map(z, truncation, c=c), label, "map")
 
 
 def walk_styles(keys: np.ndarray, frames: int) -> Iterator[np.ndarray]:
@@ -228,29 +250,96 @@ def render_frames(
     truncation: float = 1.0,
     registry: Registry | None = None,
     progress: Callable[[int, int], None] | None = None,
+    controls: Controls | None = None,
     **render_options: Any,
 ) -> Iterator[np.ndarray]:
     """The clip's frames, uint8 [height, width, 3] each, rendered one after another.
 
     runner: a constructed Backend (reused for every frame). ``render_options`` go to every
-    :func:`render_detailed` call (chunker, chunk_size, memory_budget).
+    :func:`render_detailed` call (chunker, chunk_size, memory_budget); ``controls`` (transform,
+    style mixing, class) to every frame.
     """
     registry = registry or get_registry()
     check_animation(animation, runner.config.coordinate_space, registry)
+    controls = controls or Controls()
     styles = None
     if len(animation.seeds) > 1:
-        styles = walk_styles(seed_styles(runner, animation.seeds, truncation), animation.frames)  # keys [n, S]
+        keys = seed_styles(runner, animation.seeds, truncation, controls.class_index)  # [n, S]
+        styles = walk_styles(keys, animation.frames)
     if progress is not None:
         progress(0, animation.frames)
     for index in range(animation.frames):
         style = next(styles) if styles is not None else None  # [1, S], or the seed's own style
         rendering = render_detailed(
             runner, animation.topology, height, width, seed=animation.seeds[0], truncation=truncation,
-            style=style, registry=registry, **render_options, **frame_parameters(animation, index, registry),
+            style=style, controls=controls, registry=registry, **render_options, **frame_parameters(animation, index, registry),
         )
         yield rendering.image
         if progress is not None:
             progress(index + 1, animation.frames)
+
+
+def parse_grid(text: str) -> tuple[int, int]:
+    """``"2x3"`` -> (2, 3): rows and columns of a grid of walks (``video --grid``), each 1 to MAX_GRID_SIDE."""
+    match = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", text or "")
+    if match is None:
+        raise CipsError(f"--grid takes ROWSxCOLUMNS such as 2x3, not {text!r:.40}.")
+    rows, columns = int(match.group(1)), int(match.group(2))
+    if not (1 <= rows <= MAX_GRID_SIDE and 1 <= columns <= MAX_GRID_SIDE):
+        raise CipsError(f"--grid takes 1 to {MAX_GRID_SIDE} rows and columns, not {rows}x{columns}.")
+    return rows, columns
+
+
+def grid_animations(animation: Animation, grid: tuple[int, int]) -> list[Animation]:
+    """The cells' animations, row by row: ``len(seeds) / (R C)`` consecutive seeds each (gen_video's rule)."""
+    rows, columns = grid
+    cells = rows * columns
+    seeds = tuple(animation.seeds)
+    if len(seeds) % cells:
+        raise CipsError(
+            f"A {rows}x{columns} grid deals the seeds out to {cells} cells, so --seeds must list a multiple of {cells} "
+            f"seeds, not {len(seeds)}."
+        )
+    per_cell = len(seeds) // cells
+    if animation.mode == "walk" and per_cell < 2:
+        raise CipsError(f"A {rows}x{columns} grid of latent walks needs at least 2 seeds per cell: {2 * cells} seeds, e.g. --seeds 0-{2 * cells - 1}.")
+    return [dataclasses.replace(animation, seeds=seeds[i * per_cell : (i + 1) * per_cell]) for i in range(cells)]
+
+
+def grid_frames(
+    runner: Any,
+    animation: Animation,
+    height: int,
+    width: int,
+    grid: tuple[int, int],
+    *,
+    registry: Registry | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    **frame_options: Any,
+) -> Iterator[np.ndarray]:
+    """The frames of a grid of walks, uint8 [R height, C width, 3] each: cell (r, c)'s frame k
+    (:func:`render_frames` of its :func:`grid_animations` entry) at row r, column c. Checked
+    before the first frame is asked for."""
+    registry = registry or get_registry()
+    cells = grid_animations(animation, grid)
+    for cell in cells:
+        check_animation(cell, runner.config.coordinate_space, registry)
+    rows, columns = grid
+
+    def frames() -> Iterator[np.ndarray]:
+        streams = [render_frames(runner, cell, height, width, registry=registry, **frame_options) for cell in cells]
+        if progress is not None:
+            progress(0, animation.frames)
+        for index in range(animation.frames):
+            frame = np.empty((rows * height, columns * width, 3), dtype=np.uint8)
+            for number, stream in enumerate(streams):
+                row, column = divmod(number, columns)
+                frame[row * height : (row + 1) * height, column * width : (column + 1) * width] = next(stream)
+            yield frame
+            if progress is not None:
+                progress(index + 1, animation.frames)
+
+    return frames()
 
 
 # --------------------------------------------------------------------------- writers
@@ -422,6 +511,8 @@ def make_video(
     registry: Registry | None = None,
     progress: Callable[[int, int], None] | None = None,
     overwrite: bool = True,
+    controls: Controls | None = None,
+    grid: tuple[int, int] | None = None,
 ) -> Clip:
     """Render and write one clip, everything the ``video`` command does after parsing its options.
 
@@ -432,6 +523,8 @@ def make_video(
     ``fps`` to 24, or ``frames / duration``. Every check runs before the output's temporary
     file exists, and the cheap ones before the backend is built. ``overwrite`` (``--force``):
     replace an existing output; without it one is refused before any frame is rendered.
+    ``controls``: transform, style mixing and class of every frame; ``grid`` (rows, columns):
+    a grid of walks (module text), frames ``rows * height`` x ``columns * width``.
     """
     registry = registry or get_registry()
     seeds = tuple(seeds)
@@ -453,31 +546,36 @@ def make_video(
             topology = "cylinder" if mode == "walk" and space == "cylinder" else "flat"
         if width is None:
             width = default_width(mode, topology, height, fov)
+        rows, columns = grid or (1, 1)
         check_size(height, width)
-        check_video_output(output, frames, height, width, rate)
+        check_size(rows * height, columns * width)
+        check_video_output(output, frames, rows * height, columns * width, rate)
         animation = Animation(
             mode=mode, seeds=seeds, frames=frames, topology=topology, params=params, ramps=ramps, zoom=zoom,
             centre=tuple(centre), fov=fov,
         )
-        check_animation(animation, space, registry)
+        if grid is None:
+            check_animation(animation, space, registry)
         provenance = render_provenance(
             model_identity(model), seed=list(seeds), truncation=truncation, topology=topology,
             parameters={**params, **{name: f"{a}:{b}" for name, (a, b) in ramps.items()}}, height=height, width=width,
             backend=backend, animation=mode, frames=frames, fps=rate,
             zoom=zoom if mode == "zoom" else None, centre=list(centre) if mode == "zoom" else None,
-            fov=fov if mode == "pan" else None,
+            fov=fov if mode == "pan" else None, grid=None if grid is None else f"{rows}x{columns}",
+            **(controls.fields() if controls is not None else {}),
         )
-        clip = render_frames(
-            runner, animation, height, width, truncation=truncation, registry=registry, progress=progress,
-            chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget,
-        )
+        options = dict(truncation=truncation, controls=controls, chunker=chunker, chunk_size=chunk_size, memory_budget=memory_budget)
+        if grid is None:
+            clip = render_frames(runner, animation, height, width, registry=registry, progress=progress, **options)
+        else:
+            clip = grid_frames(runner, animation, height, width, grid, registry=registry, progress=progress, **options)
         written = write_video(
-            clip, output, height=height, width=width, fps=rate, provenance=provenance, quality=quality, lossless=lossless,
+            clip, output, height=rows * height, width=columns * width, fps=rate, provenance=provenance, quality=quality, lossless=lossless,
             overwrite=overwrite,
         )
     finally:
         runner.close()
-    return Clip(output, written, height, width, topology, mode, rate)
+    return Clip(output, written, rows * height, columns * width, topology, mode, rate)
 
 
 def frame_rate(fps: float | None, duration: float | None, frames: int) -> float:

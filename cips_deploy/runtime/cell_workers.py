@@ -20,6 +20,8 @@ are told to stop after their current chunk.
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import multiprocessing
 import os
@@ -196,6 +198,7 @@ def _helper_render(cell: Cell) -> np.ndarray:
         job, threads, _, _ = _helper_settings
         registry = get_registry()  # imports the plugins: torch too, where the backend runs on it
         _set_torch_threads(threads)  # before the backend is built, as its chunk budget may read it
-        _helper = CellRenderer(job, registry)
+        # The parent already said what it had to say about the styles (announce): once, not per worker.
+        _helper = CellRenderer(dataclasses.replace(job, controls=dataclasses.replace(job.controls, announce=False)), registry)
         _set_torch_threads(threads)  # again, for a backend that imported torch only when built
     return _helper.render(cell, _check_parent)

@@ -26,7 +26,7 @@ from cips_deploy.contracts.chunking import ChunkRequest, checked_spans
 from cips_deploy.errors import CipsError
 from cips_deploy.runtime.plugin_calls import call, guarded_iter
 from cips_deploy.runtime.plugin_manager import Registry
-from cips_deploy.runtime.render_setup import prepare
+from cips_deploy.runtime.render_setup import Controls, prepare
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class Job:
     backend: str | None  # the registered backend's name (None only with a constructed backend)
     device: str
     backend_options: dict[str, Any] = field(default_factory=dict)
+    controls: Controls = field(default_factory=Controls)  # transform, style mixing, class, a saved style
 
 
 class CellRenderer:
@@ -65,7 +66,7 @@ class CellRenderer:
         try:
             self.layout, self.w, self.w_blend = prepare(
                 runner, self.backend_entry, self.topology, job.height, job.width, job.params, job.seed, job.truncation,
-                job.blend_seed,
+                job.blend_seed, controls=job.controls,
             )
             if not getattr(self.layout, "pixel_grid", False):
                 raise CipsError(

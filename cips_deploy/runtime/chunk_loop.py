@@ -35,7 +35,8 @@ def synthesize(
     progress: Progress | None,
 ) -> int:
     """The chunk loop: points -> (checked) coords float32 ``[1, n, 2]`` -> rgb float32 ``[1, n, 3]``
-    -> layout. ``w``, ``w_blend``: float32 ``[1, S]``. Returns the chunk count.
+    -> layout. ``w``, ``w_blend``: float32 ``[1, S]``; or ``w`` per-layer styles ``[1, L, S]``
+    (no blend), run through the backend's ``run_layers``. Returns the chunk count.
 
     Chunks go to the backend as a lazy stream (``run_many``), so a backend may keep a few in
     flight; colours come back in chunk order and are accepted one by one.
@@ -53,7 +54,10 @@ def synthesize(
             styles = w if w_blend is None else blend_styles(w, w_blend, coords)  # [1, S] or [1, n, S]
             yield to_backend(runner, coords, styles)
 
-    results = call(backend, "run", run_chunks, runner, batches())
+    if w.ndim == 3:  # per-layer styles (style mixing, a per-layer --w): one call per chunk
+        results = call(backend, "run", lambda: (runner.run_layers(coords, ws) for coords, ws in batches()))
+    else:
+        results = call(backend, "run", run_chunks, runner, batches())
     for rgb in guarded_iter(results, backend, "run"):
         if not sent:
             raise CipsError(f"{backend.label} returned more colour chunks than it was given.")

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cips_deploy.errors import CipsError
+
 _F32, _F64 = np.float32, np.float64
 
 
@@ -118,3 +120,97 @@ def _float32(values: Any) -> np.ndarray:
     if hasattr(values, "detach"):
         values = values.detach().cpu().float().numpy()
     return np.asarray(values, dtype=_F32)
+
+
+# ------------------------------------------------------------------ the coordinate transform
+
+
+class CoordinateTransform:
+    """A camera move applied to the points a topology produces, before the backend
+    (``render --translate TX,TY --rotate DEG --scale S``; docs/rendering.md).
+
+    A point p = (u, v) of any topology becomes ``t + S * R(DEG) @ p`` with
+    R = [[cos, -sin], [sin, cos]] in (u, v), v pointing down. So the camera moves:
+
+    - ``translate`` (tx, ty): the view's centre moves to (tx, ty); tx > 0 shows what lay to
+      the right (the content slides left), ty > 0 what lay below (it slides up);
+    - ``rotate`` DEG: the camera turns clockwise on screen, so the content appears turned
+      counter-clockwise by DEG (the ``rotated`` topology's convention: on a square flat
+      render ``--rotate 30`` is ``-t rotated -p angle=30``);
+    - ``scale`` S: the view's extent; S > 1 zooms out (shows more), S < 1 zooms in.
+
+    Translation and scale keep a grid a grid (u' depends on u alone, v' on v alone), so
+    line-factored families still evaluate each row and column once; a rotation mixes u and v,
+    and such chunks take the per-point path. Every point is transformed by the same float32
+    elementwise operations, so a point's value never depends on its chunk.
+    """
+
+    def __init__(self, translate: tuple[float, float] = (0.0, 0.0), rotate: float = 0.0, scale: float = 1.0) -> None:
+        try:
+            tx, ty = (float(value) for value in translate)
+            rotate, scale = float(rotate), float(scale)
+        except (TypeError, ValueError):
+            raise CipsError(f"A coordinate transform takes translate (tx, ty), rotate and scale numbers, not {translate!r:.40}, {rotate!r:.20}, {scale!r:.20}.") from None
+        if not all(np.isfinite([tx, ty, rotate, scale])):
+            raise CipsError("A coordinate transform's translate, rotate and scale must be finite numbers.")
+        if not scale > 0:
+            raise CipsError(f"The transform's scale must be greater than 0, not {scale!r}.")
+        self.translate, self.rotate, self.scale = (tx, ty), rotate, scale
+        cos, sin = _rotation(rotate)
+        # float32 factors of u' = (u * a + v * b) + tx and v' = (u * c + v * d) + ty.
+        self.factors = tuple(_F32(f) for f in (scale * cos, -scale * sin, scale * sin, scale * cos, tx, ty))
+
+    @property
+    def identity(self) -> bool:
+        return self.translate == (0.0, 0.0) and self.rotate % 360.0 == 0.0 and self.scale == 1.0
+
+    @property
+    def separable(self) -> bool:
+        """Whether u' depends on u alone and v' on v alone (a grid stays a grid)."""
+        a, b, c, d = self.factors[:4]
+        return b == 0 and c == 0
+
+    def apply(self, points: np.ndarray) -> np.ndarray:
+        """points float32 ``[N, 2]`` (or ``[..., 2]``) -> the transformed points, float32, same shape."""
+        points = np.asarray(points, dtype=_F32)
+        u, v = points[..., 0], points[..., 1]
+        a, b, c, d, tx, ty = self.factors
+        out = np.empty(points.shape, dtype=_F32)
+        if self.separable:  # no cross terms: exactly u * a + tx, so a grid's rows and columns stay shared
+            out[..., 0] = u * a + tx
+            out[..., 1] = v * d + ty
+        else:
+            out[..., 0] = (u * a + v * b) + tx
+            out[..., 1] = (u * c + v * d) + ty
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (provenance, a streamed render's manifest)."""
+        return {"translate": list(self.translate), "rotate": self.rotate, "scale": self.scale}
+
+    def __repr__(self) -> str:
+        return f"CoordinateTransform(translate={self.translate}, rotate={self.rotate}, scale={self.scale})"
+
+
+def coordinate_transform(value: Any) -> CoordinateTransform | None:
+    """The API's ``transform=``: None, a :class:`CoordinateTransform`, or a mapping with
+    ``translate``, ``rotate`` and ``scale`` -> a transform, or None when it changes nothing."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"translate", "rotate", "scale"})
+        if unknown:
+            raise CipsError(f"A transform takes translate, rotate and scale, not {', '.join(map(str, unknown))}.")
+        value = CoordinateTransform(**value)
+    if not isinstance(value, CoordinateTransform):
+        raise CipsError(f"transform must be a CoordinateTransform or a dict of translate, rotate and scale, not {type(value).__name__}.")
+    return None if value.identity else value
+
+
+def _rotation(degrees: float) -> tuple[float, float]:
+    """(cos, sin), exact at multiples of 90 degrees (the rotated topology's rule)."""
+    quarter_turns, remainder = divmod(degrees, 90.0)
+    if remainder == 0.0:
+        return [(1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)][int(quarter_turns) % 4]
+    radians = np.radians(degrees)
+    return float(np.cos(radians)), float(np.sin(radians))

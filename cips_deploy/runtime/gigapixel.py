@@ -66,6 +66,7 @@ from cips_deploy.contracts.backend import Backend
 from cips_deploy.runtime.hashing import file_sha256
 from cips_deploy.runtime.cell_workers import WorkerLost, render_cells
 from cips_deploy.runtime.cells import CellRenderer, Job
+from cips_deploy.runtime.render_setup import Controls
 from cips_deploy.runtime.chunk_loop import Progress
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.limits import MAX_JSON_BYTES, check_in_memory, parse_json
@@ -98,6 +99,10 @@ FIELD_NAMES = {
     "blend_seed": "blend seed",
     "truncation": "truncation",
     "cell": "cell size",
+    "transform": "coordinate transform",
+    "mix": "style mixing (mix seed, first style input)",
+    "class": "class",
+    "w": "saved style (SHA-256 of --w)",
 }
 
 
@@ -147,6 +152,7 @@ def render_to_file(
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
+    controls: Controls | None = None,
     resume: bool = False,
     workers: int = 1,
     threads: int | None = None,
@@ -166,6 +172,8 @@ def render_to_file(
     threads:       torch threads per worker (default: the CPU count divided among the workers;
                    a serial render keeps the caller's setting).
     progress:      ``progress(points_done, points_total)`` over the points this run renders.
+    controls:      the coordinate transform, style mixing, class and saved style
+                   (:class:`~cips_deploy.runtime.render_setup.Controls`), as the in-memory renderer takes them.
     overwrite:     replace an existing output (``--force``; a companion such as ``NAME_files/`` only
                    if cips-deploy wrote it); without it the render refuses, also when the output
                    appears while it runs.
@@ -175,6 +183,7 @@ def render_to_file(
     job, output, sink_format = _prepare(
         registry, model, destination, output_format, topology, height, width, seed, truncation, chunker, chunk_size,
         memory_budget, backend, device, backend_options or {}, blend_seed, workers, threads, topology_params, overwrite,
+        controls,
     )
     # The renderer of this process is built before any file is touched, so that a model,
     # topology or backend problem leaves nothing behind (with workers it renders cells too).
@@ -199,6 +208,7 @@ def render_to_file(
         "blend_seed": blend_seed,
         "truncation": float(truncation),
         "cell": [CELL_ROWS, CELL_COLUMNS],
+        **job.controls.fields(),  # only what is set: a plain render's manifest is as before
     }
     fields = json.loads(json.dumps(fields, sort_keys=True))  # as it reads back from the manifest
     description = json.dumps({"cips_deploy": fields}, sort_keys=True)
@@ -291,6 +301,7 @@ def render_to_array(
     device: str = "cpu",
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
+    controls: Controls | None = None,
     workers: int = 1,
     threads: int | None = None,
     progress: Progress | None = None,
@@ -306,7 +317,7 @@ def render_to_array(
     check_in_memory(height, width)  # the assembled image; cells are small
     job = _job(
         registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
-        backend_options or {}, blend_seed, workers, threads, topology_params,
+        backend_options or {}, blend_seed, workers, threads, topology_params, controls,
     )
     local = CellRenderer(job, registry, runner=model if isinstance(model, Backend) else None)
     try:
@@ -441,7 +452,7 @@ def _reopen(
     if not isinstance(found, dict):
         raise CipsError(f"{partial} is not a cips-deploy partial render (no readable manifest.json); delete it or choose another output.")
     for name in FIELD_NAMES:  # in this order: the topology is named before its parameters
-        value = fields[name]
+        value = fields.get(name)  # the render controls are there only when set (older manifests lack them)
         if found.get(name) != value:
             raise CipsError(
                 f"{partial} is a partial render of another {FIELD_NAMES.get(name, name)} ({_short(found.get(name))} there, "
@@ -520,7 +531,7 @@ def _prepare(
     registry: Registry, model: Any, destination: Path, output_format: str | None, topology: str, height: int, width: int,
     seed: int, truncation: float, chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str | None,
     device: str, backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
-    topology_params: dict[str, Any], overwrite: bool,
+    topology_params: dict[str, Any], overwrite: bool, controls: Controls | None = None,
 ) -> tuple[Job, Registered, OutputFormat]:
     """Every check that needs no rendering, before any file is touched."""
     check_size(height, width)
@@ -532,7 +543,7 @@ def _prepare(
         raise CipsError(f"The {sink_format.name} format is written from memory, not streamed; stream to {streaming}.")
     job = _job(
         registry, model, topology, height, width, seed, truncation, chunker, chunk_size, memory_budget, backend, device,
-        backend_options, blend_seed, workers, threads, topology_params,
+        backend_options, blend_seed, workers, threads, topology_params, controls,
     )
     _guard(output, sink_format, destination, overwrite, probe=True)
     call(output, "check", sink_format.check, destination, height, width)
@@ -553,7 +564,7 @@ def _job(
     registry: Registry, model: Any, topology: str, height: int, width: int, seed: int, truncation: float,
     chunker: str | None, chunk_size: int | None, memory_budget: float | None, backend: str | None, device: str,
     backend_options: dict[str, Any], blend_seed: int | None, workers: int, threads: int | None,
-    topology_params: dict[str, Any],
+    topology_params: dict[str, Any], controls: Controls | None = None,
 ) -> Job:
     """The checked settings of a render in cells."""
     check_size(height, width)
@@ -572,12 +583,13 @@ def _job(
     topology_entry = registry.get("topology", topology)
     chunker_name = chunker or ("fixed" if chunk_size is not None else "memory")
     check_chunk_settings(registry.get("chunker", chunker_name), chunk_size, memory_budget)
-    params = resolve_parameters(topology_entry.item, topology_params)
+    params = resolve_parameters(topology_entry.item, topology_params, topology_entry.name)
     if not isinstance(model, Backend):
         backend = registry.get("backend", choose_backend(registry, model, backend)).name  # workers build this one
     return Job(
         model if not isinstance(model, Backend) else None, topology, params, int(height), int(width), int(seed),
         float(truncation), blend_seed, chunker_name, chunk_size, memory_budget, backend, device, dict(backend_options),
+        controls if controls is not None else Controls(),
     )
 
 

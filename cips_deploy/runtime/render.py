@@ -33,7 +33,7 @@ from cips_deploy.contracts.limits import check_in_memory
 from cips_deploy.runtime.plugin_calls import call, guarded_iter
 from cips_deploy.runtime.plugin_manager import Registry, get_registry
 from cips_deploy.runtime.render_request import MAX_SEED, check_chunk_settings, check_seed, check_size, check_truncation, checked_count, checked_image
-from cips_deploy.runtime.render_setup import prepare
+from cips_deploy.runtime.render_setup import Controls, prepare
 from cips_deploy.runtime.styles import latent
 from cips_deploy.contracts.topology import resolve_parameters
 
@@ -80,6 +80,11 @@ def render_detailed(
     backend_options: dict[str, Any] | None = None,
     blend_seed: int | None = None,
     style: Any = None,
+    transform: Any = None,
+    mix_seed: int | None = None,
+    mix_from: int | None = None,
+    class_index: int | None = None,
+    controls: Controls | None = None,
     progress: Progress | None = None,
     registry: Registry | None = None,
     **topology_params: Any,
@@ -100,7 +105,17 @@ def render_detailed(
                      (:func:`cips_deploy.runtime.backend_use.choose_backend`).
     blend_seed:      a second seed for spatially varying styles (see the module text).
     style:           a ready style w ``[1, S]`` (numpy or torch) to render instead of the seed's
-                     (a latent walk interpolates styles); ``seed`` then only names the render.
+                     (a latent walk interpolates styles; a projection), or per-layer styles
+                     ``[1, L, S]`` (``L = config.family.style_layers(config)``); ``seed`` then only
+                     names the render, and truncation does not apply to it.
+    transform:       a camera move of every point the topology makes, before the backend: a
+                     :class:`~cips_deploy.runtime.coords.CoordinateTransform` or
+                     ``{"translate": (tx, ty), "rotate": degrees, "scale": s}`` (docs/rendering.md).
+    mix_seed, mix_from: style mixing: ``mix_seed``'s w for the style inputs ``mix_from`` and later
+                     (per-layer styles: the backend must run them, ``Backend.run_layers``).
+    class_index:     the class of a class-conditional model.
+    controls:        all four at once (:class:`~cips_deploy.runtime.render_setup.Controls`, what the
+                     commands build), instead of ``transform`` ... ``class_index``.
     progress:        called as ``progress(points_done, points_total)`` after each chunk.
     """
     registry = registry or get_registry()
@@ -113,11 +128,13 @@ def render_detailed(
     check_in_memory(height, width, topology_entry)
     chunker_entry = registry.get("chunker", chunker or ("fixed" if chunk_size is not None else "memory"))
     check_chunk_settings(chunker_entry, chunk_size, memory_budget)
-    params = resolve_parameters(topology_entry.item, topology_params)
+    params = resolve_parameters(topology_entry.item, topology_params, topology_entry.name)
+    if controls is None:
+        controls = Controls.make(transform, mix_seed, mix_from, class_index)
 
     with backend_in_use(registry, model, backend, device, backend_options) as (runner, backend_entry):
         layout, w, w_blend = prepare(
-            runner, backend_entry, topology_entry, height, width, params, seed, truncation, blend_seed, style
+            runner, backend_entry, topology_entry, height, width, params, seed, truncation, blend_seed, style, controls
         )
         n_points = checked_count(layout, topology_entry)
         with inference_mode():  # only when torch is loaded: a torch backend's tensors need no autograd

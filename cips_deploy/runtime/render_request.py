@@ -37,14 +37,17 @@ def check_truncation(truncation: Any) -> None:
         raise CipsError(f"The truncation must be a finite number, not {truncation!r}.")
 
 
-def check_style(style: Any, style_dim: int) -> np.ndarray:
-    """A caller's style (numpy, or a torch tensor) as host float32 ``[1, style_dim]``, or a CipsError."""
+def check_style(style: Any, style_dim: int, layers: int | None = None) -> np.ndarray:
+    """A caller's style (numpy, or a torch tensor) as host float32 ``[1, style_dim]`` or, when
+    the model takes ``layers`` per-layer styles, ``[1, layers, style_dim]``; or a CipsError."""
     floating = hasattr(style, "detach") and style.is_floating_point() or (
         isinstance(style, np.ndarray) and np.issubdtype(style.dtype, np.floating)
     )
-    if not floating or tuple(style.shape) != (1, style_dim):
+    shapes = [(1, style_dim)] + ([(1, layers, style_dim)] if layers else [])
+    if not floating or tuple(style.shape) not in shapes:
         shape = list(style.shape) if hasattr(style, "shape") else type(style).__name__
-        raise CipsError(f"A style must be a float array or tensor of shape [1, {style_dim}], not {shape}.")
+        layered = f" (or [1, {layers}, {style_dim}], one per style input)" if layers else ""
+        raise CipsError(f"A style must be a float array or tensor of shape [1, {style_dim}], not {shape}{layered}.")
     style = host_float32(style)
     if not np.isfinite(style).all():
         raise CipsError("A style has NaN or infinite values.")
@@ -53,7 +56,7 @@ def check_style(style: Any, style_dim: int) -> np.ndarray:
 
 def check_chunk_settings(chunker: Registered, chunk_size: Any, memory_budget: Any) -> None:
     """The chunk settings are valid numbers and are ones the chosen chunker reads."""
-    settings = tuple(getattr(chunker.item, "settings", ()))
+    settings = chunker.attribute("settings", (), tuple)  # plugin code: a failure names the chunker
     if chunk_size is not None:
         if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
             raise CipsError(f"The chunk size must be a positive whole number, not {chunk_size!r}.")

@@ -25,8 +25,12 @@ def check_seed(seed: Any, what: str = "seed") -> None:
 
 
 def seed_latent(seed: int, config_or_z_dim: Any) -> np.ndarray:
-    """z for ``seed``: float32 ``[1, Z]``, Z an int or the model config's ``style_dim``."""
+    """z for ``seed``: float32 ``[1, Z]``, Z an int or the model config's ``latent_dim`` (its z_dim,
+    which official CREPS models may have narrower or wider than w)."""
     check_seed(seed)
-    z_dim = config_or_z_dim if isinstance(config_or_z_dim, (int, np.integer)) else config_or_z_dim.style_dim
+    if isinstance(config_or_z_dim, (int, np.integer)):
+        z_dim = config_or_z_dim
+    else:  # a config written before z_dim existed (a plugin's own) names one width for z and w
+        z_dim = getattr(config_or_z_dim, "latent_dim", None) or config_or_z_dim.style_dim
     # randn draws float64; the cast to float32 is the one the official code makes when it hands z to torch.
     return np.random.RandomState(int(seed)).randn(1, int(z_dim)).astype(np.float32)

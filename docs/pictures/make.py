@@ -218,6 +218,50 @@ def animations(out: Path, work: Path) -> None:
         publish(work / name, out)
 
 
+def projection(out: Path, work: Path) -> None:
+    """A photograph (scikit-learn's china.jpg, the demo's training photograph) projected into the
+    demo model (W+, the heading found by --angle auto), its panorama and its 4x render."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")  # found, not imported: only its data file is read
+    photo = Path(spec.origin).parent / "datasets" / "images" / "china.jpg" if spec and spec.origin else None
+    if photo is None or not photo.is_file():
+        print("  skipped the projection: it projects scikit-learn's china.jpg (pip install scikit-learn)")
+        return
+    run(f"cips-deploy project {photo} --angle auto --per-layer --steps 1000 -q -o {work / 'china.npz'} "
+        f"--image {work / 'china-view.png'} --video {work / 'projection.webp'}")
+    with np.load(work / "china.npz", allow_pickle=False) as saved:
+        u_min, u_max = (float(value) for value in saved["view"][:2])
+    run(f"cips-deploy render --w {work / 'china.npz'} --backend torch -t cylinder --height 96 -q -o {work / 'projection-panorama.png'}")
+    run(f"cips-deploy render --w {work / 'china.npz'} --backend torch -t flat -p u_min={u_min:.6f} -p u_max={u_max:.6f} "
+        f"--height 128 -q -o {work / 'china-4x.png'}")
+    with Image.open(photo) as image:
+        image = image.convert("RGB")
+    # The photograph 128 px high with its centre square (what --resize crop keeps) outlined;
+    # that square at the 32 px the demo model was trained at: the projection's target.
+    whole = image.resize((round(image.width * 128 / image.height), 128), Image.Resampling.LANCZOS)
+    box = _centre_square(whole.size)
+    ImageDraw.Draw(whole).rectangle((box[0], box[1], box[2] - 1, box[3] - 1), outline=(255, 255, 0))
+    target32 = np.asarray(image.crop(_centre_square(image.size)).resize((32, 32), Image.Resampling.LANCZOS))
+    view = np.kron(np.asarray(Image.open(work / "china-view.png").convert("RGB")), np.ones((4, 4, 1), np.uint8))
+    picture = captioned([
+        (np.asarray(whole), "photograph (china.jpg)"),
+        (np.kron(target32, np.ones((4, 4, 1), np.uint8)), "target, 32 px"),
+        (view, "projection, 32 px"),
+        (np.asarray(Image.open(work / "china-4x.png").convert("RGB")), "projection at 4x"),
+    ])
+    save(picture, out / "projection.png")
+    for name in ("projection-panorama.png", "projection.webp"):
+        publish(work / name, out)
+
+
+def _centre_square(size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The box of an image's centre square (what ``project --resize crop`` keeps)."""
+    width, height = size
+    side = min(width, height)
+    return ((width - side) // 2, (height - side) // 2, (width - side) // 2 + side, (height - side) // 2 + side)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=HERE, help="folder for the pictures (default: docs/pictures)")
@@ -240,6 +284,7 @@ def main() -> None:
             "demo-comparison": lambda: demo_comparison(out, work),
             "web-page": lambda: web_page(out, work, args.web_runtime),
             "animations": lambda: animations(out, work),
+            "projection": lambda: projection(out, work),
         }
         for name in args.only:
             if name not in pictures:

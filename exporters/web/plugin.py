@@ -18,6 +18,7 @@ from cips_deploy.errors import CipsError
 # The export command's settings that mean nothing for a page, with the flag that sets each.
 NOT_FOR_THE_WEB = {
     "spatial_style": "--spatial-style",
+    "layer_styles": "--layer-styles",
     "quantize": "--quantize",
     "min_psnr": "--min-psnr",
     "max_batch": "--max-batch",
@@ -27,6 +28,13 @@ NOT_FOR_THE_WEB = {
     "triton_model_name": "--name",
     "triton_backend": "--triton-backend",
     "external_data": "--external-data",
+    "min_shapes": "--min-shapes",
+    "opt_shapes": "--opt-shapes",
+    "max_shapes": "--max-shapes",
+    "builder_verbosity": "--builder-verbosity",
+    "calibration_seeds": "--calibration-seeds",
+    "calibration_points": "--calibration-points",
+    "calibration_data": "--calibration-data",
 }
 
 

@@ -256,6 +256,7 @@ def site_manifest(name: str, engines: dict[str, Path], meta: EngineMetadata, run
             "config": config.to_dict(),
             "coordinate_space": config.coordinate_space,
             "z_dim": int(io[MAPPING]["inputs"][0]["shape"][1]),
+            "c_dim": config.c_dim,  # a class-conditional model's classes: the page's class control, ?class=N
             "style_dim": config.style_dim,
             "w_avg": [float(value) for value in meta.w_avg],
             "source_file": meta.source_file,

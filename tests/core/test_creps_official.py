@@ -267,15 +267,16 @@ def test_other_pickles_are_refused_in_one_sentence(tmp_path):
         cips_deploy.load(hostile)
 
 
-def test_conditional_and_unknown_configurations_are_refused():
+def test_conditional_and_z_dim_configurations_are_taken_and_unknown_ones_refused():
     kwargs = dict(z_dim=64, w_dim=64, c_dim=0, img_resolution=16, img_channels=3, mapping_kwargs={"num_layers": 2})
     assert config_kwargs(kwargs, source="f")["n_mlp"] == 2
-    with pytest.raises(CipsError, match="class-conditional"):
-        config_kwargs({**kwargs, "c_dim": 10}, source="f")
+    # The whole official configuration space: labels and z of another width (tests/core/test_conditional.py).
+    assert config_kwargs({**kwargs, "c_dim": 10}, source="f")["c_dim"] == 10
+    assert config_kwargs({**kwargs, "z_dim": 32}, source="f")["z_dim"] == 32
     with pytest.raises(CipsError, match="architecture"):
         config_kwargs({**kwargs, "architecture": "resnet"}, source="f")
-    with pytest.raises(CipsError, match="z_dim"):
-        config_kwargs({**kwargs, "z_dim": 32}, source="f")
+    with pytest.raises(CipsError, match="RGB"):
+        config_kwargs({**kwargs, "img_channels": 1}, source="f")
 
 
 def test_scale_consistency_runs_on_an_official_snapshot(official_creps_dir):
@@ -305,7 +306,8 @@ def test_exported_engine_reproduces_the_official_outputs(official_creps_dir, tmp
     [
         ({"channel_max": 32}, "has shape"),  # the kwargs say narrower blocks than the tensors have
         ({"img_resolution": 32}, "lacks"),  # one more block than the file holds
-        ({"c_dim": 10}, "class-conditional"),
+        ({"c_dim": 10}, "lacks 2 tensor.s. this generator needs, such as 'mapping.embed"),  # labels, but no label embedding
+        ({"z_dim": 32}, "has shape"),  # fc0 is wider than a 32-wide z
         ({"mapping_kwargs": {"num_layers": 2, "embed_features": 8}}, "mapping_kwargs.embed_features"),
     ],
 )

@@ -95,7 +95,8 @@ def test_a_seed_is_the_randomstate_gaussian_of_stylegan_and_creps(seed):
     z = seed_latent(seed, 64)
     assert z.dtype == np.float32 and z.shape == (1, 64)
     assert np.array_equal(z, np.random.RandomState(int(seed)).randn(1, 64).astype(np.float32))
-    assert np.array_equal(seed_latent(seed, SimpleNamespace(style_dim=64)), z)  # a config gives its style_dim
+    assert np.array_equal(seed_latent(seed, SimpleNamespace(latent_dim=64, style_dim=32)), z)  # a config: its z width
+    assert np.array_equal(seed_latent(seed, SimpleNamespace(style_dim=64)), z)  # an older config: one width for z and w
 
 
 @pytest.mark.runtime

@@ -1,6 +1,7 @@
 // The page: a view of the model that it synthesises itself, and window.cipsDeploy for scripts.
 //
-// The view is (centre u, centre v, zoom) plus seed, truncation and size. It names a render
+// The view is (centre u, centre v, zoom) plus seed, truncation, size and, for a class-conditional
+// model, its class (`?class=N`; default 0, the page always shows some class). It names a render
 // that `cips-deploy render` can repeat (window.cipsDeploy.view() gives its topology and
 // parameters): on a cylinder model at zoom 1 the 360-degree panorama (the cylinder topology,
 // heading = 180 * u); otherwise the flat topology's viewport u +- 1/zoom, v +- 1/zoom, which on
@@ -11,6 +12,8 @@ import { MAX_SEED, checkSeed } from "./numerics.js";
 
 const manifest = await loadManifest();
 const cylinderModel = manifest.model.coordinate_space === "cylinder";
+const CLASSES = manifest.model.c_dim || 0; // a class-conditional model's classes; 0: unconditional
+const VIEW_KEYS = ["seed", "truncation", "classIndex", "u", "v", "zoom", "width", "height"];
 const MIN_ZOOM = cylinderModel ? 1 : 0.25;
 const MAX_ZOOM = 4096; // beyond this, float32 coordinates of neighbouring pixels coincide
 const COARSE_POINTS = 16384; // the coarse pass's size: about one chunk
@@ -22,6 +25,7 @@ const controls = {
   seed: document.getElementById("seed"),
   truncation: document.getElementById("truncation"),
   truncationValue: document.getElementById("truncation-value"),
+  classIndex: document.getElementById("class"),
   size: document.getElementById("size"),
   random: document.getElementById("random-seed"),
   reset: document.getElementById("reset"),
@@ -67,12 +71,13 @@ ready.then(
 window.cipsDeploy = {
   manifest,
   ready: ready.then(() => true),
-  // render({seed, width, height, topology, params, truncation}) -> Promise<{width, height, data}>:
-  // what `cips-deploy render` computes for the same arguments, as RGBA bytes, row-major.
+  // render({seed, width, height, topology, params, truncation, classIndex}) -> Promise<{width, height, data}>:
+  // what `cips-deploy render` computes for the same arguments (classIndex: --class of a
+  // class-conditional model, default 0), as RGBA bytes, row-major.
   render: (request) => ready.then(() => scriptedRender(request)),
   // The view on screen: what `cips-deploy render` would need to make it.
   view: () => describe(view),
-  // Change the view (any of seed, truncation, u, v, zoom, width, height) and render it.
+  // Change the view (any of seed, truncation, classIndex, u, v, zoom, width, height) and render it.
   setView: (changes) => {
     Object.assign(view, checkedView({ ...view, ...checkedChanges(changes) }));
     renderView();
@@ -107,8 +112,9 @@ function scriptedRender(request) {
 
 // A request checked as the Python renderer checks it, with the topology's defaults filled in.
 function checkedRequest(request) {
-  const { seed = 0, width = 256, height = 256, topology = "flat", params = {}, truncation = 1 } = request || {};
+  const { seed = 0, width = 256, height = 256, topology = "flat", params = {}, truncation = 1, classIndex = CLASSES ? 0 : null } = request || {};
   checkSeed(seed);
+  checkClass(classIndex);
   for (const [name, value] of [["width", width], ["height", height]]) {
     if (!Number.isInteger(value) || value < 1 || value > manifest.render.max_side) {
       throw new RangeError(`The image ${name} must be a whole number of pixels from 1 to ${manifest.render.max_side}, not ${value}.`);
@@ -138,27 +144,39 @@ function checkedRequest(request) {
       throw new RangeError(`The ${topology} topology's ${axis}_min and ${axis}_max are both ${full[`${axis}_min`]}; the viewport is empty.`);
     }
   }
-  return { seed, width, height, topology, params: full, truncation };
+  return { seed, width, height, topology, params: full, truncation, classIndex };
+}
+
+// The class of a class-conditional model (0 .. CLASSES - 1); null (or none) for an unconditional one.
+function checkClass(classIndex) {
+  if (CLASSES && !(Number.isInteger(classIndex) && classIndex >= 0 && classIndex < CLASSES)) {
+    throw new RangeError(`This model is class-conditional (${CLASSES} classes): the class must be a whole number from 0 to ${CLASSES - 1}, not ${classIndex}.`);
+  }
+  if (!CLASSES && classIndex !== null && classIndex !== undefined) {
+    throw new RangeError(`This model is unconditional: it takes no class (${classIndex}).`);
+  }
 }
 
 // ---- the view and its render
 
 // Changes a script asks of the view, checked: one sentence for anything the page cannot show.
 function checkedChanges(changes) {
-  const known = ["seed", "truncation", "u", "v", "zoom", "width", "height"];
+  const known = CLASSES ? VIEW_KEYS : VIEW_KEYS.filter((key) => key !== "classIndex");
   for (const [name, value] of Object.entries(changes || {})) {
     if (!known.includes(name)) throw new RangeError(`The view has no ${name} (it has ${known.join(", ")}).`);
     if (typeof value !== "number" || !Number.isFinite(value)) throw new RangeError(`The view's ${name} must be a finite number, not ${value}.`);
   }
-  const { seed = view.seed, width = view.width, height = view.height, zoom = view.zoom } = changes || {};
-  checkedRequest({ seed, width, height, topology: "flat" });
+  const { seed = view.seed, width = view.width, height = view.height, zoom = view.zoom, classIndex = view.classIndex } = changes || {};
+  checkedRequest({ seed, width, height, topology: "flat", classIndex });
   if (zoom <= 0) throw new RangeError(`The zoom must be positive, not ${zoom}.`);
   return changes;
 }
 
 function describe(state) {
   const { topology, params } = topologyOf(state);
-  return { seed: state.seed, truncation: state.truncation, width: state.width, height: state.height, topology, params, u: state.u, v: state.v, zoom: state.zoom };
+  const described = { seed: state.seed, truncation: state.truncation, width: state.width, height: state.height, topology, params, u: state.u, v: state.v, zoom: state.zoom };
+  if (CLASSES) described.classIndex = state.classIndex; // render --class N
+  return described;
 }
 
 // The topology and parameters that render a view (see the module text).
@@ -206,7 +224,7 @@ function renderView() {
   const coarse = Math.max(1, Math.ceil(Math.sqrt((state.width * state.height) / COARSE_POINTS)));
   setStatus("Synthesising…");
   jobs.set(id, (message) => onRenderMessage(id, state, frame, message));
-  worker.postMessage({ type: "render", id, interactive: true, coarse: coarse > 1 ? coarse : 0, seed: state.seed, truncation: state.truncation, topology, params, width: state.width, height: state.height });
+  worker.postMessage({ type: "render", id, interactive: true, coarse: coarse > 1 ? coarse : 0, seed: state.seed, truncation: state.truncation, classIndex: state.classIndex, topology, params, width: state.width, height: state.height });
 }
 
 function onRenderMessage(id, state, frame, message) {
@@ -253,7 +271,7 @@ let preview = null; // {picture, state}: the last finished frame and its view
 function drawPreview(target) {
   if (!preview) return;
   const shown = preview.state;
-  if (["seed", "truncation", "width", "height"].some((key) => shown[key] !== target[key])) return;
+  if (["seed", "truncation", "classIndex", "width", "height"].some((key) => shown[key] !== target[key])) return;
   const axes = (state) => {
     const origin = sampleAt(state, 0, 0);
     const step = sampleAt(state, 1, 1);
@@ -291,6 +309,16 @@ function setUpControls() {
   const sizeLabel = `${view.width}x${view.height}`;
   if (![...controls.size.options].some((option) => option.value === sizeLabel)) controls.size.add(new Option(sizeLabel.replace("x", " × "), sizeLabel), 0);
   controls.size.value = sizeLabel;
+  if (CLASSES) {
+    controls.classIndex.max = CLASSES - 1;
+    controls.classIndex.value = view.classIndex;
+    document.getElementById("class-control").hidden = false;
+    controls.classIndex.addEventListener("change", () => {
+      const classIndex = Number(controls.classIndex.value);
+      if (Number.isInteger(classIndex) && classIndex >= 0 && classIndex < CLASSES) change({ classIndex });
+      else controls.classIndex.value = view.classIndex;
+    });
+  }
 
   controls.seed.addEventListener("change", () => {
     const seed = Number(controls.seed.value);
@@ -381,7 +409,7 @@ function zoomedView(state, x, y, factor) {
 
 function change(changes) {
   const next = checkedView({ ...view, ...changes });
-  if (["seed", "truncation", "u", "v", "zoom", "width", "height"].every((key) => next[key] === view[key])) return;
+  if (VIEW_KEYS.every((key) => next[key] === view[key])) return;
   Object.assign(view, next);
   scheduleRender();
 }
@@ -400,7 +428,7 @@ function canvasPoint(event) {
   return { x: ((event.clientX - box.left) * canvas.width) / box.width, y: ((event.clientY - box.top) * canvas.height) / box.height };
 }
 
-// ---- the URL names the view: ?seed=3&trunc=0.7&yaw=30&v=0&zoom=2&size=1280x720
+// ---- the URL names the view: ?seed=3&trunc=0.7&yaw=30&v=0&zoom=2&size=1280x720 (&class=1: a conditional model)
 
 function readURL() {
   const query = new URLSearchParams(location.search);
@@ -412,9 +440,11 @@ function readURL() {
   }
   const seed = number("seed", 0);
   const u = query.has("yaw") ? number("yaw", 0) / 180 : number("u", 0);
+  const classIndex = number("class", 0);
   return checkedView({
     seed: Number.isInteger(seed) && seed >= 0 && seed <= MAX_SEED ? seed : 0,
     truncation: number("trunc", 1),
+    classIndex: CLASSES ? (Number.isInteger(classIndex) && classIndex >= 0 && classIndex < CLASSES ? classIndex : 0) : null,
     u,
     v: number("v", 0),
     zoom: number("zoom", 1),
@@ -427,6 +457,7 @@ function writeURL(state) {
   const query = new URLSearchParams();
   query.set("seed", state.seed);
   if (state.truncation !== 1) query.set("trunc", state.truncation);
+  if (CLASSES) query.set("class", state.classIndex);
   if (cylinderModel) query.set("yaw", 180 * state.u);
   else query.set("u", state.u);
   query.set("v", state.v);

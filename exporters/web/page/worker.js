@@ -2,7 +2,7 @@
 // on onnxruntime-web, off the page's thread.
 //
 // Messages in:   {type: "init", manifest}
-//                {type: "render", id, seed, truncation, topology, params, width, height,
+//                {type: "render", id, seed, truncation, classIndex, topology, params, width, height,
 //                 interactive, coarse}       coarse: a first pass `coarse` times smaller, or 0
 // Messages out:  {type: "ready", runtime} | {type: "failed", message}     (answers init)
 //                {type: "coarse", id, width, height, rgba}                 the quick first picture
@@ -21,7 +21,7 @@ import { linspace, panoramaU, seedLatent, toRGBA, truncate } from "./numerics.js
 let ort = null;
 let manifest = null;
 const sessions = new Map(); // role -> Promise<InferenceSession>
-const styles = new Map(); // "seed/truncation" -> Float32Array [S]
+const styles = new Map(); // "seed/truncation/class" -> Float32Array [S]
 const queue = [];
 let pumping = false;
 let latestInteractive = 0;
@@ -127,7 +127,7 @@ function yieldToMessages() {
 
 async function runJob(job) {
   const started = performance.now();
-  const w = await style(job.seed, job.truncation); // Float32Array [S]
+  const w = await style(job.seed, job.truncation, job.classIndex); // Float32Array [S]
   let coarseMs = null;
   if (job.coarse > 1) {
     const width = Math.max(1, Math.ceil(job.width / job.coarse));
@@ -149,15 +149,23 @@ async function runJob(job) {
   return { type: "done", id: job.id, points, ms: performance.now() - started, coarseMs };
 }
 
-// The seed's style: z by numpy's rule, the mapping engine, truncation towards w_avg.
-async function style(seed, truncation) {
-  const key = `${seed}/${truncation}`;
+// The seed's style: z by numpy's rule, the mapping engine (with the one-hot label c [1, C] of
+// a class-conditional model, as gen_images.py builds it), truncation towards w_avg.
+async function style(seed, truncation, classIndex) {
+  const key = `${seed}/${truncation}/${classIndex}`;
   if (!styles.has(key)) {
     const mapping = await session("mapping");
     const zDim = manifest.model.z_dim;
     const z = new ort.Tensor("float32", seedLatent(seed, zDim), [1, zDim]);
     const names = manifest.engines.mapping;
-    const result = await mapping.run({ [names.inputs[0]]: z });
+    const feeds = { [names.inputs[0]]: z };
+    const classes = manifest.model.c_dim || 0;
+    if (classes) {
+      const label = new Float32Array(classes);
+      label[classIndex] = 1;
+      feeds[names.inputs[1]] = new ort.Tensor("float32", label, [1, classes]);
+    }
+    const result = await mapping.run(feeds);
     const w = truncate(result[names.outputs[0]].data, manifest.model.w_avg, truncation);
     if (styles.size > 64) styles.clear();
     styles.set(key, w);
