@@ -32,7 +32,7 @@ class OnnxGridEngines:
 
         self.engine = engine
         main = engine.metadata
-        options = session_options()
+        options = session_options(getattr(engine, "threads", 0))
         pairs = _provider_options(list(engine.providers), engine.device_id)
         self.sessions, self.specs = {}, {}
         for role, file in files.items():

@@ -23,7 +23,9 @@ from .metadata import EngineMetadata, read_onnx_metadata
 from .line_engines import ROLES as GRID_ROLES
 from .line_engines import line_engine_path
 from .onnx_export import DEFAULT_OPSET, check_opset, export_onnx, external_data_location, mapping_path_for
-from .spec import mapping_spec, synthesis_spec
+from .spec import SYNTHESIS, mapping_spec, synthesis_spec
+from .calibration import calibration_request
+from .trt_profiles import RequestedProfiles, primary_limits
 from .triton import DEFAULT_MAX_BATCH_SIZE, check_backend, check_repository, model_name
 from .trt_ops import tensorrt_problems
 from .validate import ValidationReport
@@ -58,6 +60,7 @@ def export_checkpoint(
     opset: int = DEFAULT_OPSET,
     validate: bool = True,
     spatial_style: bool = False,
+    layer_styles: bool = False,
     precision: str = "fp32",
     max_batch: int | None = None,
     chunk_size: int | None = None,
@@ -69,6 +72,13 @@ def export_checkpoint(
     overwrite: bool = False,
     quantize: str | None = None,
     min_psnr: float | None = None,
+    min_shapes=None,
+    opt_shapes=None,
+    max_shapes=None,
+    builder_verbosity: str | None = None,
+    calibration_seeds=None,
+    calibration_points: int | None = None,
+    calibration_data: str | Path | None = None,
 ) -> ExportSummary:
     """Export ``source`` (a checkpoint, official ``.pt``, or for ``trt`` an exported ``.onnx``).
 
@@ -77,7 +87,12 @@ def export_checkpoint(
     the repository's model (:func:`.triton.check_backend`; ``python`` for CPU servers).
     nothing when only ``triton_repo`` is wanted. ONNX engines in ``precision="fp16"`` or
     with ``quantize="int8"``/``"int8-static"`` are made from the fp32 export and gated by
-    a quality report against it (:mod:`.quantize`; ``min_psnr`` None: the mode's default).
+    a quality report against it (:mod:`.quantize`; ``min_psnr`` None: the mode's default);
+    ``calibration_seeds`` (a list or text such as ``"0-7"``), ``calibration_points`` or
+    ``calibration_data`` (a folder of ``.npz`` batches) choose int8-static's calibration
+    batches (:mod:`.calibration`). TensorRT: ``min_shapes``/``opt_shapes``/``max_shapes``
+    (trtexec's text, one item per profile; :mod:`.trt_profiles`) instead of ``max_batch``
+    and ``chunk_size``; ``builder_verbosity`` the builder log's level.
     """
     source = Path(source)
     if engine not in ENGINES:
@@ -93,12 +108,32 @@ def export_checkpoint(
         source_metadata.check_role("synthesis", source=str(source))
         if spatial_style and not source_metadata.spatial_style:
             raise CipsError(f"{source} takes one style per sample; export the checkpoint again with --spatial-style.")
+    if layer_styles and (engine != "onnx" or spatial_style or precision != "fp32" or quantize is not None or triton_repo is not None):
+        raise CipsError(
+            "--layer-styles makes an fp32 ONNX engine for per-layer styles; it does not combine with --engine trt, "
+            "--spatial-style, --precision, --quantize or --triton-repo."
+        )
     reduced = _reduced_precision(engine, precision, quantize, min_psnr)
+    calibration = calibration_request(quantize, calibration_seeds, calibration_points, calibration_data)
+    requested = RequestedProfiles.from_flags(min_shapes, opt_shapes, max_shapes)
     if engine == "onnx":
         _check_onnx_options("fp32" if reduced else precision, max_batch, chunk_size, timing_cache)
+        if requested is not None or builder_verbosity is not None:
+            flag = "--builder-verbosity" if requested is None else "--min/opt/max-shapes"
+            raise CipsError(f"{flag} set{'s' * (requested is None)} TensorRT's build; an ONNX engine takes any B and N.")
     else:
-        from .tensorrt import Profile, check_precision, gpu_facts, import_tensorrt
+        from .tensorrt import Profile, check_precision, check_verbosity, gpu_facts, import_tensorrt
 
+        if requested is not None and (max_batch is not None or chunk_size is not None):
+            raise CipsError("--max-batch and --chunk-size are one profile's limits; with --min/opt/max-shapes give them there.")
+        check_verbosity(builder_verbosity or "warning")
+        if timing_cache is not None:
+            _check_timing_cache(Path(timing_cache), source, output)
+        if source_metadata is not None and requested is not None:  # checked against the engine before TensorRT
+            requested.resolve(SYNTHESIS, synthesis_spec(source_metadata.config, source_metadata.spatial_style))
+        if reduced and source_metadata is not None:
+            raise CipsError("A calibrated int8 plan is built from the checkpoint (its mapping gives the calibration styles "
+                            "and torch the quality reference), not from an exported .onnx.")
         import_tensorrt()
         check_precision(precision, gpu_facts()["compute_capability"])
         profile = Profile(max_batch or DEFAULT_MAX_BATCH, chunk_size or DEFAULT_CHUNK_SIZE)
@@ -137,11 +172,14 @@ def export_checkpoint(
             grid = grid if all(file.is_file() for file in grid.values()) else {}
         else:
             generator = load(source)
+            if engine == "trt" and requested is not None:  # before the export: a wrong shape costs nothing
+                requested.resolve(SYNTHESIS, synthesis_spec(generator.config, spatial_style))
             result = export_onnx(
                 generator,
                 onnx_file,
                 opset=opset,
                 spatial_style=spatial_style,
+                layer_styles=layer_styles,
                 source_file=source.name,
                 source_sha256=file_sha256(source),
                 external_data=external_data,
@@ -150,10 +188,10 @@ def export_checkpoint(
             metadata, mapping_file = result.metadata, result.mapping
             summary.report, summary.external_data = result.report, result.external_data
             grid = dict(result.grid)
-            if reduced:
+            if reduced and engine == "onnx":
                 from .quantize import reduce_precision
 
-                summary.quality = reduce_precision(onnx_file, generator, reduced, min_psnr=min_psnr)
+                summary.quality = reduce_precision(onnx_file, generator, reduced, min_psnr=min_psnr, calibration=calibration)
                 # The grid engines stay fp32: a reduced-precision export is its per-point engine alone.
                 grid = {}
         summary.metadata = metadata
@@ -169,21 +207,47 @@ def export_checkpoint(
             if problems:
                 raise CipsError(f"TensorRT's ONNX parser cannot take {onnx_file.name}: {'; '.join(problems)}.")
             plan = work / "model.plan"
+            profiles = requested.resolve(SYNTHESIS, spec) if requested is not None else [profile.shapes(spec)]
+            missing = requested.roles() - {SYNTHESIS} - set(grid) if requested is not None else set()
+            if missing:
+                raise CipsError(f"The shapes name the {' and '.join(sorted(missing))} engine, which only a line-factored "
+                                "model (CREPS) has, built from its checkpoint.")
+            max_batch, _ = primary_limits(profiles)
+            pieces = None
+            if reduced:  # int8-static: calibrated on the chosen batches; the grid engines would bypass it
+                from .quantize import _Calibration
+                from .trt_calibration import uniform_batches
+
+                pieces = uniform_batches(_Calibration(generator, metadata.spatial_style, calibration).batches)
+                grid = {}
             build_engine(
                 onnx_file,
                 plan,
                 metadata,
                 spec,
                 precision=precision,
-                profile=profile,
+                profiles=profiles,
                 timing_cache=Path(timing_cache) if timing_cache else None,
+                verbosity=builder_verbosity or "warning",
+                calibration=pieces,
             )
             engine_files = [plan, sidecar_path(plan)]
-            if grid:  # each grid engine gets its own plan, with its own optimization profile
+            if reduced:  # the PSNR gate, as for the ONNX engines
+                from .quantize import QualityError, default_min_psnr
+                from .trt_gate import trt_quality
+
+                threshold = default_min_psnr(reduced) if min_psnr is None else float(min_psnr)
+                summary.quality = trt_quality(plan, generator, min_psnr=threshold)
+                if not summary.quality.ok:
+                    raise QualityError(
+                        f"The int8 plan reaches {summary.quality.worst_psnr:.2f} dB PSNR against the checkpoint on its "
+                        f"worst seed, below --min-psnr {threshold:g}, so nothing was written.", summary.quality)
+            if grid:  # each grid engine gets its own plan, with its own optimization profiles
                 from .trt_grid import build_grid_plans
 
-                grid = build_grid_plans(grid, work, metadata, precision=precision, profile=profile,
-                                        timing_cache=Path(timing_cache) if timing_cache else None)
+                grid = build_grid_plans(grid, work, metadata, precision=precision, synthesis_profiles=profiles,
+                                        requested=requested, timing_cache=Path(timing_cache) if timing_cache else None,
+                                        verbosity=builder_verbosity or "warning")
 
         # Triton first: it links or copies the engine files, which the commit then moves.
         if triton_repo is not None:
@@ -201,7 +265,7 @@ def export_checkpoint(
                 mapping_spec=mapping_spec(metadata.config),
                 mapping_metadata=mapping_meta,
                 backend=triton_backend,
-                max_batch_size=profile.max_batch if engine == "trt" else DEFAULT_MAX_BATCH_SIZE,
+                max_batch_size=max_batch if engine == "trt" else DEFAULT_MAX_BATCH_SIZE,
                 overwrite=overwrite,
                 grid=_triton_grid(grid, grid_metadata),
             )
@@ -229,8 +293,9 @@ def _reduced_precision(engine: str, precision: str, quantize: str | None, min_ps
         raise CipsError(f"--min-psnr must be a number of dB, not {min_psnr}.")
     if quantize is not None:
         check_mode(quantize)
-        if engine != "onnx":
-            raise CipsError(f"--quantize makes ONNX engines; a {engine} engine takes --precision instead.")
+        if engine != "onnx" and not (engine == "trt" and quantize == "int8-static"):
+            raise CipsError(f"--quantize makes ONNX engines; a {engine} engine takes --precision instead "
+                            "(or --quantize int8-static: a calibrated int8 plan).")
         if precision != "fp32":
             raise CipsError(f"--quantize {quantize} and --precision {precision} exclude each other; choose one.")
         return quantize
@@ -251,6 +316,21 @@ def _check_onnx_options(precision: str, max_batch, chunk_size, timing_cache) -> 
         raise CipsError("--max-batch and --chunk-size set a TensorRT optimization profile; an ONNX engine takes any B and N.")
     if timing_cache is not None:
         raise CipsError("--timing-cache is a TensorRT build cache; it only applies with --engine trt.")
+
+
+def _check_timing_cache(cache: Path, source: Path, output: Path | None) -> None:
+    """The timing cache is read and rewritten: never the model or the engine, never a folder,
+    and in a folder that exists and is writable (checked before any work)."""
+    from cips_deploy.contracts.command_options import output_location
+
+    output_location(cache, "timing cache")
+    if cache.is_dir():
+        raise CipsError(f"--timing-cache names a file; {cache} is a folder.")
+    for other in (source, output):
+        if other is not None and cache.exists() and Path(other).exists() and cache.resolve() == Path(other).resolve():
+            raise CipsError(f"--timing-cache {cache} is the {'source' if other == source else 'output'} itself; name a cache file of its own.")
+    if cache.suffix in (".onnx", ".plan", ".safetensors", ".pt", ".pkl", ".json"):
+        raise CipsError(f"--timing-cache {cache} has the suffix of a model file; a timing cache is rewritten, so name it .cache.")
 
 
 def _engine_files(onnx_file: Path) -> list[Path]:

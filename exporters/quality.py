@@ -25,6 +25,7 @@ import torch
 
 from cips_deploy.runtime.coords import grid_coords
 from cips_deploy.runtime.seeds import seed_latent
+from cips_deploy.runtime.styles import class_label
 from cips_deploy.families.generator import Generator
 
 DEFAULT_SEEDS = (0, 1, 2, 3)
@@ -98,10 +99,12 @@ def quality_inputs(generator: Generator, seeds=DEFAULT_SEEDS, truncation: float 
     side = max(generator.config.size, MIN_SIDE)
     coords = torch.from_numpy(grid_coords(side, side))  # numpy in the runtime; torch for the model
     ws = []
-    for seed in seeds:
+    classes = generator.config.c_dim
+    for index, seed in enumerate(seeds):
         z = seed_latent(int(seed), generator.config)  # the one seed rule (numpy)
+        c = class_label(generator.config, index % classes) if classes else None  # a conditional model: classes in turn
         with torch.no_grad():
-            ws.append(generator.map(z, truncation=truncation).float().cpu())
+            ws.append(generator.map(z, truncation=truncation, c=c).float().cpu())
     return coords, ws
 
 

@@ -37,11 +37,15 @@ from pathlib import Path
 import onnx
 import torch
 
+from cips_deploy.runtime.atomic import atomic_path
 from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.runtime.seeds import seed_latent
+from cips_deploy.runtime.styles import class_label
 from cips_deploy.errors import CipsError
 from cips_deploy.families.generator import Generator
 
 from . import integrity
+from .calibration import Calibration, read_folder
 from .graph_passes import constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
 from .metadata import PREFIX, read_onnx_metadata
 from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_quality
@@ -52,8 +56,11 @@ from .spec import SYNTHESIS
 # trained models. Static int8 rounds every activation to one calibrated scale per tensor
 # and cannot be held to that on every model; its default is lower and says so.
 MODES = {"fp16": 40.0, "int8": 40.0, "int8-static": 30.0}
-CALIBRATION_SEEDS = range(1000, 1008)  # disjoint from the report's seeds
-CALIBRATION_CHUNK = 4096
+# onnxruntime's per_channel: one scale per output channel of every product whose weight is a
+# constant. The CIPS layers' weights are modulated by the style (computed from w at run time,
+# so they are activations with calibrated per-tensor scales); per-channel scales apply to
+# the constant-weight products a model has.
+PER_CHANNEL = True
 PRECISION_KEY = PREFIX + "precision"
 QUALITY_KEY = PREFIX + "quality"
 
@@ -131,24 +138,39 @@ def quantize_int8_dynamic(source: Path, destination: Path) -> None:
 
 
 class _Calibration:
-    """onnxruntime's CalibrationDataReader: chunks of real coordinates and mapped styles."""
+    """onnxruntime's CalibrationDataReader: batches of coordinates and styles.
 
-    def __init__(self, generator: Generator, spatial_style: bool = False) -> None:
+    From ``calibration.seeds`` and ``calibration.points``: chunks of real coordinates (the
+    training grid and points off it) and mapped styles of the seeds; or the saved batches of
+    ``calibration.folder`` (:mod:`.calibration`)."""
+
+    def __init__(self, generator: Generator, spatial_style: bool = False, calibration: Calibration | None = None) -> None:
+        calibration = calibration or Calibration()
+        if calibration.folder is not None:
+            self.batches = read_folder(calibration.folder, generator.config.style_dim, spatial_style)
+        else:
+            self.batches = self._rendered(generator, spatial_style, calibration)
+        self._iterator = iter(self.batches)
+
+    @staticmethod
+    def _rendered(generator: Generator, spatial_style: bool, calibration: Calibration) -> list[dict]:
         side = max(generator.config.size, 64)
         on_grid = torch.from_numpy(grid_coords(side, side))[0]  # numpy in the runtime; torch for the model
         rng = torch.Generator().manual_seed(1)
-        off_grid = torch.rand(CALIBRATION_CHUNK, 2, generator=rng) * 2 - 1  # between the pixels
+        off_grid = torch.rand(calibration.points, 2, generator=rng) * 2 - 1  # between the pixels
         points = torch.cat([on_grid, off_grid])
-        self.batches = []
-        for index, seed in enumerate(CALIBRATION_SEEDS):
-            z = torch.randn(1, generator.config.style_dim, generator=torch.Generator().manual_seed(seed))
+        batches = []
+        for index, seed in enumerate(calibration.seeds):
+            z = torch.from_numpy(seed_latent(int(seed), generator.config))  # the one seed rule
+            classes = generator.config.c_dim  # a conditional model: its classes in turn
+            c = torch.from_numpy(class_label(generator.config, index % classes)).to(generator.device) if classes else None
             with torch.no_grad():
-                w = generator.map(z.to(generator.device)).float().cpu()
+                w = generator.map(z.to(generator.device), c=c).float().cpu()
             # A different slice of the points for every style keeps the calibration quick.
             order = torch.randperm(points.shape[0], generator=torch.Generator().manual_seed(index))
-            chunk = points[order[:CALIBRATION_CHUNK]][None]
-            self.batches.append(engine_inputs(chunk, w, spatial_style))
-        self._iterator = iter(self.batches)
+            chunk = points[order[: calibration.points]][None]
+            batches.append(engine_inputs(chunk, w, spatial_style))
+        return batches
 
     def get_next(self):
         return next(self._iterator, None)
@@ -157,28 +179,33 @@ class _Calibration:
         self._iterator = iter(self.batches)
 
 
-def quantize_int8_static(source: Path, destination: Path, generator: Generator) -> None:
-    """Static QDQ int8 products with calibrated activation scales; everything else float32."""
+def quantize_int8_static(source: Path, destination: Path, generator: Generator, calibration: Calibration | None = None) -> None:
+    """Static QDQ int8 products with calibrated activation scales and per-channel scales for
+    constant weights (:data:`PER_CHANNEL`); everything else float32."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     model = onnx.load(str(source), load_external_data=False)
     quantize_static(
         str(source),
         str(destination),
-        _Calibration(generator, read_onnx_metadata(source).spatial_style),
+        _Calibration(generator, read_onnx_metadata(source).spatial_style, calibration),
         quant_format=QuantFormat.QDQ,
         activation_type=QuantType.QInt8,
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["MatMul"],
         nodes_to_exclude=_float_regions(model),
+        per_channel=PER_CHANNEL,
         calibrate_method=CalibrationMethod.MinMax,
         extra_options={"ActivationSymmetric": True},
     )
 
 
-def convert_engine(source: Path, destination: Path, generator: Generator, mode: str) -> None:
+def convert_engine(source: Path, destination: Path, generator: Generator, mode: str,
+                   calibration: Calibration | None = None) -> None:
     """Write the ``mode`` version of the fp32 engine ``source`` to ``destination``, ungated
-    and without metadata changes (:func:`reduce_precision` adds both)."""
+    and without metadata changes (:func:`reduce_precision` adds both), stamped with its
+    content hash. ``calibration``: where int8-static's batches come from (default: seeds
+    1000-1007, 4096 points each)."""
     check_mode(mode)
     with _quiet():
         if mode == "fp16":
@@ -186,16 +213,24 @@ def convert_engine(source: Path, destination: Path, generator: Generator, mode: 
         elif mode == "int8":
             quantize_int8_dynamic(source, destination)
         else:
-            quantize_int8_static(source, destination, generator)
-    _stamp_file(destination)
+            quantize_int8_static(source, destination, generator, calibration)
+    _save_stamped(onnx.load(str(destination)), destination, [])
 
 
-def _stamp_file(path: Path) -> None:
-    """Record the converted graph's own content hash (exporters/integrity.py): the runtimes
-    refuse an engine whose graph or weights differ from the hash it carries."""
-    model = onnx.load(str(path))
-    integrity.stamp(model)
-    onnx.save_model(model, str(path))
+def _save_stamped(model: onnx.ModelProto, path: Path, props: list[tuple[str, str]]) -> None:
+    """Write ``model`` to ``path`` with exactly the metadata ``props`` (through the atomic
+    writer), then record the written file's own content hash in it (exporters/integrity.py:
+    the runtimes refuse an engine whose graph or weights differ from the hash it carries).
+    The converters copy the fp32 engine's metadata, hash included: it is dropped first."""
+    if not props:
+        props = [(p.key, p.value) for p in model.metadata_props]
+    del model.metadata_props[:]
+    for key, value in props:
+        if key != integrity.KEY:
+            model.metadata_props.add(key=key, value=value)
+    with atomic_path(path, overwrite=True) as temporary:
+        onnx.save_model(model, str(temporary))
+    integrity.stamp_file(path)
 
 
 def reduce_precision(
@@ -205,11 +240,12 @@ def reduce_precision(
     *,
     min_psnr: float | None = None,
     seeds=DEFAULT_SEEDS,
+    calibration: Calibration | None = None,
 ) -> QualityReport:
     """Rewrite the fp32 ``engine`` in place as ``mode``; raise CipsError below ``min_psnr``.
 
     ``min_psnr`` None takes the mode's default. The fp32 file is only replaced once the
-    report passes; on failure it is left as it was.
+    report passes; on failure it is left as it was. ``calibration``: int8-static's batches.
     """
     check_mode(mode)
     threshold = default_min_psnr(mode) if min_psnr is None else float(min_psnr)
@@ -221,7 +257,7 @@ def reduce_precision(
         raise CipsError(f"{engine.name} is not a synthesis engine.")
     with tempfile.TemporaryDirectory(prefix=".cips-precision.", dir=engine.parent) as work:
         converted = Path(work) / "model.onnx"
-        convert_engine(engine, converted, generator, mode)
+        convert_engine(engine, converted, generator, mode, calibration)
         report = measure_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
         if not report.ok:
             raise QualityError(
@@ -230,12 +266,8 @@ def reduce_precision(
                 report,
             )
         model = onnx.load(str(converted))
-        del model.metadata_props[:]
-        for key, value in props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())]:
-            model.metadata_props.add(key=key, value=value)
         model.producer_name = "cips-deploy"
-        integrity.stamp(model)
-        onnx.save_model(model, str(converted))
+        _save_stamped(model, converted, props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())])
         onnx.checker.check_model(str(converted), full_check=True)
         converted.replace(engine)
     return report

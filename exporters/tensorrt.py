@@ -4,6 +4,12 @@ Written against the TensorRT 10 Python API. Building needs ``tensorrt`` and an N
 everything that decides *what* to build or whether a plan may run (profile shapes, the
 sidecar and its checks) is plain Python, so it is tested everywhere.
 
+Optimization profiles come from :mod:`.trt_profiles` (``--min/opt/max-shapes``, several
+profiles, checked against the engine spec) or from ``--max-batch``/``--chunk-size``
+(:class:`Profile`); ``--builder-verbosity`` sets the builder's logger, and ``--timing-cache``
+is read through the bounded reader and written back through the atomic writer. An int8
+plan is calibrated by :mod:`.trt_calibration`.
+
 A plan ``model.plan`` always travels with ``model.plan.json``, its sidecar: TensorRT
 version, GPU name and compute capability, precision, optimization profile, I/O, the plan's
 SHA-256 and the model metadata of :mod:`.metadata`. A plan is tied to the TensorRT version
@@ -27,14 +33,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 from torch import Tensor
 
-from cips_deploy.runtime.atomic import atomic_path
+from cips_deploy.runtime.atomic import atomic_path, read_small_file
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.precision import PRECISIONS
 
@@ -42,13 +49,15 @@ if TYPE_CHECKING:
     from cips_deploy.families.generator import Generator
 
 from .metadata import EngineMetadata
-from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_spec, synthesis_spec
+from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_feeds, mapping_spec, synthesis_spec
+from .trt_profiles import VERBOSITIES, Shapes, primary_limits, profile_text
 
 SIDECAR_FORMAT = "cips-deploy/tensorrt-engine"
 SIDECAR_VERSION = "1"
 # ONNX node scopes that stay fp32 whatever the precision (see the module docstring).
 FP32_SCOPES = ("/fourier/", "/embedding/")
 DEFAULT_WORKSPACE = 4 * 2**30
+MAX_TIMING_CACHE = 1 << 30  # timing caches are megabytes; a larger file is not one
 
 
 def import_tensorrt():
@@ -121,19 +130,38 @@ def build_engine(
     spec: EngineSpec,
     *,
     precision: str = "fp32",
-    profile: Profile,
+    profile: Profile | None = None,
+    profiles: Sequence[Shapes] | None = None,
+    limits: tuple[int, int] | None = None,
     timing_cache: Path | None = None,
+    verbosity: str = "warning",
     workspace: int = DEFAULT_WORKSPACE,
+    calibration: list | None = None,
 ) -> dict[str, Any]:
-    """Build ``plan_path`` and its sidecar from the ONNX synthesis engine; returns the sidecar.
+    """Build ``plan_path`` and its sidecar from the ONNX engine; returns the sidecar.
 
-    ``timing_cache``: a file of kernel timings that is read if it exists and written back
-    updated, so later builds (other precisions, other profiles) skip re-timing kernels.
+    ``profiles``: the optimization profiles, ``[{input: (min, opt, max)}]`` in order
+    (:mod:`.trt_profiles`; the first is the one the renderer runs on), or ``profile``: one
+    profile from 1 to ``max_batch`` x ``max_points``. ``limits``: (max batch, chunk size)
+    recorded in the sidecar (default: the first profile's ``coords``). ``timing_cache``: a
+    file of kernel timings, read if it exists and written back updated (atomically), so later
+    builds (other precisions, other profiles) skip re-timing kernels. ``verbosity``: the
+    builder log's level (:data:`VERBOSITIES`). ``calibration``: pieces of one shape
+    (:func:`.trt_calibration.uniform_batches`) for an int8 plan calibrated on them
+    (``precision`` is then fp32, the precision of what int8 does not suit).
     """
+    check_verbosity(verbosity)
+    if profiles is None:
+        if profile is None:
+            raise ValueError("build_engine needs profile or profiles")
+        profiles = [profile.shapes(spec)]
+        limits = limits or (profile.max_batch, profile.max_points)
+    limits = limits or primary_limits(profiles)
+    cache_bytes = read_timing_cache(timing_cache)  # before TensorRT: a bad file is one sentence
     trt = import_tensorrt()
     facts = gpu_facts()
     check_precision(precision, facts["compute_capability"])
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt.Logger(getattr(trt.Logger, verbosity.upper()))
     builder = trt.Builder(logger)
     # TensorRT 10 networks are always explicit-batch; 0 = weakly typed, so that the
     # precision flags below choose kernel precisions.
@@ -146,22 +174,37 @@ def build_engine(
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if precision == "fp32":
+    if verbosity == "verbose":  # layer names, precisions and tactics in the plan, for the engine inspector
+        config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if precision == "fp32" and calibration is None:
         config.clear_flag(trt.BuilderFlag.TF32)
     else:
-        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+        if calibration is not None:  # implicit int8 from a calibrator (exporters/trt_calibration.py)
+            from .trt_calibration import calibration_profile, make_calibrator
+
+            config.clear_flag(trt.BuilderFlag.TF32)
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.int8_calibrator = make_calibrator(trt, calibration, torch.device("cuda", torch.cuda.current_device()))
+            config.set_calibration_profile(calibration_profile(builder, calibration[0]))
+        else:
+            config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
         _pin_fp32(network, trt)
         obey = getattr(trt.BuilderFlag, "OBEY_PRECISION_CONSTRAINTS", None)
         config.set_flag(obey if obey is not None else trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
 
-    shapes = profile.shapes(spec)
-    optimization_profile = builder.create_optimization_profile()
-    for name, (low, optimum, high) in shapes.items():
-        optimization_profile.set_shape(name, low, optimum, high)
-    config.add_optimization_profile(optimization_profile)
+    for shapes in profiles:  # profile k of the engine is the k-th given
+        optimization_profile = builder.create_optimization_profile()
+        for name, (low, optimum, high) in shapes.items():
+            optimization_profile.set_shape(name, low, optimum, high)
+        if config.add_optimization_profile(optimization_profile) < 0:
+            raise CipsError(f"TensorRT refused the optimization profile {profile_text(shapes)}; its log above says why.")
 
-    cache_bytes = timing_cache.read_bytes() if timing_cache is not None and timing_cache.is_file() else b""
-    cache = config.create_timing_cache(cache_bytes)
+    try:
+        cache = config.create_timing_cache(cache_bytes)
+    except (RuntimeError, TypeError, ValueError):  # bytes TensorRT cannot read as a cache
+        cache = None
+    if cache is None:
+        raise CipsError(f"{timing_cache} is not a TensorRT timing cache; delete it or choose another --timing-cache file.")
     # ignore_mismatch=True: a cache from another GPU or TensorRT version is dropped, not fatal.
     config.set_timing_cache(cache, ignore_mismatch=True)
 
@@ -169,7 +212,8 @@ def build_engine(
     if serialized is None:
         raise CipsError("TensorRT could not build the engine; its log above says why.")
     plan = bytes(serialized)
-    plan_path.write_bytes(plan)
+    with atomic_path(plan_path, overwrite=True) as temporary:
+        temporary.write_bytes(plan)
     if timing_cache is not None:
         with atomic_path(timing_cache, overwrite=True) as temporary:
             temporary.write_bytes(bytes(config.get_timing_cache().serialize()))
@@ -179,16 +223,36 @@ def build_engine(
         "format_version": SIDECAR_VERSION,
         "tensorrt_version": trt.__version__,
         "gpu": facts,
-        "precision": precision,
-        "profile": {name: {"min": list(low), "opt": list(opt), "max": list(high)} for name, (low, opt, high) in shapes.items()},
-        "max_batch": profile.max_batch,
-        "chunk_size": profile.max_points,
+        "precision": "int8" if calibration is not None else precision,
+        "profile": profile_text(profiles[0]),  # the renderer's; "profiles" lists all, in the engine's order
+        "profiles": [profile_text(shapes) for shapes in profiles],
+        "max_batch": limits[0],
+        "chunk_size": limits[1],
         "io": spec.to_dict(),
         "plan_sha256": hashlib.sha256(plan).hexdigest(),
         "metadata": metadata.to_strings(),
     }
-    sidecar_path(plan_path).write_text(json.dumps(sidecar, indent=2) + "\n")
+    with atomic_path(sidecar_path(plan_path), overwrite=True) as temporary:
+        temporary.write_text(json.dumps(sidecar, indent=2) + "\n")
     return sidecar
+
+
+def check_verbosity(verbosity: str) -> None:
+    if verbosity not in VERBOSITIES:
+        raise CipsError(f"Unknown builder verbosity {verbosity!r}; choose one of {', '.join(VERBOSITIES)}.")
+
+
+def read_timing_cache(path: Path | None) -> bytes:
+    """The bytes of the timing cache file, or b"" when there is none yet (a new cache).
+
+    Read with the bounded reader: a FIFO, a device, a link or a file over
+    :data:`MAX_TIMING_CACHE` bytes is one sentence, never a hang."""
+    if path is None:
+        return b""
+    path = Path(path)
+    if not os.path.lexists(path):
+        return b""
+    return read_small_file(path, MAX_TIMING_CACHE, "TensorRT timing cache")
 
 
 def _pin_fp32(network, trt) -> None:
@@ -258,6 +322,50 @@ def check_sidecar(
     return metadata
 
 
+@dataclass(frozen=True)
+class Piece:
+    """One engine call: samples ``b0:b1`` and points ``n0:n1`` of the request, sent as a
+    ``batch`` x ``points`` block (larger when the profile's minimum is larger: padded)."""
+
+    b0: int
+    b1: int
+    n0: int
+    n1: int
+    batch: int
+    points: int
+
+    @property
+    def padded(self) -> bool:
+        return self.batch > self.b1 - self.b0 or self.points > self.n1 - self.n0
+
+
+def plan_pieces(batch: int, points: int, batch_range: tuple[int, int], points_range: tuple[int, int]) -> list[Piece]:
+    """The calls that cover ``batch`` x ``points`` within a profile's (min, max) batch and
+    points: at most max of each per call, and a smaller remainder padded up to the minimum
+    (every pixel is computed from its own coordinate and style, so padding changes none)."""
+    (min_batch, max_batch), (min_points, max_points) = batch_range, points_range
+    if not (1 <= min_batch <= max_batch and 1 <= min_points <= max_points):
+        raise CipsError(f"The engine's profile takes {min_batch} to {max_batch} samples of {min_points} to {max_points} points.")
+    pieces = []
+    for b0 in range(0, batch, max_batch):
+        b1 = min(b0 + max_batch, batch)
+        for n0 in range(0, points, max_points):
+            n1 = min(n0 + max_points, points)
+            pieces.append(Piece(b0, b1, n0, n1, max(b1 - b0, min_batch), max(n1 - n0, min_points)))
+    return pieces
+
+
+def _padded(tensor: Tensor, batch: int, points: int | None) -> Tensor:
+    """``tensor`` [b, n, ...] (or [b, S] with ``points`` None) zero-padded to ``batch`` (and ``points``)."""
+    shape = list(tensor.shape)
+    shape[0] = batch
+    if points is not None:
+        shape[1] = points
+    padded = torch.zeros(shape, dtype=tensor.dtype, device=tensor.device)
+    padded[tuple(slice(0, size) for size in tensor.shape)] = tensor
+    return padded
+
+
 class TensorRTEngine:
     """A TensorRT synthesis plan bound to torch CUDA tensors, run asynchronously on a stream.
 
@@ -315,16 +423,19 @@ class TensorRTEngine:
         for name in expected:
             if self.engine.get_tensor_dtype(name) != trt.float32:
                 raise CipsError(f"{self.plan.name}: tensor {name} is not float32.")
-        _, _, high = self.engine.get_tensor_profile_shape(self._coords, 0)
+        # Profile 0, the one a context runs without choosing (the first --max-shapes).
+        low, _, high = self.engine.get_tensor_profile_shape(self._coords, 0)
         self.max_batch, self.max_points = int(high[0]), int(high[1])
+        self.batch_range, self.points_range = (int(low[0]), self.max_batch), (int(low[1]), self.max_points)
         self._mapping = None
 
     @property
     def spatial_style(self) -> bool:
         return self.metadata.spatial_style
 
-    def map(self, z: Tensor, truncation: float = 1.0) -> Tensor:
-        """z [B, S] -> w [B, S] with the mapping engine beside the plan (onnxruntime on the host)."""
+    def map(self, z: Tensor, truncation: float = 1.0, c: Any = None) -> Tensor:
+        """z [B, Z] (and c [B, C] for a class-conditional model) -> w [B, S] with the mapping
+        engine beside the plan (onnxruntime on the host)."""
         if self._mapping is None:
             import onnxruntime as ort
 
@@ -335,7 +446,9 @@ class TensorRTEngine:
                 raise CipsError(f"{self.plan} has no mapping engine beside it ({path.name}).")
             self._mapping = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         spec = mapping_spec(self.metadata.config)
-        (w,) = self._mapping.run(spec.output_names, {spec.input_names[0]: z.detach().to("cpu", torch.float32).numpy()})
+        label = None if c is None else (c.detach().to("cpu", torch.float32).numpy() if hasattr(c, "detach") else c)
+        feeds = mapping_feeds(self.metadata.config, z.detach().to("cpu", torch.float32).numpy(), label, source=self.plan.name)
+        (w,) = self._mapping.run(spec.output_names, feeds)
         w = torch.from_numpy(w).to(z.device)
         if truncation != 1.0:
             w = self.metadata.w_avg_tensor(z.device).lerp(w, truncation)
@@ -356,16 +469,18 @@ class TensorRTEngine:
         # Temporaries are allocated on the engine's stream, so the caching allocator reuses
         # their memory only after the kernels that read them.
         with torch.cuda.stream(self.stream):
-            for b0 in range(0, batch, self.max_batch):
-                b1 = min(b0 + self.max_batch, batch)
-                for n0 in range(0, points, self.max_points):
-                    n1 = min(n0 + self.max_points, points)
-                    piece_w = w[b0:b1, n0:n1] if self.spatial_style else w[b0:b1]
-                    whole_rows = n0 == 0 and n1 == points
-                    out = rgb[b0:b1] if whole_rows else torch.empty(b1 - b0, n1 - n0, 3, device=self.device)
-                    self._enqueue(coords[b0:b1, n0:n1].contiguous(), piece_w.contiguous(), out)
-                    if not whole_rows:
-                        rgb[b0:b1, n0:n1].copy_(out)
+            for piece in plan_pieces(batch, points, self.batch_range, self.points_range):
+                b0, b1, n0, n1 = piece.b0, piece.b1, piece.n0, piece.n1
+                piece_coords = coords[b0:b1, n0:n1]
+                piece_w = w[b0:b1, n0:n1] if self.spatial_style else w[b0:b1]
+                if piece.padded:  # below the profile's minimum: zeros fill it, and are dropped
+                    piece_coords = _padded(piece_coords, piece.batch, piece.points)
+                    piece_w = _padded(piece_w, piece.batch, piece.points if self.spatial_style else None)
+                whole_rows = n0 == 0 and n1 == points and not piece.padded
+                out = rgb[b0:b1] if whole_rows else torch.empty(piece.batch, piece.points, 3, device=self.device)
+                self._enqueue(piece_coords.contiguous(), piece_w.contiguous(), out)
+                if not whole_rows:
+                    rgb[b0:b1, n0:n1].copy_(out[: b1 - b0, : n1 - n0])
         caller.wait_stream(self.stream)
         return rgb
 

@@ -39,6 +39,7 @@ from cips_deploy.errors import CipsError
 from .engine_files import line_engine_path
 from .metadata import EngineMetadata, read_onnx_metadata
 from .spec import BATCH, COLUMNS, COMPOSE, LINES, ROWS, EngineSpec, grid_spec
+from .trt_profiles import RequestedProfiles, Shapes, primary_limits
 
 LINE_VALUES = 64  # values per line-engine call (the line cache's group)
 MAX_COLUMNS = 4096  # widest compose block per call; wider blocks are tiled
@@ -74,15 +75,44 @@ class GridProfile:
         return result
 
 
+def grid_profiles(role: str, spec: EngineSpec, synthesis_profiles: list[Shapes],
+                  requested: RequestedProfiles | None = None) -> list[Shapes]:
+    """The optimization profiles of the ``role`` grid engine, one per synthesis profile: the
+    shapes the flags give it (``lines.v:...``; :mod:`.trt_profiles`), else the
+    :class:`GridProfile` made from that synthesis profile's largest batch and chunk."""
+
+    def derived(index: int) -> Shapes:
+        batch, points = primary_limits([synthesis_profiles[index]])
+        return GridProfile.for_role(role, batch, points).shapes(spec)
+
+    if requested is None:
+        return [derived(index) for index in range(len(synthesis_profiles))]
+    return requested.resolve(role, spec, fallback=derived, min_one=True)
+
+
+def grid_limits(shapes: Shapes, spec: EngineSpec) -> tuple[int, int]:
+    """(largest batch, largest rows x columns) of one grid profile, as the sidecar records them."""
+    rows, columns = (shapes[name][2] for name in spec.input_names[:2])
+    return int(rows[0]), int(rows[1]) * int(columns[1])
+
+
 def build_grid_plans(
-    grid: dict[str, Path], work: Path, metadata: EngineMetadata, *, precision: str, profile: Any, timing_cache: Path | None
+    grid: dict[str, Path], work: Path, metadata: EngineMetadata, *, precision: str, profile: Any = None,
+    timing_cache: Path | None, synthesis_profiles: list[Shapes] | None = None,
+    requested: RequestedProfiles | None = None, verbosity: str = "warning",
 ) -> dict[str, Path]:
-    """Build ``work/model.<role>.plan`` (and sidecar) from each grid ONNX engine; {role: plan}."""
+    """Build ``work/model.<role>.plan`` (and sidecar) from each grid ONNX engine; {role: plan}.
+
+    ``synthesis_profiles``: the synthesis plan's profiles (or ``profile``, its one
+    :class:`.tensorrt.Profile`); ``requested``: the flags' shapes, for the grid engines' own."""
     import onnx
 
     from .tensorrt import build_engine
     from .trt_ops import tensorrt_problems
 
+    if synthesis_profiles is None:
+        synthesis_profiles = [{"coords": ((1, 1, 2), (profile.max_batch, profile.max_points, 2),
+                                          (profile.max_batch, profile.max_points, 2))}]
     plans = {}
     for role, onnx_file in grid.items():
         problems = tensorrt_problems(onnx.load(str(onnx_file), load_external_data=False))
@@ -92,9 +122,11 @@ def build_grid_plans(
         meta.check_role(role, source=str(onnx_file))
         if meta.weights_sha256 != metadata.weights_sha256:
             raise CipsError(f"{onnx_file} belongs to a different model than the synthesis engine; export them together again.")
+        spec = grid_spec(role, meta)
+        profiles = grid_profiles(role, spec, synthesis_profiles, requested)
         plan = line_engine_path(work / "model.plan", role)
-        build_engine(onnx_file, plan, meta, grid_spec(role, meta), precision=precision,
-                     profile=GridProfile.for_role(role, profile.max_batch, profile.max_points), timing_cache=timing_cache)
+        build_engine(onnx_file, plan, meta, spec, precision=precision, profiles=profiles,
+                     limits=grid_limits(profiles[0], spec), timing_cache=timing_cache, verbosity=verbosity)
         plans[role] = plan
     return plans
 

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from cips_deploy.contracts.backend import Backend
-from cips_deploy.families.dtypes import DTYPES
+from cips_deploy.families.dtypes import DTYPES, torch_device
 from cips_deploy.families.checkpoint import load
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.footprint import BYTES_PER_FLOAT, RENDERER_FLOATS_PER_POINT, render_bytes_per_point
@@ -48,22 +48,6 @@ def parse_precision(value: Any, device: torch.device) -> str:
     if name == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise CipsError(f"The CUDA device {device} has no bf16 support; use precision fp16 on it.")
     return name
-
-
-def torch_device(name: str) -> torch.device:
-    """A torch device from a user's string, or a CipsError that says what is available."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError):
-        raise CipsError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise CipsError(f"Device {name!r} needs CUDA, which this machine does not have; use --device cpu.")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise CipsError(f"Device {name!r} does not exist; this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif device.type != "cpu":
-        raise CipsError(f"The torch backend runs on cpu or cuda devices, not {name!r}.")
-    return device
 
 
 def as_tensor(array: Any, device: torch.device) -> Tensor:
@@ -125,9 +109,10 @@ class TorchRunner(Backend):
             )
 
     @torch.inference_mode()
-    def map(self, z: np.ndarray, truncation: float = 1.0) -> np.ndarray:
-        """z float32 ``[B, Z]`` -> w float32 ``[B, S]``, host numpy."""
-        w = self.generator.map(as_tensor(z, self.device), truncation=truncation)
+    def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:
+        """z float32 ``[B, Z]`` (and c ``[B, C]``, a conditional model's one-hot labels) -> w float32 ``[B, S]``, host numpy."""
+        label = None if c is None else as_tensor(c, self.device)
+        w = self.generator.map(as_tensor(z, self.device), truncation=truncation, c=label)
         return as_array(w)
 
     @torch.inference_mode()
@@ -146,6 +131,19 @@ class TorchRunner(Backend):
             rgb = self.generator.synthesize(coords, w)  # the float32 path, exactly as before
         else:
             rgb = self.generator.synthesize(coords, w, dtype=self.dtype)
+        return as_array(rgb[:, :n_points])
+
+    @torch.inference_mode()
+    def run_layers(self, coords: np.ndarray, ws: np.ndarray) -> np.ndarray:
+        """coords float32 ``[B, N, 2]``, per-layer styles ws ``[B, L, S]`` -> rgb float32 ``[B, N, 3]``,
+        padded as :meth:`run` pads (chunk invariance); a line-factored grid still shares its lines."""
+        n_points = coords.shape[1]
+        coords = pad_rows(as_tensor(coords, self.device), PAD_POINTS)
+        ws = as_tensor(ws, self.device)
+        if self.lines is not None and _same_points(coords):
+            rgb = self.lines.synthesize(coords, ws, layered=True)
+        else:
+            rgb = self.generator.synthesize_layers(coords, ws, dtype=self.dtype)
         return as_array(rgb[:, :n_points])
 
     def bytes_per_point(self, per_point_style: bool = False) -> int:
@@ -167,6 +165,11 @@ class TorchRunner(Backend):
             return 2048.0
         if self.generator.line_factored:
             return 32.0
+        from cips_deploy.plugins.chunk_autotune import runner_points
+
+        tuned = runner_points(self)  # the fastest chunk measured on this machine (wide models; cached)
+        if tuned:
+            return (tuned + 0.5) * self.bytes_per_point() / 2**20  # + 0.5: the memory chunker's floor gives tuned
         points = CPU_CHUNK_POINTS_PER_THREAD * torch.get_num_threads()
         return min(32.0, points * self.bytes_per_point() / 2**20)
 

@@ -8,7 +8,8 @@ else is caught, so bugs keep their tracebacks.
 
 from __future__ import annotations
 
-from cips_deploy.cli import backend_flags, bench, checkpoints, plugins, render, scale_consistency  # noqa: F401  (each registers its commands)
+from cips_deploy.cli import backend_flags, bench, checkpoints, compare, inspect, plugins, render, scale_consistency  # noqa: F401  (each registers its commands)
+from cips_deploy.cli import project  # noqa: F401  (registers `project`)
 from cips_deploy.cli.group import CipsGroup, add_choice_suggestions, cli  # noqa: F401
 
 

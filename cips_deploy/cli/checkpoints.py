@@ -1,12 +1,11 @@
-"""``cips-deploy info`` and ``cips-deploy import-official``.
+"""``cips-deploy import-official``, and what ``inspect`` (alias ``info``) says about a checkpoint.
 
-``info`` describes a checkpoint (loading it needs the ``build`` extra: torch) or an exported
-ONNX engine (from its metadata alone: the torch-free install describes what it renders).
+The ``inspect`` command itself is :mod:`.inspect`; a checkpoint is described from the loaded
+generator, which needs the ``build`` extra (torch): without it, one sentence says so.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -14,77 +13,32 @@ import click
 from cips_deploy._compat import require_build_extra
 from cips_deploy.cli.group import cli
 
-
-@cli.command()
-@click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--json", "as_json", is_flag=True, help="Print the description as JSON.")
-def info(checkpoint: Path, as_json: bool) -> None:
-    """Describe a checkpoint (ours or official) or an exported .onnx engine: architecture, size, parameters, provenance."""
-    facts = engine_facts(checkpoint) if checkpoint.suffix.lower() == ".onnx" else checkpoint_facts(checkpoint)
-    if as_json:
-        click.echo(json.dumps(facts, indent=2))
-        return
-    rows = [(key, value) for key, value in facts.items() if key != "provenance"]
-    rows += [(f"provenance.{key}", value) for key, value in facts["provenance"].items()]
-    width = max(len(key) for key, _ in rows)
-    for key, value in rows:
-        if value is None:
-            value = "not determinable from the widths"
-        elif isinstance(value, int) and not isinstance(value, bool):
-            value = f"{value:,}"
-        click.echo(f"{key:<{width}}  {value}")
+FORMATS = {".safetensors": "cips-deploy safetensors checkpoint", ".pt": "official CIPS checkpoint (.pt)",
+           ".pkl": "official CREPS snapshot (.pkl)"}
 
 
 def checkpoint_facts(checkpoint: Path) -> dict:
-    """What ``info`` says about a checkpoint, from the loaded generator (needs torch)."""
+    """What ``inspect`` says about a checkpoint, from the loaded generator (needs torch)."""
     require_build_extra(f"Describing the checkpoint {checkpoint.name}")
+    from cips_deploy.exporters.inspection import config_facts
     from cips_deploy.families.checkpoint import load
 
     generator = load(checkpoint)
     config = generator.config
     return {
         "file": str(checkpoint),
+        "format": FORMATS.get(checkpoint.suffix.lower(), "checkpoint"),
+        "size_bytes": checkpoint.stat().st_size,
         "architecture": config.arch_name,
+        "family": config.family.name,
         "parameters": generator.num_parameters,
         **config_facts(config),
-        "flops_per_pixel": generator.flops_per_point(),
+        "config": config.to_dict(),
+        "flops_per_point": generator.flops_per_point(),
+        "flops_per_pixel": generator.flops_per_point(),  # the name info has always used
+        f"grid_flops_per_pixel_at_{config.size}x{config.size}": round(generator.grid_flops_per_point(config.size, config.size)),
         **generator.info_facts(),
         "provenance": generator.provenance,
-    }
-
-
-def engine_facts(engine: Path) -> dict:
-    """What ``info`` says about an exported ONNX engine, from its metadata (no torch, no onnx)."""
-    from cips_deploy.exporters.engine_files import grid_engine_files, mapping_path_for
-    from cips_deploy.exporters.metadata import read_onnx_metadata
-
-    meta = read_onnx_metadata(engine)
-    companions = ["mapping"] if mapping_path_for(engine).is_file() else []
-    companions += list(grid_engine_files(engine) or {})
-    return {
-        "file": str(engine),
-        "engine": f"ONNX {meta.role} engine, opset {meta.opset}",
-        "architecture": meta.config.arch_name,
-        **config_facts(meta.config),
-        "style_input": "w [B, N, S] (one style per point)" if meta.spatial_style else "w [B, S]",
-        "engines_beside_it": ", ".join(companions) or "none",
-        "source_file": meta.source_file or None,
-        "source_sha256": meta.source_sha256 or None,
-        "weights_sha256": meta.weights_sha256,
-        "exported_by": f"cips-deploy {meta.package_version}",
-        "provenance": meta.provenance,
-    }
-
-
-def config_facts(config) -> dict:
-    return {
-        "coordinate_space": config.coordinate_space,
-        "training_resolution": config.size,
-        "hidden": config.hidden,
-        "style_dim": config.style_dim,
-        "mapping_layers": config.n_mlp,
-        "channel_multiplier": config.channel_multiplier,
-        "block_widths": list(config.widths),
     }
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -41,7 +40,7 @@ class BenchCase:
     backend: str = "torch"
     resolution: int = 256
     batch: int = 1
-    chunk: int = 16384
+    chunk: int | None = None  # points per call; None: the renderer's own chunking (the memory chunker, autotuned)
     device: str = "cpu"
     repeats: int = 3
     warmup: int = 1
@@ -115,10 +114,13 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     else:
         backend_class = get_registry().get("backend", case.backend).item
         options = {"precision": case.precision} if case.precision != "fp32" else {}
+        if case.threads and any(option.name == "threads" for option in getattr(backend_class, "options", ())):
+            options["threads"] = case.threads  # onnxruntime, OpenVINO: the threads of the peak beside them
         backend = backend_class(generator, device=case.device, **options)
-        chunk = min(case.chunk, pixels)
+        spans = case_spans(backend, R, B, case.chunk)
+        chunk = max(stop - start for start, stop in spans)
         # Backends take host numpy arrays (legacy ones tensors): cut before timing, as a renderer hands them over.
-        parts = [np.ascontiguousarray(coords[:, start : start + chunk].numpy()) for start in range(0, pixels, chunk)]
+        parts = [np.ascontiguousarray(coords[:, start:stop].numpy()) for start, stop in spans]
 
         def render_once(w: Tensor) -> None:
             w = w.numpy()
@@ -145,6 +147,25 @@ def run_case(case: BenchCase) -> dict[str, Any]:
     }
 
 
+def case_spans(backend: Any, resolution: int, batch: int, chunk: int | None) -> list[tuple[int, int]]:
+    """The calls of one image: ``chunk`` points each, or with None the renderer's default cut
+    (the memory chunker on the backend's preferred budget, which the torch backend autotunes
+    on a CPU: what ``render`` without --chunk-size does)."""
+    from cips_deploy.contracts.chunking import ChunkRequest
+    from cips_deploy.runtime.plugin_manager import get_registry
+
+    pixels = resolution * resolution
+    if chunk is not None:
+        chunk = min(chunk, pixels)
+        return [(start, min(start + chunk, pixels)) for start in range(0, pixels, chunk)]
+    request = ChunkRequest(
+        n_points=pixels, bytes_per_point=backend.bytes_per_point(),
+        row_boundaries=np.arange(resolution + 1, dtype=np.int64) * resolution,
+        preferred_memory_budget=backend.preferred_memory_budget(),
+    )
+    return list(get_registry().get("chunker", "memory").item.spans(request))
+
+
 def model_flops_per_pixel(generator: Any, backend: str, resolution: int) -> float:
     """The model's own FLOP count per pixel for the path ``backend`` takes.
 
@@ -169,16 +190,10 @@ def run_case_isolated(case: BenchCase, timeout: float = 3600) -> dict[str, Any]:
 
 
 def machine_facts() -> dict[str, Any]:
-    """What the figures were measured on."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    """What the figures were measured on (:func:`cips_deploy.measure.peaks.machine_facts`, plus torch's view)."""
+    from cips_deploy.measure.peaks import machine_facts as runtime_facts
+
+    cpu = runtime_facts()["cpu"]
     facts = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
     if torch.cuda.is_available():
         facts["gpu"] = torch.cuda.get_device_name()

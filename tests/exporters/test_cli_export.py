@@ -55,9 +55,12 @@ def test_triton_repository_from_the_cli(checkpoint, tmp_path):
     result = invoke("export", checkpoint, "--no-validate", "--triton-repo", tmp_path / "repo", "--name", "cips")
     assert result.exit_code == 0, result.output
     assert files_in(tmp_path) == [
-        "repo", "repo/cips", "repo/cips/1", "repo/cips/1/model.onnx", "repo/cips/config.pbtxt",
-        "repo/cips_ensemble", "repo/cips_ensemble/1", "repo/cips_ensemble/config.pbtxt",
-        "repo/cips_mapping", "repo/cips_mapping/1", "repo/cips_mapping/1/model.onnx", "repo/cips_mapping/config.pbtxt",
+        # each model folder carries the output guard's marker: --force replaces only what cips-deploy wrote
+        "repo", "repo/cips", "repo/cips/.cips-deploy-output", "repo/cips/1", "repo/cips/1/model.onnx",
+        "repo/cips/config.pbtxt", "repo/cips_ensemble", "repo/cips_ensemble/.cips-deploy-output",
+        "repo/cips_ensemble/1", "repo/cips_ensemble/config.pbtxt", "repo/cips_mapping",
+        "repo/cips_mapping/.cips-deploy-output", "repo/cips_mapping/1", "repo/cips_mapping/1/model.onnx",
+        "repo/cips_mapping/config.pbtxt",
     ]
 
 
@@ -134,3 +137,37 @@ def test_engine_metadata_mismatch(checkpoint, tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="tensorrt is installed here")
 def test_trt_without_tensorrt_is_one_sentence(checkpoint, tmp_path):
     bad(tmp_path, checkpoint, "--engine", "trt", "-o", tmp_path / "x.plan", match="TensorRT is not installed here")
+
+
+@pytest.mark.parametrize("option, value, match", [
+    ("--opset", "1180591620717411303424", "--opset must be at most"),
+    ("--max-batch", "0", "--max-batch must be at least 1"),
+    ("--max-batch", "1180591620717411303424", "--max-batch must be at most"),
+    ("--chunk-size", "-5", "--chunk-size must be at least 1"),
+    ("--min-psnr", "nan", "--min-psnr must be a finite number"),
+    ("--min-psnr", "inf", "--min-psnr must be at most"),
+    ("--calibration-points", "99999999999", "--calibration-points must be at most"),
+])
+def test_numeric_options_use_the_one_number_parser(checkpoint, tmp_path, option, value, match):
+    bad(tmp_path, checkpoint, option, value, "-o", tmp_path / "x.onnx", match=match)
+
+
+@pytest.mark.parametrize("option, value", [("--opset", "17.5"), ("--max-batch", "nan"), ("--chunk-size", "1e3"),
+                                           ("--min-psnr", "forty")])
+def test_text_that_is_no_number_is_a_usage_error(checkpoint, tmp_path, option, value):
+    result = invoke("export", checkpoint, option, value, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and f"Invalid value for '{option}'" in result.output
+    assert "Traceback" not in result.output and files_in(tmp_path) == []
+
+
+def test_shape_flags_are_offered_and_a_wrong_spelling_is_one_sentence(checkpoint, tmp_path):
+    text = invoke("export", "--help").output
+    for flag in ("--min-shapes", "--opt-shapes", "--max-shapes", "--builder-verbosity", "--timing-cache",
+                 "--calibration-seeds", "--calibration-points", "--calibration-data"):
+        assert flag in text
+    bad(tmp_path, checkpoint, "--engine", "trt", "--max-shapes", "coords=1x64x2", "-o", tmp_path / "x.plan",
+        match="--max-shapes takes NAME:DIMS items")
+    bad(tmp_path, checkpoint, "--engine", "trt", "--opt-shapes", "coords:1x0x2", "-o", tmp_path / "x.plan",
+        match="sizes go from 1 to 2**31 - 1")
+    bad(tmp_path, checkpoint, "--max-shapes", "coords:1x64x2", "-o", tmp_path / "x.onnx", match="set TensorRT's build")
+    bad(tmp_path, checkpoint, "--builder-verbosity", "info", "-o", tmp_path / "x.onnx", match="sets TensorRT's build")

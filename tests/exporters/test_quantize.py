@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
+import torch
 from click.testing import CliRunner
 
 import cips_deploy
@@ -152,7 +154,8 @@ def test_quality_gate_fails_cleanly(tmp_path):
 def test_bad_reduced_precision_requests(tmp_path):
     bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--precision", "fp16", match="exclude each other")
     bad_export(tmp_path, DEMO_MODEL, "--min-psnr", "30", match="--min-psnr gates fp16 and int8")
-    bad_export(tmp_path, DEMO_MODEL, "--precision", "fp16", "--min-psnr", "nan", match="must be a number")
+    bad_export(tmp_path, DEMO_MODEL, "--precision", "fp16", "--min-psnr", "nan", match="--min-psnr must be a finite number")
+    bad_export(tmp_path, DEMO_MODEL, "--precision", "fp16", "--min-psnr", "1e999", match="--min-psnr must be")
     bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--engine", "trt", match="--quantize makes ONNX engines")
 
 
@@ -163,3 +166,66 @@ def test_per_point_style_engines_quantize_too(tmp_path, mode):
     assert result.exit_code == 0, result.output
     precision, report = read_quality(path)
     assert precision == mode and report.ok and report.worst_psnr >= report.min_psnr
+
+
+# ------------------------------------------------------------ calibration data the user chooses
+
+
+def activation_scales(path: Path) -> dict[str, float]:
+    """The calibrated scale of every quantised activation of a static int8 engine."""
+    model = onnx.load(str(path))
+    return {t.name: float(onnx.numpy_helper.to_array(t)) for t in model.graph.initializer
+            if t.name.endswith("_scale") and not t.dims}
+
+
+def test_calibration_seeds_and_points_change_the_scales(reduced, tmp_path):
+    default = activation_scales(reduced["int8-static"])
+    path = tmp_path / "other.onnx"
+    result = invoke("export", DEMO_MODEL, "--no-validate", "--quantize", "int8-static", "--calibration-seeds", "7,70",
+                    "--calibration-points", "512", "-o", path)
+    assert result.exit_code == 0, result.output
+    other = activation_scales(path)
+    assert other.keys() == default.keys() and other != default
+    precision, report = read_quality(path)
+    assert precision == "int8-static" and report.ok
+
+
+def test_a_calibration_folder_calibrates_the_engine(tmp_path, demo):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    rng = np.random.default_rng(3)
+    for index in range(2):
+        w = demo.map(torch.from_numpy(cips_deploy.seed_latent(50 + index, demo.config))).detach().numpy()
+        np.savez(folder / f"{index}.npz", coords=grid_coords(32, 32), w=w)  # a 32 x 32 image per batch
+    np.savez(folder / "2.npz", coords=rng.uniform(-1, 1, (1, 300, 2)), w=w)  # float64 is converted
+    path = tmp_path / "data.onnx"
+    result = invoke("export", DEMO_MODEL, "--no-validate", "--quantize", "int8-static", "--calibration-data", folder, "-o", path)
+    assert result.exit_code == 0, result.output
+    assert activation_scales(path)  # calibrated, and its report passed the default gate
+    assert read_quality(path)[1].ok
+
+
+def test_a_mismatched_calibration_folder_is_one_sentence(tmp_path):
+    folder = tmp_path / "batches"
+    folder.mkdir()
+    np.savez(folder / "a.npz", coords=np.zeros((1, 8, 2), np.float32), w=np.zeros((1, 512), np.float32))
+    bad_export(tmp_path, DEMO_MODEL, "--no-validate", "--quantize", "int8-static", "--calibration-data", folder,
+               "-o", tmp_path / "x.onnx", match="has w [1, 512], but this engine takes [1, 64]")
+    bad_export(tmp_path, DEMO_MODEL, "--quantize", "int8", "--calibration-seeds", "1-3", "-o", tmp_path / "x.onnx",
+               match="add --quantize int8-static")
+
+
+def test_the_gate_still_refuses_with_chosen_calibration(tmp_path):
+    output = bad_export(tmp_path, DEMO_MODEL, "--no-validate", "--quantize", "int8-static", "--calibration-seeds", "3",
+                        "--calibration-points", "64", "--min-psnr", "200", "-o", tmp_path / "q.onnx",
+                        match="below --min-psnr 200, so nothing was written")
+    assert "threshold 200 dB: FAILED" in output
+
+
+def test_reduced_engines_carry_the_hash_of_their_own_file(reduced):
+    from cips_deploy.exporters import integrity
+
+    for path in reduced.values():
+        recorded, computed = integrity.file_content_sha256(path)
+        assert recorded == computed
+        integrity.verify(path)

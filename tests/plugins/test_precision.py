@@ -237,7 +237,9 @@ def test_bench_cli_takes_precisions_and_reports_both_peaks(monkeypatch):
     import cips_deploy.measure.bench as bench_cli  # the command imports these from there when it runs
 
     monkeypatch.setattr(bench_cli, "run_case_isolated", run_case)  # in process: no worker start-up
-    monkeypatch.setattr(bench_cli, "matmul_peak_gflops", lambda dtype="fp32", device="cpu": {"fp32": 100.0, "bf16": 200.0}[dtype])
+    import cips_deploy.measure.peaks as peaks  # the peak of each precision: the best kernel of every installed runtime
+
+    monkeypatch.setattr(peaks, "kernel_peaks", lambda precision, threads, **kw: {"torch": {"fp32": 100.0, "bf16": 200.0}[precision]})
     args = ["bench", "--preset", "tiny", "--resolution", "16", "--chunk-size", "128", "--repeats", "1", "--warmup", "0", "--threads", "1"]
     outcome = CliRunner().invoke(cli, args + ["--precision", "bf16", "--precision", "fp32", "--json"], catch_exceptions=False)
     report = json.loads(outcome.output)
@@ -246,7 +248,7 @@ def test_bench_cli_takes_precisions_and_reports_both_peaks(monkeypatch):
     for result in report["results"]:
         assert result["fraction_of_matmul_peak"] == pytest.approx(result["gflops"] / report["matmul_peaks_gflops"][result["precision"]])
     table = CliRunner().invoke(cli, args + ["--precision", "bf16"], catch_exceptions=False).output
-    assert "bf16 200.0" in table and " bf16 " in table.splitlines()[-1]
+    assert "bf16 peak: 200.0" in table and " bf16 " in table.splitlines()[-1]
     refused = CliRunner().invoke(cli, ["bench", "--preset", "tiny", "--precision", "fp16"])
     assert refused.exit_code != 0 and "needs a CUDA --device" in refused.output
 
