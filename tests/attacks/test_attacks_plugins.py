@@ -113,9 +113,15 @@ class _InterruptedByTheUser:
 
 def test_the_users_ctrl_c_during_plugin_code_is_not_contained():
     """A plugin's own KeyboardInterrupt is its failure (above); a real SIGINT is the user's and stops the command."""
-    with pytest.raises(KeyboardInterrupt):
-        _registry(("interrupted", _InterruptedByTheUser()))
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    # Python's own Ctrl-C handler, as in a terminal: a shell starts background jobs with SIGINT
+    # ignored (`pytest &`), and then no Ctrl-C reaches the process at all.
+    started_with = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _registry(("interrupted", _InterruptedByTheUser()))
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    finally:
+        signal.signal(signal.SIGINT, started_with)
 
 
 def test_plugin_prints_go_to_stderr(capsys):
