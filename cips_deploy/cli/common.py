@@ -153,13 +153,24 @@ def tile(images: list[np.ndarray]) -> np.ndarray:
     return grid
 
 
-def summary(output: Path, renderings: list[Rendering], height: int, width: int) -> str:
+def summary(output: Path, renderings: list[Rendering], height: int, width: int, controls: Any = None) -> str:
+    """The closing sentence of a render: what was drawn (seeds, or the saved style of --w, with
+    the class and the mix seed), and how many points in how many chunks."""
     first = renderings[0]
     seeds = ", ".join(str(rendering.seed) for rendering in renderings)
     points = sum(rendering.points_evaluated for rendering in renderings)
     chunks = sum(rendering.chunks for rendering in renderings)
+    if getattr(controls, "w", None) is not None:
+        source = controls.w_source or "a given style"  # a sentence's subject ("The style file proj.npz")
+        drawn = source[:1].lower() + source[1:]
+    else:
+        drawn = f"seed{'s' if len(renderings) > 1 else ''} {seeds}"
+        if getattr(controls, "class_index", None) is not None:
+            drawn += f", class {controls.class_index}"
+        if getattr(controls, "mix_seed", None) is not None:
+            drawn += f", mixed with seed {controls.mix_seed} from style input {controls.mix_from}"
     text = (
-        f"Wrote {output}: {height}x{width} {first.topology} render of seed{'s' if len(renderings) > 1 else ''} {seeds}; "
+        f"Wrote {output}: {height}x{width} {first.topology} render of {drawn}; "
         f"evaluated {points:,} points in {chunks:,} chunk{'s' if chunks != 1 else ''}"
     )
     pixels = height * width * len(renderings)

@@ -249,6 +249,6 @@ def render_in_memory(
         if grid is not None:
             with atomic_path(grid_output, overwrite=force) as temporary:
                 chosen.save(grid, temporary)
-    click.echo(summary(output if grid_output is not None else outdir, renderings, height, width))
+    click.echo(summary(output if grid_output is not None else outdir, renderings, height, width, controls))
     if viewer is not None:
         click.echo(f"Wrote {viewer}: open it in a browser and drag to look around.")

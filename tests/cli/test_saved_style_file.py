@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,18 @@ def test_identity_and_bad_transforms():
         CoordinateTransform(translate=(np.inf, 0))
     with pytest.raises(CipsError):
         coordinate_transform("rotate 30")
+
+
+@pytest.mark.runtime
+def test_the_closing_sentence_names_what_was_drawn():
+    from types import SimpleNamespace
+
+    from cips_deploy.cli.common import summary
+    from cips_deploy.runtime.render_setup import Controls
+
+    rendering = SimpleNamespace(seed=0, topology="cylinder", points_evaluated=4096, chunks=1)
+    saved = Controls.make(w=np.zeros((1, 64), np.float32), w_source="The style file proj.npz")
+    assert "render of the style file proj.npz;" in summary(Path("a.png"), [rendering], 32, 128, saved)
+    mixed = Controls.make(mix_seed=3, mix_from=2, class_index=1)
+    assert "render of seed 0, class 1, mixed with seed 3 from style input 2;" in summary(Path("a.png"), [rendering], 32, 128, mixed)
+    assert "render of seed 0;" in summary(Path("a.png"), [rendering], 32, 128)
