@@ -29,6 +29,7 @@ from cips_deploy.contracts.limits import PickleRefused, check_torch_stream
 from cips_deploy.contracts.topology import GridLayout, Topology
 from cips_deploy.errors import CipsError
 from cips_deploy.media.video import Animation, check_animation, frame_parameters
+from cips_deploy.models import DEMO_ENGINE
 from cips_deploy.plugins.flat import Flat
 from cips_deploy.runtime.plugin_manager import PluginWarning, load_registry
 from cips_deploy.runtime.render import render_detailed
@@ -415,7 +416,6 @@ def test_a_training_marks_its_folder_and_force_then_replaces_only_its_files(imag
 # --------------------------------------------------------------------------- one output guard: Triton repositories
 
 
-DEMO_ENGINE = Path(__file__).resolve().parents[2] / "cips_deploy" / "models" / "demo-panorama.onnx"
 
 
 def _repository(repo: Path, **options):
