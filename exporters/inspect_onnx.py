@@ -46,9 +46,14 @@ def onnx_graph_facts(path: str | Path) -> dict[str, Any]:
     path = regular_file(path, "ONNX model")
     with onnx_proto.open_model(path) as mapped:
         try:
-            return _model_facts(mapped.data)
+            facts = _model_facts(mapped.data)
         except onnx_proto.ProtoError as error:
             raise CipsError(f"{path} is not an ONNX model ({error}).") from None
+    # Every ModelProto states its IR version (the ONNX checker requires it): an empty file or
+    # another protobuf parses without error but is no model.
+    if facts["ir_version"] is None:
+        raise CipsError(f"{path} is not an ONNX model: it states no IR version (an empty file or another format).")
+    return facts
 
 
 def _model_facts(buffer) -> dict[str, Any]:

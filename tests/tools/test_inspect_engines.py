@@ -161,6 +161,8 @@ def test_an_onnx_model_that_is_not_ours(tmp_path):
 @pytest.mark.parametrize("name, content, message", [
     ("missing.onnx", None, "No such"),
     ("text.onnx", b"\xff\xff\xff\xff not protobuf", "is not an ONNX model"),
+    ("empty.onnx", b"", "is not an ONNX model: it states no IR version"),
+    ("other.onnx", b"\x12\x05hello", "is not an ONNX model: it states no IR version"),  # valid protobuf, no model
     ("empty", "folder", "holds no config.pbtxt, manifest.json, .onnx or .plan"),
 ])
 def test_bad_input_is_one_sentence(tmp_path, name, content, message):
