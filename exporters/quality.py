@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from cips_deploy.runtime.coords import grid_coords
+from cips_deploy.runtime.images import decibels, raw_psnr
 from cips_deploy.runtime.seeds import seed_latent
 from cips_deploy.runtime.styles import class_label
 from cips_deploy.families.generator import Generator
@@ -65,9 +66,9 @@ class QualityReport:
             f"truncation {self.truncation:g}, outputs clipped to [-1, 1]):"
         ]
         for seed, psnr, error in zip(self.seeds, self.psnr_db, self.max_abs):
-            lines.append(f"  seed {seed:<4} PSNR {_db(psnr):>9}  max error {error:.2e} ({error * 127.5:.2f} of 255 levels)")
+            lines.append(f"  seed {seed:<4} PSNR {decibels(psnr):>9}  max error {error:.2e} ({error * 127.5:.2f} of 255 levels)")
         verdict = f"threshold {self.min_psnr:g} dB: {'passed' if self.ok else 'FAILED'}" if self.min_psnr is not None else "no threshold"
-        lines.append(f"  worst PSNR {_db(self.worst_psnr)}, max error {self.max_error:.2e}; {verdict}")
+        lines.append(f"  worst PSNR {decibels(self.worst_psnr)}, max error {self.max_error:.2e}; {verdict}")
         return "\n".join(lines)
 
     def to_json(self) -> str:
@@ -80,18 +81,12 @@ class QualityReport:
         return cls(**json.loads(text))
 
 
-def _db(value: float) -> str:
-    return "inf dB" if math.isinf(value) else f"{value:.2f} dB"
-
-
 def psnr_and_max_error(reference: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
     """(PSNR in dB, max |difference|) of two raw outputs after clipping to [-1, 1]."""
     a = np.clip(reference.astype(np.float64), -1.0, 1.0)
     b = np.clip(candidate.astype(np.float64), -1.0, 1.0)
     difference = a - b
-    mse = float(np.mean(difference**2))
-    psnr = math.inf if mse == 0.0 else 10.0 * math.log10(4.0 / mse)
-    return psnr, float(np.abs(difference).max())
+    return raw_psnr(float(np.mean(difference**2))), float(np.abs(difference).max())
 
 
 def quality_inputs(generator: Generator, seeds=DEFAULT_SEEDS, truncation: float = 1.0) -> tuple[torch.Tensor, list[torch.Tensor]]:

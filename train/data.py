@@ -20,11 +20,9 @@ Tensors are float32 in [-1, 1], ``[3, H, W]``, the generator's colour range.
 from __future__ import annotations
 
 import io
-import lzma
 import os
 import stat
 import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,10 +33,10 @@ from torch import Tensor
 
 from cips_deploy.errors import CipsError
 from cips_deploy.contracts.command_options import kernel_tree
-from cips_deploy.contracts.limits import check_memory, regular_file
+from cips_deploy.contracts.limits import ZIP_READ_ERRORS, check_memory, regular_file
 
 # What reading one file or zip member may raise: it is skipped and counted.
-READ_ERRORS = (OSError, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError, NotImplementedError, RuntimeError, ValueError)
+READ_ERRORS = ZIP_READ_ERRORS
 MAX_IMAGE_BYTES = 256 << 20  # one image file; larger ones are skipped (and counted)
 MAX_IMAGE_SIDE = 1 << 16  # pixels on either side of a source image
 MAX_IMAGE_PIXELS = 1 << 26  # pixels of a source image (8192 x 8192; a 50-megapixel photograph fits)
@@ -141,7 +139,7 @@ def _image_files(path: Path):
     if zipfile.is_zipfile(path):
         try:
             archive = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+        except READ_ERRORS as error:
             raise CipsError(f"The data set {path} is a damaged zip ({type(error).__name__}).") from None
         with archive:
             for info in sorted(archive.infolist(), key=lambda item: item.filename):

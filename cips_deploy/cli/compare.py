@@ -11,7 +11,6 @@ for bad input as everywhere else.
 from __future__ import annotations
 
 import json
-import math
 import re
 
 import click
@@ -20,6 +19,7 @@ from cips_deploy.cli.common import parse_assignments, parse_seeds
 from cips_deploy.cli.group import cli
 from cips_deploy.contracts.command_options import TRUNCATION, real, whole
 from cips_deploy.errors import CipsError
+from cips_deploy.runtime.images import decibels
 
 MAX_SEEDS = 64
 TOLERANCE = real(0.0, 1e6)
@@ -111,8 +111,8 @@ def format_comparison(report: dict) -> list[str]:
     ]
     for case in report["cases"]:
         lines.append(f"  seed {case['seed']:<6} max abs {case['max_abs']:.3e}  mean abs {case['mean_abs']:.3e}  "
-                     f"PSNR {_db(case['psnr'])}  values beyond the bound {case['beyond']:,}")
-    lines.append(f"max abs error {report['max_abs']:.3e}, mean abs error {report['mean_abs']:.3e}, PSNR {_db(report['psnr'])} (worst seed)")
+                     f"PSNR {decibels(case['psnr'])}  values beyond the bound {case['beyond']:,}")
+    lines.append(f"max abs error {report['max_abs']:.3e}, mean abs error {report['mean_abs']:.3e}, PSNR {decibels(report['psnr'])} (worst seed)")
     lines.append("worst points (seed, index, u, v: A | B):")
     for point in report["worst_points"]:
         a = ", ".join(f"{x:+.6f}" for x in point["a"])
@@ -127,8 +127,3 @@ def format_comparison(report: dict) -> list[str]:
         bounds.append(f"PSNR >= {tolerance['psnr_min']:g} dB")
     lines.append(f"bounds: {' and '.join(bounds)}: {'passed' if report['passed'] else 'FAILED'}")
     return lines
-
-
-def _db(value: float | None) -> str:
-    """A PSNR as printed; the report's None (strict JSON for an infinite PSNR) is identical outputs."""
-    return "inf dB" if value is None or math.isinf(value) else f"{value:.2f} dB"

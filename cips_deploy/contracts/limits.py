@@ -26,13 +26,24 @@ The limits (docs/security.md lists them with the reasons):
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import stat
+import zipfile
+import zlib
 from pathlib import Path
 from numbers import Real
 from typing import Any
 
 from cips_deploy.errors import CipsError, first_line
+
+# What opening or reading a zip (or one member) may raise besides a clean refusal: a damaged
+# directory, a member too large for the reader, a corrupt deflate/lzma stream, an unsupported
+# method, an encrypted member (RuntimeError), a truncated file. One list for every zip reader.
+ZIP_READ_ERRORS = (
+    OSError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError,
+    NotImplementedError, RuntimeError, ValueError,
+)
 
 # Whole-number config fields: (smallest, largest). The largest values are far beyond any
 # published model (paper1024: size 1024, widths <= 512, n_mlp 8) and far below what
@@ -188,12 +199,10 @@ def check_zip_declared_size(path: Path, what: str = "checkpoint") -> None:
     directory are read without inflating anything. A member may lie about its size, but
     then the zip reader stops at the declared size (and fails its CRC).
     """
-    import zipfile
-
     try:
         with zipfile.ZipFile(path) as archive:
             members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as error:
+    except ZIP_READ_ERRORS as error:
         raise CipsError(f"{path} is corrupt or truncated (not a readable zip: {error}).") from None
     declared = sum(member.file_size for member in members)
     size = path.stat().st_size
@@ -555,7 +564,6 @@ def check_torch_stream(handle: Any, slack: int = 1 << 20) -> None:
     and within available memory), since ``torch.load`` inflates its members in memory.
     Raises :class:`PickleRefused`; ``handle`` is left at its start.
     """
-    import zipfile
 
     start = handle.tell()
     try:
@@ -576,7 +584,7 @@ def check_torch_stream(handle: Any, slack: int = 1 << 20) -> None:
                 for member in members:  # every pickle in it, duplicates too: a reader may pick either
                     if member.filename.endswith(".pkl"):
                         check_pickle(io.BytesIO(archive.read(member)), persistent_ids=True)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError, NotImplementedError) as error:
+        except ZIP_READ_ERRORS as error:
             raise PickleRefused(f"is not a readable zip ({first_line(error) or type(error).__name__})", corrupt=True) from None
     finally:
         handle.seek(start)

@@ -40,7 +40,7 @@ from cips_deploy.errors import CipsError
 from cips_deploy.families import dtypes as devices
 from cips_deploy.families.generator import Generator
 from cips_deploy.runtime.coords import grid_coords
-from cips_deploy.runtime.images import rgb_to_uint8
+from cips_deploy.runtime.images import raw_psnr, rgb_to_uint8
 
 PIXEL_LOSSES = ("mse", "l1")
 # The standard MS-SSIM weights of the five scales (Wang et al. 2003), finest first.
@@ -163,8 +163,7 @@ def projection_loss(image: Tensor, target: Tensor, *, pixel: str = "mse", pixel_
 
 def psnr(image: np.ndarray, target: np.ndarray) -> float:
     """PSNR in dB of two images of one shape with colours in [-1, 1], measured on [0, 1]."""
-    mse = float(np.mean(((np.asarray(image, np.float64) - np.asarray(target, np.float64)) / 2) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+    return raw_psnr(float(np.mean((np.asarray(image, np.float64) - np.asarray(target, np.float64)) ** 2)))
 
 
 # --------------------------------------------------------------------------- styles

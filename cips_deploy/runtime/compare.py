@@ -36,6 +36,7 @@ import numpy as np
 from cips_deploy.contracts.backend import run_chunks
 from cips_deploy.contracts.topology import TopologyRequest, check_points, resolve_parameters
 from cips_deploy.errors import CipsError
+from cips_deploy.runtime.images import decibels, raw_psnr
 from cips_deploy.runtime.backend_arrays import from_backend, inference_mode, to_backend
 from cips_deploy.runtime.plugin_calls import call
 from cips_deploy.runtime.plugin_manager import Registry
@@ -121,8 +122,7 @@ class ErrorStats:
     @property
     def psnr(self) -> float:
         """dB of the clipped outputs (inf when they are equal)."""
-        mse = self.sum_sq_clipped / self.values if self.values else 0.0
-        return math.inf if mse == 0.0 else 10.0 * math.log10(4.0 / mse)
+        return raw_psnr(self.sum_sq_clipped / self.values if self.values else 0.0)
 
     def worst_points(self) -> list[dict]:
         return [entry[2] for entry in sorted(self.worst, key=lambda entry: entry[:2], reverse=True)]
@@ -238,7 +238,7 @@ def compare_backends(
             f"(max abs error {total.max_abs:.3g})"
         )
     if tolerance.psnr_min is not None and psnr < tolerance.psnr_min:
-        failures.append(f"the PSNR {_db(psnr)} is below --psnr-min {tolerance.psnr_min:g} dB")
+        failures.append(f"the PSNR {decibels(psnr)} is below --psnr-min {tolerance.psnr_min:g} dB")
     details = {"topology": topology, "height": height, "width": width, "params": params} if mode == GRID else {}
     details.update(truncation=truncation, shared_style=shared_style)
     return Comparison(labels[0], labels[1], mode, list(seeds), count, tolerance, cases, total.max_abs, total.mean_abs,
@@ -308,7 +308,3 @@ def _both(runner_a: Any, runner_b: Any, labels: tuple[str, str], chunks, w_a: np
                 raise CipsError(f"{label} computed NaN or infinite colours (points {chunk[0]:,} to {chunk[0] + n:,}).")
             out.append(rgb[0])
         yield chunk, out[0], out[1]
-
-
-def _db(value: float) -> str:
-    return "inf dB" if math.isinf(value) else f"{value:.2f} dB"
