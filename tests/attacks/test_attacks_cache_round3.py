@@ -32,26 +32,8 @@ from cips_deploy.families.checkpoint import file_sha256
 from ..helpers.attack_tools import files_under, invoke, refused
 
 
-
-@pytest.fixture()
-def cache(tmp_path, monkeypatch):
-    folder = tmp_path / "cache"
-    monkeypatch.setenv("CIPS_DEPLOY_CACHE", str(folder))
-    return folder
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("models")
-    cips_deploy.create("tiny", seed=0).save(folder / "a.safetensors")
-    cips_deploy.create("tiny", seed=1).save(folder / "b.safetensors")
-    return folder / "a.safetensors", folder / "b.safetensors"
-
-
 def _render(model, **options) -> np.ndarray:
     return cips_deploy.render(model, "flat", 16, 16, seed=3, backend="onnxruntime", **options)
-
-
 
 
 # --------------------------------------------------------------------------- external data

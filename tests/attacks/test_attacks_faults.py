@@ -9,10 +9,8 @@ import errno
 import json
 import os
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import cips_deploy
 from cips_deploy.train import TrainOptions, train
@@ -22,15 +20,6 @@ from cips_deploy.train.loop import LOCK_FILE, STATE_FILE, lock_run, run_summary
 from ..helpers.attack_tools import files_under, refused
 
 TRAIN = ["--resolution", "16", "--batch", "2", "--checkpoint-every", "2", "--sample-every", "1000"]
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return folder
 
 
 @pytest.fixture(scope="module")

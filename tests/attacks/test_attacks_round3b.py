@@ -337,17 +337,6 @@ def test_serve_web_port_goes_through_the_number_parser(tmp_path, port, message):
 TRAIN = ["--resolution", "16", "--batch", "2", "--checkpoint-every", "2", "--sample-every", "1000", "--steps", "1"]
 
 
-@pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    from PIL import Image
-
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(1)
-    for index in range(2):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return folder
-
-
 def _user_run_folder(tmp_path: Path) -> tuple[Path, dict[str, bytes]]:
     """A folder of the user's own that happens to hold files named like a training's."""
     run = tmp_path / "run"
@@ -414,8 +403,6 @@ def test_a_training_marks_its_folder_and_force_then_replaces_only_its_files(imag
 
 
 # --------------------------------------------------------------------------- one output guard: Triton repositories
-
-
 
 
 def _repository(repo: Path, **options):

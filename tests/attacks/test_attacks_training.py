@@ -36,15 +36,6 @@ SMALL = dict(preset="tiny", resolution=16, batch=2, checkpoint_every=2, sample_e
 
 
 @pytest.fixture(scope="module")
-def images(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 255, (20, 20, 3), dtype=np.uint8)).save(folder / f"{index}.png")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def trained(images, tmp_path_factory):
     """A finished two-step run (resolution 16, batch 2: not the command's defaults), copied per test."""
     out = tmp_path_factory.mktemp("trained") / "run"
@@ -59,8 +50,6 @@ def _copy_run(source: Path, destination: Path) -> Path:
 
 def _contents(folder: Path) -> dict[str, bytes]:
     return {name: (folder / name).read_bytes() for name in sorted(files_under(folder)) if (folder / name).is_file()}
-
-
 
 
 # ------------------------------------------------------------------ an earlier run in --out
