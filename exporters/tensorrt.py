@@ -51,6 +51,8 @@ if TYPE_CHECKING:
 from .metadata import EngineMetadata
 from .spec import BATCH, POINTS, SYNTHESIS, EngineSpec, mapping_feeds, mapping_spec, synthesis_spec
 from .trt_profiles import VERBOSITIES, Shapes, primary_limits, profile_text
+# Piece and plan_pieces lived here before trt_select; they stay importable from here.
+from .trt_select import Piece, ProfileContexts, ProfileRange, choose_profile, envelope, plan_pieces, read_profiles  # noqa: F401
 
 SIDECAR_FORMAT = "cips-deploy/tensorrt-engine"
 SIDECAR_VERSION = "1"
@@ -141,7 +143,7 @@ def build_engine(
     """Build ``plan_path`` and its sidecar from the ONNX engine; returns the sidecar.
 
     ``profiles``: the optimization profiles, ``[{input: (min, opt, max)}]`` in order
-    (:mod:`.trt_profiles`; the first is the one the renderer runs on), or ``profile``: one
+    (:mod:`.trt_profiles`; the runtime picks one per request, :mod:`.trt_select`), or ``profile``: one
     profile from 1 to ``max_batch`` x ``max_points``. ``limits``: (max batch, chunk size)
     recorded in the sidecar (default: the first profile's ``coords``). ``timing_cache``: a
     file of kernel timings, read if it exists and written back updated (atomically), so later
@@ -224,7 +226,7 @@ def build_engine(
         "tensorrt_version": trt.__version__,
         "gpu": facts,
         "precision": "int8" if calibration is not None else precision,
-        "profile": profile_text(profiles[0]),  # the renderer's; "profiles" lists all, in the engine's order
+        "profile": profile_text(profiles[0]),  # the first; "profiles" lists all, in the engine's order
         "profiles": [profile_text(shapes) for shapes in profiles],
         "max_batch": limits[0],
         "chunk_size": limits[1],
@@ -322,39 +324,6 @@ def check_sidecar(
     return metadata
 
 
-@dataclass(frozen=True)
-class Piece:
-    """One engine call: samples ``b0:b1`` and points ``n0:n1`` of the request, sent as a
-    ``batch`` x ``points`` block (larger when the profile's minimum is larger: padded)."""
-
-    b0: int
-    b1: int
-    n0: int
-    n1: int
-    batch: int
-    points: int
-
-    @property
-    def padded(self) -> bool:
-        return self.batch > self.b1 - self.b0 or self.points > self.n1 - self.n0
-
-
-def plan_pieces(batch: int, points: int, batch_range: tuple[int, int], points_range: tuple[int, int]) -> list[Piece]:
-    """The calls that cover ``batch`` x ``points`` within a profile's (min, max) batch and
-    points: at most max of each per call, and a smaller remainder padded up to the minimum
-    (every pixel is computed from its own coordinate and style, so padding changes none)."""
-    (min_batch, max_batch), (min_points, max_points) = batch_range, points_range
-    if not (1 <= min_batch <= max_batch and 1 <= min_points <= max_points):
-        raise CipsError(f"The engine's profile takes {min_batch} to {max_batch} samples of {min_points} to {max_points} points.")
-    pieces = []
-    for b0 in range(0, batch, max_batch):
-        b1 = min(b0 + max_batch, batch)
-        for n0 in range(0, points, max_points):
-            n1 = min(n0 + max_points, points)
-            pieces.append(Piece(b0, b1, n0, n1, max(b1 - b0, min_batch), max(n1 - n0, min_points)))
-    return pieces
-
-
 def _padded(tensor: Tensor, batch: int, points: int | None) -> Tensor:
     """``tensor`` [b, n, ...] (or [b, S] with ``points`` None) zero-padded to ``batch`` (and ``points``)."""
     shape = list(tensor.shape)
@@ -369,10 +338,16 @@ def _padded(tensor: Tensor, batch: int, points: int | None) -> Tensor:
 class TensorRTEngine:
     """A TensorRT synthesis plan bound to torch CUDA tensors, run asynchronously on a stream.
 
-    ``synthesize(coords [B, N, 2], w)`` cuts the batch into pieces within the plan's
-    profile (at most ``max_batch`` samples of ``max_points`` points), enqueues them on the
-    engine's stream and returns rgb [B, N, 3] on the GPU; the caller's current stream waits
-    for the result, so it is ordered like any torch operation.
+    ``synthesize(coords [B, N, 2], w)`` chooses the plan's optimization profile that serves
+    B x N best (:func:`.trt_select.choose_profile`: fewest calls, least padding, nearest opt
+    shape, lowest index), cuts the request into pieces within that profile, enqueues them on
+    the engine's stream through that profile's execution context (one per profile, created on
+    first use: :class:`.trt_select.ProfileContexts`) and returns rgb [B, N, 3] on the GPU; the
+    caller's current stream waits for the result, so it is ordered like any torch operation.
+
+    ``profiles``: every profile on (batch, points); ``max_batch``/``max_points``: the largest
+    batch and points any profile takes in one call (not necessarily together);
+    ``batch_range``/``points_range``: (smallest minimum, largest maximum) over the profiles.
     """
 
     def __init__(
@@ -406,7 +381,6 @@ class TensorRTEngine:
             self.engine = self._runtime.deserialize_cuda_engine(data)
             if self.engine is None:
                 raise CipsError(f"TensorRT could not load {self.plan.name}; build it again on this machine.")
-            self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(self.device)
         names = {self.engine.get_tensor_name(i): self.engine.get_tensor_mode(self.engine.get_tensor_name(i))
                  for i in range(self.engine.num_io_tensors)}
@@ -423,11 +397,24 @@ class TensorRTEngine:
         for name in expected:
             if self.engine.get_tensor_dtype(name) != trt.float32:
                 raise CipsError(f"{self.plan.name}: tensor {name} is not float32.")
-        # Profile 0, the one a context runs without choosing (the first --max-shapes).
-        low, _, high = self.engine.get_tensor_profile_shape(self._coords, 0)
-        self.max_batch, self.max_points = int(high[0]), int(high[1])
-        self.batch_range, self.points_range = (int(low[0]), self.max_batch), (int(low[1]), self.max_points)
+        # Every profile (the k-th --min/opt/max-shapes), on coords' B and N; w shares B (and N).
+        self.profiles = read_profiles(self.engine, [(self._coords, 0), (self._coords, 1)])
+        (low_batch, low_points), (self.max_batch, self.max_points) = envelope(self.profiles)
+        self.batch_range, self.points_range = (low_batch, self.max_batch), (low_points, self.max_points)
+        # The profile switch is enqueued on the engine's stream, the one every call runs on.
+        self.contexts = ProfileContexts(self.engine, self.stream.cuda_stream, self.plan.name)
         self._mapping = None
+
+    @property
+    def context(self):
+        """Profile 0's execution context (the one TensorRT gives a new context)."""
+        return self.contexts[0]
+
+    def calls(self, batch: int, points: int) -> tuple[ProfileRange, list[Piece]]:
+        """The profile that serves ``batch`` x ``points`` and the pieces it is cut into."""
+        profile = choose_profile(self.profiles, (batch, points))
+        ranges = list(zip(profile.low, profile.high))
+        return profile, plan_pieces(batch, points, ranges[0], ranges[1])
 
     @property
     def spatial_style(self) -> bool:
@@ -466,10 +453,13 @@ class TensorRTEngine:
         rgb = torch.empty(batch, points, 3, device=self.device)
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)  # the inputs were produced on the caller's stream
+        profile, pieces = self.calls(batch, points)
+        with torch.cuda.device(self.device):  # a context made now belongs to the engine's GPU
+            context = self.contexts[profile.index] if pieces else None
         # Temporaries are allocated on the engine's stream, so the caching allocator reuses
         # their memory only after the kernels that read them.
         with torch.cuda.stream(self.stream):
-            for piece in plan_pieces(batch, points, self.batch_range, self.points_range):
+            for piece in pieces:
                 b0, b1, n0, n1 = piece.b0, piece.b1, piece.n0, piece.n1
                 piece_coords = coords[b0:b1, n0:n1]
                 piece_w = w[b0:b1, n0:n1] if self.spatial_style else w[b0:b1]
@@ -478,7 +468,7 @@ class TensorRTEngine:
                     piece_w = _padded(piece_w, piece.batch, piece.points if self.spatial_style else None)
                 whole_rows = n0 == 0 and n1 == points and not piece.padded
                 out = rgb[b0:b1] if whole_rows else torch.empty(piece.batch, piece.points, 3, device=self.device)
-                self._enqueue(piece_coords.contiguous(), piece_w.contiguous(), out)
+                self._enqueue(context, piece_coords.contiguous(), piece_w.contiguous(), out)
                 if not whole_rows:
                     rgb[b0:b1, n0:n1].copy_(out[: b1 - b0, : n1 - n0])
         caller.wait_stream(self.stream)
@@ -486,11 +476,11 @@ class TensorRTEngine:
 
     __call__ = synthesize
 
-    def _enqueue(self, coords: Tensor, w: Tensor, out: Tensor) -> None:
-        self.context.set_input_shape(self._coords, tuple(coords.shape))
-        self.context.set_input_shape(self._w, tuple(w.shape))
-        self.context.set_tensor_address(self._coords, coords.data_ptr())
-        self.context.set_tensor_address(self._w, w.data_ptr())
-        self.context.set_tensor_address(self._rgb, out.data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+    def _enqueue(self, context: Any, coords: Tensor, w: Tensor, out: Tensor) -> None:
+        context.set_input_shape(self._coords, tuple(coords.shape))
+        context.set_input_shape(self._w, tuple(w.shape))
+        context.set_tensor_address(self._coords, coords.data_ptr())
+        context.set_tensor_address(self._w, w.data_ptr())
+        context.set_tensor_address(self._rgb, out.data_ptr())
+        if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to enqueue {self.plan.name} for shapes {list(coords.shape)}, {list(w.shape)}.")

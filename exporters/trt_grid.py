@@ -11,6 +11,10 @@ profile (:class:`GridProfile`), because their dynamic axes mean different things
   (a chunk composes its bounding block only when that is at most 3 x its points), W up to
   :data:`MAX_COLUMNS`; the runtime tiles larger blocks.
 
+A plan has one profile per synthesis profile (:func:`grid_profiles`); at run time each call
+of the line or compose engine takes the profile that serves its (batch, rows, columns) best
+(:mod:`.trt_select`), on an execution context of that profile's own.
+
 Everything that decides *what* is built is plain Python and tested everywhere; building and
 running need ``tensorrt`` and a GPU (tests skip without them).
 
@@ -40,6 +44,7 @@ from .engine_files import line_engine_path
 from .metadata import EngineMetadata, read_onnx_metadata
 from .spec import BATCH, COLUMNS, COMPOSE, LINES, ROWS, EngineSpec, grid_spec
 from .trt_profiles import RequestedProfiles, Shapes, primary_limits
+from .trt_select import ProfileContexts, ProfileRange, choose_profile, envelope, lines_cost, read_profiles, tiled_cost
 
 LINE_VALUES = 64  # values per line-engine call (the line cache's group)
 MAX_COLUMNS = 4096  # widest compose block per call; wider blocks are tiled
@@ -132,7 +137,12 @@ def build_grid_plans(
 
 
 class _Plan:
-    """One grid plan on a GPU: checked against its sidecar, run on its own stream."""
+    """One grid plan on a GPU: checked against its sidecar, run on its own stream.
+
+    Every optimization profile is read on (batch, rows, columns) (``profiles``); each request
+    takes the one :meth:`choose` picks (:mod:`.trt_select`: fewest calls, least padding,
+    nearest opt shape, lowest index) and runs on that profile's own execution context.
+    ``max_batch``/``max_rows``/``max_columns``: the largest any profile takes in one call."""
 
     def __init__(self, plan: Path, role: str, device: torch.device, expected_weights: str) -> None:
         from .tensorrt import check_sidecar, gpu_facts, import_tensorrt, read_sidecar
@@ -153,26 +163,37 @@ class _Plan:
             self.engine = self._runtime.deserialize_cuda_engine(data)
             if self.engine is None:
                 raise CipsError(f"TensorRT could not load {plan.name}; build it again on this machine.")
-            self.context = self.engine.create_execution_context()
             self.stream = torch.cuda.Stream(device)
         names = {self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)}
         if names != set(self.spec.input_names + self.spec.output_names):
             raise CipsError(f"{plan.name} has tensors {sorted(names)}, not the {role} engine's.")
-        _, _, high = self.engine.get_tensor_profile_shape(self.spec.input_names[0], 0)
-        self.max_batch = int(high[0])
-        _, _, high_u = self.engine.get_tensor_profile_shape(self.spec.input_names[1], 0)
-        self.max_rows, self.max_columns = int(high[1]), int(high_u[1])
+        # B and H of the first input (v, row_lines), W of the second (u, column_lines).
+        rows, columns = self.spec.input_names[:2]
+        self.role = role
+        self.profiles = read_profiles(self.engine, [(rows, 0), (rows, 1), (columns, 1)])
+        if any(low != 1 for profile in self.profiles for low in profile.low):
+            raise CipsError(f"{plan.name} has a profile that does not start at one line; the grid renderer sends "
+                            "blocks down to a single line, so build it again with cips-deploy.")
+        _, (self.max_batch, self.max_rows, self.max_columns) = envelope(self.profiles)
+        self.contexts = ProfileContexts(self.engine, self.stream.cuda_stream, plan.name)
 
-    def run(self, inputs: list[Tensor], outputs: list[Tensor]) -> None:
-        """Enqueue one call (shapes within the profile); the caller's stream waits for it."""
+    def choose(self, batch: int, rows: int, columns: int) -> ProfileRange:
+        """The profile for a request of ``batch`` samples, ``rows`` and ``columns`` lines: the
+        line engine advances rows and columns together, the compose engine tiles them."""
+        return choose_profile(self.profiles, (batch, rows, columns), lines_cost if self.role == LINES else tiled_cost)
+
+    def run(self, inputs: list[Tensor], outputs: list[Tensor], profile: int = 0) -> None:
+        """Enqueue one call (shapes within ``profile``); the caller's stream waits for it."""
         caller = torch.cuda.current_stream(self.device)
         self.stream.wait_stream(caller)
+        with torch.cuda.device(self.device):  # a context made now belongs to the plan's GPU
+            context = self.contexts[profile]
         for name, tensor in zip(self.spec.input_names, inputs):
-            self.context.set_input_shape(name, tuple(tensor.shape))
-            self.context.set_tensor_address(name, tensor.data_ptr())
+            context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
         for name, tensor in zip(self.spec.output_names, outputs):
-            self.context.set_tensor_address(name, tensor.data_ptr())
-        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            context.set_tensor_address(name, tensor.data_ptr())
+        if not context.execute_async_v3(self.stream.cuda_stream):
             raise RuntimeError(f"TensorRT failed to enqueue {self.plan.name} for shapes {[list(t.shape) for t in inputs]}.")
         caller.wait_stream(self.stream)
 
@@ -218,16 +239,19 @@ class TensorRTGridEngines:
         batch = v.shape[0]
         rows = torch.empty(batch, v.shape[1], self.features, device=self.device)
         columns = torch.empty(batch, u.shape[1], self.features, device=self.device)
-        steps = max(math.ceil(v.shape[1] / plan.max_rows), math.ceil(u.shape[1] / plan.max_columns))
-        for b0 in range(0, batch, plan.max_batch):
-            b1 = min(b0 + plan.max_batch, batch)
-            for step in range(steps):  # both axes advance together; an exhausted axis repeats its last piece
-                r0 = min(step * plan.max_rows, max(0, v.shape[1] - 1))
-                c0 = min(step * plan.max_columns, max(0, u.shape[1] - 1))
-                r1, c1 = min(r0 + plan.max_rows, v.shape[1]), min(c0 + plan.max_columns, u.shape[1])
+        profile = plan.choose(batch, v.shape[1], u.shape[1])
+        max_batch, max_rows, max_columns = profile.high
+        steps = max(math.ceil(v.shape[1] / max_rows), math.ceil(u.shape[1] / max_columns))
+        for b0 in range(0, batch, max_batch):
+            b1 = min(b0 + max_batch, batch)
+            for step in range(steps):  # both axes advance together; an exhausted axis repeats its last value
+                r0 = min(step * max_rows, max(0, v.shape[1] - 1))
+                c0 = min(step * max_columns, max(0, u.shape[1] - 1))
+                r1, c1 = min(r0 + max_rows, v.shape[1]), min(c0 + max_columns, u.shape[1])
                 out_rows = torch.empty(b1 - b0, r1 - r0, self.features, device=self.device)
                 out_columns = torch.empty(b1 - b0, c1 - c0, self.features, device=self.device)
-                plan.run([v[b0:b1, r0:r1].contiguous(), u[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out_rows, out_columns])
+                plan.run([v[b0:b1, r0:r1].contiguous(), u[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out_rows, out_columns],
+                         profile.index)
                 rows[b0:b1, r0:r1], columns[b0:b1, c0:c1] = out_rows, out_columns
         return rows, columns
 
@@ -237,13 +261,16 @@ class TensorRTGridEngines:
         rows, columns, w = (t.to(self.device, torch.float32).contiguous() for t in (rows, columns, w))
         batch, height, width = rows.shape[0], rows.shape[1], columns.shape[1]
         rgb = torch.empty(batch, height, width, 3, device=self.device)
-        for b0 in range(0, batch, plan.max_batch):
-            b1 = min(b0 + plan.max_batch, batch)
-            for r0 in range(0, height, plan.max_rows):
-                r1 = min(r0 + plan.max_rows, height)
-                for c0 in range(0, width, plan.max_columns):
-                    c1 = min(c0 + plan.max_columns, width)
+        profile = plan.choose(batch, height, width)
+        max_batch, max_rows, max_columns = profile.high
+        for b0 in range(0, batch, max_batch):
+            b1 = min(b0 + max_batch, batch)
+            for r0 in range(0, height, max_rows):
+                r1 = min(r0 + max_rows, height)
+                for c0 in range(0, width, max_columns):
+                    c1 = min(c0 + max_columns, width)
                     out = torch.empty(b1 - b0, (r1 - r0) * (c1 - c0), 3, device=self.device)
-                    plan.run([rows[b0:b1, r0:r1].contiguous(), columns[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out])
+                    plan.run([rows[b0:b1, r0:r1].contiguous(), columns[b0:b1, c0:c1].contiguous(), w[b0:b1]], [out],
+                             profile.index)
                     rgb[b0:b1, r0:r1, c0:c1] = out.reshape(b1 - b0, r1 - r0, c1 - c0, 3)
         return rgb.reshape(batch, height * width, 3)

@@ -257,6 +257,8 @@ def profile_text(shapes: Shapes) -> dict[str, dict[str, list[int]]]:
 
 
 def primary_limits(profiles: Sequence[Shapes], points_input: str = "coords") -> tuple[int, int]:
-    """(largest batch, largest points) of the first profile: the one the renderer runs on."""
+    """(largest batch, largest points) of the first profile, as the sidecar records them
+    (``max_batch``, ``chunk_size``). The runtime uses every profile, one per request
+    (:mod:`.trt_select`)."""
     high = profiles[0][points_input][2]
     return int(high[0]), int(high[1])

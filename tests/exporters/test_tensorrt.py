@@ -188,6 +188,28 @@ def test_fp16_engine_runs_close_to_torch(tiny, tmp_path):
 
 
 @needs_trt_gpu
+def test_a_plan_of_two_profiles_runs_each_request_on_its_best(tiny, tmp_path):
+    from cips_deploy.exporters.pipeline import export_checkpoint
+    from cips_deploy.exporters.tensorrt import TensorRTEngine
+
+    checkpoint = tmp_path / "tiny.safetensors"
+    tiny.save(checkpoint)
+    export_checkpoint(checkpoint, engine="trt", output=tmp_path / "two.plan",
+                      min_shapes=["coords:1x64x2", "coords:1x1x2"], opt_shapes=["coords:1x2048x2", "coords:4x256x2"],
+                      max_shapes=["coords:1x2048x2", "coords:4x256x2"])
+    engine = TensorRTEngine(tmp_path / "two.plan")
+    assert len(engine.profiles) == 2 and (engine.max_batch, engine.max_points) == (4, 2048)
+    for batch, points, profile in [(4, 256, 1), (1, 2100, 0), (3, 100, 1)]:
+        assert engine.calls(batch, points)[0].index == profile
+        coords = (torch.rand(batch, points, 2) * 2 - 1).cuda()
+        w = tiny.map(torch.randn(batch, 64)).detach()
+        with torch.no_grad():
+            expected = tiny.synthesize(coords.cpu(), w)
+        assert (engine.synthesize(coords, w.cuda()).cpu() - expected).abs().max().item() <= 1e-4
+    assert engine.contexts.created() == [0, 1]
+
+
+@needs_trt_gpu
 def test_engine_with_a_tampered_sidecar_is_refused(built, tmp_path):
     from cips_deploy.exporters.tensorrt import TensorRTEngine
 
@@ -475,3 +497,258 @@ def test_calibration_batches_become_pieces_of_one_shape():
     # A short piece repeats its own points: no point from elsewhere, none invented.
     assert pieces[1]["coords"][0].tolist() == [[8, 9], [8, 9], [8, 9], [8, 9]]
     assert pieces[4]["coords"][0].tolist() == [[0, 1], [2, 3], [0, 1], [2, 3]]
+
+
+# ------------------------------------------------ the runtime's profiles (a stand-in TensorRT and stream, on the CPU)
+
+
+class FakeRunTensorRT:
+    """The part of the TensorRT 10 runtime API :class:`TensorRTEngine` and the grid plans call.
+
+    Its engine has the given ``profiles`` (``[{input: (min, opt, max)}]``) and ``outputs``; its
+    contexts start on profile 0, switch with ``set_optimization_profile_async``, refuse input
+    shapes outside their profile, and "run" ``compute({input: array}) -> {output: array}``,
+    writing into the bound output buffers, so results show where every value went."""
+
+    __version__ = "10.3.0"
+
+    def __init__(self, profiles, outputs, compute):
+        import ctypes
+
+        import numpy as np
+
+        fake, self.calls = self, []
+        inputs = list(profiles[0])
+        self.Logger = type("Logger", (), {"WARNING": "W", "__init__": lambda self, severity: None})
+        self.TensorIOMode = type("TensorIOMode", (), {"INPUT": "input", "OUTPUT": "output"})
+        self.float32 = "float32"
+
+        def view(address, shape):
+            return np.ctypeslib.as_array((ctypes.c_float * int(np.prod(shape))).from_address(address)).reshape(shape)
+
+        class Context:
+            def __init__(self):
+                self.profile, self.shapes, self.addresses = 0, {}, {}
+
+            def set_optimization_profile_async(self, index, stream_handle):
+                fake.calls.append(("switch", index, stream_handle))
+                self.profile = index
+                return True
+
+            def set_input_shape(self, name, shape):
+                self.shapes[name] = tuple(shape)
+
+            def set_tensor_address(self, name, address):
+                self.addresses[name] = address
+
+            def execute_async_v3(self, stream_handle):
+                for name in inputs:
+                    low, _, high = profiles[self.profile][name]
+                    if not all(a <= b <= c for a, b, c in zip(low, self.shapes[name], high)):
+                        return False
+                fake.calls.append(("run", self.profile, *(self.shapes[name] for name in inputs[:2])))
+                results = compute({name: view(self.addresses[name], self.shapes[name]) for name in inputs})
+                for name, array in results.items():
+                    view(self.addresses[name], array.shape)[...] = array
+                return True
+
+        class Engine:
+            num_io_tensors = len(inputs) + len(outputs)
+            num_optimization_profiles = len(profiles)
+
+            def get_tensor_name(self, index):
+                return (inputs + list(outputs))[index]
+
+            def get_tensor_mode(self, name):
+                return "output" if name in outputs else "input"
+
+            def get_tensor_dtype(self, name):
+                return "float32"
+
+            def get_tensor_profile_shape(self, name, index):
+                return profiles[index][name]
+
+            def create_execution_context(self):
+                fake.calls.append(("create",))
+                return Context()
+
+        class Runtime:
+            def __init__(self, logger):
+                pass
+
+            def deserialize_cuda_engine(self, data):
+                return Engine()
+
+        self.Runtime = Runtime
+
+
+class FakeStream:
+    cuda_stream = 4242
+
+    def __init__(self, device=None):
+        pass
+
+    def wait_stream(self, other):
+        pass
+
+
+@pytest.fixture
+def cpu_cuda(monkeypatch):
+    """torch.cuda's streams and device guards as no-ops, so the runtimes run on CPU tensors."""
+    import contextlib
+
+    import cips_deploy.exporters.tensorrt as tensorrt_module
+
+    monkeypatch.setattr(tensorrt_module, "gpu_facts", lambda device=None: dict(GPU))
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+
+
+def fake_plan(path: Path, sidecar: dict) -> Path:
+    path.write_bytes(b"plan")
+    sidecar_path(path).write_text(json.dumps(sidecar | {"tensorrt_version": "10.3.0"}))
+    return path
+
+
+def test_the_runtime_takes_the_best_profile_per_request_on_its_own_context(tiny, tmp_path, monkeypatch, cpu_cuda):
+    """Two profiles (one sample of up to 1024 points from 64; up to 8 x 128): each request runs
+    on the profile with the fewest calls, through that profile's context, switched once on the
+    engine's stream; padding below a minimum is dropped. TensorRT and CUDA are stand-ins: the
+    buffers are CPU tensors, so what is checked is the runtime's choice, cutting and reassembly."""
+    import sys
+
+    from cips_deploy.exporters.tensorrt import TensorRTEngine
+
+    style = tiny.config.style_dim
+    profiles = [{"coords": ((1, 64, 2), (1, 1024, 2), (1, 1024, 2)), "w": ((1, style), (1, style), (1, style))},
+                {"coords": ((1, 1, 2), (8, 128, 2), (8, 128, 2)), "w": ((1, style), (8, style), (8, style))}]
+
+    def compute(x):  # rgb = (x, y, sum of w): every point's place and sample show
+        import numpy as np
+
+        return {"rgb": np.concatenate([x["coords"], np.repeat(x["w"].sum(-1)[:, None, None], x["coords"].shape[1], 1)], -1)}
+
+    fake = FakeRunTensorRT(profiles, ("rgb",), compute)
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    engine = TensorRTEngine(fake_plan(tmp_path / "m.plan", fake_sidecar(tiny)), device="cpu")
+    assert [p.index for p in engine.profiles] == [0, 1] and (engine.max_batch, engine.max_points) == (8, 1024)
+    assert fake.calls == []  # no context before the first request
+
+    def render(batch, points):
+        coords = torch.rand(batch, points, 2) * 2 - 1
+        w = torch.randn(batch, style)
+        rgb = engine.synthesize(coords, w)
+        assert rgb.shape == (batch, points, 3)
+        assert torch.equal(rgb[..., :2], coords)  # every point back in its place
+        assert torch.allclose(rgb[..., 2], w.sum(-1, keepdim=True).expand(batch, points), atol=1e-5)
+
+    render(8, 128)  # one call of profile 1 (profile 0 would need 8)
+    assert fake.calls == [("create",), ("switch", 1, FakeStream.cuda_stream), ("run", 1, (8, 128, 2), (8, style))]
+    fake.calls.clear()
+    render(1, 1050)  # profile 0: 1024 points, then 26 padded to its minimum 64 (profile 1 needs 9 calls)
+    assert fake.calls == [("create",), ("run", 0, (1, 1024, 2), (1, style)), ("run", 0, (1, 64, 2), (1, style))]
+    fake.calls.clear()
+    render(3, 100)  # profile 1 again: its context is reused, not switched again
+    assert fake.calls == [("run", 1, (3, 100, 2), (3, style))]
+
+
+def test_grid_plans_take_the_best_profile_per_call(tmp_path, monkeypatch, cpu_cuda):
+    """The line and compose plans of a CREPS export, each with two profiles (one sample of big
+    blocks; 4 samples of small ones): every call runs on the profile with the fewest calls, and
+    the tiles come back in place. Stand-in TensorRT and CUDA, as above."""
+    import hashlib
+    import sys
+    import types
+
+    import numpy as np
+
+    from cips_deploy.exporters.spec import compose_spec, lines_spec
+    from cips_deploy.exporters.trt_grid import TensorRTGridEngines
+
+    creps = cips_deploy.create("tiny", arch="creps", seed=2)
+    features, style = creps.line_floats_per_value(), creps.config.style_dim
+
+    def lines(x):  # row_lines = v + sum of w, column_lines = 2 u, on every feature
+        shift = x["w"].sum(-1)[:, None, None]
+        return {"row_lines": np.broadcast_to(x["v"][..., None] + shift, (*x["v"].shape, features)),
+                "column_lines": np.broadcast_to(2 * x["u"][..., None], (*x["u"].shape, features))}
+
+    def compose(x):  # pixel (i, j) = (its row's line, its column's line, sum of w)
+        rows, columns = x["row_lines"][..., 0], x["column_lines"][..., 0]
+        batch, height, width = rows.shape[0], rows.shape[1], columns.shape[1]
+        grid = np.stack([np.repeat(rows[:, :, None], width, 2), np.repeat(columns[:, None, :], height, 1),
+                         np.broadcast_to(x["w"].sum(-1)[:, None, None], (batch, height, width))], -1)
+        return {"rgb": grid.reshape(batch, height * width, 3)}
+
+    def profile(batch, rows, columns, f=None):
+        shapes = {}
+        for name, size in (("rows", rows), ("columns", columns)):
+            tail = () if f is None else (f,)
+            shapes[name] = ((1, 1, *tail), (batch, size, *tail), (batch, size, *tail))
+        shapes["w"] = ((1, style), (batch, style), (batch, style))
+        return shapes
+
+    def renamed(shapes, rows, columns):
+        return {rows: shapes["rows"], columns: shapes["columns"], "w": shapes["w"]}
+
+    fakes = {
+        b"lines": FakeRunTensorRT([renamed(profile(1, 64, 64), "v", "u"), renamed(profile(4, 16, 16), "v", "u")],
+                                  ("row_lines", "column_lines"), lines),
+        b"compose": FakeRunTensorRT([renamed(profile(1, 8, 64, features), "row_lines", "column_lines"),
+                                     renamed(profile(4, 4, 16, features), "row_lines", "column_lines")], ("rgb",), compose),
+    }
+
+    def load(data):  # each plan's bytes name its stand-in engine
+        return fakes[data].Runtime(None).deserialize_cuda_engine(data)
+
+    both = types.SimpleNamespace(__version__="10.3.0", Logger=fakes[b"lines"].Logger,
+                                 Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=load))
+    monkeypatch.setitem(sys.modules, "tensorrt", both)
+    files, weights = {}, None
+    for role, spec in (("lines", lines_spec(creps.config, features)), ("compose", compose_spec(creps.config, features))):
+        meta = build_metadata(creps, spec, opset=17, source_sha256="ef" * 32)
+        weights = meta.weights_sha256
+        path = tmp_path / f"c.{role}.plan"
+        path.write_bytes(role.encode())
+        sidecar_path(path).write_text(json.dumps({
+            "format": "cips-deploy/tensorrt-engine", "format_version": "1", "tensorrt_version": "10.3.0", "gpu": dict(GPU),
+            "precision": "fp32", "plan_sha256": hashlib.sha256(role.encode()).hexdigest(), "metadata": meta.to_strings()}))
+        files[role] = path
+    synthesis = types.SimpleNamespace(metadata=types.SimpleNamespace(weights_sha256=weights), device=torch.device("cpu"))
+    grid = TensorRTGridEngines(synthesis, files)
+    assert (grid.plans["lines"].max_batch, grid.plans["lines"].max_rows) == (4, 64)
+
+    def check_lines(batch, height, width, expected_run):
+        v, u, w = torch.rand(batch, height), torch.rand(batch, width), torch.randn(batch, style)
+        fakes[b"lines"].calls.clear()
+        rows, columns = grid.device_lines(v, u, w)
+        assert torch.allclose(rows, (v + w.sum(-1, keepdim=True))[..., None].expand(-1, -1, features), atol=1e-5)
+        assert torch.equal(columns, (2 * u)[..., None].expand(-1, -1, features))
+        assert [call for call in fakes[b"lines"].calls if call[0] == "run"] == expected_run
+
+    check_lines(4, 16, 1, [("run", 1, (4, 16), (4, 1))])  # profile 0 would need 4 calls (one sample each)
+    check_lines(1, 64, 1, [("run", 0, (1, 64), (1, 1))])  # profile 1 would need 4 (16 rows each)
+
+    def check_compose(batch, height, width, expected_runs):
+        rows, columns, w = torch.rand(batch, height, features), torch.rand(batch, width, features), torch.randn(batch, style)
+        fakes[b"compose"].calls.clear()
+        rgb = grid.device_compose(rows, columns, w).reshape(batch, height, width, 3)
+        assert torch.equal(rgb[..., 0], rows[..., 0][:, :, None].expand(-1, -1, width))
+        assert torch.equal(rgb[..., 1], columns[..., 0][:, None, :].expand(-1, height, -1))
+        runs = [call for call in fakes[b"compose"].calls if call[0] == "run"]
+        assert len(runs) == expected_runs[0] and {call[1] for call in runs} == {expected_runs[1]}
+
+    check_compose(1, 8, 64, (1, 0))  # one call of profile 0; profile 1 tiles it 2 x 4
+    check_compose(4, 4, 16, (1, 1))  # one call of profile 1; profile 0 takes one sample a call
+    check_compose(4, 8, 64, (4, 0))  # profile 0: a call per sample, 4; profile 1: 2 x 4 tiles, 8
+    assert [call[0] for call in fakes[b"compose"].calls] == ["run"] * 4  # contexts made earlier, reused
+
+    # A grid plan whose profile starts above one line cannot take the renderer's blocks: refused.
+    from cips_deploy.exporters.trt_grid import _Plan
+
+    fakes[b"lines"] = FakeRunTensorRT([{"v": ((1, 2), (1, 8), (1, 8)), "u": ((1, 1), (1, 8), (1, 8)),
+                                        "w": ((1, style),) * 3}], ("row_lines", "column_lines"), lines)
+    with pytest.raises(CipsError, match="does not start at one line"):
+        _Plan(files["lines"], "lines", torch.device("cpu"), weights)
