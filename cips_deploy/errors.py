@@ -25,6 +25,16 @@ class Interrupted(KeyboardInterrupt):
         self.exit_code = exit_code
 
 
+# Control characters in a message come from names a user gave (a file called "a\nb.png"):
+# written as escapes, they can neither break a sentence over lines nor drive the terminal.
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(32), 127)} | {10: "\\n", 13: "\\r", 9: "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: every control character written as its escape (``\\n``, ``\\x1b``)."""
+    return text.translate(_ESCAPES)
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an exception's message ('' for an empty one): libraries' messages
     run over many lines (stack dumps, graph listings), and a user sees one sentence. Never

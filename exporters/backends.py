@@ -148,6 +148,9 @@ class OnnxRuntimeBackend(Backend):
             opened = self._open(self._export(spatial_style=False))
         self._engines[opened.spatial_style] = opened
         self.config = opened.metadata.config
+        # The engine's recorded precision (fp32, fp16, int8, int8-static) and that of the kernel
+        # doing its products, whose peak bench measures a case against (.ort_runtime says which).
+        self.precision, self.product_precision = opened.precision, opened.product_precision
         self._grid = self._grid_renderer(opened, verify="required" if engine is not None else "if-recorded")
 
     def map(self, z: np.ndarray, truncation: float = 1.0, c: np.ndarray | None = None) -> np.ndarray:

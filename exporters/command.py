@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from cips_deploy.errors import printable
 from cips_deploy.contracts.command_options import CHUNK_SIZE, real, whole
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.runtime.plugin_manager import get_registry
@@ -192,9 +193,9 @@ def export(
             f"{meta.coordinate_space} coordinates, opset {meta.opset}."
         )
     for path in summary.files:
-        click.echo(f"Wrote {path}")
+        click.echo(f"Wrote {printable(str(path))}")
     for folder in getattr(summary, "triton_models", ()):
-        click.echo(f"Wrote Triton model {folder}")
+        click.echo(f"Wrote Triton model {printable(str(folder))}")
 
 
 @hookimpl

@@ -11,7 +11,9 @@ Field numbers, from onnx.proto (proto2), besides those :mod:`.onnx_proto` names:
 
 - ``ModelProto``: ir_version 1, producer_name 2, producer_version 3, domain 4, model_version 5;
 - ``OperatorSetIdProto``: domain 1, version 2;  ``GraphProto``: name 2;
-- ``NodeProto``: op_type 4, domain 7;  ``ValueInfoProto``: name 1, type 2;
+- ``NodeProto``: op_type 4, attribute 5, domain 7;  ``AttributeProto``: g 6, graphs 11 (the
+  bodies of ``If``, ``Loop`` and ``Scan``, whose nodes and weights count with the main graph's);
+- ``ValueInfoProto``: name 1, type 2;
 - ``TypeProto``: tensor_type 1;  ``TypeProto.Tensor``: elem_type 1, shape 2;
 - ``TensorShapeProto``: dim 1;  ``Dimension``: dim_value 1, dim_param 2;
 - ``TensorProto``: dims 1 (packed or not), data_type 2, name 8.
@@ -28,6 +30,8 @@ from cips_deploy.errors import CipsError
 
 from . import onnx_proto
 from .onnx_proto import LENGTH, VARINT, fields
+
+MAX_GRAPH_DEPTH = 64  # subgraphs within subgraphs; a hostile file could nest them until Python's stack ends
 
 # TensorProto.DataType -> (name, bytes per element); 8 (string) has no fixed width.
 ELEMENT_TYPES = {
@@ -82,32 +86,44 @@ def _model_facts(buffer) -> dict[str, Any]:
     return facts
 
 
-def _graph(buffer, item, facts, inputs, outputs, ops, initializers) -> None:
+def _graph(buffer, item, facts, inputs, outputs, ops, initializers, depth: int = 0) -> None:
+    """Walk one GraphProto: the main graph's name, inputs and outputs; every graph's nodes
+    and initializers (a subgraph's, ``depth`` > 0, are counted into the same totals)."""
+    if depth > MAX_GRAPH_DEPTH:
+        raise onnx_proto.ProtoError(f"its subgraphs nest deeper than {MAX_GRAPH_DEPTH} levels")
     start, end = _payload(item)
     for entry in fields(buffer, start, end):
-        if entry.number == 2:
+        if entry.number == 2 and not depth:
             facts["graph"] = _text(buffer, entry)
-        elif entry.number == onnx_proto.GRAPH_INPUT:
+        elif entry.number == onnx_proto.GRAPH_INPUT and not depth:
             inputs.append(_value_info(buffer, entry))
-        elif entry.number == onnx_proto.GRAPH_OUTPUT:
+        elif entry.number == onnx_proto.GRAPH_OUTPUT and not depth:
             outputs.append(_value_info(buffer, entry))
         elif entry.number == onnx_proto.GRAPH_NODE:
-            ops[_op(buffer, entry)] += 1
+            op, subgraphs = _node(buffer, entry)
+            ops[op] += 1
+            for subgraph in subgraphs:
+                _graph(buffer, subgraph, facts, inputs, outputs, ops, initializers, depth + 1)
         elif entry.number == onnx_proto.GRAPH_INITIALIZER:
             _initializer(buffer, entry, initializers)
-    # Initializers listed among the inputs (older exporters) are weights, not inputs.
-    names = set(initializers.pop("_names", ()))
-    inputs[:] = [value for value in inputs if value["name"] not in names]
+    if not depth:
+        # Initializers listed among the inputs (older exporters) are weights, not inputs.
+        names = set(initializers.pop("_names", ()))
+        inputs[:] = [value for value in inputs if value["name"] not in names]
 
 
-def _op(buffer, item) -> str:
+def _node(buffer, item) -> tuple[str, list]:
+    """(the node's operator, with its domain unless ONNX's own; the graphs its attributes hold)."""
     op_type = domain = ""
+    subgraphs = []
     for entry in fields(buffer, *_payload(item)):
         if entry.number == 4:
             op_type = _text(buffer, entry)
         elif entry.number == 7:
             domain = _text(buffer, entry)
-    return f"{domain}.{op_type}" if domain and domain != "ai.onnx" else op_type
+        elif entry.number == 5:  # AttributeProto: g (6) or graphs (11) hold a body
+            subgraphs.extend(part for part in fields(buffer, *_payload(entry)) if part.number in (6, 11))
+    return (f"{domain}.{op_type}" if domain and domain != "ai.onnx" else op_type), subgraphs
 
 
 def _value_info(buffer, item) -> dict[str, Any]:

@@ -31,9 +31,8 @@ from cips_deploy.runtime.hashing import file_sha256
 from . import integrity
 from .engine_files import grid_engine_files, mapping_path_for, spatial_path_for
 from .inspect_onnx import onnx_graph_facts
-from .metadata import PREFIX, EngineMetadata, read_onnx_props
+from .metadata import PRECISION_KEY, PREFIX, QUALITY_KEY, EngineMetadata, read_onnx_props
 
-PRECISION_KEY, QUALITY_KEY = PREFIX + "precision", PREFIX + "quality"  # written by .quantize
 MAX_TEXT_BYTES = 16 << 20  # a sidecar or config.pbtxt (w_avg and the config: a few kB; far below this)
 ENGINE_SUFFIXES = (".onnx", ".plan")
 
@@ -179,6 +178,7 @@ def plan_facts(path: str | Path) -> dict[str, Any]:
         "gpu": sidecar.get("gpu"),
         "precision": sidecar.get("precision"),
         "profile": sidecar.get("profile"),
+        "profiles": sidecar.get("profiles"),  # every optimization profile; the runtime picks one per request
         "max_batch": sidecar.get("max_batch"),
         "chunk_size": sidecar.get("chunk_size"),
         "io": sidecar.get("io"),
@@ -210,7 +210,8 @@ def _tensorrt_engine(path: Path) -> dict[str, Any]:
                      "dtype": str(engine.get_tensor_dtype(name)).rsplit(".", 1)[-1].lower(),
                      "shape": list(engine.get_tensor_shape(name))}
             if entry["mode"] == "input":
-                entry["profile_0"] = [list(shape) for shape in engine.get_tensor_profile_shape(name, 0)]
+                entry["profiles"] = [[list(shape) for shape in engine.get_tensor_profile_shape(name, k)]
+                                     for k in range(engine.num_optimization_profiles)]  # [min, opt, max] of each
             tensors.append(entry)
         return {"tensors": tensors, "profiles": engine.num_optimization_profiles}
     except Exception as error:  # noqa: BLE001 - a GPU-less machine, a driver: the sidecar's facts stand

@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from .spec import EngineSpec
 
 PREFIX = "cips_deploy."
+# Written by exporters/quantize.py into a reduced-precision engine: its mode and its quality report.
+PRECISION_KEY, QUALITY_KEY = PREFIX + "precision", PREFIX + "quality"
 FORMAT = "cips-deploy/engine"
 FORMAT_VERSION = "1"
 

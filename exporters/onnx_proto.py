@@ -31,8 +31,10 @@ from pathlib import Path
 from typing import Iterator
 
 from cips_deploy.errors import CipsError
+# The writer is shared with the core (measure.peaks writes product graphs), which may not
+# import this layer: it lives below both. Its names stay importable from here.
+from cips_deploy.runtime.protobuf import FIXED32, FIXED64, LENGTH, VARINT, encode_varint, length_field
 
-VARINT, FIXED64, LENGTH, FIXED32 = 0, 1, 2, 5
 
 # ModelProto
 MODEL_OPSET_IMPORT, MODEL_GRAPH, MODEL_METADATA_PROPS = 8, 7, 14
@@ -105,23 +107,6 @@ def _field_at(buffer, position: int, end: int) -> Field:
             raise ProtoError("length-delimited field runs past its message")
         return Field(number, wire_type, position, payload, payload + length)
     raise ProtoError(f"wire type {wire_type}")  # groups (3, 4) are not used by ONNX; 6 and 7 do not exist
-
-
-def encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def length_field(number: int, payload: bytes) -> bytes:
-    """The wire bytes of a length-delimited field: tag, length, payload."""
-    return encode_varint(number << 3 | LENGTH) + encode_varint(len(payload)) + payload
 
 
 def metadata_entry(key: str, value: str) -> bytes:

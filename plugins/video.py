@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from cips_deploy.errors import printable
 from cips_deploy.contracts.command_options import model_options, real, style_options, synthesis_options, transform_options, whole
 from cips_deploy.contracts.hookspecs import hookimpl
 from cips_deploy.media.video import DEFAULT_FPS, MODES, make_video, parse_centre, parse_grid, split_ramps
@@ -84,7 +85,7 @@ def video_command(
     finally:
         progress.close()
     click.echo(
-        f"Wrote {clip.path}: {clip.frames} frames of {clip.height}x{clip.width} ({clip.mode}, {clip.topology}), "
+        f"Wrote {printable(str(clip.path))}: {clip.frames} frames of {clip.height}x{clip.width} ({clip.mode}, {clip.topology}), "
         f"{clip.frames / clip.fps:.2f} s at {clip.fps:g} fps."
     )
 

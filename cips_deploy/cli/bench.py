@@ -9,15 +9,16 @@ Two kinds of benchmark:
   ``--shapes``): latency per call at each ``BATCHxPOINTS`` shape, trtexec's way
   (:mod:`cips_deploy.measure.engine_bench`; torch-free for onnxruntime engines).
 
-Both report GFLOP/s against the machine's peak of the case's precision: the fastest product
-kernel that any installed runtime reaches here, measured in the same run with the same
+Both report GFLOP/s against the machine's peak of the precision of the kernel that does the
+case's products (an engine's: ``peak_precision`` in the report, which a dynamic int8 engine
+has as fp32: :mod:`cips_deploy.measure.engine_bench`): the fastest product kernel of that
+precision that any installed runtime reaches here, measured in the same run with the same
 thread count (:mod:`cips_deploy.measure.peaks`), and flag a case above it as a measurement error.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ import click
 
 from cips_deploy.cli.group import cli
 from cips_deploy.contracts.command_options import ARCHITECTURE, CHUNK_SIZE, real, whole
+from cips_deploy.contracts.limits import strict_json
 from cips_deploy.errors import CipsError
 from cips_deploy.runtime.plugin_manager import get_registry
 
@@ -124,7 +126,7 @@ def bench(model, preset, arch, backends, reference, resolutions, batches, chunks
                               MODEL_DEFAULTS["warmup"] if warmup is None else warmup, as_json)
         show = show_images
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(strict_json(report))
     else:
         show(report)
 
@@ -157,7 +159,9 @@ def _fraction(gflops: float | None, peak: dict[str, Any] | None) -> float | None
 
 def bench_calls(spec, preset, arch, backends, shape_texts, precisions, device, threads, iterations, warmup, duration, quiet) -> dict:
     """Latency per call of every backend x precision at every shape (:mod:`cips_deploy.measure.engine_bench`)."""
-    from cips_deploy.measure.engine_bench import add_peak_fractions, backend_precision, bench_backend, flops_per_point, parse_shapes
+    from cips_deploy.measure.engine_bench import (
+        add_peak_fractions, backend_precision, bench_backend, case_precision, flops_per_point, parse_shapes,
+    )
     from cips_deploy.measure.peaks import machine_facts
     from cips_deploy.runtime.backend_specs import BackendSpec
     from cips_deploy.runtime.backend_use import choose_backend, make_backend
@@ -206,17 +210,19 @@ def bench_calls(spec, preset, arch, backends, shape_texts, precisions, device, t
         progress(f"{label} through {name} {options or ''}")
         backend = make_backend(registry, name, model, spec.device or device, options)
         try:
-            precision = backend_precision(backend, options)
+            precision, peak_precision = case_precision(backend, options), backend_precision(backend, options)
+            if peak_precision not in before:  # known once the engine is open (its metadata): measured before it runs too
+                before.update(measured_peaks([peak_precision], threads, device))
             rows = bench_backend(backend, shapes, warmup=warmup, iterations=iterations, duration=duration, progress=progress)
             flops = flops_per_point(backend.config)
         finally:
             backend.close()
         results.append({"backend": name, "options": {k: str(v) for k, v in options.items()}, "precision": precision,
-                        "flops_per_point": flops, "shapes": rows})
-    used = sorted({result["precision"] for result in results} | {"fp32"})
+                        "peak_precision": peak_precision, "flops_per_point": flops, "shapes": rows})
+    used = sorted({result["peak_precision"] for result in results} | {"fp32"})
     peaks = measured_peaks(used, threads, device, before)
     for result in results:
-        peak = peaks.get(result["precision"])
+        peak = peaks.get(result["peak_precision"])
         add_peak_fractions(result["shapes"], result["flops_per_point"], peak["gflops"] if peak else None)
     return {"kind": "calls", "model": label, "machine": machine_facts(threads), "threads": threads, "device": device,
             "warmup": warmup, "iterations": iterations, "duration": duration, "peaks": peaks, "results": results}
@@ -240,8 +246,10 @@ def show_calls(report: dict) -> None:
     show_peaks(report["peaks"])
     click.echo(f"warm-up {report['warmup']} calls, then at least {report['iterations']} calls"
                + (f" and {report['duration']:g} s" if report["duration"] else "") + " per shape; latency in ms per call")
-    click.echo(f"{'backend':<12}{'prec':>5}{'shape':>12}{'calls':>7}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}"
-               f"{'points/s':>12}{'GFLOP/s':>9}{'%peak':>7}")
+    click.echo("%peak: against the peak of the precision of the kernel doing the case's products (of),"
+               " which may differ from the engine's (docs/performance.md)")
+    click.echo(f"{'backend':<12}{'prec':>12}{'shape':>12}{'calls':>7}{'mean':>9}{'p50':>9}{'p90':>9}{'p99':>9}"
+               f"{'points/s':>12}{'GFLOP/s':>9}{'%peak':>7}{'of':>6}")
     flagged = False
     for result in report["results"]:
         for row in result["shapes"]:
@@ -249,9 +257,9 @@ def show_calls(report: dict) -> None:
             share = f"{100 * row['fraction_of_peak']:.0f}%" if row["fraction_of_peak"] is not None else "-"
             mark = "!" if row["over_peak"] else ""
             flagged |= row["over_peak"]
-            click.echo(f"{result['backend']:<12}{result['precision']:>5}{row['shape']:>12}{row['calls']:>7}{row['mean_ms']:>9.2f}"
+            click.echo(f"{result['backend']:<12}{result['precision']:>12}{row['shape']:>12}{row['calls']:>7}{row['mean_ms']:>9.2f}"
                        f"{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['points_per_second']:>12,.0f}"
-                       f"{gflops:>9}{share:>7}{mark}")
+                       f"{gflops:>9}{share:>7}{result['peak_precision']:>6}{mark}")
     if flagged:
         click.echo(OVER_PEAK_NOTE)
     if any(result["flops_per_point"] is None for result in report["results"]):
@@ -295,7 +303,8 @@ def bench_images(model, preset, arch, backends, reference, resolutions, batches,
     peaks = measured_peaks(used, threads, device, before)
     references = {(r["resolution"], r["batch"]): r["pixels_per_second"] for r in results if r["backend"] == "reference"}
     for result in results:
-        peak = peaks[result["precision"]]
+        peak = peaks[result["precision"]]  # a checkpoint's products run in its case's precision
+        result["peak_precision"] = result["precision"]
         result["matmul_peak_gflops"] = peak["gflops"]
         result["peak_kernel"] = peak["kernel"]
         result["fraction_of_matmul_peak"] = _fraction(result["gflops"], peak)

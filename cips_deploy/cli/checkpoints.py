@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from cips_deploy.errors import printable
 from cips_deploy._compat import require_build_extra
 from cips_deploy.cli.group import cli
 
@@ -58,6 +59,6 @@ def import_official(source: Path, output: Path, force: bool) -> None:
     generator.save(output, overwrite=force)  # atomic; a full disk is one sentence (runtime/atomic.py)
     config = generator.config
     click.echo(
-        f"Wrote {output}: {config.arch} generator, {generator.num_parameters:,} parameters, "
+        f"Wrote {printable(str(output))}: {config.arch} generator, {generator.num_parameters:,} parameters, "
         f"trained at {config.size}x{config.size}."
     )

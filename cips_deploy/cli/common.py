@@ -13,7 +13,7 @@ import click
 import numpy as np
 
 from cips_deploy.contracts.command_options import MAX_SEED, SEED, output_location, usable_path
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, printable
 from cips_deploy.models import DEMO_ENGINE, DEMO_MODEL
 from cips_deploy.runtime.coords import CoordinateTransform
 from cips_deploy.runtime.render import Rendering
@@ -170,7 +170,7 @@ def summary(output: Path, renderings: list[Rendering], height: int, width: int, 
         if getattr(controls, "mix_seed", None) is not None:
             drawn += f", mixed with seed {controls.mix_seed} from style input {controls.mix_from}"
     text = (
-        f"Wrote {output}: {height}x{width} {first.topology} render of {drawn}; "
+        f"Wrote {printable(str(output))}: {height}x{width} {first.topology} render of {drawn}; "
         f"evaluated {points:,} points in {chunks:,} chunk{'s' if chunks != 1 else ''}"
     )
     pixels = height * width * len(renderings)

@@ -10,11 +10,11 @@ for bad input as everywhere else.
 
 from __future__ import annotations
 
-import json
 import re
 
 import click
 
+from cips_deploy.contracts.limits import strict_json
 from cips_deploy.cli.common import parse_assignments, parse_seeds
 from cips_deploy.cli.group import cli
 from cips_deploy.contracts.command_options import TRUNCATION, real, whole
@@ -89,7 +89,7 @@ def compare(a: str, b: str, atol, rtol, psnr_min, seeds: str, points, topology, 
     report = result.to_dict()
     report["backends"] = names
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(strict_json(report))
     else:
         for line in format_comparison(report):
             click.echo(line)

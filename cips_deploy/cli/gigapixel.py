@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from cips_deploy.runtime.atomic import atomic_path
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, printable
 from cips_deploy.runtime.gigapixel import cell_grid, partial_path, render_to_array, render_to_file
 from cips_deploy.runtime.plugin_manager import Registry
 
@@ -61,7 +61,7 @@ def stream_render(
     resumed = f", {result.cells_resumed:,} of them finished before --resume" if result.cells_resumed else ""
     in_workers = f" in {workers} workers" if workers > 1 else ""
     click.echo(
-        f"Wrote {', '.join(str(path) for path in result.paths)}: {height}x{width} {topology} render of seed {seeds[0]} "
+        f"Wrote {printable(', '.join(str(path) for path in result.paths))}: {height}x{width} {topology} render of seed {seeds[0]} "
         f"as {result.format}; {tiles:,} cell{'s' if tiles != 1 else ''}{resumed}; evaluated {result.points_evaluated:,} points{in_workers}."
     )
 
@@ -92,6 +92,6 @@ def in_memory_with_workers(
     with atomic_path(output, overwrite=overwrite) as temporary:  # without --force: never over a file that appeared meanwhile
         chosen.save(tile(images), temporary)
     click.echo(
-        f"Wrote {output}: {height}x{width} {topology} render of seed{'s' if len(seeds) > 1 else ''} "
+        f"Wrote {printable(str(output))}: {height}x{width} {topology} render of seed{'s' if len(seeds) > 1 else ''} "
         f"{', '.join(str(seed) for seed in seeds)}; evaluated {height * width * len(seeds):,} points in {workers} workers."
     )

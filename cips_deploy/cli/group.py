@@ -10,7 +10,7 @@ import click
 
 from cips_deploy._version import __version__
 from cips_deploy._compat import BUILD_EXTRA
-from cips_deploy.errors import CipsError, CipsWarning
+from cips_deploy.errors import CipsError, CipsWarning, printable
 from cips_deploy.runtime.plugin_calls import error_text, message_of
 from cips_deploy.runtime.plugin_manager import did_you_mean
 
@@ -20,7 +20,8 @@ BUILD_PACKAGES = {"torch": "PyTorch", "safetensors": "safetensors", "onnx": "the
 
 def one_sentence(error: CipsError) -> str:
     """The error's sentence; a plugin's CipsError whose ``__str__`` fails still ends in one."""
-    return message_of(error) or f"A command failed with an error whose message cannot be shown ({error_text(error)})."
+    text = message_of(error) or f"A command failed with an error whose message cannot be shown ({error_text(error)})."
+    return printable(text)
 
 
 class CipsGroup(click.Group):
@@ -34,7 +35,7 @@ class CipsGroup(click.Group):
 
                 def one_line(message, category, *args, **kwargs):  # CipsWarning: one line, like errors
                     if issubclass(category, CipsWarning):
-                        click.echo(f"Warning: {message}", err=True)
+                        click.echo(printable(f"Warning: {message}"), err=True)
                     else:
                         shown(message, category, *args, **kwargs)
 

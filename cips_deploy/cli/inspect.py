@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import click
 
+from cips_deploy.contracts.limits import strict_json
 from cips_deploy.cli.group import cli
 
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".pkl")
@@ -54,7 +55,7 @@ def describe(path: Path) -> dict[str, Any]:
 
 def show(facts: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(facts, indent=2))
+        click.echo(strict_json(facts))
         return
     rows = list(_rows(facts))
     width = min(40, max(len(key) for key, _ in rows))

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import click
 
+from cips_deploy.contracts.limits import strict_json
 from cips_deploy._version import __version__
 from cips_deploy.runtime.plugin_calls import error_text, plugin_code, reraise_user_interrupt
 from cips_deploy.runtime.plugin_manager import PluginWarning, Registered, Registry, get_registry, register_commands
@@ -94,7 +95,7 @@ def plugins_command(as_json: bool) -> None:
         row["provides"] = {label.replace(" ", "_"): provided.get(row["name"], {}).get(label, [])
                            for label in PROVIDED_KINDS.values()}
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(strict_json(rows))
         return
     for row in rows:
         origin = f"{row['distribution'] or 'unknown distribution'} {row['version'] or ''}".strip()
@@ -119,7 +120,7 @@ def topologies_command(as_json: bool) -> None:
     entries = sorted(registry.topologies.values(), key=lambda entry: entry.name)
     listings = [listing for entry in entries if (listing := listed(entry, lambda entry=entry: topology_listing(entry)))]
     if as_json:
-        click.echo(json.dumps([row for row, _ in listings], indent=2))
+        click.echo(strict_json([row for row, _ in listings]))
         return
     if listings:
         click.echo("\n\n".join("\n".join(lines) for _, lines in listings))

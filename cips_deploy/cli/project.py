@@ -18,7 +18,7 @@ from cips_deploy.cli.common import ChunkProgress
 from cips_deploy.cli.group import cli
 from cips_deploy.contracts.command_options import SEED, real, usable_path, whole
 from cips_deploy.contracts.limits import regular_file
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, printable
 from cips_deploy.media.projection import RESIZE_MODES
 from cips_deploy.models import DEMO_MODEL
 
@@ -124,12 +124,12 @@ def project_command(target, checkpoint, output, steps, seed, lr, per_layer, size
     view = f"the {width_degrees:g}-degree view at heading {angle:g} ({box})" if cylinder else f"its training framing ({box})"
     style = f"{result.styles.shape[1]} per-layer styles" if result.styles.ndim == 3 else "one style"
     click.echo(
-        f"Wrote {output}: {style} after {steps:,} steps ({len(result.loss)} saved); final loss {result.loss[-1]:.5f}; "
+        f"Wrote {printable(str(output))}: {style} after {steps:,} steps ({len(result.loss)} saved); final loss {result.loss[-1]:.5f}; "
         f"the {side}x{side} reconstruction of {view} is {result.psnr:.2f} dB PSNR from the target."
     )
     if image is not None:
         _write_png(image, result.reconstruction, force)
-        click.echo(f"Wrote {image}: the reconstruction.")
+        click.echo(f"Wrote {printable(str(image))}: the reconstruction.")
     if video is not None:
         from cips_deploy.families.projector import trajectory_frames
         from cips_deploy.media.video import write_video
@@ -137,7 +137,7 @@ def project_command(target, checkpoint, output, steps, seed, lr, per_layer, size
         scale = max(1, -(-VIDEO_HEIGHT // side))
         frames = trajectory_frames(generator, coords, result.trajectory, pixels, scale)
         count = write_video(frames, video, height=side * scale, width=2 * side * scale, fps=min(30.0, max(1.0, len(result.loss) / 4)), overwrite=force)
-        click.echo(f"Wrote {video}: {count} frames, the target beside the projection every {settings.save_every} steps.")
+        click.echo(f"Wrote {printable(str(video))}: {count} frames, the target beside the projection every {settings.save_every} steps.")
 
 
 def _check_outputs(output: Path, video: Path | None, image: Path | None, force: bool) -> None:

@@ -18,7 +18,7 @@ import click
 
 from cips_deploy.runtime.atomic import atomic_path, check_names, guard_outputs
 from cips_deploy.runtime.gigapixel import partial_path
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, printable
 from cips_deploy.contracts.limits import check_in_memory, check_memory
 from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.runtime.backend_use import choose_backend
@@ -251,4 +251,4 @@ def render_in_memory(
                 chosen.save(grid, temporary)
     click.echo(summary(output if grid_output is not None else outdir, renderings, height, width, controls))
     if viewer is not None:
-        click.echo(f"Wrote {viewer}: open it in a browser and drag to look around.")
+        click.echo(f"Wrote {printable(str(viewer))}: open it in a browser and drag to look around.")

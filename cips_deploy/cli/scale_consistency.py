@@ -8,7 +8,6 @@ one (PSNR, SSIM; LPIPS where its weights are already on the machine). The measur
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 from pathlib import Path
@@ -16,10 +15,11 @@ from typing import Any
 
 import click
 
+from cips_deploy.contracts.limits import strict_json
 from cips_deploy.runtime.atomic import atomic_path, check_destination
 from cips_deploy.contracts.command_options import ARCHITECTURE, PRESET
 from cips_deploy.contracts.config import COORDINATE_SPACES
-from cips_deploy.errors import CipsError
+from cips_deploy.errors import CipsError, printable
 from cips_deploy.runtime.plugin_manager import get_registry
 from cips_deploy.runtime.render import make_backend
 from cips_deploy.cli.group import cli
@@ -91,7 +91,7 @@ def scale_consistency_command(
         progress.close()
         runner.close()
     report = json_report(result, description, backend, device)
-    text = json.dumps(report, indent=2)
+    text = strict_json(report)
     if output is not None:
         with atomic_path(output, overwrite=force) as temporary:
             temporary.write_text(text + "\n")
@@ -100,7 +100,7 @@ def scale_consistency_command(
         return
     click.echo(table(result, description))
     if output is not None:
-        click.echo(f"Wrote {output}.")
+        click.echo(f"Wrote {printable(str(output))}.")
 
 
 def whole(text: str, option: str) -> int:

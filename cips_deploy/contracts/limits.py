@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import math
 import os
 import stat
 import zipfile
@@ -190,6 +191,26 @@ def parse_json(text: str, what: str, max_bytes: int = MAX_JSON_BYTES):
         return json.loads(text)
     except (ValueError, RecursionError):
         raise CipsError(f"{what} is not valid JSON.") from None
+
+
+def finite_or_null(value: Any) -> Any:
+    """``value`` with every non-finite float (an identical image's infinite PSNR, a NaN)
+    replaced by None, through dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
+
+
+def strict_json(value: Any, indent: int | None = 2) -> str:
+    """The writer's side of :func:`parse_json`: JSON that strict readers (jq, JavaScript's
+    ``JSON.parse``) accept, so no ``Infinity`` or ``NaN`` tokens (they become null)."""
+    import json
+
+    return json.dumps(finite_or_null(value), indent=indent, allow_nan=False)
 
 
 def check_zip_declared_size(path: Path, what: str = "checkpoint") -> None:

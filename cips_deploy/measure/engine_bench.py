@@ -17,6 +17,13 @@ point is one output pixel, so pixels/s is the same number), and where the model 
 FLOP count is available (it needs torch: the build extra) GFLOP/s and the fraction of the
 peak of :mod:`.peaks` measured in the same run with the same threads.
 
+Which peak: that of the kernel that does the case's products (:func:`backend_precision`).
+The backend knows it: an fp16 engine's products run in onnxruntime's fp16 ``MatMul`` (the
+fp16 peak), a dynamic int8 engine's per-point products stay float32 ``MatMul`` (only its
+style affines are ``MatMulInteger``: the fp32 peak), a static int8 engine's are int8
+(``exporters/ort_runtime.py`` says how each was read off the graphs). The report names both:
+the case's ``precision`` and the ``peak_precision`` its fraction is against.
+
 Needs no torch for engines that run without it (onnxruntime): this module imports numpy
 and the runtime only.
 """
@@ -111,14 +118,31 @@ def time_calls(
     return times
 
 
-def backend_precision(backend: Any, options: dict[str, Any]) -> str:
-    """The precision whose peak bounds this backend's products: its ``precision`` (torch:
-    fp32/bf16/fp16, OpenVINO: f32/bf16), else fp32 (engines built in reduced precision
-    convert or dequantise around fp32 products on CPUs; their %peak is against fp32's)."""
+# Precision names as backends spell them -> as the report (and the peaks) spell them.
+PRECISION_NAMES = {"f32": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "f16": "fp16",
+                   "int8": "int8", "int8-static": "int8-static"}
+
+
+def case_precision(backend: Any, options: dict[str, Any]) -> str:
+    """The case's precision, as its backend states it: an engine's recorded precision
+    (onnxruntime: fp32, fp16, int8, int8-static), the backend's own (torch: fp32/bf16/fp16;
+    OpenVINO: f32/bf16, its inference precision), else the ``precision`` option, else fp32."""
     value = getattr(backend, "precision", None)
     value = value if isinstance(value, str) else options.get("precision", "fp32")
     value = str(value).lower()
-    return {"f32": "fp32", "fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "f16": "fp16"}.get(value, "fp32")
+    return PRECISION_NAMES.get(value, value)
+
+
+def backend_precision(backend: Any, options: dict[str, Any]) -> str:
+    """The precision whose peak bounds this backend's products: that of the kernel that does
+    them. The backend says which (``product_precision``: an int8 engine's products are not
+    all int8, see the module text), else its precision is its products' (torch, OpenVINO).
+    A precision with no product kernel of its own (:data:`.peaks.KERNELS`) reads as fp32."""
+    from cips_deploy.measure.peaks import KERNELS
+
+    value = getattr(backend, "product_precision", None)
+    value = PRECISION_NAMES.get(str(value).lower()) if isinstance(value, str) else case_precision(backend, options)
+    return value if value in KERNELS else "fp32"
 
 
 def flops_per_point(config: Any) -> float | None:
@@ -169,8 +193,9 @@ def bench_backend(
 
 
 def add_peak_fractions(results: list[dict[str, Any]], flops: float | None, peak: float | None) -> None:
-    """GFLOP/s and the fraction of ``peak`` (GFLOP/s) of each result, where both are known;
-    ``over_peak`` marks an impossible one (a measurement error)."""
+    """GFLOP/s and the fraction of ``peak`` (GFLOP/s: the peak of the case's
+    :func:`backend_precision`) of each result, where both are known; ``over_peak`` marks an
+    impossible one (a measurement error)."""
     from cips_deploy.measure.peaks import over_peak
 
     for result in results:

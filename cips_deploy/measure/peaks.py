@@ -7,14 +7,26 @@ onnxruntime engine at "172% of peak" was 172% of *torch's* 2048^3 product). So t
 precision is the best of every installed runtime's square product at that precision, each
 measured in this process, with the same thread count as the cases beside it:
 
-- ``torch``: ``a @ b`` (fp32, bf16; fp16 on CUDA), when torch is installed;
-- ``onnxruntime``: a one-node ``MatMul`` graph (fp32), ``MatMulInteger`` (int8: u8 x s8),
-  both operands fed at run time as in the engines (their folded weights depend on the style);
+- ``torch``: ``a @ b`` (fp32, bf16, fp16: fast on CUDA, emulated on most CPUs), when torch is installed;
+- ``onnxruntime``: a one-node ``MatMul`` graph (fp32; fp16 in float16), ``MatMulInteger``
+  (int8: u8 x s8), both operands fed at run time as in the engines (their folded weights
+  depend on the style). An fp16 product is whatever this onnxruntime does with a float16
+  ``MatMul`` on this CPU: MLAS's fp16 kernel where the build has one (ARM64 ones), else, as on
+  x86 (onnxruntime 1.32 on an AVX2 EPYC: checked), Casts around its fp32 kernel, which is
+  also what it does with an fp16 engine's products; either way the figure is the speed of
+  the kernel that does them;
 - ``openvino``: the same ``MatMul`` graph compiled for the CPU with
   ``INFERENCE_PRECISION_HINT`` f32 or bf16, when openvino is installed.
 
-The graphs are written here as raw protobuf (a few fields of ``onnx.proto``), so the peak
-needs neither torch nor the onnx package: ``bench ENGINE`` works in the torch-free install.
+The rule: a case is measured against the peak of the kernel that does its products, which
+is not always the precision an engine is stored in
+(:func:`cips_deploy.measure.engine_bench.backend_precision`). The backend says which (its
+``product_precision``, else its ``precision``): only the runtime knows what it makes of an
+engine's graph.
+
+The graphs are written here as raw protobuf (a few fields of ``onnx.proto``, through the
+writer of :mod:`cips_deploy.runtime.protobuf`), so the peak needs neither torch nor the onnx
+package: ``bench ENGINE`` works in the torch-free install.
 A case above the peak of its own run is a measurement error (a different thread count, a
 load change between the peak and the case, a wrong FLOP count): ``bench`` flags it.
 """
@@ -29,15 +41,27 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cips_deploy.runtime.protobuf import field as _field
+
 # ONNX TensorProto element types (onnx.proto: TensorProto.DataType).
-_FLOAT, _UINT8, _INT8, _INT32 = 1, 2, 3, 6
+FLOAT, UINT8, INT8, INT32, FLOAT16 = 1, 2, 3, 6, 10
 
 # Which runtimes have a product kernel of each precision (names as the backends spell them).
 KERNELS = {
     "fp32": ("torch", "onnxruntime", "openvino"),
     "bf16": ("torch", "openvino"),
-    "fp16": ("torch",),  # CUDA only (torch); CPUs have no fast fp16 product
+    # torch on CUDA (on a CPU too, where it may be slow: the best kernel wins); onnxruntime's
+    # float16 MatMul on a CPU, which fp16 engines run (see the module text).
+    "fp16": ("torch", "onnxruntime"),
     "int8": ("onnxruntime",),
+}
+
+# The one-node product graph of each precision onnxruntime measures: op, and the element
+# types of a, b and y.
+PRODUCTS = {
+    "fp32": ("MatMul", (FLOAT, FLOAT, FLOAT)),
+    "fp16": ("MatMul", (FLOAT16, FLOAT16, FLOAT16)),
+    "int8": ("MatMulInteger", (UINT8, INT8, INT32)),
 }
 
 
@@ -61,36 +85,19 @@ def default_threads() -> int:
 # -- a one-node ONNX graph, as protobuf bytes ------------------------------------------------
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str | int) -> bytes:
-    """One protobuf field: a varint (int) or a length-delimited value (bytes, str)."""
-    if isinstance(payload, int):
-        return _varint(number << 3) + _varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _varint(number << 3 | 2) + _varint(len(data)) + data
-
-
 def _value_info(name: str, elem_type: int, shape: tuple[int, ...]) -> bytes:
     dims = b"".join(_field(1, _field(1, size)) for size in shape)  # Dimension.dim_value
     tensor_type = _field(1, elem_type) + _field(2, dims)  # TypeProto.Tensor: elem_type, shape
     return _field(1, name) + _field(2, _field(1, tensor_type))  # ValueInfoProto: name, type
 
 
-def product_model(size: int, op: str = "MatMul") -> bytes:
-    """ONNX bytes of ``y = op(a, b)``, a and b ``[size, size]`` graph inputs (MatMul: float32;
-    MatMulInteger: a uint8, b int8, y int32). Opset 17, IR version 8."""
-    a_type, b_type, y_type = (_FLOAT, _FLOAT, _FLOAT) if op == "MatMul" else (_UINT8, _INT8, _INT32)
+def product_model(size: int, precision: str = "fp32") -> bytes:
+    """ONNX bytes of ``y [size, size] = a @ b``, a and b ``[size, size]`` graph inputs, in
+    ``precision`` (:data:`PRODUCTS`: fp32 and fp16 ``MatMul``; int8 ``MatMulInteger``, a uint8,
+    b int8, y int32). Opset 17, IR version 8."""
+    if precision not in PRODUCTS:
+        raise ValueError(f"no product graph of precision {precision!r}; there are {', '.join(PRODUCTS)}")
+    op, (a_type, b_type, y_type) = PRODUCTS[precision]
     node = _field(1, "a") + _field(1, "b") + _field(2, "y") + _field(3, "product") + _field(4, op)
     graph = (
         _field(1, node) + _field(2, "peak")
@@ -132,7 +139,7 @@ def torch_peak(precision: str, threads: int, size: int = 2048, repeats: int = 5,
 
 
 def onnxruntime_peak(precision: str, threads: int, size: int = 2048, repeats: int = 5) -> float:
-    """GFLOP/s (GOP/s for int8) of onnxruntime's CPU ``MatMul`` (fp32) or ``MatMulInteger`` (int8)."""
+    """GFLOP/s (GOP/s for int8) of onnxruntime's CPU ``MatMul`` (fp32, fp16) or ``MatMulInteger`` (int8)."""
     import numpy as np
     import onnxruntime as ort
 
@@ -140,11 +147,11 @@ def onnxruntime_peak(precision: str, threads: int, size: int = 2048, repeats: in
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
-    op = "MatMulInteger" if precision == "int8" else "MatMul"
-    session = ort.InferenceSession(product_model(size, op), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(product_model(size, precision), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    if op == "MatMul":
-        feeds = {"a": rng.standard_normal((size, size), np.float32), "b": rng.standard_normal((size, size), np.float32)}
+    if precision in ("fp32", "fp16"):
+        dtype = np.float16 if precision == "fp16" else np.float32
+        feeds = {name: rng.standard_normal((size, size), np.float32).astype(dtype) for name in ("a", "b")}
     else:
         feeds = {"a": rng.integers(0, 256, (size, size), dtype=np.uint8), "b": rng.integers(-127, 128, (size, size), dtype=np.int8)}
     seconds = _median_seconds(lambda: session.run(None, feeds), repeats)
@@ -186,7 +193,7 @@ def kernel_peaks(precision: str, threads: int, *, size: int = 2048, repeats: int
     (no bf16 in this OpenVINO, say) is left out, not an error."""
     peaks = {}
     for kernel in KERNELS.get(precision, ()):
-        if (device != "cpu" and kernel != "torch") or not installed(kernel) or (precision == "fp16" and kernel != "torch"):
+        if (device != "cpu" and kernel != "torch") or not installed(kernel):
             continue
         measure = MEASURES[kernel]
         extra = {"device": device} if kernel == "torch" else {}

@@ -34,6 +34,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from cips_deploy.contracts.backend import run_chunks
+from cips_deploy.contracts.limits import finite_or_null
 from cips_deploy.contracts.topology import TopologyRequest, check_points, resolve_parameters
 from cips_deploy.errors import CipsError
 from cips_deploy.runtime.images import decibels, raw_psnr
@@ -154,19 +155,9 @@ class Comparison:
     def to_dict(self) -> dict:
         """Plain JSON values: an infinite PSNR (identical outputs) becomes null, so that
         strict JSON readers (jq, JavaScript's JSON.parse) read the report."""
-        data = _strict_json(asdict(self))
+        data = finite_or_null(asdict(self))
         data["passed"] = self.passed
         return data
-
-
-def _strict_json(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _strict_json(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(item) for item in value]
-    return value
 
 
 def compare_backends(

@@ -135,6 +135,7 @@ def test_progress_bar_goes_to_stderr(capsys):
         (TINY + ["-o", "{tmp}/missing-folder/out.png"], "the folder"),
         (TINY + ["-o", "{tmp}"], "it is a directory"),
         (TINY + ["-o", "{tmp}/out.jpg"], "has no known extension; use one of .dzi, .png, .tif, .tiff"),
+        (TINY + ["-o", "{tmp}/no\nsuch\x1b[2J/x.png"], "no\\nsuch\\x1b[2J"),  # a name's controls, escaped
     ],
 )
 def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):
@@ -149,6 +150,14 @@ def test_bad_input_ends_in_one_sentence_and_no_file(tmp_path, args, message):
     assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["keep.png"]
     assert (tmp_path / "keep.png").read_bytes() == b"previous"
+
+
+def test_a_file_name_with_a_newline_is_reported_on_one_line(tmp_path):
+    output = tmp_path / "a\nb.png"
+    result = CliRunner().invoke(cli, ["render", *TINY, "--height", "8", "--width", "8", "-o", str(output)])
+    assert result.exit_code == 0, result.output
+    assert output.is_file() and result.output.count("\n") == 1
+    assert result.output.startswith(f"Wrote {tmp_path}/a\\nb.png: 8x8 ")
 
 
 def test_the_bundled_demo_model_is_the_default_and_renders_a_seamless_panorama(tmp_path):

@@ -96,6 +96,31 @@ def test_external_data(tmp_path):
     assert facts_of(path)["content_hash"].startswith("FAILED")
 
 
+def test_json_is_strict_where_a_psnr_is_infinite(tmp_path):
+    """An engine identical to its reference has an infinite PSNR; --json writes null (jq and
+    JavaScript's JSON.parse refuse the Infinity token that Python's json writes by default)."""
+    onnx = pytest.importorskip("onnx")
+    model = onnx.load(str(DEMO_ENGINE))
+    report = {"mode": "fp16", "seeds": [0, 1], "side": 64, "truncation": 1.0, "psnr_db": [float("inf"), 80.0],
+              "max_abs": [0.0, 1e-4], "min_psnr": 40.0}
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "cips_deploy.quality": json.dumps(report)})
+    onnx.save(model, str(tmp_path / "identical.onnx"))
+    text = inspect(tmp_path / "identical.onnx", "--json")
+
+    def refuse(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+
+    facts = json.loads(text, parse_constant=refuse)
+    assert facts["quality"]["worst_psnr_db"] == 80.0 and facts["quality"]["passed"] is True
+    report["psnr_db"] = [float("inf")] * 2
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props},
+                                        "cips_deploy.quality": json.dumps(report)})
+    onnx.save(model, str(tmp_path / "identical.onnx"))
+    facts = json.loads(inspect(tmp_path / "identical.onnx", "--json"), parse_constant=refuse)
+    assert facts["quality"]["worst_psnr_db"] is None and facts["quality"]["passed"] is True
+
+
 def test_a_plan_is_described_from_its_sidecar(tmp_path):
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"not really a plan")
@@ -156,6 +181,44 @@ def test_an_onnx_model_that_is_not_ours(tmp_path):
     facts = facts_of(tmp_path / "plain.onnx")
     assert facts["inputs"] == [{"name": "x", "dtype": "float16", "shape": ["n", None, 4]}]
     assert facts["operators"] == {"Relu": 1} and facts["producer"] == "someone" and "not a cips-deploy engine" in facts["note"]
+
+
+def _if_model(onnx, depth: int, body_ops=("Add", "Mul")):
+    """A model whose If nests ``depth`` levels deep in its then-branches; every leaf branch holds ``body_ops`` and a weight."""
+    helper, FLOAT = onnx.helper, onnx.TensorProto.FLOAT
+    out = helper.make_tensor_value_info("y", FLOAT, [4])
+    weight = helper.make_tensor("k", FLOAT, [4], [1.0, 2.0, 3.0, 4.0])
+    nodes = [helper.make_node(body_ops[0], ["x", "k"], ["t"]), helper.make_node(body_ops[1], ["t", "k"], ["y"])]
+    leaf = branch = helper.make_graph(nodes, "leaf", [], [out], initializer=[weight])
+    for level in range(depth):  # the then-branch nests; the else-branch is a leaf (the file grows linearly)
+        node = helper.make_node("If", ["c"], ["y"], then_branch=branch, else_branch=leaf)
+        branch = helper.make_graph([node], f"level{level}", [], [out])
+    inputs = [helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []), helper.make_tensor_value_info("x", FLOAT, [4])]
+    graph = helper.make_graph(list(branch.node), "main", inputs, [out])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_operators_inside_if_branches_are_counted(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    onnx.save(_if_model(onnx, 1), str(tmp_path / "branchy.onnx"))
+    facts = facts_of(tmp_path / "branchy.onnx")
+    # The main graph has one If; each of its two branches an Add, a Mul and a 4-element weight.
+    assert facts["operators"] == {"Add": 2, "Mul": 2, "If": 1} and facts["nodes"] == 5
+    assert facts["initializers"]["count"] == 2 and facts["initializers"]["elements"] == 8
+    assert [t["name"] for t in facts["inputs"]] == ["c", "x"]  # the branches add none
+
+
+def test_subgraphs_nested_without_end_are_refused(tmp_path):
+    from cips_deploy.runtime.protobuf import field
+
+    # Written by hand: the onnx package itself cannot build this (protobuf stops at 100 levels of
+    # messages); a hostile file can. GraphProto.node 1 > NodeProto.attribute 5 > AttributeProto.g 6 > ...
+    graph = field(1, field(4, "Relu"))
+    for _ in range(200):
+        graph = field(1, field(4, "If") + field(5, field(1, "then_branch") + field(6, graph)))
+    (tmp_path / "deep.onnx").write_bytes(field(1, 8) + field(7, graph))  # ir_version 8, graph
+    output = inspect(tmp_path / "deep.onnx", code=1)
+    assert "nest deeper than 64" in output and len(output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("name, content, message", [
