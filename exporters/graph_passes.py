@@ -70,6 +70,31 @@ def remove_redundant_casts(model: onnx.ModelProto) -> int:
     return removed
 
 
+def bypass_weight_identities(model: onnx.ModelProto) -> int:
+    """Let every reader of an ``Identity`` of an initializer read the initializer itself, and
+    drop the Identity; returns how many. The TorchScript exporter writes such an Identity
+    for a weight used in two places (CREPS's shared layers), and a quantiser sees through
+    none: behind one, a constant weight looks computed. Identities that produce a graph
+    output stay."""
+    graph = model.graph
+    weights = {tensor.name for tensor in graph.initializer}
+    outputs = {value.name for value in graph.output}
+    renamed = {node.output[0]: node.input[0] for node in graph.node
+               if node.op_type == "Identity" and node.input[0] in weights and node.output[0] not in outputs}
+    if not renamed:
+        return 0
+    for node in list(graph.node):
+        if node.op_type == "Identity" and node.output[0] in renamed:
+            graph.node.remove(node)
+            continue
+        for index, name in enumerate(node.input):
+            node.input[index] = renamed.get(name, name)
+    kept = [value for value in graph.value_info if value.name not in renamed]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    return len(renamed)
+
+
 def _dangling(graph: onnx.GraphProto) -> set[str]:
     produced = {name for node in graph.node for name in node.output}
     return {value.name for value in graph.value_info} - produced

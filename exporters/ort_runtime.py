@@ -23,7 +23,7 @@ from cips_deploy.errors import CipsError
 from . import integrity
 from .engine_files import mapping_path_for
 from .host_arrays import host_float32, is_torch_cuda
-from .metadata import EngineMetadata, read_onnx_metadata
+from .metadata import PRECISION_KEY, EngineMetadata, read_onnx_metadata, read_onnx_props
 from .spec import MAPPING, SYNTHESIS, mapping_feeds, mapping_spec, synthesis_spec
 
 if TYPE_CHECKING:
@@ -36,6 +36,21 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+# The precision an engine's metadata records (written by .quantize; fp32 when absent) and the
+# precision of the onnxruntime kernel that does its per-point products, the bulk of its FLOPs
+# (bench measures a case against that kernel's peak: cips_deploy.measure.peaks). Read off the
+# graphs that .quantize writes for the demo model, as onnxruntime 1.32 optimises them on a CPU
+# (tests/tools/test_bench_engine.py checks the graphs):
+# - fp16: float16 MatMuls (on a CPU without an fp16 kernel onnxruntime casts around its fp32
+#   one, and so does the fp16 peak's graph: the peaks module says why that is the right peak);
+# - int8 (dynamic): every per-point product is a MatMulInteger (the export traces the style
+#   on the inputs, so their weights are constants: .quantize), the int8 kernel. (Older int8
+#   engines, whose export folded the style into run-time weights, left their products
+#   float32: against the int8 peak their figure is a floor);
+# - int8-static: its QDQ products become QLinearMatMul, the int8 kernel (about half of them
+#   on the demo, the rest float32: against the int8 peak the figure is a floor).
+PRODUCT_PRECISION = {"fp32": "fp32", "fp16": "fp16", "int8": "int8", "int8-static": "int8"}
 
 
 def choose_providers(requested: str | Sequence[str] | None = None, available: Sequence[str] | None = None) -> list[str]:
@@ -104,7 +119,9 @@ class OnnxEngine:
         self.path = Path(path)
         if verify != "no":
             integrity.verify(self.path, required=verify == "required")
-        self.metadata: EngineMetadata = read_onnx_metadata(self.path)
+        props = read_onnx_props(self.path)
+        self.metadata: EngineMetadata = EngineMetadata.from_strings(props, source=str(self.path))
+        self.precision = props.get(PRECISION_KEY, "fp32")  # fp32, fp16, int8, int8-static
         self.metadata.check_role(SYNTHESIS, source=str(self.path))
         if generator is not None or checkpoint_sha256 is not None:
             self.metadata.check_matches(source=str(self.path), generator=generator, checkpoint_sha256=checkpoint_sha256)
@@ -138,6 +155,12 @@ class OnnxEngine:
     @property
     def spatial_style(self) -> bool:
         return self.metadata.spatial_style
+
+    @property
+    def product_precision(self) -> str:
+        """The precision of the kernel that does this engine's per-point products (fp32 for a
+        precision this version does not know)."""
+        return PRODUCT_PRECISION.get(self.precision, "fp32")
 
     @property
     def on_gpu(self) -> bool:

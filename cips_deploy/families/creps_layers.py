@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from cips_deploy.contracts.config import GeneratorConfig
 from cips_deploy.errors import CipsError
 from cips_deploy.families.creps_spec import RANK  # hard-wired in the official SynthesisInput
-from cips_deploy.families.layers import FUSE_BF16_CPU, EqualLinear, building_on_meta, initial_normal
+from cips_deploy.families.layers import FUSE_BF16_CPU, EqualLinear, building_on_meta, initial_normal, per_point_styles
 
 BANDWIDTH = 10.0  # std of the random input frequencies at initialisation
 PIXEL_CLAMP = 256.0  # block0 / block1 clamp, hard-wired officially
@@ -109,6 +109,7 @@ class ModulatedFC(nn.Module):
         and kept there, instead of at every call (at paper256 a 1024 x 1024 fold costs as much
         as the products of 8 line values).
         """
+        w = per_point_styles(x, w)  # inside layers.styles_on_inputs (int8 exports): the per-point path
         if self.demodulate and w.dim() == 2 and _fused(x):  # bfloat16 on a CPU, one sample
             key = (id(self), "fused")
             parameters = folds.get(key) if folds is not None else None

@@ -13,7 +13,10 @@ follows the official implementation, so that results agree to float32 rounding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -168,6 +171,33 @@ class CoordinateEmbedding(nn.Module):
         return read(y0, x0) * w00 + read(y0, x1) * w01 + read(y1, x0) * w10 + read(y1, x1) * w11
 
 
+# Whether modulated layers scale their inputs by the style instead of folding it into the weight.
+_STYLES_ON_INPUTS = contextvars.ContextVar("styles_on_inputs", default=False)
+
+
+@contextlib.contextmanager
+def styles_on_inputs() -> Iterator[None]:
+    """Within this block a modulated layer with one style per sample computes
+    ``((x * s) @ W.T) * d`` (the per-point path, the style broadcast over the points) instead of
+    ``x @ fold(W, s)``: the same numbers to float32 rounding, but the product's weight is the
+    constant ``W``. int8 exports trace the generator so (exporters/quantize.py): a quantiser
+    sees a product with a constant weight (per-channel int8 scales, quantised once) where the
+    folded weight is an activation it cannot quantise ahead of time."""
+    token = _STYLES_ON_INPUTS.set(True)
+    try:
+        yield
+    finally:
+        _STYLES_ON_INPUTS.reset(token)
+
+
+def per_point_styles(x: Tensor, w: Tensor) -> Tensor:
+    """``w [B, S]`` as ``[B, 1, ..., 1, S]`` (broadcast over ``x [B, ..., in]``'s points) inside
+    :func:`styles_on_inputs`; ``w`` unchanged elsewhere or when it already is per point."""
+    if w.dim() == 2 and _STYLES_ON_INPUTS.get():
+        return w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[1])
+    return w
+
+
 class ModulatedLinear(nn.Module):
     """StyleGAN2's modulated 1x1 convolution as a fully connected layer.
 
@@ -230,6 +260,7 @@ class ModulatedLinear(nn.Module):
         Taking the bias and a gain here lets the per-sample path run as one fused
         ``baddbmm`` (matrix product plus bias) over the folded weight.
         """
+        w = per_point_styles(x, w)
         if w.dim() == 2:
             if x.dtype == w.dtype:
                 weight = self.fold(w, gain)
