@@ -66,6 +66,12 @@ MODES = {"fp16": 40.0, "int8": 40.0, "int8-static": 30.0}
 # (computed from w at run time: activations with calibrated per-tensor scales), which
 # measured better on the demo (42.5 dB worst seed against 37.9 with the style on the inputs).
 PER_CHANNEL = True
+# What a user whose export the gate refused may try instead (docs/precision.md has the figures).
+OTHER_MODES = {
+    "fp16": "",
+    "int8": " (int8 quantises every product's input with one scale per call; int8-static or fp16 may keep more)",
+    "int8-static": " (calibrating on the layouts and styles you serve, --calibration-data, may keep more; fp16 keeps most)",
+}
 
 
 def check_mode(mode: str) -> None:
@@ -309,7 +315,7 @@ def reduce_precision(
         if not report.ok:
             raise QualityError(
                 f"The {mode} engine reaches {report.worst_psnr:.2f} dB PSNR against fp32 on its worst seed, "
-                f"below --min-psnr {threshold:g}, so nothing was written.",
+                f"below --min-psnr {threshold:g}, so nothing was written{OTHER_MODES[mode]}.",
                 report,
             )
         model = onnx.load(str(converted))
