@@ -180,7 +180,7 @@ def export(
         if report is not None:
             click.echo(report.format(), err=True)
         raise
-    for part in ("report", "quality"):  # what a plugin's exporter does not report is absent
+    for part in ("report", "quality", "grid_quality"):  # what a plugin's exporter does not report is absent
         if getattr(summary, part, None) is not None:
             click.echo(getattr(summary, part).format())
     meta = getattr(summary, "metadata", None)

@@ -95,18 +95,60 @@ def bypass_weight_identities(model: onnx.ModelProto) -> int:
     return len(renamed)
 
 
+def split_shared_initializers(model: onnx.ModelProto, kept: set[str]) -> int:
+    """Give the nodes outside ``kept`` their own copy of every initializer that nodes in
+    ``kept`` read too; returns how many were copied. onnxconverter-common's fp16 conversion
+    leaves an initializer float32 when a blocked node reads it, and then feeds it unconverted
+    to a converted node (a float + float16 ``Add``: a graph onnxruntime refuses); CREPS's
+    compose engine reads a bias both through an Identity of the style stage and directly."""
+    graph = model.graph
+    tensors = {tensor.name: tensor for tensor in graph.initializer}
+    readers: dict[str, set[bool]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in tensors:
+                readers.setdefault(name, set()).add(node.name in kept)
+    shared = {name for name, sides in readers.items() if sides == {True, False}}
+    taken = {tensor.name for tensor in graph.initializer} | {name for node in graph.node for name in node.output}
+    copies = {}
+    for name in sorted(shared):
+        copy_name, suffix = f"{name}.converted", 1
+        while copy_name in taken:
+            copy_name, suffix = f"{name}.converted{suffix}", suffix + 1
+        copy = onnx.TensorProto()
+        copy.CopyFrom(tensors[name])
+        copy.name = copy_name
+        graph.initializer.append(copy)
+        copies[name] = copy_name
+    for node in graph.node:
+        if node.name not in kept:
+            for index, name in enumerate(node.input):
+                node.input[index] = copies.get(name, name)
+    return len(copies)
+
+
 def _dangling(graph: onnx.GraphProto) -> set[str]:
     produced = {name for node in graph.node for name in node.output}
     return {value.name for value in graph.value_info} - produced
 
 
-def coordinate_and_style_nodes(model: onnx.ModelProto, coords: str = "coords", style: str = "w") -> tuple[set[str], set[str]]:
+def coordinate_and_style_nodes(
+    model: onnx.ModelProto, coords: str | tuple[str, ...] = "coords", style: str = "w"
+) -> tuple[set[str], set[str]]:
     """(names of nodes that depend on ``coords`` but not on ``style``, and the reverse).
 
-    Nodes that depend on both carry the synthesis activations [B, N, C]: the layers'
-    products, biases, activations and the colour sums. Constant nodes depend on neither.
+    ``coords``: the coordinate input, or several (a line engine's ``v`` and ``u``), or none
+    (a compose engine, whose other inputs are activations). Nodes that depend on both carry
+    the synthesis activations [B, N, C]: the layers' products, biases, activations and the
+    colour sums. Constant nodes depend on neither.
     """
-    depends: dict[str, set[str]] = {coords: {coords}, style: {style}}
+    coordinate_token, activation_token = "\0coordinates", "\0activations"  # no ONNX names
+    names = (coords,) if isinstance(coords, str) else tuple(coords)
+    # Every other input carries activations (a compose engine's lines): what depends on it is
+    # neither stage, even where the style joins it.
+    depends: dict[str, set[str]] = {value.name: {activation_token} for value in model.graph.input}
+    depends.update({name: {coordinate_token} for name in names})
+    depends[style] = {style}
     coordinate, styled = set(), set()
     for node in model.graph.node:  # ONNX graphs are topologically sorted
         seen: set[str] = set()
@@ -114,7 +156,7 @@ def coordinate_and_style_nodes(model: onnx.ModelProto, coords: str = "coords", s
             seen |= depends.get(name, set())
         for name in node.output:
             depends[name] = seen
-        if seen == {coords}:
+        if seen == {coordinate_token}:
             coordinate.add(node.name)
         elif seen == {style}:
             styled.add(node.name)

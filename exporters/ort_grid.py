@@ -17,7 +17,7 @@ from cips_deploy.errors import CipsError
 from . import integrity
 from .engine_files import grid_engine_files
 from .host_arrays import host_float32
-from .metadata import read_onnx_metadata
+from .metadata import PRECISION_KEY, read_onnx_metadata, read_onnx_props
 from .ort_runtime import OnnxEngine, _check_session_names, _provider_options, session_options
 from .spec import COMPOSE, LINES, grid_spec
 
@@ -42,6 +42,11 @@ class OnnxGridEngines:
             meta.check_role(role, source=str(file))
             if meta.weights_sha256 != main.weights_sha256 or meta.config != main.config:
                 raise CipsError(f"{file} belongs to a different model than {engine.path}; export them together again.")
+            # fp32 grid engines beside an fp16 engine would render grids at another precision than points.
+            precision = read_onnx_props(file).get(PRECISION_KEY, "fp32")
+            if precision != engine.precision:
+                raise CipsError(f"{file} is an {precision} engine beside the {engine.precision} engine {engine.path}; "
+                                "export them together again.")
             spec = grid_spec(role, meta)
             session = ort.InferenceSession(
                 str(file), options, providers=[name for name, _ in pairs], provider_options=[opts for _, opts in pairs]

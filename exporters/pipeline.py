@@ -52,6 +52,7 @@ class ExportSummary:
     metadata: EngineMetadata | None = None
     external_data: bool = False
     quality: "QualityReport | None" = None  # fp16 and int8 ONNX engines: against the fp32 engine
+    grid_quality: "QualityReport | None" = None  # fp16 grid engines (lines, compose): their images against fp32
 
 
 def export_checkpoint(
@@ -195,11 +196,13 @@ def export_checkpoint(
             summary.report, summary.external_data = result.report, result.external_data
             grid = dict(result.grid)
             if reduced and engine == "onnx":
-                from .quantize import reduce_precision
+                from .quantize import GRID_MODES, reduce_grid_precision, reduce_precision
 
                 summary.quality = reduce_precision(onnx_file, generator, reduced, min_psnr=min_psnr, calibration=calibration)
-                # The grid engines stay fp32: a reduced-precision export is its per-point engine alone.
-                grid = {}
+                if grid and reduced in GRID_MODES:  # a line-factored model's grids keep their fast path, gated too
+                    summary.grid_quality = reduce_grid_precision(grid, onnx_file, generator, reduced, min_psnr=min_psnr)
+                else:  # int8: the grid engines would need their own calibration; the export is its per-point engine
+                    grid = {}
         summary.metadata = metadata
         spec = synthesis_spec(metadata.config, metadata.spatial_style)
         engine_files = _engine_files(onnx_file)

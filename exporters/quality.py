@@ -46,6 +46,7 @@ class QualityReport:
     min_psnr: float | None = None
     truncation: float = 1.0
     notes: dict[str, str] = field(default_factory=dict)
+    subject: str = "engine"  # what was measured: the per-point engine, or "grid engines" (lines, compose)
 
     @property
     def worst_psnr(self) -> float:
@@ -62,7 +63,7 @@ class QualityReport:
     def format(self) -> str:
         """A short table (one line per seed) and the verdict, as ``export`` prints it."""
         lines = [
-            f"Quality of the {self.mode} engine against fp32 ({self.side}x{self.side} images on the training grid, "
+            f"Quality of the {self.mode} {self.subject} against fp32 ({self.side}x{self.side} images on the training grid, "
             f"truncation {self.truncation:g}, outputs clipped to [-1, 1]):"
         ]
         for seed, psnr, error in zip(self.seeds, self.psnr_db, self.max_abs):
@@ -152,3 +153,38 @@ def measure_quality(
         errors.append(error)
     side = int(round(math.sqrt(coords.shape[1])))
     return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation)
+
+
+def measure_grid_quality(
+    engine: Path,
+    grid: dict[str, Path],
+    generator: Generator,
+    *,
+    mode: str,
+    seeds=DEFAULT_SEEDS,
+    min_psnr: float | None = None,
+    truncation: float = 1.0,
+) -> QualityReport:
+    """The images a grid renders through a line-factored export's grid path (the line engine
+    once per row and column, the compose engine per block: the runtime's own
+    :class:`~.grid_runtime.GridRenderer` over ``grid`` beside the per-point ``engine``) against
+    the fp32 model in torch, seed by seed, as :func:`measure_quality` compares engines."""
+    from .grid_runtime import GridRenderer
+    from .ort_grid import OnnxGridEngines
+    from .ort_runtime import OnnxEngine
+
+    opened = OnnxEngine(engine, providers="cpu")
+    renderer = GridRenderer(OnnxGridEngines(opened, grid), generator.config, max_bytes=256 << 20, pad=64,
+                            point_batch=CHUNK_POINTS)
+    coords, ws = quality_inputs(generator, seeds, truncation)
+    psnrs, errors = [], []
+    for w in ws:
+        with torch.no_grad():
+            expected = generator.synthesize(coords, w).float().numpy()
+        got = renderer.synthesize(coords.numpy(), w.numpy())
+        psnr, error = psnr_and_max_error(expected, got)
+        psnrs.append(psnr)
+        errors.append(error)
+    side = int(round(math.sqrt(coords.shape[1])))
+    return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation,
+                         subject="grid engines (lines, compose)")

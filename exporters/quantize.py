@@ -50,10 +50,12 @@ from cips_deploy.families.generator import Generator
 
 from . import integrity
 from .calibration import Calibration, read_folder
-from .graph_passes import bypass_weight_identities, constant_nodes, coordinate_and_style_nodes, remove_redundant_casts
+from .graph_passes import (
+    bypass_weight_identities, constant_nodes, coordinate_and_style_nodes, remove_redundant_casts, split_shared_initializers,
+)
 from .metadata import PRECISION_KEY, PREFIX, QUALITY_KEY, read_onnx_metadata
-from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_quality
-from .spec import SYNTHESIS
+from .quality import DEFAULT_SEEDS, QualityReport, engine_inputs, measure_grid_quality, measure_quality
+from .spec import COMPOSE, LINES, SYNTHESIS
 
 # The modes and their default --min-psnr (dB against the fp32 engine, worst seed). 40 dB is
 # a mean error of about 1% of the image range: below what an 8-bit image shows on smooth,
@@ -84,11 +86,11 @@ def default_min_psnr(mode: str) -> float:
     return MODES[mode]
 
 
-def _float_regions(model: onnx.ModelProto) -> list[str]:
+def _float_regions(model: onnx.ModelProto, coordinate_inputs: tuple[str, ...] = ("coords",)) -> list[str]:
     """Names of the nodes that stay float32: the coordinate and style stages, and the
     Constant nodes that only they read (so that, say, the demodulation's epsilon 1e-8 is
     not rounded to float16's 1e-7)."""
-    coordinate, styled = coordinate_and_style_nodes(model)
+    coordinate, styled = coordinate_and_style_nodes(model, coordinate_inputs)
     kept = coordinate | styled
     readers: dict[str, set[str]] = {}
     for node in model.graph.node:
@@ -96,7 +98,7 @@ def _float_regions(model: onnx.ModelProto) -> list[str]:
             readers.setdefault(name, set()).add(node.name)
     # Nodes that depend on no input (Constants, Identities of shared initializers) follow
     # their readers; walking backwards settles chains of them in one pass.
-    constant = constant_nodes(model)
+    constant = constant_nodes(model, tuple(value.name for value in model.graph.input))
     for node in reversed(model.graph.node):
         if node.name in constant and all(readers.get(out, set()) <= kept for out in node.output):
             kept.add(node.name)
@@ -118,16 +120,20 @@ def _quiet():
         logger.setLevel(level)
 
 
-def convert_fp16(source: Path, destination: Path) -> None:
-    """fp16 weights and compute outside the coordinate and style stages; I/O float32."""
+def convert_fp16(source: Path, destination: Path, coordinate_inputs: tuple[str, ...] = ("coords",)) -> None:
+    """fp16 weights and compute outside the coordinate and style stages; I/O float32.
+    ``coordinate_inputs``: the inputs the coordinate stage computes from (a line engine's
+    ``v`` and ``u``; none for a compose engine, whose inputs are activations)."""
     try:
         from onnxconverter_common import float16
     except ImportError:
         raise CipsError("fp16 engines need onnxconverter-common: pip install 'cips-deploy[precision]'.") from None
     model = onnx.load(str(source))
     remove_redundant_casts(model)  # engines exported before the pass existed
+    kept = _float_regions(model, coordinate_inputs)
+    split_shared_initializers(model, set(kept))
     converted = float16.convert_float_to_float16(
-        model, keep_io_types=True, node_block_list=_float_regions(model), disable_shape_infer=False
+        model, keep_io_types=True, node_block_list=kept, disable_shape_infer=False
     )
     onnx.save_model(converted, str(destination))
 
@@ -323,6 +329,54 @@ def reduce_precision(
         _save_stamped(model, converted, props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())])
         onnx.checker.check_model(str(converted), full_check=True)
         converted.replace(engine)
+    return report
+
+
+# The inputs each grid engine's coordinate stage computes from (exporters/line_engines.py).
+GRID_COORDINATES = {LINES: ("v", "u"), COMPOSE: ()}
+GRID_MODES = ("fp16",)  # int8 would need its own calibration of lines and compose inputs
+
+
+def reduce_grid_precision(
+    grid: dict[str, Path],
+    engine: Path,
+    generator: Generator,
+    mode: str,
+    *,
+    min_psnr: float | None = None,
+    seeds=DEFAULT_SEEDS,
+) -> QualityReport:
+    """Rewrite a line-factored export's grid engines (``grid``: role -> fp32 file) in place as
+    ``mode``, beside its per-point ``engine`` (already ``mode``); raise CipsError when the
+    images of the grid path fall below ``min_psnr`` against the fp32 model (the files are then
+    left as they were). The report is stored in each grid engine's metadata."""
+    if mode not in GRID_MODES:
+        raise ValueError(f"grid engines are made in {', '.join(GRID_MODES)}, not {mode}")
+    threshold = default_min_psnr(mode) if min_psnr is None else float(min_psnr)
+    with tempfile.TemporaryDirectory(prefix=".cips-precision.", dir=engine.parent) as work:
+        converted, props = {}, {}
+        for role, source in grid.items():
+            target = Path(work) / source.name
+            with _quiet():
+                convert_fp16(source, target, GRID_COORDINATES[role])
+            props[role] = [(p.key, p.value) for p in onnx.load(str(source), load_external_data=False).metadata_props]
+            model = onnx.load(str(target))
+            model.producer_name = "cips-deploy"
+            _save_stamped(model, target, props[role] + [(PRECISION_KEY, mode)])
+            converted[role] = target
+        report = measure_grid_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
+        if not report.ok:
+            raise QualityError(
+                f"The {mode} grid engines reach {report.worst_psnr:.2f} dB PSNR against fp32 on their worst seed, "
+                f"below --min-psnr {threshold:g}, so nothing was written.",
+                report,
+            )
+        for role, target in converted.items():
+            _save_stamped(onnx.load(str(target)), target,
+                          props[role] + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())])
+            onnx.checker.check_model(str(target), full_check=True)
+        for role, target in converted.items():
+            target.replace(grid[role])
     return report
 
 

@@ -248,3 +248,67 @@ def test_reduced_engines_carry_the_hash_of_their_own_file(reduced):
         recorded, computed = integrity.file_content_sha256(path)
         assert recorded == computed
         integrity.verify(path)
+
+
+# ------------------------------------------------------------ a line-factored model's grid engines
+
+
+@pytest.fixture(scope="module")
+def creps_fp16(tmp_path_factory) -> Path:
+    """The CREPS demo exported as fp16 through the CLI: per-point, lines and compose engines."""
+    from cips_deploy.models import CREPS_DEMO_MODEL
+
+    path = tmp_path_factory.mktemp("creps16") / "creps.onnx"
+    result = invoke("export", CREPS_DEMO_MODEL, "--precision", "fp16", "-o", path)
+    assert result.exit_code == 0, result.output
+    assert "Quality of the fp16 grid engines (lines, compose) against fp32" in result.output
+    return path
+
+
+def test_fp16_keeps_the_grid_engines_and_gates_them(creps_fp16):
+    from cips_deploy.exporters import integrity
+    from cips_deploy.exporters.metadata import read_onnx_props
+
+    assert files_in(creps_fp16.parent) == ["creps.compose.onnx", "creps.lines.onnx", "creps.mapping.onnx", "creps.onnx"]
+    for role in ("lines", "compose"):
+        path = creps_fp16.with_name(f"creps.{role}.onnx")
+        integrity.verify(path, required=True)
+        precision, report = read_quality(path)
+        assert precision == "fp16" and report.subject == "grid engines (lines, compose)" and report.ok
+        assert read_onnx_props(path)["cips_deploy.role"] == role
+        model = onnx.load(str(path))
+        assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+        graph = model.graph
+        assert {v.type.tensor_type.elem_type for v in list(graph.input) + list(graph.output)} == {onnx.TensorProto.FLOAT}
+
+
+def test_grids_render_through_the_fp16_grid_engines(creps_fp16, monkeypatch):
+    from cips_deploy.exporters.ort_grid import OnnxGridEngines
+    from cips_deploy.models import CREPS_DEMO_MODEL
+    from cips_deploy.runtime.render import render
+
+    composed = []
+    real = OnnxGridEngines.compose
+    monkeypatch.setattr(OnnxGridEngines, "compose", lambda self, *args: composed.append(1) or real(self, *args))
+    backend = OnnxRuntimeBackend(creps_fp16)
+    assert backend._grid is not None
+    image = render(backend, "cylinder", height=32, width=128, seed=5, truncation=0.7)
+    assert composed  # the grid path, not the per-point engine
+    reference = render(CREPS_DEMO_MODEL, "cylinder", height=32, width=128, seed=5, truncation=0.7, backend="torch")
+    psnr, _ = psnr_and_max_error(reference.astype(np.float64) / 127.5 - 1, image.astype(np.float64) / 127.5 - 1)
+    _, report = read_quality(creps_fp16.with_name("creps.lines.onnx"))
+    assert psnr >= report.min_psnr  # a panorama the report did not render holds its bar
+
+
+def test_grid_engines_of_another_precision_are_refused(creps_fp16, tmp_path):
+    from cips_deploy.errors import CipsError
+    from cips_deploy.models import CREPS_DEMO_ENGINE
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for name in ("creps.onnx", "creps.mapping.onnx"):
+        (folder / name).write_bytes(creps_fp16.with_name(name).read_bytes())
+    for role in ("lines", "compose"):  # the fp32 ones of the same weights
+        (folder / f"creps.{role}.onnx").write_bytes(CREPS_DEMO_ENGINE.with_name(f"creps-demo.{role}.onnx").read_bytes())
+    with pytest.raises(CipsError, match="is an fp32 engine beside the fp16 engine"):
+        OnnxRuntimeBackend(folder / "creps.onnx")

@@ -246,3 +246,26 @@ def test_the_issues_acceptance_commands(tmp_path, web_runtime, browser):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_an_fp16_creps_export_renders_in_the_page_through_its_grid_engines(tmp_path, web_runtime, serve, browser):
+    """`export --precision fp16` keeps CREPS's fp16 line and compose engines; the page runs them
+    (onnxruntime-web) and draws what Python draws from the same files."""
+    pytest.importorskip("onnxconverter_common", reason="fp16 engines need onnxconverter-common (the test extra has it)")
+    from click.testing import CliRunner
+
+    from cips_deploy.cli import cli
+    from cips_deploy.exporters.web.site import write_site
+    from cips_deploy.models import CREPS_DEMO_MODEL
+
+    engine = tmp_path / "creps16.onnx"
+    result = CliRunner().invoke(cli, ["export", str(CREPS_DEMO_MODEL), "--precision", "fp16", "-o", str(engine)])
+    assert result.exit_code == 0, result.output
+    site = write_site(engine, tmp_path / "site", web_runtime=web_runtime, overwrite=False).files[0]
+    assert {path.name for path in (site / "engines").iterdir()} >= {"lines.onnx", "compose.onnx"}
+    page = Page(browser, serve(site), "?size=256x64")
+    expected = cips_deploy.render(engine, "cylinder", height=64, width=256, seed=3)
+    assert_close(page.render(seed=3, width=256, height=64, topology="cylinder"), expected)
+    assert page.problems == []
+    page.close()
