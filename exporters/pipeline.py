@@ -111,10 +111,10 @@ def export_checkpoint(
         source_metadata.check_role("synthesis", source=str(source))
         if spatial_style and not source_metadata.spatial_style:
             raise CipsError(f"{source} takes one style per sample; export the checkpoint again with --spatial-style.")
-    if layer_styles and (engine != "onnx" or spatial_style or precision != "fp32" or quantize is not None or triton_repo is not None):
+    if layer_styles and (engine != "onnx" or spatial_style or precision != "fp32" or quantize is not None):
         raise CipsError(
-            "--layer-styles makes an fp32 ONNX engine for per-layer styles; it does not combine with --engine trt, "
-            "--spatial-style, --precision, --quantize or --triton-repo."
+            "--layer-styles makes an fp32 ONNX engine for per-layer styles (served by Triton too); it does not "
+            "combine with --engine trt, --spatial-style, --precision or --quantize."
         )
     reduced = _reduced_precision(engine, precision, quantize, min_psnr)
     calibration = calibration_request(quantize, calibration_seeds, calibration_points, calibration_data)
@@ -154,7 +154,7 @@ def export_checkpoint(
     name = model_name(triton_model_name, default_from=output.stem if output is not None else source.stem)
     if triton_repo is not None:
         check_backend(engine, triton_backend)
-        check_repository(triton_repo, name, mapping=True, ensemble=not spatial_style, overwrite=overwrite)
+        check_repository(triton_repo, name, mapping=True, ensemble=not (spatial_style or layer_styles), overwrite=overwrite)
     elif triton_model_name is not None or triton_backend is not None:
         raise CipsError("--name and --triton-backend describe the Triton repository's model; add --triton-repo DIR.")
 
@@ -204,7 +204,7 @@ def export_checkpoint(
                 else:  # int8: the grid engines would need their own calibration; the export is its per-point engine
                     grid = {}
         summary.metadata = metadata
-        spec = synthesis_spec(metadata.config, metadata.spatial_style)
+        spec = synthesis_spec(metadata.config, metadata.spatial_style, metadata.layer_styles)
         engine_files = _engine_files(onnx_file)
 
         grid_metadata = {role: read_onnx_metadata(file) for role, file in grid.items()}  # before plans replace them

@@ -240,7 +240,8 @@ def write_triton_model(
     if not isinstance(max_batch_size, int) or not 1 <= max_batch_size <= 1024:
         raise CipsError(f"The Triton max_batch_size must be 1 to 1024, not {max_batch_size!r}.")
     has_mapping = mapping_file is not None and mapping_spec is not None and mapping_metadata is not None
-    ensemble = has_mapping and not spec.spatial_style  # per-point styles do not come from z alone
+    # Per-point and per-layer styles do not come from one z: the client maps and mixes them.
+    ensemble = has_mapping and not spec.spatial_style and not spec.layer_styles
     grid = grid or {}
     check_repository(repo, name, mapping=has_mapping, ensemble=ensemble, overwrite=overwrite, grid=bool(grid))
     kind = "KIND_GPU" if backend == "tensorrt" else "KIND_CPU" if backend == "python" else "KIND_AUTO"
@@ -305,7 +306,7 @@ def write_engine_repository(
         _check_same_model(mapping_metadata, metadata, mapping_file, engine)
     grid = {}
     for role, file in (grid_engine_files(engine) or {}).items():
-        if metadata.spatial_style:
+        if metadata.spatial_style or metadata.layer_styles:
             break
         integrity.verify(file, required=False)
         grid_metadata = read_onnx_metadata(file)
@@ -314,7 +315,8 @@ def write_engine_repository(
         grid[role] = ([file], grid_spec(role, grid_metadata), grid_metadata)
     has_mapping = mapping_metadata is not None
     return write_triton_model(
-        repo, name, engine="onnx", model_files=files, spec=synthesis_spec(metadata.config, metadata.spatial_style),
+        repo, name, engine="onnx", model_files=files,
+        spec=synthesis_spec(metadata.config, metadata.spatial_style, metadata.layer_styles),
         metadata=metadata, mapping_file=mapping_file if has_mapping else None,
         mapping_spec=mapping_spec(metadata.config) if has_mapping else None, mapping_metadata=mapping_metadata,
         backend=backend, overwrite=overwrite, grid=grid or None,

@@ -98,7 +98,7 @@ class TritonBackend(Backend):
             self.close()
             raise
         self.config = self.metadata.config
-        self._spec = synthesis_spec(self.config, self.metadata.spatial_style)
+        self._spec = synthesis_spec(self.config, self.metadata.spatial_style, self.metadata.layer_styles)
         self._mapping_spec = mapping_spec(self.config)
         self._live = list(self._connections)  # servers still answering; a lost one is dropped
         self._turn = itertools.count()
@@ -122,6 +122,16 @@ class TritonBackend(Backend):
         """coords [B, N, 2], w [B, S] or [B, N, S] -> rgb [B, N, 3], host float32."""
         return next(iter(self.run_many([(coords, w)])))
 
+    def run_layers(self, coords: np.ndarray, ws: np.ndarray) -> np.ndarray:
+        """coords [B, N, 2], per-layer styles ws [B, L, S] -> rgb [B, N, 3] on a served model
+        exported with ``--layer-styles``; other models refuse (the contract's sentence)."""
+        if not self.metadata.layer_styles:
+            return super().run_layers(coords, ws)
+        return next(iter(self.run_many([(coords, ws)])))
+
+    def takes_layer_styles(self) -> bool:
+        return self.metadata.layer_styles
+
     def run_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
         """rgb [B, n, 3] for each (coords [B, n, 2], w) in order, ``inflight`` per live server pending at once."""
         pending: deque[_Request] = deque()
@@ -140,7 +150,10 @@ class TritonBackend(Backend):
                     n_points = coords.shape[1]
                     coords, w = host_float32(coords), host_float32(w)
                     coords = pad_rows(coords, PAD_POINTS)
-                    w = pad_rows(w, PAD_POINTS) if w.ndim == 3 else w
+                    if self.metadata.layer_styles and w.ndim == 2:  # one style is L equal ones
+                        w = np.repeat(w[:, None], self._spec.inputs[1].shape[1], axis=1)
+                    elif w.ndim == 3 and not self.metadata.layer_styles:  # per-point styles follow their points
+                        w = pad_rows(w, PAD_POINTS)
                     request = _Request(self._inputs(coords, w), n_points)
                     self._send(request, pending)
                     pending.append(request)
@@ -199,11 +212,17 @@ class TritonBackend(Backend):
     def _inputs(self, coords: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
         if coords.ndim != 3 or coords.shape[-1] != 2:
             raise CipsError(f"Coordinates must have shape [B, N, 2], not {list(coords.shape)}.")
+        names = self._spec.input_names  # coords, w
+        if self.metadata.layer_styles:  # ws [B, L, S] (run_many repeats one style per sample)
+            layers, style = self._spec.inputs[1].shape[1:]
+            if w.ndim != 3 or w.shape[0] != coords.shape[0] or w.shape[1:] != (layers, style):
+                raise CipsError(f"The served model {self.model!r} takes per-layer styles w [B, {layers}, {style}], "
+                                f"not {list(w.shape)}.")
+            return {names[0]: coords, names[1]: w}
         spatial = w.ndim == 3
         if spatial != self.metadata.spatial_style:
             kind = "per-point styles w [B, N, S]" if spatial else "one style per sample w [B, S]"
             raise CipsError(f"The served model {self.model!r} was not exported for {kind}; export it again to match.")
-        names = self._spec.input_names  # coords, w
         return {names[0]: coords, names[1]: w}
 
     def _check_models(self, source: Any) -> EngineMetadata:
@@ -218,9 +237,11 @@ class TritonBackend(Backend):
             if found is None:
                 _check_source(synthesis, source, where)
                 found = synthesis
-            elif synthesis.weights_sha256 != found.weights_sha256 or synthesis.spatial_style != found.spatial_style:
+            elif (synthesis.weights_sha256 != found.weights_sha256 or synthesis.spatial_style != found.spatial_style
+                  or synthesis.layer_styles != found.layer_styles):
                 raise CipsError(f"{where} is not the model served at {self._connections[0].url}; serve the same repository everywhere.")
-            expected = [spec.to_dict() for spec in (synthesis_spec(synthesis.config, synthesis.spatial_style), mapping_spec(synthesis.config))]
+            served = synthesis_spec(synthesis.config, synthesis.spatial_style, synthesis.layer_styles)
+            expected = [spec.to_dict() for spec in (served, mapping_spec(synthesis.config))]
             if [synthesis.io, mapping.io] != expected:
                 raise CipsError(f"{where} has inputs and outputs other than this cips-deploy expects; export it again.")
         assert found is not None

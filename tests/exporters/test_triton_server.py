@@ -387,3 +387,33 @@ def test_serving_the_bundled_engine_needs_no_checkpoint(tmp_path):
         finally:
             backend.close()
     assert np.array_equal(served, expected)
+
+
+def test_per_layer_styles_are_served(checkpoint, tmp_path):
+    """`export --layer-styles --triton-repo`: the served synthesis model takes ws [B, L, S]
+    (style mixing), as the local engine does; no ensemble (the client maps and mixes)."""
+    triton_server = _server_or_skip()
+    repo, engine = tmp_path / "repo", tmp_path / "layered.onnx"
+    export_checkpoint(checkpoint, output=engine, triton_repo=repo, triton_model_name="layered", triton_backend="python",
+                      validate=False, layer_styles=True)
+    assert sorted(path.name for path in repo.iterdir()) == ["layered", "layered_mapping"]
+    local = OnnxRuntimeBackend(engine)
+    layers = local._layered().spec.inputs[1].shape[1]
+    http, grpc = free_ports(2)
+    with triton_server.LocalServer(repo, http_port=http, grpc_port=grpc) as running:
+        backend = TritonBackend(checkpoint, url=running.grpc_url, model="layered")
+        try:
+            assert backend.takes_layer_styles() and layers > 1
+            rng = np.random.default_rng(1)
+            coords = rng.uniform(-1, 1, (2, 300, 2)).astype(np.float32)
+            first, second = (backend.map(rng.standard_normal((2, 64)).astype(np.float32)) for _ in range(2))
+            ws = np.stack([first] * (layers // 2) + [second] * (layers - layers // 2), axis=1)  # [2, L, 64]
+            mixed = backend.run_layers(coords, ws)
+            assert mixed.shape == (2, 300, 3) and float(np.abs(mixed - local.run_layers(coords, ws)).max()) <= 1e-6
+            assert float(np.abs(mixed - backend.run(coords, first)).max()) > 1e-3  # the mix is not one style
+            assert float(np.abs(backend.run(coords, first) - local.run(coords, first)).max()) <= 1e-6
+            with pytest.raises(CipsError, match=rf"takes per-layer styles w \[B, {layers}, 64\], not \[2, 1, 64\]"):
+                backend.run_layers(coords, ws[:, :1])
+        finally:
+            backend.close()
+            local.close()
