@@ -165,12 +165,12 @@ class OnnxRuntimeBackend(Backend):
         last point): onnxruntime's CPU matrix products take another kernel for very short
         batches, which moved a pixel by one level at chunk size 1.
         """
+        layered = self._layered()
+        if layered is not None and w.ndim == 2:  # an engine for per-layer styles: one style is L equal ones
+            return self.run_layers(coords, np.repeat(host_float32(w)[:, None], layered.spec.inputs[1].shape[1], axis=1))
         n_points = coords.shape[1]
         coords = pad_rows(host_float32(coords), PAD_POINTS)
         w = host_float32(w)
-        layered = self._layered()
-        if layered is not None and w.ndim == 2:  # an engine for per-layer styles: one style is L equal ones
-            return layered.synthesize(coords, np.repeat(w[:, None], layered.spec.inputs[1].shape[1], axis=1))[:, :n_points]
         if w.ndim == 3:
             w = pad_rows(w, PAD_POINTS)
         elif self._grid is not None and same_points(coords):
@@ -185,7 +185,10 @@ class OnnxRuntimeBackend(Backend):
         if layered is None:
             return super().run_layers(coords, ws)
         n_points = coords.shape[1]
-        return layered.synthesize(pad_rows(host_float32(coords), PAD_POINTS), host_float32(ws))[:, :n_points]
+        coords, ws = pad_rows(host_float32(coords), PAD_POINTS), host_float32(ws)
+        if self._grid is not None and same_points(coords):  # CREPS: lines once per image, as for one style
+            return self._grid.synthesize(coords, ws)[:, :n_points]
+        return layered.synthesize(coords, ws)[:, :n_points]
 
     def takes_layer_styles(self) -> bool:
         return self._layered() is not None

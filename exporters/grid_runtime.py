@@ -52,7 +52,8 @@ def compose_floats_per_point(config: GeneratorConfig) -> int:
 
 
 class GridRenderer:
-    """``synthesize(coords [B, N, 2], w [B, S]) -> rgb [B, N, 3]`` through grid engines.
+    """``synthesize(coords [B, N, 2], w [B, S]) -> rgb [B, N, 3]`` through grid engines (``w``
+    may be per-layer styles [B, L, S] where the engines take them: ``export --layer-styles``).
 
     ``max_bytes`` bounds the line tables, ``point_batch`` (a multiple of ``pad``) the
     per-point engine's batches; ``coords`` must hold the same points in every sample. A chunk
@@ -104,11 +105,11 @@ class GridRenderer:
 
     def per_point(self, coords: np.ndarray, w: np.ndarray) -> np.ndarray:
         """The per-point engine, ``point_batch`` points at a time: coords [B, N, 2], w [B, S]
-        or [B, N, S] -> rgb [B, N, 3]."""
+        (or per-layer styles ws [B, L, S]: every point's, passed whole) -> rgb [B, N, 3]."""
         parts = []
         for start in range(0, coords.shape[1], self.point_batch):
             stop = start + self.point_batch
-            parts.append(self.engines.per_point(coords[:, start:stop], w if w.ndim == 2 else w[:, start:stop]))
+            parts.append(self.engines.per_point(coords[:, start:stop], w))
         return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
     def _compose_block(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:

@@ -30,19 +30,21 @@ from .spec import COMPOSE, LINES, EngineSpec, compose_spec, lines_spec
 
 def has_grid_engines(generator: Generator, spatial_style: bool) -> bool:
     """Whether an export of ``generator`` includes grid engines: line-factored families with
-    one style per sample (the line engine takes w [B, S]; per-point styles stay per point)."""
+    one style (or one per style input) per sample; per-point styles stay per point."""
     return bool(getattr(generator, "line_factored", False)) and not spatial_style
 
 
-def grid_specs(generator: Generator) -> dict[str, EngineSpec]:
-    """{role: spec} of the line and compose engines of ``generator``."""
+def grid_specs(generator: Generator, layer_styles: bool = False) -> dict[str, EngineSpec]:
+    """{role: spec} of the line and compose engines of ``generator`` (``layer_styles``: they
+    take per-layer styles ws [B, L, S], as an ``export --layer-styles`` synthesis engine does)."""
     features = generator.line_floats_per_value()
-    return {LINES: lines_spec(generator.config, features), COMPOSE: compose_spec(generator.config, features)}
+    return {LINES: lines_spec(generator.config, features, layer_styles),
+            COMPOSE: compose_spec(generator.config, features, layer_styles)}
 
 
-def grid_modules(generator: Generator) -> dict[str, nn.Module]:
+def grid_modules(generator: Generator, layer_styles: bool = False) -> dict[str, nn.Module]:
     """{role: traceable module} of the line and compose engines."""
-    return {LINES: LineEngine(generator), COMPOSE: ComposeEngine(generator)}
+    return {LINES: LineEngine(generator, layer_styles), COMPOSE: ComposeEngine(generator, layer_styles)}
 
 
 def _flatten_lines(lines: list[Tensor]) -> Tensor:
@@ -51,30 +53,35 @@ def _flatten_lines(lines: list[Tensor]) -> Tensor:
 
 
 class LineEngine(nn.Module):
-    """The traced line engine: v [B, H], u [B, W], w [B, S] -> row_lines [B, H, F], column_lines [B, W, F]."""
+    """The traced line engine: v [B, H], u [B, W], w [B, S] (or ws [B, L, S] with
+    ``layer_styles``) -> row_lines [B, H, F], column_lines [B, W, F]."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, layer_styles: bool = False) -> None:
         super().__init__()
         self.generator = generator
+        self.layer_styles = layer_styles
 
     def forward(self, v: Tensor, u: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
         g = self.generator
-        ws = g.layer_styles(w)
+        ws = w if self.layer_styles else g.layer_styles(w)
         return _flatten_lines(g.line_features("row", v, ws)), _flatten_lines(g.line_features("column", u, ws))
 
 
 class ComposeEngine(nn.Module):
-    """The traced compose engine: row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3]."""
+    """The traced compose engine: row_lines [B, H, F], column_lines [B, W, F], w [B, S] (or
+    ws [B, L, S] with ``layer_styles``) -> rgb [B, H W, 3]."""
 
-    def __init__(self, generator: Generator) -> None:
+    def __init__(self, generator: Generator, layer_styles: bool = False) -> None:
         super().__init__()
         self.generator = generator
+        self.layer_styles = layer_styles
         self.layout = line_layout(generator)
 
     def forward(self, row_lines: Tensor, column_lines: Tensor, w: Tensor) -> Tensor:
         g = self.generator
         rows, columns = split_lines(row_lines, self.layout), split_lines(column_lines, self.layout)
-        return g.compose_block(rows, columns, g.layer_styles(w))  # the torch fast path's own composition
+        ws = w if self.layer_styles else g.layer_styles(w)
+        return g.compose_block(rows, columns, ws)  # the torch fast path's own composition
 
 
 def line_layout(generator: Generator) -> tuple[int, int, int]:
@@ -139,9 +146,12 @@ def block_coords(v: Tensor, u: Tensor) -> Tensor:
     return torch.stack([u[:, None, :].expand(batch, height, width), v[:, :, None].expand(batch, height, width)], dim=-1).reshape(batch, -1, 2)
 
 
-def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *, atol: float) -> list:
+def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *, atol: float,
+                  layer_styles: bool = False) -> list:
     """Case results for the line and compose engines against torch: the lines against
-    ``line_features``, and lines -> compose against the per-point ``synthesize`` on the grid."""
+    ``line_features``, and lines -> compose against the per-point ``synthesize`` on the grid
+    (``layer_styles``: engines of per-layer styles, fed a different style per half of the
+    style inputs and compared with ``synthesize_layers``)."""
     import onnxruntime as ort
 
     from .cases import CaseResult
@@ -149,7 +159,7 @@ def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *,
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    specs = grid_specs(generator)
+    specs = grid_specs(generator, layer_styles)
     sessions = {role: ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
                 for role, file in ((LINES, lines_file), (COMPOSE, compose_file))}
     results = []
@@ -158,13 +168,18 @@ def validate_grid(generator: Generator, lines_file: Path, compose_file: Path, *,
         device = generator.device
         with torch.no_grad():
             ws = generator.layer_styles(w.to(device))
+            if layer_styles:  # the later half of the style inputs another style: mixing, as a render mixes
+                ws = ws.clone()
+                ws[:, ws.shape[1] // 2 :] = generator.layer_styles(w.flip(-1).to(device))[:, ws.shape[1] // 2 :]
             rows = _flatten_lines(generator.line_features("row", v.to(device), ws)).cpu()
             columns = _flatten_lines(generator.line_features("column", u.to(device), ws)).cpu()
-            expected = generator.synthesize(block_coords(v, u).to(device), w.to(device)).cpu()
+            coords = block_coords(v, u).to(device)
+            expected = (generator.synthesize_layers(coords, ws) if layer_styles else generator.synthesize(coords, w.to(device))).cpu()
+        fed = (ws.cpu() if layer_styles else w).numpy()
         try:
-            got_rows, got_columns = sessions[LINES].run(specs[LINES].output_names, {"v": v.numpy(), "u": u.numpy(), "w": w.numpy()})
+            got_rows, got_columns = sessions[LINES].run(specs[LINES].output_names, {"v": v.numpy(), "u": u.numpy(), "w": fed})
             (rgb,) = sessions[COMPOSE].run(
-                specs[COMPOSE].output_names, {"row_lines": got_rows, "column_lines": got_columns, "w": w.numpy()}
+                specs[COMPOSE].output_names, {"row_lines": got_rows, "column_lines": got_columns, "w": fed}
             )
         except Exception as error:  # onnxruntime refusing the inputs is a failed case, not a crash
             results.append(CaseResult(LINES, name, f"{shapes}: {type(error).__name__}", float("inf"), atol))

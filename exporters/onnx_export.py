@@ -146,13 +146,13 @@ def export_onnx(
         destinations.append(mapping_file)
     generator = generator.eval()
     digest = weights_sha256(generator)
-    # layer_styles: the synthesis engine takes ws [B, L, S] (style mixing); no grid engines then.
+    # layer_styles: the synthesis engine (and the grid engines) take ws [B, L, S] (style mixing).
     specs = [(path, synthesis_spec(generator.config, spatial_style, layer_styles), _Synthesis(generator, layer_styles))]
     if mapping_file is not None:
         specs.append((mapping_file, mapping_spec(generator.config), _Mapping(generator)))
     grid: dict[str, Path] = {}
-    if has_grid_engines(generator, spatial_style) and not layer_styles:  # the family says it has lines: grid engines too
-        modules, grid_spec = grid_modules(generator), grid_specs(generator)
+    if has_grid_engines(generator, spatial_style):  # the family says it has lines: grid engines too
+        modules, grid_spec = grid_modules(generator, layer_styles), grid_specs(generator, layer_styles)
         for role in GRID_ROLES:
             grid[role] = line_engine_path(path, role)
             check_destination(grid[role], overwrite=overwrite)

@@ -156,35 +156,42 @@ def mapping_feeds(config: GeneratorConfig, z: Any, c: Any = None, *, source: str
     return feeds
 
 
-def lines_spec(config: GeneratorConfig, features: int) -> EngineSpec:
-    """The line engine: v [B, H] (the rows' v), u [B, W] (the columns' u), w [B, S] ->
-    row_lines [B, H, F], column_lines [B, W, F].
+def _grid_style(config: GeneratorConfig, layer_styles: bool) -> TensorSpec:
+    """A grid engine's ``w``: [B, S], or per-layer styles [B, L, S] (``export --layer-styles``)."""
+    style = config.style_dim
+    return TensorSpec("w", (BATCH, config.family.style_layers(config), style) if layer_styles else (BATCH, style))
+
+
+def lines_spec(config: GeneratorConfig, features: int, layer_styles: bool = False) -> EngineSpec:
+    """The line engine: v [B, H] (the rows' v), u [B, W] (the columns' u), w [B, S] (or
+    per-layer [B, L, S]) -> row_lines [B, H, F], column_lines [B, W, F].
 
     F = ``generator.line_floats_per_value()``: every block's line of one coordinate value,
     flattened (CREPS: levels x slots x bi-line channels, in that order).
     """
-    style = config.style_dim
     return EngineSpec(
         role=LINES,
-        inputs=(TensorSpec("v", (BATCH, ROWS)), TensorSpec("u", (BATCH, COLUMNS)), TensorSpec("w", (BATCH, style))),
+        inputs=(TensorSpec("v", (BATCH, ROWS)), TensorSpec("u", (BATCH, COLUMNS)), _grid_style(config, layer_styles)),
         outputs=(TensorSpec("row_lines", (BATCH, ROWS, features)), TensorSpec("column_lines", (BATCH, COLUMNS, features))),
+        layer_styles=layer_styles,
     )
 
 
-def compose_spec(config: GeneratorConfig, features: int) -> EngineSpec:
-    """The compose engine: row_lines [B, H, F], column_lines [B, W, F], w [B, S] -> rgb [B, H W, 3].
+def compose_spec(config: GeneratorConfig, features: int, layer_styles: bool = False) -> EngineSpec:
+    """The compose engine: row_lines [B, H, F], column_lines [B, W, F], w [B, S] (or per-layer
+    [B, L, S]) -> rgb [B, H W, 3].
 
     Pixel (i, j) of the H x W block (row i, column j) is ``rgb[:, i * W + j]`` (row-major).
     """
-    style = config.style_dim
     return EngineSpec(
         role=COMPOSE,
         inputs=(
             TensorSpec("row_lines", (BATCH, ROWS, features)),
             TensorSpec("column_lines", (BATCH, COLUMNS, features)),
-            TensorSpec("w", (BATCH, style)),
+            _grid_style(config, layer_styles),
         ),
         outputs=(TensorSpec("rgb", (BATCH, PIXELS, 3)),),
+        layer_styles=layer_styles,
     )
 
 
@@ -193,7 +200,7 @@ def grid_spec(role: str, metadata: Any) -> EngineSpec:
     the engine's recorded I/O (``metadata.io``), the config from ``metadata.config``."""
     io = metadata.io
     features = int(io["outputs"][0]["shape"][2]) if role == LINES else int(io["inputs"][0]["shape"][2])
-    return (lines_spec if role == LINES else compose_spec)(metadata.config, features)
+    return (lines_spec if role == LINES else compose_spec)(metadata.config, features, bool(metadata.layer_styles))
 
 
 # ONNX TensorProto element types of the dtypes a spec may name.

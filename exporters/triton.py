@@ -88,7 +88,7 @@ def model_folders(repo: Path, name: str, *, mapping: bool, ensemble: bool, grid:
     """The folders a model called ``name`` occupies in ``repo`` (``name`` from :func:`model_name`)."""
     names = [name] + ([name + MAPPING_SUFFIX] if mapping else []) + ([name + ENSEMBLE_SUFFIX] if ensemble else [])
     if grid:
-        names += [name + suffix for suffix in GRID_SUFFIXES.values()] + ([name + GRID_ENSEMBLE_SUFFIX] if mapping else [])
+        names += [name + suffix for suffix in GRID_SUFFIXES.values()] + ([name + GRID_ENSEMBLE_SUFFIX] if mapping and ensemble else [])
     return [Path(repo) / each for each in names]
 
 
@@ -262,7 +262,7 @@ def write_triton_model(
         text = ensemble_pbtxt(name + ENSEMBLE_SUFFIX, name, name + MAPPING_SUFFIX, spec, mapping_spec, metadata,
                               max_batch_size)
         written.append(_write_folder(repo, name + ENSEMBLE_SUFFIX, text, [], overwrite))
-    if grid and has_mapping:
+    if grid and has_mapping and not spec.layer_styles:  # the grid ensemble maps one z to one style
         models = {"mapping": name + MAPPING_SUFFIX, **{role: name + GRID_SUFFIXES[role] for role in grid}}
         specs = {"mapping": mapping_spec, **{role: entry[1] for role, entry in grid.items()}}
         text = grid_ensemble_pbtxt(name + GRID_ENSEMBLE_SUFFIX, models, specs, metadata, max_batch_size)
@@ -306,7 +306,7 @@ def write_engine_repository(
         _check_same_model(mapping_metadata, metadata, mapping_file, engine)
     grid = {}
     for role, file in (grid_engine_files(engine) or {}).items():
-        if metadata.spatial_style or metadata.layer_styles:
+        if metadata.spatial_style:
             break
         integrity.verify(file, required=False)
         grid_metadata = read_onnx_metadata(file)

@@ -158,7 +158,8 @@ def validate(
     if LINES in roles and COMPOSE in roles:
         from .line_engines import validate_grid
 
-        report.cases += validate_grid(generator, roles[LINES], roles[COMPOSE], atol=atol)
+        layered = next(spec.layer_styles for _, spec in engines.values() if spec.role == LINES)
+        report.cases += validate_grid(generator, roles[LINES], roles[COMPOSE], atol=atol, layer_styles=layered)
     return report
 
 

@@ -206,6 +206,8 @@ def site_engines(engine: Path) -> tuple[dict[str, Path], EngineMetadata]:
     main.check_role(SYNTHESIS, source=str(engine))
     if main.spatial_style:
         raise CipsError(f"{engine} takes per-point styles; the page needs an engine of one style per image (export without --spatial-style).")
+    if main.layer_styles:
+        raise CipsError(f"{engine} takes per-layer styles; the page needs an engine of one style per image (export without --layer-styles).")
     for role, path in files.items():
         integrity.verify(path, required=True)
         if integrity.external_data_files(path):

@@ -217,7 +217,8 @@ def test_a_layer_styles_engine_renders_mixing_as_torch_does(models, registry, tm
     model = models[arch]
     path = tmp_path / f"{arch}.onnx"
     export = export_onnx(model, path, layer_styles=True)
-    assert export.report.ok and not export.grid  # validated against synthesize_layers; no grid engines
+    # Validated against synthesize_layers; a line-factored model's grid engines take ws too.
+    assert export.report.ok and bool(export.grid) == model.config.family.line_factored
     engine = OnnxEngine(path)
     layers = model.config.family.style_layers(model.config)
     assert engine.metadata.layer_styles and engine.spec.inputs[1].shape == ("batch", layers, model.config.style_dim)
@@ -234,6 +235,15 @@ def test_layer_styles_export_refuses_what_it_cannot_make(tmp_path, tiny_checkpoi
     result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--layer-styles", "--spatial-style", "-o", str(tmp_path / "x.onnx")])
     assert result.exit_code == 1 and "--layer-styles makes an fp32 ONNX engine" in result.output
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_per_layer_style_engine_is_refused_by_the_web_page(tmp_path, tiny_checkpoint):
+    engine = tmp_path / "layered.onnx"
+    result = CliRunner().invoke(cli, ["export", str(tiny_checkpoint), "--layer-styles", "--no-validate", "-o", str(engine)])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(cli, ["export", str(engine), "--engine", "web", "-o", str(tmp_path / "site")])
+    assert result.exit_code == 1 and "takes per-layer styles; the page needs an engine of one style per image" in result.output
+    assert not (tmp_path / "site").exists()
 
 
 # ------------------------------------------------------------------------------ --class

@@ -281,3 +281,42 @@ def test_triton_serves_the_grid_ensemble(creps, tmp_path):
     with torch.no_grad():
         expected = creps.synthesize(block_coords(v, u), creps.map(z, truncation=1.0))
     assert rgb.shape == (1, 240, 3) and np.abs(rgb - expected.numpy()).max() <= 1e-4
+
+
+# --------------------------------------------------------------- per-layer styles (style mixing)
+
+
+def test_layer_styles_exports_grid_engines_that_mix(creps, tmp_path, monkeypatch):
+    """`export --layer-styles` of CREPS (the family trained with style mixing) keeps its grid
+    engines, taking ws [B, L, S]: a mixed grid renders through lines and compose, as torch does."""
+    result = export_onnx(creps, tmp_path / "layered.onnx", layer_styles=True)
+    assert set(result.grid) == {"lines", "compose"} and result.report.ok, result.report.format()
+    layers = creps.config.family.style_layers(creps.config)
+    features = creps.line_floats_per_value()
+    for role, spec in (("lines", lines_spec(creps.config, features, True)), ("compose", compose_spec(creps.config, features, True))):
+        assert interface_mismatches(onnx.load(str(result.grid[role])).graph, spec) == []
+        assert spec.tensor("w").shape == ("batch", layers, creps.config.style_dim)
+    # The validation fed each grid engine two styles across the style inputs.
+    assert {case.engine for case in result.report.cases} >= {"lines", "compose"}
+    composed = []
+    real = OnnxGridEngines.compose
+    monkeypatch.setattr(OnnxGridEngines, "compose", lambda self, *args: composed.append(1) or real(self, *args))
+    backend = OnnxRuntimeBackend(tmp_path / "layered.onnx")
+    assert backend._grid is not None and backend.takes_layer_styles()
+    rng = np.random.default_rng(4)
+    first, second = (backend.map(rng.standard_normal((2, creps.config.latent_dim)).astype(np.float32)) for _ in range(2))
+    ws = np.stack([first] * (layers // 2) + [second] * (layers - layers // 2), axis=1)  # [2, L, S]
+    grid = np.repeat(cips_deploy.grid_coords(24, 40), 2, axis=0)
+    scattered = np.repeat(rng.uniform(-1, 1, (1, 300, 2)).astype(np.float32), 2, axis=0)
+    with torch.no_grad():
+        for coords in (grid, scattered):  # the grid composes; scattered points go per point, with ws whole
+            expected = creps.synthesize_layers(torch.from_numpy(coords), torch.from_numpy(ws)).numpy()
+            assert np.abs(backend.run_layers(coords, ws) - expected).max() <= 1e-4
+            if coords is grid:
+                assert composed
+                composed.clear()
+            else:
+                assert not composed
+        # One style is L equal ones, through the same grid engines.
+        expected = creps.synthesize(torch.from_numpy(grid), torch.from_numpy(first)).numpy()
+        assert np.abs(backend.run(grid, first) - expected).max() <= 1e-4 and composed

@@ -223,3 +223,18 @@ def test_triton_backend_options_are_checked_before_connecting(tiny):
         TritonBackend(tiny, model="../x")
     with pytest.raises(CipsError, match="inflight must be a whole number"):
         TritonBackend(tiny, model="x", inflight="2.5")
+
+
+def test_a_per_layer_style_repository_has_no_ensembles(pb2, tmp_path):
+    """--layer-styles: the synthesis and grid models take ws [B, L, S]; ensembles (which map one
+    z to one style) are not written, for a CREPS model's grid either."""
+    checkpoint = tmp_path / "creps.safetensors"
+    cips_deploy.create("tiny", arch="creps", seed=1).save(checkpoint)
+    repo = tmp_path / "repo"
+    export_checkpoint(checkpoint, output=tmp_path / "creps.onnx", triton_repo=repo, validate=False, layer_styles=True)
+    assert sorted(path.name for path in repo.iterdir()) == ["creps", "creps_compose", "creps_lines", "creps_mapping"]
+    config = cips_deploy.create("tiny", arch="creps").config
+    layers = config.family.style_layers(config)
+    for model in ("creps", "creps_lines", "creps_compose"):
+        served = parse(pb2, repo / model / "config.pbtxt")
+        assert list(next(i for i in served.input if i.name == "w").dims) == [layers, 64]
