@@ -42,6 +42,9 @@ class OnnxGridEngines:
             meta.check_role(role, source=str(file))
             if meta.weights_sha256 != main.weights_sha256 or meta.config != main.config:
                 raise CipsError(f"{file} belongs to a different model than {engine.path}; export them together again.")
+            if meta.layer_styles != main.layer_styles:  # ws [B, L, S] into an engine of w [B, S], or the reverse
+                kind = "per-layer styles" if meta.layer_styles else "one style per sample"
+                raise CipsError(f"{file} takes {kind}, unlike {engine.path}; export them together again.")
             # fp32 grid engines beside an fp16 engine would render grids at another precision than points.
             precision = read_onnx_props(file).get(PRECISION_KEY, "fp32")
             if precision != engine.precision:

@@ -143,16 +143,25 @@ def measure_quality(
     from .metadata import read_onnx_metadata
 
     spatial = read_onnx_metadata(reference).spatial_style
-    coords, ws = quality_inputs(generator, seeds, truncation)
     sessions = cpu_session(reference), cpu_session(candidate)
+    return _seed_by_seed(
+        lambda coords, w: tuple(render(session, coords, w, spatial) for session in sessions),
+        generator, mode=mode, seeds=seeds, min_psnr=min_psnr, truncation=truncation,
+    )
+
+
+def _seed_by_seed(pair, generator: Generator, *, mode: str, seeds, min_psnr: float | None, truncation: float,
+                  subject: str = "engine") -> QualityReport:
+    """The report of ``pair(coords [1, N, 2], w [1, S]) -> (expected, got)`` raw outputs [1, N, 3],
+    one image per seed on the training grid (:func:`quality_inputs`)."""
+    coords, ws = quality_inputs(generator, seeds, truncation)
     psnrs, errors = [], []
     for w in ws:
-        expected, got = (render(session, coords, w, spatial) for session in sessions)
-        psnr, error = psnr_and_max_error(expected, got)
+        psnr, error = psnr_and_max_error(*pair(coords, w))
         psnrs.append(psnr)
         errors.append(error)
     side = int(round(math.sqrt(coords.shape[1])))
-    return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation)
+    return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation, subject=subject)
 
 
 def measure_grid_quality(
@@ -176,15 +185,11 @@ def measure_grid_quality(
     opened = OnnxEngine(engine, providers="cpu")
     renderer = GridRenderer(OnnxGridEngines(opened, grid), generator.config, max_bytes=256 << 20, pad=64,
                             point_batch=CHUNK_POINTS)
-    coords, ws = quality_inputs(generator, seeds, truncation)
-    psnrs, errors = [], []
-    for w in ws:
+
+    def pair(coords: torch.Tensor, w: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
             expected = generator.synthesize(coords, w).float().numpy()
-        got = renderer.synthesize(coords.numpy(), w.numpy())
-        psnr, error = psnr_and_max_error(expected, got)
-        psnrs.append(psnr)
-        errors.append(error)
-    side = int(round(math.sqrt(coords.shape[1])))
-    return QualityReport(mode, [int(s) for s in seeds], psnrs, errors, side, min_psnr, truncation,
+        return expected, renderer.synthesize(coords.numpy(), w.numpy())
+
+    return _seed_by_seed(pair, generator, mode=mode, seeds=seeds, min_psnr=min_psnr, truncation=truncation,
                          subject="grid engines (lines, compose)")

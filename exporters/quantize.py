@@ -317,18 +317,24 @@ def reduce_precision(
     with tempfile.TemporaryDirectory(prefix=".cips-precision.", dir=engine.parent) as work:
         converted = Path(work) / "model.onnx"
         convert_engine(engine, converted, generator, mode, calibration)
-        report = measure_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
-        if not report.ok:
-            raise QualityError(
-                f"The {mode} engine reaches {report.worst_psnr:.2f} dB PSNR against fp32 on its worst seed, "
-                f"below --min-psnr {threshold:g}, so nothing was written{OTHER_MODES[mode]}.",
-                report,
-            )
+        report = _gated(measure_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold),
+                        f"The {mode} engine reaches", OTHER_MODES[mode])
         model = onnx.load(str(converted))
         model.producer_name = "cips-deploy"
         _save_stamped(model, converted, props + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())])
         onnx.checker.check_model(str(converted), full_check=True)
         converted.replace(engine)
+    return report
+
+
+def _gated(report: QualityReport, subject: str, hint: str = "") -> QualityReport:
+    """``report`` if it passes its threshold; else the one sentence (with the report) that stops the export."""
+    if not report.ok:
+        raise QualityError(
+            f"{subject} {report.worst_psnr:.2f} dB PSNR against fp32 on the worst seed, below --min-psnr "
+            f"{report.min_psnr:g}, so nothing was written{hint}.",
+            report,
+        )
     return report
 
 
@@ -364,13 +370,8 @@ def reduce_grid_precision(
             model.producer_name = "cips-deploy"
             _save_stamped(model, target, props[role] + [(PRECISION_KEY, mode)])
             converted[role] = target
-        report = measure_grid_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold)
-        if not report.ok:
-            raise QualityError(
-                f"The {mode} grid engines reach {report.worst_psnr:.2f} dB PSNR against fp32 on their worst seed, "
-                f"below --min-psnr {threshold:g}, so nothing was written.",
-                report,
-            )
+        report = _gated(measure_grid_quality(engine, converted, generator, mode=mode, seeds=seeds, min_psnr=threshold),
+                        f"The {mode} grid engines reach")
         for role, target in converted.items():
             _save_stamped(onnx.load(str(target)), target,
                           props[role] + [(PRECISION_KEY, mode), (QUALITY_KEY, report.to_json())])

@@ -320,3 +320,18 @@ def test_layer_styles_exports_grid_engines_that_mix(creps, tmp_path, monkeypatch
         # One style is L equal ones, through the same grid engines.
         expected = creps.synthesize(torch.from_numpy(grid), torch.from_numpy(first)).numpy()
         assert np.abs(backend.run(grid, first) - expected).max() <= 1e-4 and composed
+
+
+def test_grid_engines_of_the_other_style_kind_are_refused(creps, exported, tmp_path):
+    """Plain grid engines beside a per-layer-style engine of the same weights (or the reverse)
+    would be fed styles of the wrong shape: refused in one sentence when the backend opens."""
+    (tmp_path / "layered").mkdir()
+    layered = export_onnx(creps, tmp_path / "layered" / "creps.onnx", layer_styles=True, validate_export=False)
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for name in ("creps.onnx", "creps.mapping.onnx"):
+        (mixed / name).write_bytes((layered.synthesis.parent / name).read_bytes())
+    for role in ("lines", "compose"):
+        (mixed / f"creps.{role}.onnx").write_bytes(exported.grid[role].read_bytes())
+    with pytest.raises(CipsError, match="takes one style per sample, unlike"):
+        OnnxRuntimeBackend(mixed / "creps.onnx")
