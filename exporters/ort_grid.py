@@ -17,7 +17,7 @@ from cips_deploy.errors import CipsError
 from . import integrity
 from .engine_files import grid_engine_files
 from .host_arrays import host_float32
-from .metadata import PRECISION_KEY, read_onnx_metadata, read_onnx_props
+from .metadata import PRECISION_KEY, EngineMetadata, read_onnx_props
 from .ort_runtime import OnnxEngine, _check_session_names, _provider_options, session_options
 from .spec import COMPOSE, LINES, grid_spec
 
@@ -38,7 +38,8 @@ class OnnxGridEngines:
         for role, file in files.items():
             if verify != "no":
                 integrity.verify(file, required=verify == "required")
-            meta = read_onnx_metadata(file)
+            props = read_onnx_props(file)
+            meta = EngineMetadata.from_strings(props, source=str(file))
             meta.check_role(role, source=str(file))
             if meta.weights_sha256 != main.weights_sha256 or meta.config != main.config:
                 raise CipsError(f"{file} belongs to a different model than {engine.path}; export them together again.")
@@ -46,7 +47,7 @@ class OnnxGridEngines:
                 kind = "per-layer styles" if meta.layer_styles else "one style per sample"
                 raise CipsError(f"{file} takes {kind}, unlike {engine.path}; export them together again.")
             # fp32 grid engines beside an fp16 engine would render grids at another precision than points.
-            precision = read_onnx_props(file).get(PRECISION_KEY, "fp32")
+            precision = props.get(PRECISION_KEY, "fp32")
             if precision != engine.precision:
                 raise CipsError(f"{file} is an {precision} engine beside the {engine.precision} engine {engine.path}; "
                                 "export them together again.")

@@ -6,7 +6,6 @@ work, so that a bad request fails in one sentence within a second and writes not
 
 from __future__ import annotations
 
-import contextlib
 import math
 import shutil
 import tempfile
@@ -18,7 +17,6 @@ import onnx
 
 from cips_deploy.runtime.atomic import EXPORT_LABEL, check_destination, staged
 from cips_deploy.families.checkpoint import file_sha256, load
-from cips_deploy.families.layers import styles_on_inputs
 from cips_deploy.errors import CipsError
 
 from .metadata import EngineMetadata, read_onnx_metadata
@@ -177,10 +175,9 @@ def export_checkpoint(
             generator = load(source)
             if engine == "trt" and requested is not None:  # before the export: a wrong shape costs nothing
                 requested.resolve(SYNTHESIS, synthesis_spec(generator.config, spatial_style))
-            # int8 traces the layers with the style on the inputs: their products then have
-            # constant weights, the only kind a dynamic quantiser quantises (exporters/quantize.py).
-            tracing = styles_on_inputs() if reduced == "int8" and engine == "onnx" else contextlib.nullcontext()
-            with tracing:
+            from .quantize import export_tracing
+
+            with export_tracing(reduced if engine == "onnx" else None):
                 result = export_onnx(
                     generator,
                     onnx_file,

@@ -47,6 +47,7 @@ from cips_deploy.runtime.seeds import seed_latent
 from cips_deploy.runtime.styles import class_label
 from cips_deploy.errors import CipsError
 from cips_deploy.families.generator import Generator
+from cips_deploy.families.layers import styles_on_inputs
 
 from . import integrity
 from .calibration import Calibration, read_folder
@@ -136,6 +137,13 @@ def convert_fp16(source: Path, destination: Path, coordinate_inputs: tuple[str, 
         model, keep_io_types=True, node_block_list=kept, disable_shape_infer=False
     )
     onnx.save_model(converted, str(destination))
+
+
+def export_tracing(mode: str | None) -> contextlib.AbstractContextManager:
+    """How the fp32 engine that ``mode`` starts from is traced: int8 with the style on the
+    layers' inputs (:func:`quantize_int8_dynamic` quantises constant weights only), every
+    other mode as a plain export."""
+    return styles_on_inputs() if mode == "int8" else contextlib.nullcontext()
 
 
 def quantize_int8_dynamic(source: Path, destination: Path) -> None:

@@ -70,8 +70,7 @@ class OpenVinoBackend(Backend):
         from cips_deploy.exporters import integrity
         from cips_deploy.exporters.backends import exported_engine
         from cips_deploy.exporters.engine_files import mapping_path_for
-        from cips_deploy.exporters.metadata import EngineMetadata, read_onnx_metadata, read_onnx_props
-        from cips_deploy.exporters.metadata import PRECISION_KEY
+        from cips_deploy.exporters.metadata import PRECISION_KEY, EngineMetadata, read_onnx_metadata, read_onnx_props
 
         if isinstance(model, (str, Path)) and Path(model).suffix == ".onnx":
             path = Path(model)
@@ -82,9 +81,9 @@ class OpenVinoBackend(Backend):
         self.metadata = EngineMetadata.from_strings(props, source=str(path))
         self.metadata.check_role("synthesis", source=str(path))
         # bench's peak is that of the kernel doing the products. OpenVINO computes an fp16 engine,
-        # and a dynamic int8 one's per-point products (float32 MatMuls), in its inference
-        # precision; the QDQ products of a static int8 engine its low-precision transformations
-        # run in int8 (checked on the demo: every per-point MatMul i8 under f32).
+        # and a dynamic int8 one (its MatMulIntegers become conversions around f32
+        # FullyConnected), in its inference precision; the QDQ products of a static int8 engine
+        # its low-precision transformations run in int8 (checked on the demo's runtime models).
         self.engine_precision = props.get(PRECISION_KEY, "fp32")
         self.product_precision = "int8" if self.engine_precision == "int8-static" else self.precision
         self.config = self.metadata.config
